@@ -1,0 +1,47 @@
+"""`streamproc` command line: one module per command, each a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Command modules in the order `--help` lists them. Each defines add(subparsers), which
+# registers its parser with set_defaults(func=...); func(args) returns an exit code.
+COMMANDS = ["run", "parse", "synth", "stats", "report", "show", "replay", "pack", "export", "train", "bench"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="streamproc",
+        description="Streaming processor for agent reasoning-trace datasets (ShareGPT with <think>/<tool_call>).",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"streamproc.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"streamproc.cli.{name}":
+                raise
+            continue  # not built yet
+        mod.add(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..records import RowError
+    from ..sources import SourceError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (SourceError, RowError) as e:
+        print(f"streamproc {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"streamproc {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Options shared by every command that reads traces, and the way they become shards."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..fileio import write_rejects
+from ..pipeline import Tally
+from ..sources import HUB_DATASET, ON_ERROR, Shard, plan
+
+
+def add_input_args(p: argparse.ArgumentParser, *, workers: bool = True) -> None:
+    p.add_argument(
+        "inputs", nargs="*", metavar="INPUT",
+        help="Parquet / JSONL (.gz, .zst) / JSON files, directories or globs; none: the built-in sample",
+    )
+    p.add_argument("--dataset", help=f"a Hugging Face dataset to stream instead, e.g. {HUB_DATASET}")
+    p.add_argument("--config", action="append", default=[], help="dataset config (repeatable: combined, with a source column)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--source", help="source label for local inputs (default: the file name)")
+    p.add_argument("--limit", type=int, help="read at most N rows, in order")
+    p.add_argument("--on-error", choices=ON_ERROR, default="skip", help="skip: count bad rows and set them aside; fail: stop at the first")
+    p.add_argument("--rejects", metavar="FILE", help="where rejected rows go (default: OUTPUT.rejects.jsonl beside the output)")
+    if workers:
+        p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+
+
+def shards_from(args: argparse.Namespace) -> list[Shard]:
+    return plan(
+        args.inputs, dataset=args.dataset, configs=args.config, split=args.split, source=args.source, limit=args.limit
+    )
+
+
+def finish(args: argparse.Namespace, tally: Tally, default_rejects: str) -> None:
+    """Print the row count line and write rejected rows, so nothing is silently lost."""
+    msg = tally.summary()
+    if tally.rejected:
+        path = args.rejects or default_rejects
+        write_rejects(path, tally.rejected)
+        msg += f" (set aside in {path}; first: {tally.rejected[0]})"
+    print(msg, file=sys.stderr)

@@ -1,0 +1,192 @@
+"""Typed records passed between stages: source -> parse -> (metrics | mask -> pack -> shards).
+
+Small slotted dataclasses instead of dicts, so every stage knows exactly what it receives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+ROLES = {"system": "system", "human": "user", "gpt": "assistant", "tool": "tool"}
+"""ShareGPT `from` values and the chat role each one maps to."""
+
+# Segment kinds. Segments of a turn tile its text: every character belongs to exactly one.
+REASONING = "reasoning"
+TEXT = "text"
+TOOL_CALL = "tool_call"
+TOOL_RESPONSE = "tool_response"
+
+
+@dataclass(slots=True, frozen=True)
+class Location:
+    """Where a row came from, for error messages and reject files."""
+
+    file: str
+    row: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:row {self.row}"
+
+
+@dataclass(slots=True)
+class Row:
+    """One validated row in the dataset schema."""
+
+    id: str
+    conversations: list[tuple[str, str]]  # (from, value) with from in ROLES
+    tools: str = ""
+    category: str = ""
+    subcategory: str = ""
+    task: str = ""
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    loc: Location | None = None
+
+
+@dataclass(slots=True)
+class Segment:
+    """A span [start, end) of a turn's text; body_start/body_end exclude the tags."""
+
+    kind: str
+    start: int
+    end: int
+    body_start: int
+    body_end: int
+    closed: bool = True  # False when the text ended before the closing tag
+
+
+@dataclass(slots=True)
+class ToolCall:
+    name: str
+    arguments: Any  # dict when valid; whatever was there otherwise
+    raw: str  # the body between the tags, as written
+    valid: bool
+    error: str | None
+    segment: int  # index into Turn.segments
+    response: int | None = None  # index into Trace.responses, once paired
+
+
+@dataclass(slots=True)
+class ToolResponse:
+    tool_call_id: str | None
+    name: str | None
+    content: Any  # decoded JSON, or the raw string
+    raw: str
+    error: str | None  # parse problem, not the tool's own failure
+    segment: int
+    call: int | None = None  # index into Trace.calls, once paired
+
+
+@dataclass(slots=True)
+class Turn:
+    role: str  # system / user / assistant / tool
+    text: str
+    segments: list[Segment]
+    thoughts: list[str] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    answer: str = ""
+    tool_responses: list[ToolResponse] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Trace:
+    id: str
+    source: str
+    category: str
+    subcategory: str
+    task: str
+    turns: list[Turn]
+    tools: str = ""
+    calls: list[tuple[int, int]] = field(default_factory=list)  # (turn, index in turn.tool_calls)
+    responses: list[tuple[int, int]] = field(default_factory=list)  # (turn, index in turn.tool_responses)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def call(self, i: int) -> ToolCall:
+        t, k = self.calls[i]
+        return self.turns[t].tool_calls[k]
+
+    def response(self, i: int) -> ToolResponse:
+        t, k = self.responses[i]
+        return self.turns[t].tool_responses[k]
+
+
+@dataclass(slots=True)
+class BadRow:
+    """A row set aside: where it was, which field, what was wrong, and the raw row if it could be read."""
+
+    loc: Location
+    field: str
+    message: str
+    raw: Any = None
+
+    def __str__(self) -> str:
+        return f"{self.loc}: field {self.field!r}: {self.message}"
+
+
+class RowError(ValueError):
+    """A row that does not fit the dataset schema. Carries the BadRow to set aside."""
+
+    def __init__(self, bad: BadRow):
+        super().__init__(str(bad))
+        self.bad = bad
+
+
+_STR_FIELDS = ("tools", "category", "subcategory", "task")
+
+
+def row_from_dict(d: Any, loc: Location | None = None, source: str = "") -> Row:
+    """Validate one row in the dataset schema. Raises RowError naming the row and field."""
+    loc = loc or Location("<memory>", 0)
+
+    def bad(field_: str, message: str) -> RowError:
+        return RowError(BadRow(loc, field_, message, d))
+
+    if not isinstance(d, dict):
+        raise bad("<row>", f"row is a {type(d).__name__}, not an object")
+    convs = d.get("conversations")
+    if convs is None:
+        raise bad("conversations", "missing")
+    if not isinstance(convs, list):
+        raise bad("conversations", f"is a {type(convs).__name__}, not a list")
+    turns: list[tuple[str, str]] = []
+    for i, t in enumerate(convs):
+        if not isinstance(t, dict):
+            raise bad(f"conversations[{i}]", f"is a {type(t).__name__}, not an object")
+        frm, value = t.get("from"), t.get("value")
+        if frm not in ROLES:
+            raise bad(f"conversations[{i}].from", f"{frm!r} is not one of {', '.join(ROLES)}")
+        if not isinstance(value, str):
+            raise bad(f"conversations[{i}].value", f"is a {type(value).__name__}, not a string")
+        turns.append((frm, value))
+    rid = d.get("id")
+    if rid is None:
+        rid = f"{loc.file}:{loc.row}"
+    elif not isinstance(rid, str):
+        rid = str(rid)
+    strs = {}
+    for f in _STR_FIELDS:
+        v = d.get(f)
+        if v is None:
+            v = ""
+        elif not isinstance(v, str):
+            if f == "tools" and isinstance(v, list):
+                import orjson
+
+                v = orjson.dumps(v).decode()
+            else:
+                raise bad(f, f"is a {type(v).__name__}, not a string")
+        strs[f] = v
+    src = d.get("source")
+    extra = {k: v for k, v in d.items() if k not in _KNOWN}
+    return Row(
+        id=rid,
+        conversations=turns,
+        source=src if isinstance(src, str) and src else source,
+        loc=loc,
+        extra=extra,
+        **strs,
+    )
+
+
+_KNOWN = {"id", "conversations", "source", *_STR_FIELDS}

@@ -1,0 +1,365 @@
+"""Streaming sources: local Parquet / JSONL (plain, gzip, zstd) / JSON, and Hugging Face datasets.
+
+Work is planned as shards without reading the data: Parquet splits by row groups (from the
+footer), plain JSONL by byte ranges (aligned to the next newline when read), anything else is one
+shard per file. A shard is a small picklable record, so worker processes each open their own.
+Rows come out validated (`Row`) or set aside (`BadRow`); reading never raises on bad data.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import orjson
+
+from .records import BadRow, Location, Row, RowError, row_from_dict
+
+HUB_DATASET = "lambda/hermes-agent-reasoning-traces"
+SAMPLE = Path(__file__).parent / "data" / "sample.parquet"
+SHARD_BYTES = 32 << 20  # fixed target, so the plan (and every result) is the same for any --workers
+
+_PARQUET = (".parquet", ".pq")
+_JSONL = (".jsonl", ".ndjson", ".jsonl.gz", ".jsonl.zst", ".jsonl.zstd", ".ndjson.gz", ".ndjson.zst")
+_JSON = (".json", ".json.gz", ".json.zst")
+
+
+@dataclass(slots=True, frozen=True)
+class Part:
+    """A contiguous piece of one input."""
+
+    kind: str  # parquet | jsonl | json | hub | error
+    path: str
+    source: str
+    row_groups: tuple[int, ...] = ()  # parquet
+    first_row: int = 0  # parquet: index of the first row of the first row group
+    byte_range: tuple[int, int] | None = None  # plain jsonl
+    config: str | None = None  # hub
+    split: str = "train"  # hub
+    data_files: tuple[str, ...] = ()  # hub builder on local files (parquet/json)
+    index: int = 0  # hub: this shard of num_shards
+    num_shards: int = 1
+    nbytes: int = 0  # for progress
+    error: str = ""  # kind == error: why the input could not be opened
+
+
+@dataclass(slots=True, frozen=True)
+class Shard:
+    """A unit of work for one worker: parts read in order, at most `limit` rows."""
+
+    parts: tuple[Part, ...]
+    limit: int | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.parts)
+
+
+class SourceError(RuntimeError):
+    """An input that cannot be used at all (missing file, unreachable hub)."""
+
+
+def expand(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """Files, directories (recursively, known extensions only) and globs, in sorted order."""
+    out: list[str] = []
+    for item in inputs:
+        s = str(item)
+        if any(c in s for c in "*?["):
+            matches = sorted(glob.glob(s, recursive=True))
+            if not matches:
+                raise SourceError(f"{s}: no file matches this pattern")
+            out.extend(m for m in matches if os.path.isfile(m))
+        elif os.path.isdir(s):
+            found = sorted(
+                str(p) for p in Path(s).rglob("*") if p.is_file() and _kind(str(p)) is not None
+            )
+            if not found:
+                raise SourceError(f"{s}: directory holds no .parquet, .jsonl or .json file")
+            out.extend(found)
+        elif os.path.isfile(s):
+            out.append(s)
+        else:
+            raise SourceError(f"{s}: no such file or directory")
+    return out
+
+
+def _kind(path: str) -> str | None:
+    p = path.lower()
+    if p.endswith(_PARQUET):
+        return "parquet"
+    if p.endswith(_JSONL):
+        return "jsonl"
+    if p.endswith(_JSON):
+        return "json"
+    return None
+
+
+def plan(
+    inputs: Sequence[str | os.PathLike] = (),
+    *,
+    dataset: str | None = None,
+    configs: Sequence[str] = (),
+    split: str = "train",
+    source: str | None = None,
+    limit: int | None = None,
+    shard_bytes: int = SHARD_BYTES,
+    hub_shards: int = 8,
+) -> list[Shard]:
+    """Plan shards for local inputs or a Hub dataset. With no input at all: the built-in sample.
+
+    With `limit`, everything becomes one shard read in order, so the first N rows are exactly
+    those of a sequential read.
+    """
+    if dataset:
+        parts = _hub_parts(dataset, list(configs) or [None], split, hub_shards)
+    else:
+        files = expand(inputs) if inputs else [str(SAMPLE)]
+        parts = [p for f in files for p in _file_parts(f, source, shard_bytes)]
+    if limit is not None:
+        return [Shard(tuple(parts), limit)]
+    return [Shard((p,)) for p in parts]
+
+
+def _label(path: str, source: str | None) -> str:
+    if source:
+        return source
+    name = os.path.basename(path)
+    for ext in sorted(_PARQUET + _JSONL + _JSON, key=len, reverse=True):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _file_parts(path: str, source: str | None, shard_bytes: int) -> list[Part]:
+    kind = _kind(path)
+    label = _label(path, source)
+    size = os.path.getsize(path)
+    if kind is None:
+        return [Part("error", path, label, error="unknown file type (expected .parquet, .jsonl[.gz|.zst] or .json)")]
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            meta = pq.ParquetFile(path).metadata
+        except Exception as e:  # a truncated or corrupt footer
+            return [Part("error", path, label, error=f"not a readable Parquet file: {e}")]
+        parts, group, first, acc, row = [], [], 0, 0, 0
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            if not group:
+                first = row
+            group.append(g)
+            acc += rg.total_byte_size
+            row += rg.num_rows
+            if acc >= shard_bytes:
+                parts.append(Part("parquet", path, label, tuple(group), first, nbytes=acc))
+                group, acc = [], 0
+        if group or not parts:
+            parts.append(Part("parquet", path, label, tuple(group), first, nbytes=acc))
+        # Row-group byte sizes are uncompressed; scale so progress adds up to the file size.
+        total = sum(p.nbytes for p in parts) or 1
+        return [replace(p, nbytes=p.nbytes * size // total) for p in parts]
+    if kind == "jsonl" and path.lower().endswith((".jsonl", ".ndjson")):
+        n = max(1, -(-size // shard_bytes))
+        step = -(-size // n) if size else 0
+        return [
+            Part("jsonl", path, label, byte_range=(i * step, min(size, (i + 1) * step)), nbytes=min(size, (i + 1) * step) - i * step)
+            for i in range(n)
+        ]
+    return [Part(kind, path, label, nbytes=size)]
+
+
+def _hub_parts(dataset: str, configs: list[str | None], split: str, hub_shards: int) -> list[Part]:
+    parts = []
+    for config in configs:
+        ds = _load_streaming(dataset, config, split, ())
+        n = max(1, min(hub_shards, getattr(ds, "num_shards", 1) or 1))
+        label = config or dataset.rsplit("/", 1)[-1]
+        parts.extend(Part("hub", dataset, label, config=config, split=split, index=i, num_shards=n) for i in range(n))
+    return parts
+
+
+def hub_part(builder: str, data_files: Sequence[str], source: str, split: str = "train") -> Part:
+    """A part read through `datasets` streaming from local files (builder `parquet` or `json`).
+
+    Same code path as the Hub, usable offline; also the way to compare the two readers.
+    """
+    return Part("hub", builder, source, split=split, data_files=tuple(data_files))
+
+
+def _load_streaming(dataset: str, config: str | None, split: str, data_files: tuple[str, ...]):
+    import datasets
+
+    try:
+        if data_files:
+            return datasets.load_dataset(dataset, data_files=list(data_files), split=split, streaming=True)
+        return datasets.load_dataset(dataset, config, split=split, streaming=True)
+    except Exception as e:
+        where = f"{dataset}" + (f" (config {config})" if config else "")
+        raise SourceError(
+            f"cannot open {where} from the Hugging Face Hub: {type(e).__name__}: {e}\n"
+            f"Offline? Download the Parquet files and pass them as INPUT, "
+            f"or run without --dataset to use the built-in sample ({SAMPLE.name})."
+        ) from e
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read(shard: Shard) -> Iterator[Row | BadRow]:
+    """Rows of a shard in order: validated Rows, or BadRows for what does not fit."""
+    left = shard.limit
+    for part in shard.parts:
+        for item in _read_part(part):
+            if left is not None:
+                if left <= 0:
+                    return
+                left -= 1
+            yield item
+
+
+def iter_rows(inputs: Sequence[str | os.PathLike] = (), **plan_kwargs) -> Iterator[Row | BadRow]:
+    """Every row of the inputs in order, in this process (the notebook entry point)."""
+    for shard in plan(inputs, **plan_kwargs):
+        yield from read(shard)
+
+
+def _read_part(part: Part) -> Iterator[Row | BadRow]:
+    if part.kind == "error":
+        yield BadRow(Location(part.path, -1), "<file>", part.error)
+    elif part.kind == "parquet":
+        yield from _read_parquet(part)
+    elif part.kind == "jsonl":
+        yield from _read_jsonl(part)
+    elif part.kind == "json":
+        yield from _read_json(part)
+    else:
+        yield from _read_hub(part)
+
+
+def _validate(obj, loc: Location, source: str) -> Row | BadRow:
+    try:
+        return row_from_dict(obj, loc, source)
+    except RowError as e:
+        return e.bad
+
+
+def _read_parquet(part: Part) -> Iterator[Row | BadRow]:
+    import pyarrow.parquet as pq
+
+    row = part.first_row
+    try:
+        pf = pq.ParquetFile(part.path)
+        for batch in pf.iter_batches(batch_size=256, row_groups=list(part.row_groups)):
+            for obj in batch.to_pylist():
+                yield _validate(obj, Location(part.path, row), part.source)
+                row += 1
+    except Exception as e:  # corrupt pages: the rest of this part cannot be read
+        yield BadRow(Location(part.path, row), "<row group>", f"unreadable Parquet data from this row on: {e}")
+
+
+def _open_text(path: str) -> io.BufferedIOBase:
+    p = path.lower()
+    if p.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if p.endswith((".zst", ".zstd")):
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))
+    return open(path, "rb")
+
+
+def _read_jsonl(part: Part) -> Iterator[Row | BadRow]:
+    with _open_text(part.path) as f:
+        line_no = 0
+        if part.byte_range:
+            start, end = part.byte_range
+            if start > 0:
+                # A range starts after the first newline at or past `start - 1`: the line that
+                # straddles the boundary belongs to the previous range.
+                f.seek(start - 1)
+                f.readline()
+                line_no = _count_lines(part.path, f.tell())
+        else:
+            end = None
+        while True:
+            if end is not None and f.tell() >= end:
+                return
+            line = f.readline()
+            if not line:
+                return
+            loc = Location(part.path, line_no)
+            line_no += 1
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                msg = "invalid UTF-8" if "utf-8" in str(e).lower() else f"broken JSON line: {e}"
+                yield BadRow(loc, "<line>", msg, line.decode("utf-8", "replace")[:2000])
+                continue
+            yield _validate(obj, loc, part.source)
+
+
+def _count_lines(path: str, upto: int) -> int:
+    """Line number at byte offset `upto` (a range's first line), counted in 1 MiB blocks."""
+    n = 0
+    with open(path, "rb") as f:
+        left = upto
+        while left > 0:
+            block = f.read(min(left, 1 << 20))
+            if not block:
+                break
+            n += block.count(b"\n")
+            left -= len(block)
+    return n
+
+
+def _read_json(part: Part) -> Iterator[Row | BadRow]:
+    with _open_text(part.path) as f:
+        data = f.read()
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        yield BadRow(Location(part.path, -1), "<file>", f"broken JSON: {e}")
+        return
+    if isinstance(obj, dict):
+        rows = next((v for v in obj.values() if isinstance(v, list)), None) if "conversations" not in obj else [obj]
+    else:
+        rows = obj
+    if not isinstance(rows, list):
+        yield BadRow(Location(part.path, -1), "<file>", "expected a JSON array of rows")
+        return
+    for i, r in enumerate(rows):
+        yield _validate(r, Location(part.path, i), part.source)
+
+
+def _read_hub(part: Part) -> Iterator[Row | BadRow]:
+    ds = _load_streaming(part.path, part.config, part.split, part.data_files)
+    if part.num_shards > 1:
+        ds = ds.shard(num_shards=part.num_shards, index=part.index)
+    where = f"hf://{part.path}" + (f"/{part.config}" if part.config else "") + f"[{part.split}]"
+    if part.num_shards > 1:
+        where += f"#shard{part.index}"
+    for i, obj in enumerate(ds):
+        yield _validate(obj, Location(where, i), part.source)
+
+
+ON_ERROR = ("skip", "fail")
+
+
+def good_rows(shard: Shard, on_error: str, rejects: list[BadRow]) -> Iterator[Row]:
+    """Rows of a shard under an error policy: `skip` sets bad rows aside in `rejects` and goes
+    on; `fail` raises RowError at the first one."""
+    for item in read(shard):
+        if isinstance(item, BadRow):
+            if on_error == "fail":
+                raise RowError(item)
+            rejects.append(item)
+        else:
+            yield item
