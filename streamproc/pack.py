@@ -1,0 +1,195 @@
+"""Best-fit-decreasing packing of token sequences into rows of at most `seq_len` tokens.
+
+Pure and deterministic. `pack_order` is the core: O(N log N) for the sort plus O(N log seq_len)
+for placement, with a segment tree over free space (leaf s is "present" while some open row has
+exactly s tokens free) so the tightest row that still fits is found in one descent. Rows with
+the same free space wait in FIFO order, which makes the result independent of anything but the
+lengths. `Packer` buffers masked sequences and packs a whole buffer at once: the larger the
+buffer, the closer streaming gets to packing everything globally.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol
+
+import numba
+import numpy as np
+
+IGNORE = -100
+"""Label of a position that carries no loss."""
+
+
+@numba.njit(cache=True)
+def _place(lengths: np.ndarray, order: np.ndarray, capacity: int) -> np.ndarray:
+    """Row number of every sequence, placing them in `order` (longest first)."""
+    n = len(order)
+    size = 1
+    while size < capacity + 1:
+        size *= 2
+    tree = np.full(2 * size, -1, np.int64)  # max over the subtree of present free-space values
+    head = np.full(capacity + 1, -1, np.int64)  # FIFO of rows per free space: first, last, next
+    tail = np.full(capacity + 1, -1, np.int64)
+    nxt = np.full(max(n, 1), -1, np.int64)
+    row_of = np.empty(n, np.int64)
+    rows = 0
+    for k in range(n):
+        i = order[k]
+        need = lengths[i]
+        if tree[1] >= need:
+            node = 1  # leftmost present leaf with value >= need: the smallest free space that fits
+            while node < size:
+                node = 2 * node if tree[2 * node] >= need else 2 * node + 1
+            space = node - size
+            r = head[space]
+            head[space] = nxt[r]
+            if head[space] == -1:
+                tail[space] = -1
+                _set(tree, size, space, -1)
+        else:
+            r = rows
+            rows += 1
+            space = capacity
+        row_of[i] = r
+        space -= need
+        if space > 0:
+            nxt[r] = -1
+            if tail[space] == -1:
+                head[space] = r
+                _set(tree, size, space, space)
+            else:
+                nxt[tail[space]] = r
+            tail[space] = r
+    return row_of
+
+
+@numba.njit(cache=True)
+def _set(tree: np.ndarray, size: int, leaf: int, value: int) -> None:
+    node = leaf + size
+    tree[node] = value
+    node //= 2
+    while node >= 1:
+        tree[node] = max(tree[2 * node], tree[2 * node + 1])
+        node //= 2
+
+
+def pack_order(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best-fit decreasing, flat: (order, bounds) where row r holds sequences
+    order[bounds[r]:bounds[r + 1]], longest first. Raises ValueError for a length outside
+    [1, capacity]. Ties (equal lengths) go in input order."""
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    if capacity < 1:
+        raise ValueError(f"capacity must be at least 1, not {capacity}")
+    if len(lengths) and (lengths.min() < 1 or lengths.max() > capacity):
+        bad = int(np.flatnonzero((lengths < 1) | (lengths > capacity))[0])
+        raise ValueError(f"sequence {bad} has length {lengths[bad]}, outside [1, {capacity}]")
+    order = np.argsort(-lengths, kind="stable")
+    row_of = _place(lengths, order, capacity)
+    # Stable sort by row keeps each row's sequences in placement order (longest first).
+    order = order[np.argsort(row_of[order], kind="stable")]
+    counts = np.bincount(row_of) if len(row_of) else np.zeros(0, np.int64)
+    bounds = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=bounds[1:])
+    return order, bounds
+
+
+def pack_lengths(lengths, capacity: int) -> list[list[int]]:
+    """Best-fit decreasing: the rows, each a list of indices into `lengths`, none over capacity."""
+    order, bounds = pack_order(np.asarray(lengths), capacity)
+    return [order[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+class Masked(Protocol):
+    """What the packer needs of a masked sequence (streamproc.mask.MaskedSeq)."""
+
+    trace_id: str
+    input_ids: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(slots=True)
+class Packed:
+    """Packed rows, flat: row r holds tokens[row_bounds[r]:row_bounds[r+1]] made of the
+    sequences seq_lens[seq_bounds[r]:seq_bounds[r+1]] (from trace_ids at the same positions)."""
+
+    input_ids: np.ndarray  # int32
+    labels: np.ndarray  # int32, IGNORE or the input id at the same position
+    row_bounds: np.ndarray  # int64, len rows + 1
+    seq_lens: np.ndarray  # int32
+    seq_bounds: np.ndarray  # int64, len rows + 1
+    trace_ids: list[str]
+
+    @property
+    def rows(self) -> int:
+        return len(self.row_bounds) - 1
+
+    def slice(self, start: int, stop: int) -> "Packed":
+        """Rows [start, stop)."""
+        t0, t1 = int(self.row_bounds[start]), int(self.row_bounds[stop])
+        s0, s1 = int(self.seq_bounds[start]), int(self.seq_bounds[stop])
+        return Packed(
+            self.input_ids[t0:t1],
+            self.labels[t0:t1],
+            self.row_bounds[start : stop + 1] - t0,
+            self.seq_lens[s0:s1],
+            self.seq_bounds[start : stop + 1] - s0,
+            self.trace_ids[s0:s1],
+        )
+
+
+@dataclass(slots=True)
+class Packer:
+    """Buffers masked sequences; `flush` packs everything buffered into rows of <= seq_len tokens.
+
+    Labels are kept as a boolean "trained" mask while buffered (5 bytes a token instead of 8),
+    since a label is always either IGNORE or the input id.
+    """
+
+    seq_len: int
+    buffer_size: int = 100_000
+    _ids: list[np.ndarray] = field(default_factory=list)
+    _trained: list[np.ndarray] = field(default_factory=list)
+    _trace_ids: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def full(self) -> bool:
+        return len(self._ids) >= self.buffer_size
+
+    def add(self, seqs: Iterable[Masked]) -> None:
+        for s in seqs:
+            if len(s.input_ids) > self.seq_len:
+                raise ValueError(f"trace {s.trace_id}: sequence of {len(s.input_ids)} tokens is longer than seq_len {self.seq_len}")
+            self._ids.append(np.asarray(s.input_ids, np.int32))
+            self._trained.append(np.asarray(s.labels) != IGNORE)
+            self._trace_ids.append(s.trace_id)
+
+    def flush(self) -> Packed:
+        lengths = np.fromiter((len(a) for a in self._ids), np.int64, len(self._ids))
+        order, bounds = pack_order(lengths, self.seq_len)
+        ids = _gather(self._ids, order, np.int32)
+        trained = _gather(self._trained, order, np.bool_)
+        seq_lens = lengths[order].astype(np.int32)
+        starts = np.zeros(len(order) + 1, np.int64)  # token offset of every sequence, in row order
+        np.cumsum(seq_lens, out=starts[1:])
+        packed = Packed(
+            ids,
+            np.where(trained, ids, np.int32(IGNORE)).astype(np.int32),
+            starts[bounds],
+            seq_lens,
+            bounds,
+            [self._trace_ids[i] for i in order],
+        )
+        self._ids, self._trained, self._trace_ids = [], [], []
+        return packed
+
+
+def _gather(arrays: list[np.ndarray], order: np.ndarray, dtype) -> np.ndarray:
+    if not len(order):
+        return np.zeros(0, dtype)
+    return np.concatenate([arrays[i] for i in order]).astype(dtype, copy=False)

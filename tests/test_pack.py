@@ -1,0 +1,156 @@
+"""Best-fit-decreasing packing: properties against simple references, and the streaming Packer."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamproc.pack import IGNORE, Packer, pack_lengths, pack_order
+
+
+def reference_bfd(lengths: list[int], capacity: int) -> list[list[int]]:
+    """BFD as the textbook says, in O(N^2): longest first (ties in input order), each into the open
+    row with the least free space that fits; among equals, the one that has had that space longest."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    since: list[int] = []
+    for step, i in enumerate(sorted(range(len(lengths)), key=lambda i: -lengths[i])):
+        fits = [(free[r], since[r], r) for r in range(len(rows)) if free[r] >= lengths[i]]
+        if fits:
+            r = min(fits)[2]
+        else:
+            r = len(rows)
+            rows.append([])
+            free.append(capacity)
+            since.append(step)
+        rows[r].append(i)
+        free[r] -= lengths[i]
+        since[r] = step
+    return rows
+
+
+def first_fit_decreasing(lengths: list[int], capacity: int) -> int:
+    free: list[int] = []
+    for n in sorted(lengths, reverse=True):
+        r = next((r for r, f in enumerate(free) if f >= n), None)
+        if r is None:
+            free.append(capacity - n)
+        else:
+            free[r] -= n
+    return len(free)
+
+
+@st.composite
+def instances(draw, max_size=200):
+    capacity = draw(st.integers(1, 300))
+    lengths = draw(st.lists(st.integers(1, capacity), max_size=max_size))
+    return lengths, capacity
+
+
+@settings(max_examples=300, deadline=None)
+@given(instances())
+def test_every_sequence_placed_once_and_no_row_over_capacity(inst):
+    lengths, capacity = inst
+    rows = pack_lengths(lengths, capacity)
+    assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+    assert all(r and sum(lengths[i] for i in r) <= capacity for r in rows)
+
+
+@settings(max_examples=300, deadline=None)
+@given(instances(max_size=60))
+def test_equals_reference_bfd(inst):
+    lengths, capacity = inst
+    assert pack_lengths(lengths, capacity) == reference_bfd(lengths, capacity)
+
+
+@settings(max_examples=300, deadline=None)
+@given(instances())
+def test_bounds_on_the_number_of_rows(inst):
+    lengths, capacity = inst
+    rows = pack_lengths(lengths, capacity)
+    loads = [sum(lengths[i] for i in r) for r in rows]
+    assert len(rows) >= math.ceil(sum(lengths) / capacity)
+    # Any-fit: a second row at most half full would have taken the first one's items.
+    assert sum(2 * load <= capacity for load in loads) <= 1
+    # BFD and FFD both stay within 11/9 OPT + 6/9, and OPT <= FFD.
+    assert len(rows) <= 11 / 9 * first_fit_decreasing(lengths, capacity) + 6 / 9
+
+
+@settings(max_examples=100, deadline=None)
+@given(instances(), st.randoms(use_true_random=False))
+def test_deterministic_and_longest_first_within_rows(inst, rnd):
+    lengths, capacity = inst
+    order, bounds = pack_order(np.array(lengths, np.int64), capacity)
+    again = pack_order(np.array(lengths, np.int64), capacity)
+    assert np.array_equal(order, again[0]) and np.array_equal(bounds, again[1])
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        row = [lengths[i] for i in order[a:b]]
+        assert row == sorted(row, reverse=True)
+
+
+def test_lengths_outside_capacity_are_refused():
+    with pytest.raises(ValueError, match="sequence 1 has length 9"):
+        pack_lengths([3, 9], 8)
+    with pytest.raises(ValueError, match="length 0"):
+        pack_lengths([0], 8)
+    assert pack_lengths([], 8) == []
+
+
+def test_large_input_packs_tightly():
+    rng = np.random.default_rng(0)
+    lengths = np.minimum(rng.lognormal(7, 1, 200_000).astype(np.int64) + 1, 8192)
+    order, bounds = pack_order(lengths, 8192)
+    assert sorted(order.tolist()) == list(range(len(lengths)))
+    loads = np.add.reduceat(lengths[order], bounds[:-1])
+    assert loads.max() <= 8192
+    assert lengths.sum() / (len(loads) * 8192) > 0.999
+
+
+@dataclass(slots=True)
+class Seq:
+    trace_id: str
+    input_ids: np.ndarray
+    labels: np.ndarray
+
+
+def _seqs(lengths, rng):
+    out = []
+    for k, n in enumerate(lengths):
+        ids = rng.integers(0, 150_000, n).astype(np.int32)
+        labels = np.where(rng.random(n) < 0.5, ids, IGNORE).astype(np.int32)
+        out.append(Seq(f"t{k}", ids, labels))
+    return out
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(1, 64), max_size=80), st.integers(0, 2**32 - 1))
+def test_packer_rows_hold_the_sequences_exactly(lengths, seed):
+    seqs = _seqs(lengths, np.random.default_rng(seed))
+    packer = Packer(seq_len=64, buffer_size=10)
+    packer.add(seqs)
+    assert packer.full == (len(lengths) >= 10)
+    p = packer.flush()
+    assert len(packer) == 0
+    assert p.rows == len(pack_lengths(lengths, 64))
+    assert p.labels.dtype == p.input_ids.dtype == p.seq_lens.dtype == np.int32
+    by_id = {s.trace_id: s for s in seqs}
+    for r in range(p.rows):
+        row = p.slice(r, r + 1)
+        assert len(row.input_ids) == row.seq_lens.sum() <= 64
+        starts = np.concatenate([[0], np.cumsum(row.seq_lens)])
+        for k, tid in enumerate(row.trace_ids):
+            s = by_id[tid]
+            assert np.array_equal(row.input_ids[starts[k] : starts[k + 1]], s.input_ids)
+            assert np.array_equal(row.labels[starts[k] : starts[k + 1]], s.labels)
+    assert sorted(p.trace_ids) == sorted(by_id)
+
+
+def test_packer_refuses_a_sequence_longer_than_a_row():
+    packer = Packer(seq_len=4)
+    with pytest.raises(ValueError, match="trace x: sequence of 5 tokens"):
+        packer.add([Seq("x", np.arange(5, dtype=np.int32), np.arange(5, dtype=np.int32))])
