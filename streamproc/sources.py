@@ -14,7 +14,7 @@ import io
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import orjson
 
@@ -293,17 +293,22 @@ def _read_jsonl(part: Part) -> Iterator[Row | BadRow]:
             line = f.readline()
             if not line:
                 return
-            loc = Location(part.path, line_no)
+            item = decode_line(line, Location(part.path, line_no), part.source)
             line_no += 1
-            if not line.strip():
-                continue
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError as e:
-                msg = "invalid UTF-8" if "utf-8" in str(e).lower() else f"broken JSON line: {e}"
-                yield BadRow(loc, "<line>", msg, line.decode("utf-8", "replace")[:2000])
-                continue
-            yield _validate(obj, loc, part.source)
+            if item is not None:
+                yield item
+
+
+def decode_line(line: bytes, loc: Location, source: str) -> Row | BadRow | None:
+    """One JSONL line as a row, a BadRow, or None when it is blank."""
+    if not line.strip():
+        return None
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as e:
+        msg = "invalid UTF-8" if "utf-8" in str(e).lower() else f"broken JSON line: {e}"
+        return BadRow(loc, "<line>", msg, line.decode("utf-8", "replace")[:2000])
+    return _validate(obj, loc, source)
 
 
 def _count_lines(path: str, upto: int) -> int:
@@ -356,7 +361,12 @@ ON_ERROR = ("skip", "fail")
 def good_rows(shard: Shard, on_error: str, rejects: list[BadRow]) -> Iterator[Row]:
     """Rows of a shard under an error policy: `skip` sets bad rows aside in `rejects` and goes
     on; `fail` raises RowError at the first one."""
-    for item in read(shard):
+    return keep_good(read(shard), on_error, rejects)
+
+
+def keep_good(items: Iterable[Row | BadRow], on_error: str, rejects: list[BadRow]) -> Iterator[Row]:
+    """The error policy of `good_rows` over any stream of read items."""
+    for item in items:
         if isinstance(item, BadRow):
             if on_error == "fail":
                 raise RowError(item)
