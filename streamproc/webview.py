@@ -1,0 +1,234 @@
+"""The web trace viewer: one self-contained HTML page with the summary, plots and a trace browser.
+
+Built for the full dataset (15,000 traces of ~60 KB): the page carries a small index inline (one
+row per trace: what the filters need) and the trace bodies compact (parsed turns, system prompt
+left out, long values shortened with their length noted), in zlib chunks of CHUNK traces,
+base64 in inert <script> tags. The browser inflates a chunk with DecompressionStream only when a
+trace in it is opened, so the page opens fast, needs no network and stays a single file.
+
+Index rows and compressed chunks are made per shard in worker processes (`collect`);
+`write_page` streams them into the template `data/viewer.html`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import orjson
+
+from .parse import parse_trace
+from .pipeline import Tally
+from .records import REASONING, TEXT, Trace
+from .render import assistant_blocks, clip_values, shorten, status
+from .sources import Shard, good_rows
+from .workers import map_shards
+
+CHUNK = 200  # traces per compressed chunk: one inflate is a few MB at most
+LIMIT = 4000  # characters of any one value kept in the page
+TEMPLATE = Path(__file__).parent / "data" / "viewer.html"
+
+
+@dataclass(slots=True)
+class Entry:
+    """One trace in the page's index: what the list shows and filters on, and where its body is."""
+
+    id: str
+    source: str
+    category: str
+    subcategory: str
+    task: str
+    tools: list[str]  # distinct tools called, in order of first use
+    errors: int  # failed tool responses plus malformed calls
+    turns: int
+    calls: int
+    chunk: int = 0
+    pos: int = 0
+
+
+@dataclass(slots=True)
+class Browser:
+    """The page's trace list: index entries and the compressed chunks their bodies are in."""
+
+    entries: list[Entry] = field(default_factory=list)
+    chunks: list[bytes] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- per trace (pure)
+
+
+def entry(trace: Trace) -> Entry:
+    tools: dict[str, None] = {}
+    errors = 0
+    for i in range(len(trace.calls)):
+        call = trace.call(i)
+        tools.setdefault(call.name or "?")
+        errors += not call.valid
+    errors += sum(status(trace.response(i)) is not None for i in range(len(trace.responses)))
+    return Entry(trace.id, trace.source, trace.category, trace.subcategory, shorten(trace.task, 300),
+                 list(tools), errors, len(trace.turns), len(trace.calls))
+
+
+def body(trace: Trace) -> dict[str, Any]:
+    """The compact form the page renders: turns as blocks, values shortened to LIMIT."""
+    turns = []
+    for ti, turn in enumerate(trace.turns):
+        if turn.role == "system":
+            turns.append({"role": "system", "chars": len(turn.text)})
+        elif turn.role == "assistant":
+            turns.append({"role": "assistant", "turn": ti, "blocks": [_block(k, v, n) for k, v, n in assistant_blocks(trace, ti)]})
+        elif turn.role == "tool":
+            responses = [
+                {"call": r.call, "name": r.name, "status": status(r), "content": clip_values(r.content, LIMIT),
+                 "error": r.error}
+                for r in turn.tool_responses
+            ]
+            text = "" if responses else shorten(turn.text, LIMIT)
+            turns.append({"role": "tool", "turn": ti, "responses": responses, "text": text})
+        else:
+            turns.append({"role": turn.role, "turn": ti, "text": shorten(turn.text, LIMIT)})
+    return {"id": trace.id, "task": trace.task, "category": trace.category, "subcategory": trace.subcategory,
+            "source": trace.source, "turns": turns}
+
+
+def _block(kind: str, value: Any, number: int | None) -> dict[str, Any]:
+    if kind in (REASONING, TEXT):
+        return {"kind": kind, "text": shorten(value, LIMIT), "chars": len(value)}
+    return {"kind": "call", "n": number, "name": value.name, "args": clip_values(value.arguments, LIMIT),
+            "error": value.error, "raw": None if value.valid else shorten(value.raw, LIMIT),
+            "answered": value.response is not None}
+
+
+# ----------------------------------------------------------------------------- per shard (workers)
+
+
+@dataclass(slots=True)
+class _ViewPart:
+    entries: list[Entry]
+    chunks: list[bytes]
+    tally: Tally
+
+
+class _ViewShard:
+    """Picklable: one shard's index entries and compressed body chunks."""
+
+    def __init__(self, on_error: str):
+        self.on_error = on_error
+
+    def __call__(self, shard: Shard) -> _ViewPart:
+        tally = Tally()
+        entries, bodies, chunks = [], [], []
+        for row in good_rows(shard, self.on_error, tally.rejected):
+            trace = parse_trace(row)
+            e = entry(trace)
+            e.chunk, e.pos = len(chunks), len(bodies)
+            entries.append(e)
+            bodies.append(body(trace))
+            if len(bodies) == CHUNK:
+                chunks.append(_compress(bodies))
+                bodies = []
+        if bodies:
+            chunks.append(_compress(bodies))
+        tally.parsed = len(entries)
+        tally.read = tally.parsed + len(tally.rejected)
+        return _ViewPart(entries, chunks, tally)
+
+
+def _compress(bodies: list[dict]) -> bytes:
+    # zlib format is what the browser's DecompressionStream("deflate") reads.
+    return zlib.compress(orjson.dumps(bodies), 6)
+
+
+def collect(shards: Sequence[Shard], workers: int = 1, on_error: str = "skip") -> tuple[Browser, Tally]:
+    """Index and body chunks of every trace, in input order, made in worker processes."""
+    browser, tally = Browser(), Tally()
+    for part in map_shards(_ViewShard(on_error), shards, workers, progress="index traces", rows_of=lambda p: p.tally.read):
+        for e in part.entries:
+            e.chunk += len(browser.chunks)
+        browser.entries.extend(part.entries)
+        browser.chunks.extend(part.chunks)
+        tally.add(part.tally)
+    return browser, tally
+
+
+# ----------------------------------------------------------------------------- the page
+
+
+def write_page(
+    path: str | os.PathLike,
+    browser: Browser,
+    *,
+    stats: dict[str, Any] | None = None,
+    plots: Sequence[str | os.PathLike] = (),
+    title: str = "streamproc report",
+) -> None:
+    """Write the page atomically. `stats` (e.g. metrics Stats.to_json()) is shown as tables,
+    `plots` (PNG files) inline; both optional."""
+    from .fileio import atomic_path
+
+    values = {
+        "title": html.escape(title),
+        "summary": _summary_html(stats) if stats else "<p>No summary was collected.</p>",
+        "plots": "".join(_img(Path(p)) for p in plots),
+        "index": _script_json(_index(browser)),
+    }
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        # The template alternates text and {{name}} markers; chunks are written one at a time.
+        for i, piece in enumerate(re.split(r"\{\{(\w+)\}\}", TEMPLATE.read_text(encoding="utf-8"))):
+            if i % 2 == 0:
+                f.write(piece)
+            elif piece == "chunks":
+                for k, c in enumerate(browser.chunks):
+                    f.write(f'<script type="application/x-deflate-base64" id="chunk-{k}">')
+                    f.write(base64.b64encode(c).decode("ascii"))
+                    f.write("</script>\n")
+            else:
+                f.write(values[piece])
+
+
+def _index(browser: Browser) -> dict[str, Any]:
+    """Columnar and dictionary-coded: 15,000 rows of repeated names stay small."""
+    names: dict[str, dict[str, int]] = {"source": {}, "category": {}, "subcategory": {}, "tool": {}}
+
+    def code(kind: str, value: str) -> int:
+        return names[kind].setdefault(value, len(names[kind]))
+
+    rows = [
+        [e.id, code("source", e.source), code("category", e.category), code("subcategory", e.subcategory), e.task,
+         [code("tool", t) for t in e.tools], e.errors, e.turns, e.calls, e.chunk, e.pos]
+        for e in browser.entries
+    ]
+    return {"names": {k: list(v) for k, v in names.items()}, "rows": rows}
+
+
+def _script_json(obj: Any) -> str:
+    # "</" would end the <script> element early; "<\/" is the same string to JSON.
+    return orjson.dumps(obj).decode().replace("</", "<\\/")
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    alt = html.escape(path.stem.replace("_", " "))
+    return f'<figure><img alt="{alt}" src="data:image/png;base64,{data}"><figcaption>{alt}</figcaption></figure>'
+
+
+def _summary_html(value: Any) -> str:
+    """Nested tables for a JSON summary; long lists are cut to their first 50 items."""
+    if isinstance(value, dict):
+        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_summary_html(v)}</td></tr>" for k, v in value.items())
+        return f'<table class="kv">{rows}</table>'
+    if isinstance(value, list):
+        items = "".join(f"<li>{_summary_html(v)}</li>" for v in value[:50])
+        more = f"<li>… {len(value) - 50:,} more</li>" if len(value) > 50 else ""
+        return f"<ol>{items}{more}</ol>"
+    if isinstance(value, float):
+        return f"{value:,.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return html.escape("null" if value is None else str(value))
