@@ -71,8 +71,8 @@ def _columns(stats: Stats) -> list[tuple[str, Counts]]:
     return cols
 
 
-def _tables(stats: Stats, top: int) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) of every summary table, shared by the terminal and Markdown views."""
+def tables(stats: Stats, top: int) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of every summary table, shared by the terminal, Markdown and web views."""
     cols = _columns(stats)
     total = cols[0][1]
     figures = [[label] + [fn(c) for _, c in cols] for label, fn in FIGURES]
@@ -95,7 +95,7 @@ def _tables(stats: Stats, top: int) -> list[tuple[str, list[str], list[list[str]
 def summary_text(stats: Stats, tally: Tally | None = None, top: int = 10) -> str:
     """The terminal summary: aligned plain-text tables."""
     out = [tally.summary()] if tally else []
-    for title, header, rows in _tables(stats, top):
+    for title, header, rows in tables(stats, top):
         if not rows:
             continue
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -111,7 +111,7 @@ def summary_markdown(stats: Stats, tally: Tally | None = None, top: int = 10, pl
         out += [tally.summary() + ".", ""]
     if stats.tokenizer:
         out += [f"Tokens counted with `{stats.tokenizer}`.", ""]
-    for title, header, rows in _tables(stats, top):
+    for title, header, rows in tables(stats, top):
         if not rows:
             continue
         out += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
