@@ -14,14 +14,14 @@ from collections import Counter
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from .outcomes import check_call, classify, guide_flags, parse_tools
 from .parse import parse_trace
 from .pipeline import Tally
-from .records import BadRow, RowError, Trace
+from .records import BadRow, Row, RowError, Trace
 from .sources import Shard, good_rows
 from .workers import map_shards
 
@@ -295,9 +295,15 @@ class _StatsShard:
         self.tokenizer = tokenizer
 
     def __call__(self, shard: Shard) -> _Partial:
+        tally = Tally()
+        return self.fold(good_rows(shard, self.on_error, tally.rejected), tally)
+
+    def fold(self, rows: Iterable[Row], tally: Tally) -> _Partial:
+        """Aggregate good rows; `tally` already holds the rows rejected on the way (the Ray
+        engine calls this on Arrow batches)."""
         tokens = load_tokenizer(self.tokenizer) if self.tokenizer else None
-        stats, tally = Stats(tokenizer=self.tokenizer), Tally()
-        for row in good_rows(shard, self.on_error, tally.rejected):
+        stats = Stats(tokenizer=self.tokenizer)
+        for row in rows:
             try:
                 add_trace(stats.source(row.source), parse_trace(row), tokens)
                 tally.parsed += 1
@@ -315,9 +321,14 @@ def collect(
 ) -> tuple[Stats, Tally]:
     """Aggregate every row of `shards` in `workers` processes. `tokenizer` (a local directory,
     a tokenizer.json or a model name) adds reasoning lengths in tokens."""
-    stats, tally = Stats(tokenizer=tokenizer), Tally()
     results = map_shards(_StatsShard(on_error, tokenizer), shards, workers, progress="stats", rows_of=lambda r: r.tally.read)
-    for r in results:
+    return merge(results, tokenizer)
+
+
+def merge(partials: Iterable[_Partial], tokenizer: str | None = None) -> tuple[Stats, Tally]:
+    """Merge partial results in the order given (the input order, for a reproducible JSON)."""
+    stats, tally = Stats(tokenizer=tokenizer), Tally()
+    for r in partials:
         stats.merge(r.stats)
         tally.add(r.tally)
     return stats, tally
