@@ -1,0 +1,293 @@
+"""Token ids and loss labels for whole conversations, exactly as the tokenizer would write them.
+
+A conversation is rendered once through the chat template (chat.render), which also gives the
+character span of every assistant turn. The text is then tokenized piece by piece: the fast
+tokenizer cuts added tokens out first and tokenizes the text between them independently, so
+the concatenation of the pieces' ids *is* the tokenization of the whole text. Pieces repeat a
+lot (the ~26,000-character system prompt is in every row, `\\n` sits between every two turns)
+and are cached, which is why masking is faster than encoding everything. Labels come from the
+spans and the tokens' character offsets with numpy: a token is trained when it starts inside a
+trainable span. The exactness tests compare every id with `apply_chat_template` on real traces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .chat import (
+    TOOL_FALLBACK,
+    Message,
+    Rendered,
+    TemplateError,
+    check_faithful,
+    inspect_template,
+    render,
+    template_of,
+    to_messages,
+)
+from .records import BadRow, Location, Row, RowError, Trace
+
+DEFAULT_TOKENIZER = Path(__file__).parent / "data" / "tokenizers" / "qwen2.5-0.5b-instruct"
+DEFAULT_TOKENIZER_NAME = "Qwen/Qwen2.5-0.5B-Instruct"
+IGNORE = -100
+SCOPES = ("all", "last")
+OVERFLOWS = ("split", "truncate", "drop")
+
+
+def load_tokenizer(name_or_dir: str | os.PathLike | None = None):
+    """A fast tokenizer: the shipped Qwen2.5-0.5B-Instruct one (offline) for None, `default` or
+    its Hub id; otherwise any local directory or Hub id."""
+    from transformers import AutoTokenizer
+
+    if name_or_dir in (None, "", "default", DEFAULT_TOKENIZER_NAME):
+        name_or_dir = DEFAULT_TOKENIZER
+    tok = AutoTokenizer.from_pretrained(str(name_or_dir))
+    if getattr(tok, "backend_tokenizer", None) is None:
+        raise ValueError(f"{name_or_dir}: masking needs a fast (Rust `tokenizers`) tokenizer")
+    return tok
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """sha256 of the tokenizer.json content (added tokens included)."""
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+
+
+def chat_template_hash(template: str) -> str:
+    return hashlib.sha256(template.encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class MaskOptions:
+    scope: str = "all"  # all assistant turns, or the last one only
+    train_reasoning: bool = True  # False: <think> blocks (tags included) are out of the loss
+    train_tool_calls: bool = True  # False: assistant turns with a tool call are out of the loss
+    overflow: str = "split"  # split | truncate | drop, for conversations longer than max_len
+    max_len: int | None = None  # None: no limit
+    chat_template: str = "auto"  # auto (the tokenizer's, refused if unfaithful) | chatml | Jinja text
+    tool_fallback: str = TOOL_FALLBACK  # prefix of tool turns sent as user messages
+    cache_chars: int = 32 << 20  # text held in the piece cache
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope {self.scope!r}: expected one of {', '.join(SCOPES)}")
+        if self.overflow not in OVERFLOWS:
+            raise ValueError(f"overflow {self.overflow!r}: expected one of {', '.join(OVERFLOWS)}")
+        if self.max_len is not None and self.max_len < 1:
+            raise ValueError(f"max_len {self.max_len}: must be at least 1")
+
+
+@dataclass(slots=True)
+class MaskedSeq:
+    trace_id: str
+    input_ids: np.ndarray  # int32
+    labels: np.ndarray  # int32, -100 or the input id at the same position (unshifted)
+
+
+@dataclass(slots=True)
+class MaskResult:
+    seqs: list[MaskedSeq]
+    tokens_cut: int = 0  # tokens tokenized but not written (truncated, or in a dropped sequence)
+    dropped: bool = False  # nothing of this trace was written
+    windows: int = 0  # sequences written (more than one when split)
+
+
+class _PieceCache:
+    """LRU map text piece -> (ids, start offsets), bounded by the characters it holds."""
+
+    def __init__(self, max_chars: int):
+        self.max_chars = max_chars
+        self.chars = 0
+        self.d: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def get(self, piece: str):
+        hit = self.d.get(piece)
+        if hit is not None:
+            self.d.move_to_end(piece)
+        return hit
+
+    def put(self, piece: str, value: tuple[np.ndarray, np.ndarray]) -> None:
+        self.d[piece] = value
+        self.chars += len(piece)
+        while self.chars > self.max_chars and self.d:
+            old, _ = self.d.popitem(last=False)
+            self.chars -= len(old)
+
+
+def _arrays(enc) -> tuple[np.ndarray, np.ndarray]:
+    n = len(enc.ids)
+    return np.array(enc.ids, np.int32), np.fromiter((o[0] for o in enc.offsets), np.int32, n)
+
+
+class Masker:
+    """Masks rows for one tokenizer and MaskOptions. Picklable (the cache is not sent along)."""
+
+    def __init__(self, tokenizer, options: MaskOptions | None = None):
+        if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = load_tokenizer(tokenizer)
+        self.tokenizer = tokenizer
+        self.options = options or MaskOptions()
+        self.template = template_of(tokenizer, self.options.chat_template)
+        self.info = inspect_template(tokenizer, self.template)
+        check_faithful(self.info, tokenizer)
+        self._backend = tokenizer.backend_tokenizer
+        added = tokenizer.added_tokens_decoder
+        self._added = {t.content: i for i, t in added.items()}
+        self._special = re.compile("(" + "|".join(re.escape(t) for t in sorted(self._added, key=len, reverse=True)) + ")")
+        self._cache = _PieceCache(self.options.cache_chars)
+        # Whitespace-absorbing added tokens make pieces depend on their neighbours.
+        self._piecewise = bool(self._added) and not any(t.lstrip or t.rstrip or t.single_word for t in added.values())
+        if self._piecewise and not self._pieces_agree():
+            self._piecewise = False
+
+    def _pieces_agree(self) -> bool:
+        """Piece-wise ids equal whole-text ids on a probe that mixes every kind of text boundary."""
+        probe = [("system", " sys\n\n  x"), ("human", "  12345 数字 😀\n"), ("gpt", "<think>\n r\n</think>\n  ok\n<tool_call>\n{}\n</tool_call>"), ("tool", "<tool_response>\n{\"a\": 1}\n</tool_response>"), ("gpt", "\n\ndone ")]
+        text = render(self.tokenizer, to_messages(probe, self.info.tool_mode, self.options.tool_fallback), self.info).text
+        ids = self.encode(text)[0]
+        self._cache = _PieceCache(self.options.cache_chars)
+        return ids.tolist() == self._backend.encode(text, add_special_tokens=False).ids
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = _PieceCache(self.options.cache_chars)
+        return state
+
+    @property
+    def tokenizer_hash(self) -> str:
+        return tokenizer_hash(self.tokenizer)
+
+    @property
+    def chat_template_hash(self) -> str:
+        return chat_template_hash(self.template)
+
+    # ------------------------------------------------------------------------- messages
+
+    def messages(self, row: Row | Trace) -> list[Message]:
+        """The chat messages this masker renders for a row (tool turns per the template)."""
+        turns = row.conversations if isinstance(row, Row) else [(t.role, t.text) for t in row.turns]
+        return to_messages(turns, self.info.tool_mode, self.options.tool_fallback)
+
+    # ------------------------------------------------------------------------- tokens
+
+    def encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of `text` (no special tokens added) and each token's start character."""
+        if not self._piecewise:
+            return _arrays(self._backend.encode(text, add_special_tokens=False))
+        parts = self._special.split(text)  # text, added token, text, ..., text
+        cache = self._cache
+        misses = list({p: None for p in parts[::2] if p and cache.get(p) is None})
+        if misses:
+            for p, enc in zip(misses, self._backend.encode_batch(misses, add_special_tokens=False)):
+                cache.put(p, _arrays(enc))
+        ids, starts, pos = [], [], 0
+        for k, p in enumerate(parts):
+            if k % 2:
+                ids.append(np.array([self._added[p]], np.int32))
+                starts.append(np.array([pos], np.int32))
+            elif p:
+                got = cache.d.get(p) or _arrays(self._backend.encode(p, add_special_tokens=False))
+                ids.append(got[0])
+                starts.append(got[1] + pos)
+            pos += len(p)
+        if not ids:
+            return np.zeros(0, np.int32), np.zeros(0, np.int32)
+        return np.concatenate(ids), np.concatenate(starts)
+
+    def _labels(self, r: Rendered, ids: np.ndarray, starts: np.ndarray, train: set[int]) -> np.ndarray:
+        bounds = []
+        for sp in r.spans:
+            if sp.turn not in train:
+                continue
+            a = sp.start
+            if not self.options.train_reasoning:
+                for r0, r1 in sp.reasoning:
+                    bounds.append((a, r0))
+                    a = r1
+            bounds.append((a, sp.end))
+        depth = np.zeros(len(ids) + 1, np.int32)
+        if bounds:
+            idx = np.searchsorted(starts, np.asarray(bounds, np.int64).ravel()).reshape(-1, 2)
+            np.add.at(depth, idx[:, 0], 1)
+            np.add.at(depth, idx[:, 1], -1)
+        return np.where(np.cumsum(depth[:-1]) > 0, ids, IGNORE).astype(np.int32)
+
+    def _tokens(self, msgs: list[Message]) -> tuple[np.ndarray, np.ndarray, Rendered]:
+        r = render(self.tokenizer, msgs, self.info)
+        return (*self.encode(r.text), r)
+
+    # ------------------------------------------------------------------------- rows
+
+    def mask(self, row: Row | Trace) -> MaskResult:
+        """Input ids and labels for one row. A row the template cannot render raises RowError."""
+        msgs = self.messages(row)
+        try:
+            ids, starts, full = self._tokens(msgs)
+            train = self._trainable(full)
+            labels = self._labels(full, ids, starts, train)
+            return self._fit(row.id, msgs, ids, starts, labels, full, train)
+        except TemplateError as e:
+            loc = getattr(row, "loc", None) or Location("<memory>", 0)
+            raise RowError(BadRow(loc, "conversations", f"trace {row.id}: {e}")) from e
+
+    def _trainable(self, full: Rendered) -> set[int]:
+        spans = [s for s in full.spans if self.options.train_tool_calls or not s.tool_calls]
+        if self.options.scope == "last":
+            spans = spans[-1:]
+        return {s.turn for s in spans}
+
+    def _fit(self, tid: str, msgs, ids, starts, labels, full: Rendered, train: set[int]) -> MaskResult:
+        o = self.options
+        n = len(ids)
+        if o.max_len is None or n <= o.max_len:
+            return _result(tid, [(ids, labels)], 0)
+        if o.overflow == "drop":
+            return MaskResult([], tokens_cut=n, dropped=True)
+        if o.overflow == "truncate":
+            return _result(tid, [(ids[: o.max_len], labels[: o.max_len])], n - o.max_len)
+        return self._split(tid, msgs, starts, full, train)
+
+    def _split(self, tid: str, msgs: list[Message], starts: np.ndarray, full: Rendered, train: set[int]) -> MaskResult:
+        """Windows of whole steps (messages up to and including an assistant turn), each starting
+        with the system prompt, filled greedily; a window is re-rendered and tokenized exactly."""
+        max_len = self.options.max_len
+        head = 1 if msgs and msgs[0].role == "system" else 0
+        # Estimated tokens up to the end of each message's content; windows are then measured exactly.
+        end_tok = np.searchsorted(starts, np.asarray(full.ends), side="right")
+        steps = [i + 1 for i in range(head, len(msgs)) if msgs[i].role == "assistant"]  # step ends (exclusive)
+        head_cost = int(end_tok[head - 1]) + 2 if head else 0
+        out, cut, first, k = [], 0, head, 0
+        while k < len(steps):
+            base = int(end_tok[first - 1]) if first else 0
+            j = k
+            while j + 1 < len(steps) and head_cost + end_tok[steps[j + 1] - 1] - base <= max_len:
+                j += 1
+            while True:
+                w_ids, w_starts, w = self._tokens(msgs[:head] + msgs[first : steps[j]])
+                if len(w_ids) <= max_len or j == k:
+                    break
+                j -= 1
+            w_labels = self._labels(w, w_ids, w_starts, train)
+            if len(w_ids) > max_len:
+                cut += len(w_ids) - max_len
+                w_ids, w_labels = w_ids[:max_len], w_labels[:max_len]
+            out.append((w_ids, w_labels))
+            first, k = steps[j], j + 1
+        return _result(tid, out, cut)
+
+
+def _result(tid: str, seqs: list[tuple[np.ndarray, np.ndarray]], cut: int) -> MaskResult:
+    """Sequences with at least one trained token; the others count as cut."""
+    kept = []
+    for ids, labels in seqs:
+        if (labels != IGNORE).any():
+            kept.append(MaskedSeq(tid, ids, labels))
+        else:
+            cut += len(ids)
+    return MaskResult(kept, tokens_cut=cut, dropped=not kept, windows=len(kept))
