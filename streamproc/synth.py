@@ -49,7 +49,7 @@ class Profile:
 
 
 FOLLOWUP = 0.08  # rows where the user asks again after an answer (two more messages)
-FAIL = 0.11  # per call: 1 - 0.89**13.9 ~ 0.8, the card's "81% of trajectories include a failure"
+FAIL = 0.15  # per call; gives the card's "81% of trajectories include a tool failure" (kimi)
 UNKNOWN = 0.004  # responses whose name the harness could not match, written as `unknown`
 LONG = 0.02  # tool outputs of tens of KB
 EMPTY_THINK = 0.05
@@ -157,7 +157,7 @@ def _config_at(i: int, configs: Sequence[str]) -> str:
 
 def row(seed: int, index: int, config: str) -> dict:
     """One synthetic row: a pure function of its arguments."""
-    return _Row(random.Random(f"{seed}:{index}"), config, _pools()).build()
+    return _Row(random.Random(f"{seed}:{config}:{index}"), config, _pools()).build()
 
 
 class _Row:
