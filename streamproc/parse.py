@@ -1,11 +1,13 @@
 """Single-pass trace parser.
 
 Each turn is scanned once, left to right, by a small state machine: outside any block it looks
-for the next opening tag (one compiled lexer pattern finds whichever tag comes first); inside a
-block it looks only for that block's closing tag. Tool-call and tool-response bodies are decoded
-with orjson. When a body fails to decode and a later closing tag exists, the later one is tried:
-this is how `</tool_call>` written inside a JSON string argument is told apart from the real
-closing tag. The parser never raises on any string; problems are reported on the records.
+for whichever state-changing tag comes next (`<think>`, a stray `</think>`, `<tool_call>`; in
+tool turns `<tool_response>`); inside a block it looks only for that block's closing tag. Tags
+are found with `str.find`, each occurrence once, so the scan is linear and runs at C speed.
+Tool-call and tool-response bodies are decoded with orjson. When a body fails to decode and a
+later closing tag exists, the later one is tried: this is how `</tool_call>` written inside a
+JSON string argument is told apart from the real closing tag. The parser never raises on any
+string; problems are reported on the records.
 
 Segments tile the turn's text exactly, so `"".join(text[s.start:s.end] for s in segments) == text`.
 """
@@ -16,6 +18,7 @@ import re
 from typing import Any, Mapping
 
 import orjson
+from orjson import JSONDecodeError, loads
 
 from .records import (
     REASONING,
@@ -35,13 +38,8 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 RESP_OPEN, RESP_CLOSE = "<tool_response>", "</tool_response>"
 
-# The tags that change state outside a block, per role. A stray </think> outside a block is
-# a state change too (see _stray_close).
-_ASSISTANT_LEXER = re.compile(r"<(?:think>|/think>|tool_call>)")
-_TOOL_LEXER = re.compile(r"<tool_response>")
-
 # How many later closing tags to try when a body does not decode. Bounded so adversarial text
-# with thousands of closing tags stays linear-ish.
+# with thousands of closing tags stays linear.
 MAX_CLOSE_CANDIDATES = 16
 
 _NAME_RE = re.compile(r'"name"\s*:\s*"((?:[^"\\]|\\.)*)"')
@@ -51,14 +49,16 @@ _CHAT_ROLE = {**ROLES, **{v: v for v in ROLES.values()}}
 
 def parse_turn(role: str, text: str) -> Turn:
     """Parse one turn. `role` is a ShareGPT `from` (gpt, human, ...) or a chat role."""
-    chat_role = _CHAT_ROLE.get(role, role)
-    if not isinstance(text, str):
+    if text.__class__ is not str:
         text = "" if text is None else str(text)
-    if chat_role == "assistant":
-        return _parse_assistant(text)
-    if chat_role == "tool":
-        return _parse_tool(text)
+    parse = _PARSERS.get(role)
+    if parse is not None:
+        return parse(text)
+    chat_role = _CHAT_ROLE.get(role, role)
     return Turn(chat_role, text, [Segment(TEXT, 0, len(text), 0, len(text))] if text else [])
+
+
+_PARSERS = {"gpt": None, "assistant": None, "tool": None}  # filled in below the parsers
 
 
 def parse_trace(row: Row | Mapping[str, Any], source: str | None = None) -> Trace:
@@ -93,18 +93,34 @@ def _parse_assistant(text: str) -> Turn:
     segments: list[Segment] = []
     thoughts: list[str] = []
     calls: list[ToolCall] = []
+    answer: list[str] = []
     find = text.find
     n = len(text)
     pos = 0  # start of the not-yet-segmented text
-    search = _ASSISTANT_LEXER.search
+    # Where each state-changing tag next occurs at or after `pos` (n: nowhere). A position is
+    # searched again only once the scan has passed it, so every occurrence is found once.
+    t_open = t_close = c_open = -1
     while pos < n:
-        m = search(text, pos)
-        if m is None:
+        if t_open < pos:
+            t_open = find(THINK_OPEN, pos)
+            if t_open < 0:
+                t_open = n
+        if t_close < pos:
+            t_close = find(THINK_CLOSE, pos)
+            if t_close < 0:
+                t_close = n
+        if c_open < pos:
+            c_open = find(CALL_OPEN, pos)
+            if c_open < 0:
+                c_open = n
+        i = t_open if t_open < t_close else t_close
+        if c_open < i:
+            i = c_open
+        if i == n:
             segments.append(Segment(TEXT, pos, n, pos, n))
+            answer.append(text[pos:])
             break
-        i = m.start()
-        tag = m.group()
-        if tag == THINK_CLOSE:
+        if i == t_close:
             # A stray </think>: what came before it (since the last block) was reasoning whose
             # opening tag is missing, as some models write. Qwen-style templates read it so too.
             end = i + len(THINK_CLOSE)
@@ -114,46 +130,50 @@ def _parse_assistant(text: str) -> Turn:
             continue
         if i > pos:
             segments.append(Segment(TEXT, pos, i, pos, i))
-        body_start = i + len(tag)
-        if tag == THINK_OPEN:
-            j = find(THINK_CLOSE, body_start)
-            if j < 0:
-                segments.append(Segment(REASONING, i, n, body_start, n, closed=False))
-                thoughts.append(text[body_start:].strip())
-                pos = n
+            answer.append(text[pos:i])
+        if i == t_open:
+            body_start = i + len(THINK_OPEN)
+            if t_close < n:  # the first </think> after the opener closes it
+                end = t_close + len(THINK_CLOSE)
+                segments.append(Segment(REASONING, i, end, body_start, t_close))
+                thoughts.append(text[body_start:t_close].strip())
             else:
-                end = j + len(THINK_CLOSE)
-                segments.append(Segment(REASONING, i, end, body_start, j))
-                thoughts.append(text[body_start:j].strip())
-                pos = end
-        else:  # <tool_call>
-            body_end, end, value, err = _block(text, body_start, CALL_CLOSE, CALL_OPEN)
-            seg = Segment(TOOL_CALL, i, end, body_start, body_end, closed=end > body_end)
-            calls.append(_tool_call(text[body_start:body_end], value, err, len(segments)))
-            segments.append(seg)
+                # Unclosed: it runs to the next <tool_call> (a model that forgot </think>
+                # still calls its tools) or to the end.
+                end = c_open
+                segments.append(Segment(REASONING, i, end, body_start, end, False))
+                thoughts.append(text[body_start:end].strip())
             pos = end
-    answer = "".join([text[s.start : s.end] for s in segments if s.kind == TEXT]).strip()
-    return Turn("assistant", text, segments, thoughts, calls, answer)
+        else:  # <tool_call>
+            body_start = i + len(CALL_OPEN)
+            body_end = find(CALL_CLOSE, body_start)
+            try:  # the common case: the body decodes up to the first closing tag
+                value, err, end = loads(text[body_start:body_end] if body_end >= 0 else ""), None, body_end + len(CALL_CLOSE)
+            except JSONDecodeError:
+                body_end, end, value, err = _block(text, body_start, body_end, CALL_CLOSE, CALL_OPEN)
+            calls.append(_tool_call(text[body_start:body_end], value, err, len(segments)))
+            segments.append(Segment(TOOL_CALL, i, end, body_start, body_end, end > body_end))
+            pos = end
+    return Turn("assistant", text, segments, thoughts, calls, "".join(answer).strip())
 
 
 def _tool_call(raw: str, value: Any, err: str | None, seg: int) -> ToolCall:
     if err is not None:
         m = _NAME_RE.search(raw)
-        name = m.group(1) if m else ""
-        return ToolCall(name, None, raw, False, err, seg)
-    if not isinstance(value, dict):
+        return ToolCall(m.group(1) if m else "", None, raw, False, err, seg)
+    if value.__class__ is not dict:
         return ToolCall("", value, raw, False, f"tool call is a JSON {type(value).__name__}, not an object", seg)
     name = value.get("name")
     args = value.get("arguments", {})
-    if isinstance(args, str):
+    if args.__class__ is str:
         # Some writers double-encode the arguments; accept a string that holds a JSON object.
         try:
             args = orjson.loads(args)
         except orjson.JSONDecodeError:
             pass
-    if not isinstance(name, str) or not name:
+    if name.__class__ is not str or not name:
         return ToolCall("", args, raw, False, "tool call has no name", seg)
-    if not isinstance(args, dict):
+    if args.__class__ is not dict:
         return ToolCall(name, args, raw, False, f"arguments is a {type(args).__name__}, not an object", seg)
     return ToolCall(name, args, raw, True, None, seg)
 
@@ -164,37 +184,39 @@ def _tool_call(raw: str, value: Any, err: str | None, seg: int) -> ToolCall:
 def _parse_tool(text: str) -> Turn:
     segments: list[Segment] = []
     responses: list[ToolResponse] = []
+    find = text.find
     n = len(text)
     pos = 0
-    search = _TOOL_LEXER.search
     while pos < n:
-        m = search(text, pos)
-        if m is None:
+        i = find(RESP_OPEN, pos)
+        if i < 0:
             segments.append(Segment(TEXT, pos, n, pos, n))
             break
-        i = m.start()
         if i > pos:
             segments.append(Segment(TEXT, pos, i, pos, i))
         body_start = i + len(RESP_OPEN)
-        body_end, end, value, err = _block(text, body_start, RESP_CLOSE, RESP_OPEN)
-        raw = text[body_start:body_end]
-        responses.append(_tool_response(raw, value, err, len(segments)))
-        segments.append(Segment(TOOL_RESPONSE, i, end, body_start, body_end, closed=end > body_end))
+        body_end = find(RESP_CLOSE, body_start)
+        try:  # the common case: the body decodes up to the first closing tag
+            value, err, end = loads(text[body_start:body_end] if body_end >= 0 else ""), None, body_end + len(RESP_CLOSE)
+        except JSONDecodeError:
+            body_end, end, value, err = _block(text, body_start, body_end, RESP_CLOSE, RESP_OPEN)
+        responses.append(_tool_response(text[body_start:body_end], value, err, len(segments)))
+        segments.append(Segment(TOOL_RESPONSE, i, end, body_start, body_end, end > body_end))
         pos = end
-    return Turn("tool", text, segments, tool_responses=responses)
+    return Turn("tool", text, segments, [], [], "", responses)
 
 
 def _tool_response(raw: str, value: Any, err: str | None, seg: int) -> ToolResponse:
     if err is not None:
         # Not JSON: some harnesses write the tool's output as plain text.
         return ToolResponse(None, None, raw.strip(), raw, err, seg)
-    if not isinstance(value, dict):
+    if value.__class__ is not dict:
         return ToolResponse(None, None, value, raw, None, seg)
     call_id = value.get("tool_call_id")
     name = value.get("name")
     return ToolResponse(
-        call_id if isinstance(call_id, str) else None,
-        name if isinstance(name, str) else None,
+        call_id if call_id.__class__ is str else None,
+        name if name.__class__ is str else None,
         value.get("content", value),
         raw,
         None,
@@ -202,34 +224,36 @@ def _tool_response(raw: str, value: Any, err: str | None, seg: int) -> ToolRespo
     )
 
 
+_PARSERS.update(gpt=_parse_assistant, assistant=_parse_assistant, tool=_parse_tool)
+
+
 # ----------------------------------------------------------------------------- shared
 
 
-def _block(text: str, body_start: int, close: str, opener: str) -> tuple[int, int, Any, str | None]:
-    """Find the end of a JSON-bodied block. Returns (body_end, end, value, error).
+def _block(text: str, body_start: int, first: int, close: str, opener: str) -> tuple[int, int, Any, str | None]:
+    """Find the end of a JSON-bodied block whose body does not decode up to its first closing
+    tag (`first`, -1 if none). Returns (body_end, end, value, error).
 
-    The first closing tag whose body decodes wins; if none does, the first closing tag is used
-    and the body reported malformed. With no closing tag the block runs to the end (unclosed),
-    or up to the next opening tag of the same kind, which is likelier what the writer meant.
+    A later closing tag whose body decodes wins: this is how `</tool_call>` written inside a
+    JSON string is told apart from the real one. If none does, the first closing tag is used and
+    the body reported malformed. With no closing tag the block runs to the end (unclosed), or up
+    to the next opening tag of the same kind, which is likelier what the writer meant.
     """
     find = text.find
-    j = find(close, body_start)
-    if j < 0:
+    if first < 0:
         k = find(opener, body_start)
         body_end = k if k >= 0 else len(text)
         value, err = _decode(text[body_start:body_end])
         return body_end, body_end, value, f"unclosed {opener} block" if err is None else f"unclosed {opener} block; {err}"
-    first = j
-    first_err = None
-    for _ in range(MAX_CLOSE_CANDIDATES):
-        value, err = _decode(text[body_start:j])
-        if err is None:
-            return j, j + len(close), value, None
-        if first_err is None:
-            first_err = err
+    first_err = _decode(text[body_start:first])[1]
+    j = first
+    for _ in range(MAX_CLOSE_CANDIDATES - 1):
         j = find(close, j + len(close))
         if j < 0:
             break
+        value, err = _decode(text[body_start:j])
+        if err is None:
+            return j, j + len(close), value, None
     # Nothing decoded. If another opener appears before the first closer, this block was
     # never closed: end it at that opener so the next block parses on its own.
     k = find(opener, body_start, first)

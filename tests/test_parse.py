@@ -1,0 +1,244 @@
+"""Unit tests of the turn parser: the canonical layout and every odd input the issue lists."""
+
+from __future__ import annotations
+
+import json
+
+from streamproc.parse import parse_trace, parse_turn, trace_to_record
+from streamproc.records import REASONING, TEXT, TOOL_CALL, TOOL_RESPONSE, Turn
+
+
+def kinds(turn: Turn) -> list[str]:
+    return [s.kind for s in turn.segments]
+
+
+def assert_tiles(turn: Turn) -> None:
+    pos = 0
+    for s in turn.segments:
+        assert s.start == pos and s.start <= s.body_start <= s.body_end <= s.end
+        pos = s.end
+    assert pos == len(turn.text)
+
+
+def call_block(name: str, arguments, **kw) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments, **kw}, ensure_ascii=False) + "\n</tool_call>"
+
+
+def response_block(call_id, name, content) -> str:
+    body = {"tool_call_id": call_id, "name": name, "content": content}
+    return "<tool_response>\n" + json.dumps(body, ensure_ascii=False) + "\n</tool_response>"
+
+
+def test_kimi_layout_with_parallel_calls():
+    text = (
+        "<think>\n The user wants two files.\n</think>\n  Reading both."
+        "\n" + call_block("read_file", {"path": "a.py"}) + "\n" + call_block("read_file", {"path": "b.py"})
+    )
+    turn = parse_turn("gpt", text)
+    assert turn.role == "assistant"
+    assert kinds(turn) == [REASONING, TEXT, TOOL_CALL, TEXT, TOOL_CALL]
+    assert turn.thoughts == ["The user wants two files."]
+    assert turn.answer == "Reading both."
+    assert [(c.name, c.arguments, c.valid, c.error) for c in turn.tool_calls] == [
+        ("read_file", {"path": "a.py"}, True, None),
+        ("read_file", {"path": "b.py"}, True, None),
+    ]
+    reasoning, _, call, _, _ = turn.segments
+    assert text[reasoning.body_start : reasoning.body_end] == "\n The user wants two files.\n"
+    assert text[call.start : call.end].startswith("<tool_call>") and text[call.start : call.end].endswith("</tool_call>")
+    assert turn.tool_calls[0].segment == 2 and turn.tool_calls[1].segment == 4
+    assert_tiles(turn)
+
+
+def test_empty_think_and_final_answer():
+    turn = parse_turn("assistant", "<think>\n</think>\nDone: 3 files.")
+    assert kinds(turn) == [REASONING, TEXT]
+    assert turn.thoughts == [""] and turn.answer == "Done: 3 files." and turn.tool_calls == []
+
+
+def test_two_think_blocks():
+    turn = parse_turn("gpt", "<think>a</think>mid<think>b</think>end")
+    assert kinds(turn) == [REASONING, TEXT, REASONING, TEXT]
+    assert turn.thoughts == ["a", "b"] and turn.answer == "midend"
+
+
+def test_stray_closing_think_makes_preceding_text_reasoning():
+    # The layout of the real qwen traces: an empty think, then reasoning closed by a second </think>.
+    text = '<think>\n</think>\nThe user said "hi".\n</think>\n\nHello!'
+    turn = parse_turn("gpt", text)
+    assert kinds(turn) == [REASONING, REASONING, TEXT]
+    assert turn.thoughts == ["", 'The user said "hi".']
+    assert turn.answer == "Hello!"
+    stray = turn.segments[1]
+    assert text[stray.body_start : stray.body_end] == '\nThe user said "hi".\n'
+    assert text[stray.start : stray.end].endswith("</think>")
+    assert_tiles(turn)
+
+
+def test_unclosed_think_runs_to_the_end():
+    turn = parse_turn("gpt", "<think>still thinking")
+    assert kinds(turn) == [REASONING]
+    assert turn.segments[0].closed is False and turn.thoughts == ["still thinking"]
+
+
+def test_unclosed_think_stops_at_the_next_tool_call():
+    text = "<think>plan" + call_block("terminal", {"command": "ls"})
+    turn = parse_turn("gpt", text)
+    assert kinds(turn) == [REASONING, TOOL_CALL]
+    assert turn.segments[0].closed is False and turn.thoughts == ["plan"]
+    assert turn.tool_calls[0].valid and turn.tool_calls[0].arguments == {"command": "ls"}
+
+
+def test_tags_inside_a_closed_think_are_reasoning():
+    turn = parse_turn("gpt", "<think>I will write <tool_call> next</think>\n" + call_block("x", {}))
+    assert kinds(turn) == [REASONING, TEXT, TOOL_CALL]
+    assert len(turn.tool_calls) == 1 and turn.thoughts == ["I will write <tool_call> next"]
+
+
+def test_closing_tool_call_inside_a_json_string_argument():
+    code = 'print("<tool_call>{}</tool_call>")\n# </tool_call> again'
+    text = "<think>\nx\n</think>\n" + call_block("write_file", {"path": "t.py", "content": code}) + "\nafter"
+    turn = parse_turn("gpt", text)
+    assert kinds(turn) == [REASONING, TEXT, TOOL_CALL, TEXT]
+    (call,) = turn.tool_calls
+    assert call.valid and call.arguments["content"] == code
+    assert turn.answer == "after"
+    assert_tiles(turn)
+
+
+def test_unclosed_tool_call_runs_to_the_end():
+    turn = parse_turn("gpt", '<tool_call>\n{"name": "terminal", "arguments": {"command": "ls"}}')
+    (call,) = turn.tool_calls
+    assert turn.segments[-1].closed is False
+    assert call.name == "terminal" and call.valid is False and "unclosed" in call.error
+
+
+def test_unclosed_tool_call_stops_at_the_next_opener():
+    text = '<tool_call>\n{"name": "a", "arguments": {\n' + call_block("b", {"k": 1})
+    turn = parse_turn("gpt", text)
+    assert kinds(turn) == [TOOL_CALL, TOOL_CALL]
+    first, second = turn.tool_calls
+    assert not first.valid and first.name == "a" and "unclosed" in first.error
+    assert second.valid and second.name == "b" and second.arguments == {"k": 1}
+
+
+def test_stray_closing_tool_call_is_text():
+    turn = parse_turn("gpt", "done </tool_call> really")
+    assert kinds(turn) == [TEXT] and turn.answer == "done </tool_call> really" and turn.tool_calls == []
+
+
+def test_malformed_json_keeps_the_name_and_says_why():
+    turn = parse_turn("gpt", '<tool_call>\n{"name": "terminal", "arguments": {"command": "ls"\n</tool_call>\nok')
+    (call,) = turn.tool_calls
+    assert call.valid is False and call.name == "terminal" and call.arguments is None
+    assert call.error.startswith("malformed JSON")
+    assert call.raw == '\n{"name": "terminal", "arguments": {"command": "ls"\n'
+    assert kinds(turn) == [TOOL_CALL, TEXT] and turn.answer == "ok"
+
+
+def test_call_that_is_not_an_object_or_has_no_name():
+    not_object, no_name, empty = parse_turn(
+        "gpt", "<tool_call>[1, 2]</tool_call><tool_call>{\"arguments\": {}}</tool_call><tool_call> </tool_call>"
+    ).tool_calls
+    assert not not_object.valid and "not an object" in not_object.error and not_object.arguments == [1, 2]
+    assert not no_name.valid and no_name.error == "tool call has no name"
+    assert not empty.valid and empty.error == "empty body"
+
+
+def test_arguments_given_as_a_json_string():
+    (call,) = parse_turn("gpt", call_block("terminal", json.dumps({"command": "pwd"}))).tool_calls
+    assert call.valid and call.arguments == {"command": "pwd"}
+    (bad,) = parse_turn("gpt", call_block("terminal", "not json")).tool_calls
+    assert not bad.valid and bad.arguments == "not json" and "str" in bad.error
+
+
+def test_non_ascii_and_emoji_offsets_are_characters():
+    text = "<think>\n 用户想要 🚀 部署\n</think>\n  好的 👍" + call_block("terminal", {"command": "echo 错误 🔥"})
+    turn = parse_turn("gpt", text)
+    assert turn.thoughts == ["用户想要 🚀 部署"] and turn.answer == "好的 👍"
+    assert turn.tool_calls[0].arguments == {"command": "echo 错误 🔥"}
+    call = turn.segments[-1]
+    assert text[call.start : call.end] == call_block("terminal", {"command": "echo 错误 🔥"})
+    assert_tiles(turn)
+
+
+def test_tool_turn_with_json_and_string_content_and_tags_inside():
+    terminal = {"output": "x </tool_response> <tool_call> y", "exit_code": 0, "error": None}
+    text = response_block("functions.terminal:0", "terminal", terminal) + "\n" + response_block(
+        "functions.read_file:1", "read_file", "plain <think> text"
+    )
+    turn = parse_turn("tool", text)
+    assert kinds(turn) == [TOOL_RESPONSE, TEXT, TOOL_RESPONSE]
+    first, second = turn.tool_responses
+    assert (first.tool_call_id, first.name, first.content, first.error) == ("functions.terminal:0", "terminal", terminal, None)
+    assert (second.name, second.content) == ("read_file", "plain <think> text")
+    assert_tiles(turn)
+
+
+def test_tool_response_that_is_not_json_is_kept_as_text():
+    turn = parse_turn("tool", "<tool_response>\nplain output\n</tool_response>")
+    (resp,) = turn.tool_responses
+    assert resp.content == "plain output" and resp.tool_call_id is None and resp.error.startswith("malformed JSON")
+
+
+def test_other_roles_are_one_text_segment():
+    for role, chat in (("system", "system"), ("human", "user"), ("user", "user")):
+        turn = parse_turn(role, "<tool_call>{}</tool_call> is just text here")
+        assert turn.role == chat and kinds(turn) == [TEXT] and turn.tool_calls == []
+    assert parse_turn("human", "").segments == []
+
+
+def test_several_megabyte_values_parse_in_linear_time():
+    # Quadratic work on 5 MB (a rescan per character, or per closing tag) would take minutes.
+    big_arg = ("x" * 999 + "\n") * 5000 + "</tool_call>" * 10  # closing tags inside the string
+    big_out = ("log line 🚀 " * 100 + "\n") * 4500
+    call_text = "<think>\n" + "r" * 5_000_000 + "\n</think>\n" + call_block("write_file", {"content": big_arg})
+    call_turn = parse_turn("gpt", call_text)
+    assert call_turn.tool_calls[0].valid and call_turn.tool_calls[0].arguments == {"content": big_arg}
+    assert len(call_turn.thoughts[0]) == 5_000_000
+    tool_turn = parse_turn("tool", response_block("functions.write_file:0", "write_file", {"output": big_out}))
+    assert tool_turn.tool_responses[0].content == {"output": big_out}
+
+
+def test_calls_pair_with_responses_by_id_else_by_position():
+    row = {
+        "id": "r1",
+        "conversations": [
+            {"from": "human", "value": "go"},
+            {"from": "gpt", "value": call_block("a", {}) + "\n" + call_block("b", {})},
+            # answered in reverse order, by id
+            {"from": "tool", "value": response_block("functions.b:1", "b", 1) + "\n" + response_block("functions.a:0", "a", 2)},
+            {"from": "gpt", "value": call_block("c", {}) + "\n" + call_block("d", {})},
+            # ids in another scheme: by position
+            {"from": "tool", "value": response_block("x_0", "c", 3) + "\n" + response_block("x_0", "d", 4)},
+            {"from": "tool", "value": response_block("x_9", "e", 5)},  # no call left to answer
+        ],
+    }
+    trace = parse_trace(row)
+    pairs = [(trace.call(i).name, trace.call(i).response) for i in range(len(trace.calls))]
+    assert pairs == [("a", 1), ("b", 0), ("c", 2), ("d", 3)]
+    assert [trace.response(i).call for i in range(len(trace.responses))] == [1, 0, 2, 3, None]
+
+
+def test_trace_record_schema():
+    row = {
+        "id": "r2", "category": "Agent Tools", "subcategory": "Memory", "task": "t",
+        "conversations": [
+            {"from": "system", "value": "sys"},
+            {"from": "human", "value": "hi"},
+            {"from": "gpt", "value": "<think>\n p\n</think>\n" + call_block("a", {"k": "v"})},
+            {"from": "tool", "value": response_block("functions.a:0", "a", {"ok": True})},
+            {"from": "gpt", "value": "<think>\n</think>\nbye"},
+        ],
+    }
+    rec = trace_to_record(parse_trace(row, source="kimi"))
+    assert {k: rec[k] for k in ("id", "source", "category", "subcategory", "task")} == {
+        "id": "r2", "source": "kimi", "category": "Agent Tools", "subcategory": "Memory", "task": "t",
+    }
+    assert rec["turns"] == [
+        {"role": "system", "text": "sys"},
+        {"role": "user", "text": "hi"},
+        {"role": "assistant", "thoughts": ["p"], "tool_calls": [{"name": "a", "arguments": {"k": "v"}, "valid": True, "error": None}], "answer": ""},
+        {"role": "tool", "tool_responses": [{"tool_call_id": "functions.a:0", "name": "a", "content": {"ok": True}, "error": None}]},
+        {"role": "assistant", "thoughts": [""], "tool_calls": [], "answer": "bye"},
+    ]
