@@ -13,7 +13,6 @@ from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -301,7 +300,7 @@ class _StatsShard:
     def fold(self, rows: Iterable[Row], tally: Tally) -> _Partial:
         """Aggregate good rows; `tally` already holds the rows rejected on the way (the Ray
         engine calls this on Arrow batches)."""
-        tokens = load_tokenizer(self.tokenizer) if self.tokenizer else None
+        tokens = token_counter(self.tokenizer) if self.tokenizer else None
         stats = Stats(tokenizer=self.tokenizer)
         for row in rows:
             try:
@@ -319,8 +318,8 @@ class _StatsShard:
 def collect(
     shards: Sequence[Shard], workers: int = 1, on_error: str = "skip", tokenizer: str | None = None
 ) -> tuple[Stats, Tally]:
-    """Aggregate every row of `shards` in `workers` processes. `tokenizer` (a local directory,
-    a tokenizer.json or a model name) adds reasoning lengths in tokens."""
+    """Aggregate every row of `shards` in `workers` processes. `tokenizer` (see token_counter)
+    adds reasoning lengths in tokens."""
     results = map_shards(_StatsShard(on_error, tokenizer), shards, workers, progress="stats", rows_of=lambda r: r.tally.read)
     return merge(results, tokenizer)
 
@@ -335,19 +334,12 @@ def merge(partials: Iterable[_Partial], tokenizer: str | None = None) -> tuple[S
 
 
 @lru_cache(maxsize=4)
-def load_tokenizer(spec: str):
-    """A function texts -> token counts (no special tokens), loaded once per process."""
-    from tokenizers import Tokenizer
+def token_counter(spec: str):
+    """A function texts -> token counts (no special tokens), loaded once per process. `spec` is
+    what mask.load_tokenizer takes: `default` (the shipped Qwen2.5 one), a directory or a name."""
+    from .mask import load_tokenizer
 
-    path = Path(spec)
-    if path.is_dir() and (path / "tokenizer.json").is_file():
-        tok = Tokenizer.from_file(str(path / "tokenizer.json"))
-    elif path.is_file():
-        tok = Tokenizer.from_file(str(path))
-    else:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(spec).backend_tokenizer
+    tok = load_tokenizer(spec).backend_tokenizer
 
     def count(texts: list[str]) -> list[int]:
         return [len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)]

@@ -7,6 +7,7 @@ writing files needs no display and leaves the notebook's backend alone.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Callable
@@ -14,7 +15,7 @@ from typing import Callable
 import numpy as np
 from matplotlib.figure import Figure
 
-from .fileio import atomic_path, write_bytes, write_json
+from .fileio import write_bytes, write_json
 from .metrics import Counts, Hist, Stats
 from .pipeline import Tally
 
@@ -292,20 +293,31 @@ def plots(stats: Stats) -> dict[str, Figure]:
     }
 
 
-def write_report(stats: Stats, out_dir: str | os.PathLike, tally: Tally | None = None, top: int = 10) -> list[Path]:
-    """Write DIR/*.png, DIR/summary.md and DIR/stats.json (atomically each); return the paths."""
+def write_report(
+    stats: Stats, out_dir: str | os.PathLike, tally: Tally | None = None, top: int = 10, browser=None
+) -> list[Path]:
+    """Write DIR/*.png, DIR/summary.md and DIR/stats.json (each atomically), and DIR/index.html
+    when a `webview.Browser` of the same traces is given; return the paths."""
     out_dir = Path(out_dir)
-    written = []
+    pngs = {}
     for stem, fig in plots(stats).items():
-        path = out_dir / f"{stem}.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
-        written.append(path)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        pngs[stem] = buf.getvalue()
+        write_bytes(out_dir / f"{stem}.png", pngs[stem])
+    written = [out_dir / f"{stem}.png" for stem in pngs]
     md = out_dir / "summary.md"
     write_bytes(md, summary_markdown(stats, tally, top, [str(p) for p in written]).encode())
     js = out_dir / "stats.json"
     write_json(js, stats_document(stats, tally))
-    return written + [md, js]
+    written += [md, js]
+    if browser is not None:
+        from .webview import write_page
+
+        page = out_dir / "index.html"
+        write_page(page, browser, tables=tables(stats, top), plots=pngs, note=tally.summary() if tally else "")
+        written.append(page)
+    return written
 
 
 def stats_document(stats: Stats, tally: Tally | None = None) -> dict:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamproc import outcomes, synth
-from streamproc.metrics import COUNT_EDGES, LENGTH_EDGES, Counts, Hist, Stats, add_trace, collect, load_tokenizer
+from streamproc.metrics import COUNT_EDGES, LENGTH_EDGES, Counts, Hist, Stats, add_trace, collect, token_counter
 from streamproc.parse import parse_trace, parse_turn
 from streamproc.sources import plan
 
@@ -224,4 +224,4 @@ def test_reasoning_tokens_match_the_tokenizer(models_dir, real_row_files):
     c = stats.total()
     assert expected > 0
     assert c.reasoning_tokens_per_turn.total == c.reasoning_tokens_per_trace.total == c.output_tokens["reasoning"] == expected
-    assert load_tokenizer(str(tok_dir))(["hello world"]) == [len(tok.encode("hello world", add_special_tokens=False))]
+    assert token_counter(str(tok_dir))(["hello world"]) == [len(tok.encode("hello world", add_special_tokens=False))]

@@ -3,6 +3,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .. import webview
 from ..fileio import write_json
 from ..metrics import collect
 from ..report import stats_document, summary_text, write_report
@@ -16,24 +17,28 @@ def add(sub) -> None:
     )
     add_input_args(p)
     p.add_argument("--json", metavar="OUT.json", help="write every figure as JSON (keys documented in the README)")
-    p.add_argument("--report", metavar="DIR", help="write DIR/*.png plots, DIR/summary.md and DIR/stats.json")
+    p.add_argument("--report", metavar="DIR", help="write DIR/*.png plots, DIR/summary.md, DIR/stats.json and the viewer page DIR/index.html")
     p.add_argument(
-        "--tokenizer", metavar="TOK",
-        help="also count reasoning in tokens: a tokenizer directory, a tokenizer.json, or a model name",
+        "--tokenizer", metavar="TOK", nargs="?", const="default",
+        help="also count reasoning in tokens: a tokenizer directory or name; alone: the shipped Qwen2.5 tokenizer",
     )
+    p.add_argument("--no-browser", action="store_true", help="--report without index.html (skips the second pass)")
     p.add_argument("--top", type=int, default=10, metavar="N", help="tools listed in the summary (default 10)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    stats, tally = collect(shards_from(args), args.workers, args.on_error, args.tokenizer)
+    shards = shards_from(args)
+    stats, tally = collect(shards, args.workers, args.on_error, args.tokenizer)
     print(summary_text(stats, top=args.top))
     if args.json:
         write_json(args.json, stats_document(stats, tally))
         print(f"wrote {args.json}", file=sys.stderr)
     if args.report:
-        write_report(stats, args.report, tally, args.top)
-        print(f"wrote {args.report}/ (summary.md, stats.json, plots)", file=sys.stderr)
+        # The trace browser of index.html is a second pass: stats workers keep no per-trace data.
+        browser = None if args.no_browser else webview.collect(shards, args.workers, args.on_error)[0]
+        write_report(stats, args.report, tally, args.top, browser)
+        print(f"wrote {args.report}/ (summary.md, stats.json, plots{'' if args.no_browser else ', index.html'})", file=sys.stderr)
     where = args.json or (str(Path(args.report) / "stats") if args.report else "stats")
     finish(args, tally, f"{where}.rejects.jsonl")
     return 0
