@@ -255,12 +255,23 @@ def _read_parquet(part: Part) -> Iterator[Row | BadRow]:
     row = part.first_row
     try:
         pf = pq.ParquetFile(part.path)
-        for batch in pf.iter_batches(batch_size=256, row_groups=list(part.row_groups)):
-            for obj in batch.to_pylist():
-                yield _validate(obj, Location(part.path, row), part.source)
-                row += 1
-    except Exception as e:  # corrupt pages: the rest of this part cannot be read
-        yield BadRow(Location(part.path, row), "<row group>", f"unreadable Parquet data from this row on: {e}")
+    except Exception as e:  # the file changed or broke since plan() read its footer
+        yield BadRow(Location(part.path, row), "<file>", f"not a readable Parquet file: {e}")
+        return
+    # One row group at a time: a corrupt group costs its own rows only, and says how many.
+    for g in part.row_groups:
+        end = row + pf.metadata.row_group(g).num_rows
+        try:
+            for batch in pf.iter_batches(batch_size=256, row_groups=[g]):
+                for obj in batch.to_pylist():
+                    yield _validate(obj, Location(part.path, row), part.source)
+                    row += 1
+        except Exception as e:
+            yield BadRow(
+                Location(part.path, row), "<row group>",
+                f"row group {g} unreadable from this row on ({end - row} rows lost): {type(e).__name__}: {e}",
+            )
+        row = end
 
 
 def _open_text(path: str) -> io.BufferedIOBase:
@@ -290,7 +301,11 @@ def _read_jsonl(part: Part) -> Iterator[Row | BadRow]:
         while True:
             if end is not None and f.tell() >= end:
                 return
-            line = f.readline()
+            try:
+                line = f.readline()
+            except Exception as e:  # a truncated or corrupt .gz / .zst stream (each decoder has its own error type)
+                yield BadRow(Location(part.path, line_no), "<file>", f"unreadable from this line on: {type(e).__name__}: {e}")
+                return
             if not line:
                 return
             item = decode_line(line, Location(part.path, line_no), part.source)
@@ -326,8 +341,12 @@ def _count_lines(path: str, upto: int) -> int:
 
 
 def _read_json(part: Part) -> Iterator[Row | BadRow]:
-    with _open_text(part.path) as f:
-        data = f.read()
+    try:
+        with _open_text(part.path) as f:
+            data = f.read()
+    except Exception as e:  # a truncated or corrupt .gz / .zst stream
+        yield BadRow(Location(part.path, -1), "<file>", f"unreadable: {type(e).__name__}: {e}")
+        return
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as e:
