@@ -59,7 +59,9 @@ def shorten(text: str, limit: int | None) -> str:
     if limit is None:
         return text
     max_lines = max(limit // 40, 3)
-    cut = len(text) if len(text) <= limit else limit
+    if len(text) <= limit and text.count("\n") < max_lines:
+        return text
+    cut = min(len(text), limit)
     nl = -1
     for _ in range(max_lines):
         nl = text.find("\n", nl + 1, cut)
@@ -67,10 +69,9 @@ def shorten(text: str, limit: int | None) -> str:
             break
     else:
         cut = nl
-    if cut >= len(text):
-        return text
     lines = text.count("\n") + 1
-    return f"{text[:cut]}… [shortened: {len(text):,} chars, {lines:,} lines in full]"
+    size = f"{len(text):,} chars" + (f", {lines:,} lines" if lines > 1 else "")
+    return f"{text[:cut]}… [shortened: {size} in full]"
 
 
 def clip_values(value: Any, limit: int | None) -> Any:

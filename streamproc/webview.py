@@ -19,10 +19,11 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import orjson
 
+from .fileio import atomic_path
 from .parse import parse_trace
 from .pipeline import Tally
 from .records import REASONING, TEXT, Trace
@@ -31,7 +32,7 @@ from .sources import Shard, good_rows
 from .workers import map_shards
 
 CHUNK = 200  # traces per compressed chunk: one inflate is a few MB at most
-LIMIT = 4000  # characters of any one value kept in the page
+LIMIT = 2000  # characters of any one value kept in the page (the full length is noted)
 TEMPLATE = Path(__file__).parent / "data" / "viewer.html"
 
 
@@ -160,22 +161,25 @@ def collect(shards: Sequence[Shard], workers: int = 1, on_error: str = "skip") -
 # ----------------------------------------------------------------------------- the page
 
 
+Table = tuple[str, Sequence[str], Sequence[Sequence[str]]]  # title, header, rows
+
+
 def write_page(
     path: str | os.PathLike,
     browser: Browser,
     *,
-    stats: dict[str, Any] | None = None,
-    plots: Sequence[str | os.PathLike] = (),
+    tables: Sequence[Table] = (),
+    plots: Mapping[str, bytes] | None = None,
+    note: str = "",
     title: str = "streamproc report",
 ) -> None:
-    """Write the page atomically. `stats` (e.g. metrics Stats.to_json()) is shown as tables,
-    `plots` (PNG files) inline; both optional."""
-    from .fileio import atomic_path
-
+    """Write the page atomically: summary `tables` (report.tables gives them), `plots` (PNG
+    bytes by caption), a `note` line under the title, and the trace browser."""
     values = {
         "title": html.escape(title),
-        "summary": _summary_html(stats) if stats else "<p>No summary was collected.</p>",
-        "plots": "".join(_img(Path(p)) for p in plots),
+        "note": html.escape(note),
+        "summary": "".join(_table_html(t) for t in tables if t[2]) or "<p>No summary was collected.</p>",
+        "plots": "".join(_img(caption, png) for caption, png in (plots or {}).items()),
         "index": _script_json(_index(browser)),
     }
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
@@ -212,23 +216,14 @@ def _script_json(obj: Any) -> str:
     return orjson.dumps(obj).decode().replace("</", "<\\/")
 
 
-def _img(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    alt = html.escape(path.stem.replace("_", " "))
+def _img(caption: str, png: bytes) -> str:
+    alt = html.escape(caption.replace("_", " "))
+    data = base64.b64encode(png).decode("ascii")
     return f'<figure><img alt="{alt}" src="data:image/png;base64,{data}"><figcaption>{alt}</figcaption></figure>'
 
 
-def _summary_html(value: Any) -> str:
-    """Nested tables for a JSON summary; long lists are cut to their first 50 items."""
-    if isinstance(value, dict):
-        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_summary_html(v)}</td></tr>" for k, v in value.items())
-        return f'<table class="kv">{rows}</table>'
-    if isinstance(value, list):
-        items = "".join(f"<li>{_summary_html(v)}</li>" for v in value[:50])
-        more = f"<li>… {len(value) - 50:,} more</li>" if len(value) > 50 else ""
-        return f"<ol>{items}{more}</ol>"
-    if isinstance(value, float):
-        return f"{value:,.4g}"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return html.escape("null" if value is None else str(value))
+def _table_html(table: Table) -> str:
+    title, header, rows = table
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<h3>{html.escape(title)}</h3><table class=\"summary\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import io
+import sys
+
+from .. import report
+from ..metrics import collect as collect_stats
+from ..webview import collect as collect_traces, write_page
+from .common import add_input_args, finish, shards_from
+
+
+def add(sub) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML page: summary, plots and a browser of every trace")
+    add_input_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="FILE.html")
+    p.add_argument("--title", default="streamproc report")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="tools listed in the summary (default 10)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    shards = shards_from(args)
+    stats, tally = collect_stats(shards, args.workers, args.on_error)
+    browser, _ = collect_traces(shards, args.workers, args.on_error)  # the same rows, set aside the same way
+    plots = {stem: _png(fig) for stem, fig in report.plots(stats).items()}
+    write_page(args.output, browser, tables=report.tables(stats, args.top), plots=plots, note=tally.summary(), title=args.title)
+    finish(args, tally, f"{args.output}.rejects.jsonl")
+    print(f"wrote {args.output} ({len(browser.entries):,} traces)", file=sys.stderr)
+    return 0
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
