@@ -235,7 +235,10 @@ def render(tokenizer, messages: Sequence[Message], info: TemplateInfo) -> Render
     with its header and followed by the end-of-turn text, so template text between messages can
     never be taken for content. A content the template changed is not found: TemplateError.
     """
-    text = render_text(tokenizer, messages, info.template)
+    try:
+        text = render_text(tokenizer, messages, info.template)
+    except Exception as e:  # e.g. a template that insists on alternating roles
+        raise TemplateError(f"the chat template cannot render this conversation: {e}") from e
     spans, ends = [], []
     pos = 0
     for m in messages:

@@ -262,6 +262,8 @@ class Masker:
         end_tok = np.searchsorted(starts, np.asarray(full.ends), side="right")
         steps = [i + 1 for i in range(head, len(msgs)) if msgs[i].role == "assistant"]  # step ends (exclusive)
         head_cost = int(end_tok[head - 1]) + 2 if head else 0
+        if head_cost >= max_len:  # no window can hold the system prompt and a turn
+            return MaskResult([], tokens_cut=len(starts), dropped=True)
         out, cut, first, k = [], 0, head, 0
         while k < len(steps):
             base = int(end_tok[first - 1]) if first else 0

@@ -1,0 +1,113 @@
+"""Normalized chat messages for users of other trainers: one conversation per row (`messages`),
+or one prompt/completion pair per assistant turn (`pairs`, TRL's conversational prompt-completion
+layout), written as JSONL or Parquet.
+
+Messages are the ones the masker renders (chat.to_messages): roles mapped, assistant content
+verbatim. `tool_role` says how tool turns are written: `keep` (tool role, text as in the data,
+tags included), `unwrap` (one tool message per response, tags off: for templates that add the
+tags themselves, like Qwen's) or `user` (a user message with `tool_prefix` in front).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import orjson
+
+from .chat import TOOL_FALLBACK, to_messages
+from .fileio import atomic_path
+from .pipeline import Tally
+from .records import Row
+from .sources import Shard, good_rows
+from .workers import map_shards
+
+FORMATS = ("messages", "pairs")
+TOOL_ROLES = ("keep", "unwrap", "user")
+
+
+def row_records(row: Row, fmt: str = "messages", tool_role: str = "keep", tool_prefix: str = TOOL_FALLBACK) -> list[dict]:
+    """The export records of one row."""
+    msgs = to_messages(row.conversations, tool_role, tool_prefix)
+    dicts = [m.as_dict() for m in msgs]
+    if fmt == "messages":
+        return [{"id": row.id, "source": row.source, "messages": dicts}]
+    return [
+        {"id": row.id, "source": row.source, "turn": m.turn, "prompt": dicts[:i], "completion": [dicts[i]]}
+        for i, m in enumerate(msgs)
+        if m.role == "assistant"
+    ]
+
+
+@dataclass(slots=True)
+class _Exported:
+    records: list[dict]
+    tally: Tally
+
+
+class _ExportShard:
+    """Picklable callable for the worker pool."""
+
+    def __init__(self, fmt: str, tool_role: str, tool_prefix: str, on_error: str):
+        self.fmt, self.tool_role, self.tool_prefix, self.on_error = fmt, tool_role, tool_prefix, on_error
+
+    def __call__(self, shard: Shard) -> _Exported:
+        tally, out = Tally(), []
+        for row in good_rows(shard, self.on_error, tally.rejected):
+            out.extend(row_records(row, self.fmt, self.tool_role, self.tool_prefix))
+            tally.parsed += 1
+        tally.read = tally.parsed + len(tally.rejected)
+        return _Exported(out, tally)
+
+
+def export(
+    shards: Sequence[Shard],
+    out: str | os.PathLike,
+    *,
+    fmt: str = "messages",
+    tool_role: str = "keep",
+    tool_prefix: str = TOOL_FALLBACK,
+    workers: int = 1,
+    on_error: str = "skip",
+) -> Tally:
+    """Write the records of every row to OUT.jsonl or OUT.parquet, atomically."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if tool_role not in TOOL_ROLES:
+        raise ValueError(f"tool role {tool_role!r}: expected one of {', '.join(TOOL_ROLES)}")
+    out = Path(out)
+    tally = Tally()
+    results = map_shards(_ExportShard(fmt, tool_role, tool_prefix, on_error), shards, workers, progress="export", rows_of=lambda r: r.tally.read)
+    with atomic_path(out) as tmp:
+        if out.suffix == ".parquet":
+            _write_parquet(tmp, results, tally, fmt)
+        else:
+            with open(tmp, "wb") as f:
+                for r in results:
+                    tally.add(r.tally)
+                    f.writelines(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE) for rec in r.records)
+    return tally
+
+
+def _write_parquet(tmp: Path, results: Iterable[_Exported], tally: Tally, fmt: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _schema(fmt)
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for r in results:
+            tally.add(r.tally)
+            if r.records:
+                writer.write_table(pa.Table.from_pylist(r.records, schema=schema))
+
+
+def _schema(fmt: str):
+    import pyarrow as pa
+
+    s = pa.string()
+    msgs = pa.list_(pa.struct([("role", s), ("content", s)]))
+    if fmt == "messages":
+        return pa.schema([("id", s), ("source", s), ("messages", msgs)])
+    return pa.schema([("id", s), ("source", s), ("turn", pa.int32()), ("prompt", msgs), ("completion", msgs)])
