@@ -146,12 +146,8 @@ def _parse_assistant(text: str) -> Turn:
             pos = end
         else:  # <tool_call>
             body_start = i + len(CALL_OPEN)
-            body_end = find(CALL_CLOSE, body_start)
-            try:  # the common case: the body decodes up to the first closing tag
-                value, err, end = loads(text[body_start:body_end] if body_end >= 0 else ""), None, body_end + len(CALL_CLOSE)
-            except JSONDecodeError:
-                body_end, end, value, err = _block(text, body_start, body_end, CALL_CLOSE, CALL_OPEN)
-            calls.append(_tool_call(text[body_start:body_end], value, err, len(segments)))
+            raw, body_end, end, value, err = _block(text, body_start, CALL_CLOSE, CALL_OPEN)
+            calls.append(_tool_call(raw, value, err, len(segments)))
             segments.append(Segment(TOOL_CALL, i, end, body_start, body_end, end > body_end))
             pos = end
     return Turn("assistant", text, segments, thoughts, calls, "".join(answer).strip())
@@ -195,12 +191,8 @@ def _parse_tool(text: str) -> Turn:
         if i > pos:
             segments.append(Segment(TEXT, pos, i, pos, i))
         body_start = i + len(RESP_OPEN)
-        body_end = find(RESP_CLOSE, body_start)
-        try:  # the common case: the body decodes up to the first closing tag
-            value, err, end = loads(text[body_start:body_end] if body_end >= 0 else ""), None, body_end + len(RESP_CLOSE)
-        except JSONDecodeError:
-            body_end, end, value, err = _block(text, body_start, body_end, RESP_CLOSE, RESP_OPEN)
-        responses.append(_tool_response(text[body_start:body_end], value, err, len(segments)))
+        raw, body_end, end, value, err = _block(text, body_start, RESP_CLOSE, RESP_OPEN)
+        responses.append(_tool_response(raw, value, err, len(segments)))
         segments.append(Segment(TOOL_RESPONSE, i, end, body_start, body_end, end > body_end))
         pos = end
     return Turn("tool", text, segments, [], [], "", responses)
@@ -230,9 +222,20 @@ _PARSERS.update(gpt=_parse_assistant, assistant=_parse_assistant, tool=_parse_to
 # ----------------------------------------------------------------------------- shared
 
 
-def _block(text: str, body_start: int, first: int, close: str, opener: str) -> tuple[int, int, Any, str | None]:
-    """Find the end of a JSON-bodied block whose body does not decode up to its first closing
-    tag (`first`, -1 if none). Returns (body_end, end, value, error).
+def _block(text: str, body_start: int, close: str, opener: str) -> tuple[str, int, int, Any, str | None]:
+    """Find the end of a JSON-bodied block. Returns (body, body_end, end, value, error)."""
+    j = text.find(close, body_start)
+    if j >= 0:  # the common case: the body decodes up to the first closing tag
+        body = text[body_start:j]
+        try:
+            return body, j, j + len(close), loads(body), None
+        except JSONDecodeError:
+            pass
+    return _block_fallback(text, body_start, j, close, opener)
+
+
+def _block_fallback(text: str, body_start: int, first: int, close: str, opener: str) -> tuple[str, int, int, Any, str | None]:
+    """A block whose body does not decode up to its first closing tag (`first`, -1 if none).
 
     A later closing tag whose body decodes wins: this is how `</tool_call>` written inside a
     JSON string is told apart from the real one. If none does, the first closing tag is used and
@@ -243,23 +246,25 @@ def _block(text: str, body_start: int, first: int, close: str, opener: str) -> t
     if first < 0:
         k = find(opener, body_start)
         body_end = k if k >= 0 else len(text)
-        value, err = _decode(text[body_start:body_end])
-        return body_end, body_end, value, f"unclosed {opener} block" if err is None else f"unclosed {opener} block; {err}"
+        body = text[body_start:body_end]
+        value, err = _decode(body)
+        return body, body_end, body_end, value, f"unclosed {opener} block" + ("" if err is None else f"; {err}")
     first_err = _decode(text[body_start:first])[1]
     j = first
     for _ in range(MAX_CLOSE_CANDIDATES - 1):
         j = find(close, j + len(close))
         if j < 0:
             break
-        value, err = _decode(text[body_start:j])
+        body = text[body_start:j]
+        value, err = _decode(body)
         if err is None:
-            return j, j + len(close), value, None
+            return body, j, j + len(close), value, None
     # Nothing decoded. If another opener appears before the first closer, this block was
     # never closed: end it at that opener so the next block parses on its own.
     k = find(opener, body_start, first)
     if k >= 0:
-        return k, k, None, f"unclosed {opener} block; {first_err}"
-    return first, first + len(close), None, first_err
+        return text[body_start:k], k, k, None, f"unclosed {opener} block; {first_err}"
+    return text[body_start:first], first, first + len(close), None, first_err
 
 
 def _decode(body: str) -> tuple[Any, str | None]:

@@ -1,0 +1,74 @@
+"""Parse throughput: streamproc's parser against the guide's regex + `json.loads` parser and
+against a bare `str.find` scan, in MB/s of UTF-8 text of the assistant and tool turns.
+
+Only assistant and tool turns are timed: they hold the tags, and every contender passes system
+and human turns through untouched, so their bytes (the 26 KB system prompt of every row) would
+only inflate all three figures alike. The three run the same loop over the same list of
+(role, text) pairs, so per-turn Python overhead is in all of them.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from ..parse import CALL_CLOSE, CALL_OPEN, RESP_CLOSE, RESP_OPEN, THINK_CLOSE, THINK_OPEN, parse_turn
+from ..records import Row
+from . import Context, Result, best_times
+from .guide import parse_assistant_message, parse_tool_message
+
+ASSISTANT_TAGS = (THINK_OPEN, THINK_CLOSE, CALL_OPEN, CALL_CLOSE)
+TOOL_TAGS = (RESP_OPEN, RESP_CLOSE)
+
+STREAMPROC = "streamproc parse_turn"
+GUIDE = "guide regex + json.loads"
+SCAN = "str.find scan of the tags"
+
+
+def tagged_turns(rows: Iterable[Row]) -> list[tuple[str, str]]:
+    """The (from, value) pairs of every assistant and tool turn."""
+    return [(frm, value) for row in rows for frm, value in row.conversations if frm == "gpt" or frm == "tool"]
+
+
+def parse_all(turns: list[tuple[str, str]]) -> None:
+    for frm, value in turns:
+        parse_turn(frm, value)
+
+
+def guide_all(turns: list[tuple[str, str]]) -> None:
+    for frm, value in turns:
+        if frm == "gpt":
+            parse_assistant_message(value)
+        else:
+            parse_tool_message(value)
+
+
+def scan_all(turns: list[tuple[str, str]]) -> None:
+    """The least work any tag parser must do: find every occurrence of every tag of the turn's
+    role with `str.find`. No JSON decoding, no records."""
+    for frm, value in turns:
+        find = value.find
+        for tag in ASSISTANT_TAGS if frm == "gpt" else TOOL_TAGS:
+            i = find(tag)
+            while i >= 0:
+                i = find(tag, i + 1)
+
+
+def measure(turns: list[tuple[str, str]], data: str, repeat: int) -> list[Result]:
+    mb = sum(len(value.encode()) for _, value in turns) / 1e6
+    t = best_times(
+        {STREAMPROC: lambda: parse_all(turns), GUIDE: lambda: guide_all(turns), SCAN: lambda: scan_all(turns)}, repeat
+    )
+    data = f"{data}: {len(turns):,} turns, {mb:.1f} MB"
+    return [
+        Result("parse", GUIDE, mb / t[GUIDE], "MB/s", data),
+        Result("parse", SCAN, mb / t[SCAN], "MB/s", data),
+        Result("parse", STREAMPROC, mb / t[STREAMPROC], "MB/s", data, GUIDE, t[GUIDE] / t[STREAMPROC], ">= 5"),
+        Result("parse", STREAMPROC, mb / t[STREAMPROC], "MB/s", data, SCAN, t[SCAN] / t[STREAMPROC], ">= 0.33 (within 3x)"),
+    ]
+
+
+def run(ctx: Context) -> list[Result]:
+    turns = tagged_turns(ctx.rows())
+    if not turns:
+        return [Result("parse", STREAMPROC, 0.0, "MB/s", ctx.label, note="no assistant or tool turns in the input")]
+    return measure(turns, ctx.label, ctx.repeat)
