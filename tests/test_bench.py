@@ -1,0 +1,64 @@
+"""`streamproc bench`: the framework and the parse section run end to end on a small file.
+Speed itself is never asserted here (benches/ and `streamproc bench` measure it)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from streamproc import benchmarks
+from streamproc.benchmarks import Result, format_table
+from streamproc.benchmarks.guide import parse_assistant_message, parse_tool_message, tool_use_metrics
+from streamproc.cli import main
+
+ROW = {
+    "id": "r",
+    "category": "Agent Tools",
+    "conversations": [
+        {"from": "human", "value": "list files"},
+        {"from": "gpt", "value": '<think>\n plan\n</think>\n<tool_call>\n{"name": "terminal", "arguments": {"command": "ls"}}\n</tool_call>'},
+        {"from": "tool", "value": '<tool_response>\n{"tool_call_id": "functions.terminal:0", "name": "terminal", "content": {"output": "a", "exit_code": 0, "error": null}}\n</tool_response>'},
+        {"from": "gpt", "value": "<think>\n</think>\nOne file: a."},
+    ],
+}
+
+
+def test_bench_cli_prints_and_writes_json(tmp_path, capsys):
+    src = tmp_path / "rows.jsonl"
+    src.write_text(json.dumps(ROW) + "\n" + "{broken\n" + json.dumps({**ROW, "id": "s"}) + "\n")
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--section", "parse", str(src), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "streamproc parse_turn" in printed and "1 bad rows skipped" in printed
+    results = json.loads(out.read_text())
+    assert [r["name"] for r in results] == [
+        "guide regex + json.loads", "str.find scan of the tags", "streamproc parse_turn", "streamproc parse_turn",
+    ]
+    assert all(r["value"] > 0 and r["unit"] == "MB/s" and "6 turns" in r["data"] for r in results)
+    assert [r["baseline"] for r in results[2:]] == ["guide regex + json.loads", "str.find scan of the tags"]
+    assert all(r["ratio"] > 0 for r in results[2:])
+
+
+def test_unknown_section_is_refused():
+    with pytest.raises(ValueError, match="unknown section nope"):
+        benchmarks.run(["nope"], benchmarks.Context())
+    with pytest.raises(SystemExit):
+        main(["bench", "--section", "nope"])
+
+
+def test_table_lines_up():
+    table = format_table([Result("s", "a", 1.0, "MB/s"), Result("s", "long name", 2.0, "MB/s", "d", "a", 2.0, ">= 5")])
+    header, rule, *lines = table.splitlines()
+    assert header.split() == ["section", "measured", "value", "vs", "ratio", "target", "data"]
+    assert lines[1].index("2.00x") == header.index("ratio")
+
+
+def test_guide_baselines_behave_as_in_the_guide():
+    parsed = parse_assistant_message(ROW["conversations"][1]["value"])
+    assert parsed == {"thoughts": ["plan"], "tool_calls": [{"name": "terminal", "arguments": {"command": "ls"}}], "final_answer": ""}
+    assert parse_tool_message(ROW["conversations"][2]["value"])["content"]["exit_code"] == 0
+    m = tool_use_metrics([ROW])
+    assert m["tool_counter"] == {"terminal": 1} and m["calls_per_trace"] == [1]
+    # The guide's error heuristic flags every terminal result, as FORMAT.md warns ("error": null).
+    assert m["errors_per_trace"] == [1]
