@@ -29,13 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..engine_ray import RayUnavailable
     from ..records import RowError
     from ..sources import SourceError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (SourceError, RowError) as e:
+    except (SourceError, RowError, RayUnavailable) as e:
         print(f"streamproc {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

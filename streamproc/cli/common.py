@@ -8,7 +8,7 @@ import sys
 
 from ..fileio import write_rejects
 from ..pipeline import Tally
-from ..sources import HUB_DATASET, ON_ERROR, Shard, plan
+from ..sources import HUB_DATASET, ON_ERROR, Shard, SourceError, plan
 
 
 def add_input_args(p: argparse.ArgumentParser, *, workers: bool = True) -> None:
@@ -25,6 +25,21 @@ def add_input_args(p: argparse.ArgumentParser, *, workers: bool = True) -> None:
     p.add_argument("--rejects", metavar="FILE", help="where rejected rows go (default: OUTPUT.rejects.jsonl beside the output)")
     if workers:
         p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine", choices=("local", "ray"), default="local",
+        help='local: worker processes on this machine; ray: Ray Data on a Ray cluster (pip install "streamproc[ray]")',
+    )
+    p.add_argument("--address", help="--engine ray: the cluster to join (auto, ray://HEAD:10001); default: start one here")
+
+
+def ray_inputs(args: argparse.Namespace) -> dict:
+    """The input options as keyword arguments of the Ray engine's stage functions."""
+    if args.dataset:
+        raise SourceError("--engine ray reads files or URIs; download the dataset's Parquet files and pass them as INPUT")
+    return dict(inputs=args.inputs, source=args.source, limit=args.limit, on_error=args.on_error, address=args.address)
 
 
 def shards_from(args: argparse.Namespace) -> list[Shard]:

@@ -3,11 +3,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .. import webview
+from .. import engine_ray, webview
 from ..fileio import write_json
 from ..metrics import collect
 from ..report import stats_document, summary_text, write_report
-from .common import add_input_args, finish, shards_from
+from .common import add_engine_args, add_input_args, finish, ray_inputs, shards_from
 
 
 def add(sub) -> None:
@@ -16,6 +16,7 @@ def add(sub) -> None:
         help="agent-behaviour metrics: tools, parallel calls, failures, reasoning length, data quality, per source",
     )
     add_input_args(p)
+    add_engine_args(p)
     p.add_argument("--json", metavar="OUT.json", help="write every figure as JSON (keys documented in the README)")
     p.add_argument("--report", metavar="DIR", help="write DIR/*.png plots, DIR/summary.md, DIR/stats.json and the viewer page DIR/index.html")
     p.add_argument(
@@ -28,17 +29,22 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    shards = shards_from(args)
-    stats, tally = collect(shards, args.workers, args.on_error, args.tokenizer)
+    if args.engine == "ray":
+        shards = None  # Ray reads the inputs itself
+        stats, tally = engine_ray.collect(**ray_inputs(args), tokenizer=args.tokenizer)
+    else:
+        shards = shards_from(args)
+        stats, tally = collect(shards, args.workers, args.on_error, args.tokenizer)
     print(summary_text(stats, top=args.top))
     if args.json:
         write_json(args.json, stats_document(stats, tally))
         print(f"wrote {args.json}", file=sys.stderr)
     if args.report:
         # The trace browser of index.html is a second pass: stats workers keep no per-trace data.
-        browser = None if args.no_browser else webview.collect(shards, args.workers, args.on_error)[0]
+        # Local engine only: that pass reads the inputs again, on this machine.
+        browser = None if args.no_browser or shards is None else webview.collect(shards, args.workers, args.on_error)[0]
         write_report(stats, args.report, tally, args.top, browser)
-        print(f"wrote {args.report}/ (summary.md, stats.json, plots{'' if args.no_browser else ', index.html'})", file=sys.stderr)
+        print(f"wrote {args.report}/ (summary.md, stats.json, plots{'' if browser is None else ', index.html'})", file=sys.stderr)
     where = args.json or (str(Path(args.report) / "stats") if args.report else "stats")
     finish(args, tally, f"{where}.rejects.jsonl")
     return 0

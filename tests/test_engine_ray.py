@@ -1,0 +1,110 @@
+"""The Ray engine gives what the local engine gives, on one local Ray cluster for the module.
+
+Inputs are the real traces (../shared) written as JSONL and as Parquet with several row groups,
+with bad rows mixed in, so rejected rows must come out with the same file, row and message.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from streamproc import engine_ray, metrics
+from streamproc.cli import main
+from streamproc.records import RowError
+from streamproc.report import stats_document
+from streamproc.sources import plan
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def inputs(real_rows, tmp_path_factory) -> list[str]:
+    """A JSONL file and two Parquet files, each with bad rows at known places."""
+    d = tmp_path_factory.mktemp("ray_inputs")
+    robot = {"id": "robot", "conversations": [{"from": "robot", "value": "hi"}]}
+    lines = [orjson.dumps(r) for r in real_rows[:20]]
+    lines[3:3] = [b"", b"{not json", orjson.dumps(robot), b"\xff\xfe{}", b"   "]
+    (d / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    rest = real_rows[20:]
+    first, second = rest[:17], rest[17:]
+    first.insert(9, robot)
+    narrator = [{"from": "gpt", "value": "x"}, {"from": "narrator", "value": "y"}]
+    second.insert(len(second) - 2, {**robot, "id": "robot2", "conversations": narrator})
+    for name, rows in (("b.parquet", first), ("c.parquet", second)):
+        pq.write_table(pa.Table.from_pylist(rows), d / name, row_group_size=4)
+    return [str(d / "a.jsonl"), str(d / "b.parquet"), str(d / "c.parquet")]
+
+
+def _doc(stats, tally) -> bytes:
+    return orjson.dumps(stats_document(stats, tally), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _rejects(tally) -> list[str]:
+    return [str(b) for b in tally.rejected]
+
+
+def test_stats_and_rejects_equal_local_in_small_batches(cluster, inputs):
+    local = metrics.collect(plan(inputs), workers=1)
+    # Batches of 3 rows split every file, so row numbers depend on the driver's offsets.
+    partials = engine_ray.run(inputs, metrics._StatsShard("skip", None).fold, batch_rows=3)
+    on_ray = metrics.merge(partials)
+    assert len(local[1].rejected) == 5
+    assert _rejects(on_ray[1]) == _rejects(local[1])
+    assert _doc(*on_ray) == _doc(*local)
+
+
+def test_limit_reads_the_first_rows_in_order(cluster, inputs):
+    for n in (2, 25):  # inside the JSONL file; past it into the first Parquet file
+        local = metrics.collect(plan(inputs, limit=n), workers=1)
+        on_ray = engine_ray.collect(inputs, limit=n)
+        assert on_ray[1].read == n
+        assert _doc(*on_ray) == _doc(*local)
+
+
+def test_fail_stops_at_the_first_bad_row(cluster, inputs):
+    with pytest.raises(RowError) as local:
+        metrics.collect(plan(inputs[1:]), workers=1, on_error="fail")
+    with pytest.raises(RowError) as on_ray:
+        engine_ray.collect(inputs[1:], on_error="fail")
+    assert str(on_ray.value) == str(local.value)
+    assert "b.parquet:row 9" in str(on_ray.value)
+
+
+def test_uri_directory_reads_like_local_directory(cluster, inputs, tmp_path):
+    folder = inputs[0].rsplit("/", 1)[0]
+    on_ray = engine_ray.collect([f"file://{folder}"])
+    local = metrics.collect(plan([folder]), workers=1)
+    assert _doc(*on_ray) == _doc(*local)
+    assert [b.loc.row for b in on_ray[1].rejected] == [b.loc.row for b in local[1].rejected]
+    assert all(b.loc.file.startswith("file:///") for b in on_ray[1].rejected)
+
+
+def test_cli_stats_json_and_rejects_equal_local(cluster, inputs, tmp_path, capsys):
+    out = {}
+    for engine in ("local", "ray"):
+        js = tmp_path / f"{engine}.json"
+        assert main(["stats", *inputs, "--engine", engine, "--workers", "1", "--json", str(js)]) == 0
+        out[engine] = (js.read_bytes(), (tmp_path / f"{engine}.json.rejects.jsonl").read_bytes())
+    assert out["ray"] == out["local"]
+    assert b'"rejected": 5' in out["ray"][0]
+
+
+def test_without_ray_says_how_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without Ray looks like
+    with pytest.raises(engine_ray.RayUnavailable, match=r'pip install "streamproc\[ray\]"'):
+        engine_ray.require_ray()
+    assert main(["stats", "--engine", "ray"]) == 2
+    assert 'pip install "streamproc[ray]"' in capsys.readouterr().err
