@@ -58,9 +58,6 @@ def parse_turn(role: str, text: str) -> Turn:
     return Turn(chat_role, text, [Segment(TEXT, 0, len(text), 0, len(text))] if text else [])
 
 
-_PARSERS = {"gpt": None, "assistant": None, "tool": None}  # filled in below the parsers
-
-
 def parse_trace(row: Row | Mapping[str, Any], source: str | None = None) -> Trace:
     """Parse a row in the dataset schema (a dict or a validated Row) into a Trace.
 
@@ -216,7 +213,8 @@ def _tool_response(raw: str, value: Any, err: str | None, seg: int) -> ToolRespo
     )
 
 
-_PARSERS.update(gpt=_parse_assistant, assistant=_parse_assistant, tool=_parse_tool)
+# parse_turn's dispatch: the roles that hold tags (ShareGPT `from` or chat role).
+_PARSERS = {"gpt": _parse_assistant, "assistant": _parse_assistant, "tool": _parse_tool}
 
 
 # ----------------------------------------------------------------------------- shared
