@@ -33,24 +33,17 @@ def _count(items) -> int:
     return n
 
 
-@pytest.mark.benchmark(group="parquet")
-def test_parquet_pyarrow(benchmark, files):
-    benchmark.pedantic(lambda: _count(iter_rows([files["parquet"]])), rounds=3, warmup_rounds=1)
-
-
-@pytest.mark.benchmark(group="parquet")
-def test_parquet_datasets(benchmark, files):
-    benchmark.pedantic(lambda: _count(read(Shard((hub_part("parquet", [str(files["parquet"])], "x"),)))), rounds=3, warmup_rounds=1)
-
-
-@pytest.mark.benchmark(group="jsonl")
-def test_jsonl_direct(benchmark, files):
-    benchmark.pedantic(lambda: _count(iter_rows([files["jsonl"]])), rounds=3, warmup_rounds=1)
-
-
-@pytest.mark.benchmark(group="jsonl")
-def test_jsonl_datasets(benchmark, files):
-    benchmark.pedantic(lambda: _count(read(Shard((hub_part("json", [str(files["jsonl"])], "x"),)))), rounds=3, warmup_rounds=1)
+@pytest.mark.parametrize("fmt, builder", [("parquet", "parquet"), ("jsonl", "json")])
+@pytest.mark.parametrize("reader", ["direct", "datasets"])
+def test_read(benchmark, files, fmt, builder, reader):
+    """`direct` is the default reader (pyarrow for Parquet, orjson lines for JSONL)."""
+    benchmark.group = fmt
+    path = files[fmt]
+    if reader == "direct":
+        items = lambda: iter_rows([path])  # noqa: E731
+    else:
+        items = lambda: read(Shard((hub_part(builder, [str(path)], "x"),)))  # noqa: E731
+    benchmark.pedantic(lambda: _count(items()), rounds=5, warmup_rounds=1)
 
 
 @pytest.mark.benchmark(group="synth")
