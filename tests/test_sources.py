@@ -207,3 +207,11 @@ def test_hub_offline_fails_clearly(tmp_path):
     assert HUB_DATASET in p.stderr and "config kimi" in p.stderr
     assert "Offline?" in p.stderr and "pass them as INPUT" in p.stderr
     assert "Traceback" not in p.stderr and not (tmp_path / "out.jsonl").exists()
+
+
+def test_bench_section_compares_the_readers_on_the_same_rows(files):
+    from streamproc import benchmarks
+
+    datasets_, direct = benchmarks.run(["sources"], benchmarks.context([files["parquet"], files["jsonl"]], quick=True))
+    assert (direct.baseline, direct.unit) == (benchmarks.sources.DATASETS, "rows/s") and direct.value > 0 < datasets_.value
+    assert direct.ratio == pytest.approx(direct.value / datasets_.value) and direct.data.endswith(f"{2 * N:,} rows")

@@ -19,6 +19,7 @@ from ..records import BadRow, Row
 from ..sources import Shard, good_rows, plan
 
 SECTIONS = [
+    "sources",
     "parse",
     "stats",
 ]

@@ -1,0 +1,37 @@
+"""Reading throughput: rows/s of the direct readers (pyarrow for Parquet, orjson lines for JSONL),
+streamproc's default, against the `datasets` streaming iterator the guide loads with, on the same
+files. Both validate every row into a `Row`. Target: direct at least as fast (else `datasets`
+should be the default)."""
+
+from __future__ import annotations
+
+from ..sources import Shard, hub_part, read
+from . import Context, Result, best_times
+
+BUILDERS = {"parquet": "parquet", "jsonl": "json"}  # part kind -> datasets builder
+DIRECT = "direct reader (default)"
+DATASETS = "datasets streaming iterator"
+
+
+def _count(shard: Shard) -> int:
+    return sum(1 for _ in read(shard))
+
+
+def run(ctx: Context) -> list[Result]:
+    parts = [p for s in ctx.shards for p in s.parts if p.kind in BUILDERS]
+    if not parts:
+        return [Result("sources", DIRECT, 0.0, "rows/s", ctx.label, note="no Parquet or plain JSONL input")]
+    limit = 300 if ctx.quick else None
+    files: dict[str, dict[str, None]] = {}  # builder -> paths in order (a JSONL file may be several parts)
+    for p in parts:
+        files.setdefault(BUILDERS[p.kind], {})[p.path] = None
+    direct = Shard(tuple(parts), limit)
+    via_datasets = Shard(tuple(hub_part(b, list(paths), "bench") for b, paths in files.items()), limit)
+    rows = _count(direct)
+    _count(via_datasets)  # warm both: the first datasets call imports and sets up its builder
+    t = best_times({DIRECT: lambda: _count(direct), DATASETS: lambda: _count(via_datasets)}, ctx.repeat)
+    data = f"{ctx.label}: {rows:,} rows"
+    return [
+        Result("sources", DATASETS, rows / t[DATASETS], "rows/s", data),
+        Result("sources", DIRECT, rows / t[DIRECT], "rows/s", data, DATASETS, t[DATASETS] / t[DIRECT], ">= 1"),
+    ]
