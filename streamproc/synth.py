@@ -179,8 +179,9 @@ class _Row:
         # Rounds of (assistant call turn, tool turn), 1..25, mean from the card.
         m = (prof.rounds - 1) / 24
         k = 1 + round(24 * r.betavariate(2.0, 2.0 * (1 - m) / m))
-        follow = r.random() < FOLLOWUP and k < (MAX_MESSAGES - 3) // 2
-        split = r.randint(1, k) if follow else k
+        # A follow-up (answer, new human turn) goes between two rounds: 5 + 2k messages at most.
+        follow = r.random() < FOLLOWUP and 2 <= k <= (MAX_MESSAGES - 5) // 2
+        split = r.randint(1, k - 1) if follow else k
 
         conv = [("system", p.prompts[toolset]), ("human", human)]
         for j in range(k):
