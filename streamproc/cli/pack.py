@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..chat import TemplateError
+from ..mask import DEFAULT_TOKENIZER_NAME, OVERFLOWS, MaskOptions
+from ..prepare import PackError, PackOptions, pack_to_dir
+from .common import add_input_args, finish, shards_from
+
+
+def add(sub) -> None:
+    p = sub.add_parser("pack", help="tokenize, mask and pack traces into Arrow shards for training (with manifest.json)")
+    add_input_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    add_pack_args(p)
+    p.add_argument("--restart", action="store_true", help="discard an unfinished run in DIR instead of resuming it")
+    p.set_defaults(func=run)
+
+
+def add_pack_args(p) -> None:
+    """Tokenizer, masking and packing options (shared with `streamproc run`)."""
+    p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER_NAME, metavar="NAME_OR_DIR", help="Hub id or local directory (default: %(default)s, shipped, works offline)")
+    p.add_argument("--seq-len", type=int, default=8192, metavar="N", help="tokens per packed row (default %(default)s)")
+    p.add_argument("--overflow", choices=OVERFLOWS, default="split", help="a conversation longer than --seq-len: split into windows of whole steps (default), truncate, or drop")
+    p.add_argument("--last-turn-only", action="store_true", help="train on the last assistant turn only")
+    p.add_argument("--no-reasoning-loss", action="store_true", help="no loss on <think> blocks")
+    p.add_argument("--no-tool-call-loss", action="store_true", help="no loss on assistant turns that call a tool")
+    p.add_argument("--chat-template", default="auto", metavar="auto|chatml|FILE", help="auto: the tokenizer's (refused if it alters content); chatml: a faithful ChatML; or a Jinja file")
+    p.add_argument("--eval-fraction", type=float, default=0.0, metavar="F", help="hold out this share of traces (by id hash) as eval-*.arrow shards")
+    p.add_argument("--add-tokens", default="", metavar="T1,T2,...", help='add these as single special tokens if the tokenizer lacks them, e.g. "<think>,</think>" (the extended tokenizer is saved in DIR/tokenizer)')
+    p.add_argument("--buffer-size", type=int, default=100_000, metavar="N", help="sequences packed together (default %(default)s)")
+    p.add_argument("--shard-rows", type=int, default=2048, metavar="N", help="packed rows per shard (default %(default)s)")
+
+
+def pack_options(args) -> PackOptions:
+    template = args.chat_template
+    if template not in ("auto", "chatml"):
+        template = Path(template).read_text(encoding="utf-8")
+    mask = MaskOptions(
+        scope="last" if args.last_turn_only else "all",
+        train_reasoning=not args.no_reasoning_loss,
+        train_tool_calls=not args.no_tool_call_loss,
+        overflow=args.overflow,
+        chat_template=template,
+    )
+    return PackOptions(
+        seq_len=args.seq_len,
+        tokenizer=args.tokenizer,
+        mask=mask,
+        buffer_size=args.buffer_size,
+        shard_rows=args.shard_rows,
+        eval_fraction=args.eval_fraction,
+        add_tokens=tuple(t for t in args.add_tokens.split(",") if t),
+    )
+
+
+def run(args) -> int:
+    try:
+        res = pack_to_dir(shards_from(args), args.output, pack_options(args), workers=args.workers, on_error=args.on_error, restart=args.restart)
+    except (PackError, TemplateError) as e:
+        print(f"streamproc pack: error: {e}", file=sys.stderr)
+        return 2
+    finish(args, res.tally, str(Path(args.output) / "rejects.jsonl"))
+    c = res.manifest["counts"]
+    for split in ("train", "eval"):
+        s = c[split]
+        if s["rows"]:
+            print(
+                f"{split}: {s['traces']:,} traces -> {s['sequences']:,} sequences, {s['tokens']:,} tokens "
+                f"({s['trainable']:,} trained) in {s['rows']:,} rows of {res.manifest['seq_len']}, "
+                f"packing efficiency {s['packing_efficiency']:.2%}",
+                file=sys.stderr,
+            )
+    print(f"wrote {args.output}")
+    return 0

@@ -1,0 +1,311 @@
+"""The pack job: source -> mask (worker processes) -> pack -> Arrow shards + manifest.json.
+
+Deterministic: workers return masked sequences per input shard in plan order, and the packers
+are flushed only at input-shard boundaries once they hold `buffer_size` sequences (and at the
+end), so flush points depend on the data alone, never on `workers`. Each flush is a checkpoint:
+its shards are written atomically, then `progress.json` (also atomic) records the input shards
+consumed, the shards written and the running counts. A rerun with the same inputs and options
+skips what was consumed and ends with the same bytes as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import orjson
+
+from .fileio import write_json
+from .mask import DEFAULT_TOKENIZER_NAME, Masker, MaskOptions, MaskedSeq, load_tokenizer, tokenizer_hash
+from .pack import Packer
+from .pipeline import Tally
+from .records import BadRow, Location, RowError
+from .shards import MANIFEST, SPLITS, ShardInfo, write_shards
+from .sources import Shard, good_rows
+from .workers import map_shards
+
+PROGRESS = "progress.json"
+TOKENIZER_DIR = "tokenizer"
+FORMAT = "streamproc-packed/1"
+
+
+class PackError(RuntimeError):
+    """An output directory that cannot be used as asked (an unfinished run with other options)."""
+
+
+@dataclass(slots=True)
+class PackOptions:
+    seq_len: int = 8192
+    tokenizer: str = DEFAULT_TOKENIZER_NAME  # Hub id or local directory
+    mask: MaskOptions = field(default_factory=MaskOptions)  # max_len is always seq_len
+    buffer_size: int = 100_000  # sequences packed together; larger packs tighter
+    shard_rows: int = 2048  # packed rows per output shard
+    eval_fraction: float = 0.0  # share of traces (by id hash) held out in eval shards
+    add_tokens: tuple[str, ...] = ()  # added to the tokenizer as single special tokens if missing
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 1 or self.buffer_size < 1 or self.shard_rows < 1:
+            raise ValueError("seq_len, buffer_size and shard_rows must be at least 1")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction {self.eval_fraction}: must be in [0, 1)")
+        self.mask.max_len = self.seq_len
+
+
+def is_eval(trace_id: str, fraction: float) -> bool:
+    """The held-out split, by a hash of the trace id: stable across runs, machines and workers."""
+    h = int.from_bytes(hashlib.blake2b(trace_id.encode(), digest_size=8).digest(), "big")
+    return h < fraction * 2**64
+
+
+@dataclass(slots=True)
+class SplitCounts:
+    """Per-split counts. Workers fill the trace-level ones; shards give the token-level ones."""
+
+    traces: int = 0  # traces with at least one sequence written
+    dropped: int = 0  # traces with nothing written (too long for --overflow drop, or no trained token)
+    tokens_cut: int = 0  # tokens tokenized but not written
+    sequences: int = 0
+    tokens: int = 0
+    trainable: int = 0
+    rows: int = 0
+
+    def add(self, o: "SplitCounts") -> None:
+        for f in self.__slots__:
+            setattr(self, f, getattr(self, f) + getattr(o, f))
+
+    def add_shard(self, s: ShardInfo) -> None:
+        self.sequences += s.sequences
+        self.tokens += s.tokens
+        self.trainable += s.trainable
+        self.rows += s.rows
+
+    def summary(self, seq_len: int) -> dict:
+        capacity = self.rows * seq_len
+        return {
+            **asdict(self),
+            "padding": capacity - self.tokens,
+            "packing_efficiency": round(self.tokens / capacity, 6) if capacity else None,
+        }
+
+
+# ----------------------------------------------------------------------------- workers
+
+_MASKERS: dict[tuple, Masker] = {}
+"""Maskers by (tokenizer, options). The parent fills it before the pool forks, so workers inherit
+the loaded tokenizer; a spawned worker builds its own once."""
+
+
+def _masker(tokenizer: str, options: MaskOptions) -> Masker:
+    key = (tokenizer, repr(options))
+    if key not in _MASKERS:
+        _MASKERS[key] = Masker(load_tokenizer(tokenizer), options)
+    return _MASKERS[key]
+
+
+@dataclass(slots=True)
+class _MaskedShard:
+    seqs: dict[str, list[MaskedSeq]]
+    counts: dict[str, SplitCounts]
+    tally: Tally
+
+
+class _MaskShard:
+    """Picklable callable for the worker pool: one input shard -> masked sequences per split."""
+
+    def __init__(self, tokenizer: str, options: MaskOptions, eval_fraction: float, on_error: str):
+        self.tokenizer, self.options, self.eval_fraction, self.on_error = tokenizer, options, eval_fraction, on_error
+
+    def __call__(self, shard: Shard) -> _MaskedShard:
+        masker = _masker(self.tokenizer, self.options)
+        out = _MaskedShard({s: [] for s in SPLITS}, {s: SplitCounts() for s in SPLITS}, Tally())
+        tally = out.tally
+        for row in good_rows(shard, self.on_error, tally.rejected):
+            try:
+                res = masker.mask(row)
+            except RowError as e:
+                if self.on_error == "fail":
+                    raise
+                tally.rejected.append(e.bad)
+                continue
+            tally.parsed += 1
+            split = "eval" if is_eval(row.id, self.eval_fraction) else "train"
+            c = out.counts[split]
+            c.traces += not res.dropped
+            c.dropped += res.dropped
+            c.tokens_cut += res.tokens_cut
+            out.seqs[split].extend(res.seqs)
+        tally.read = tally.parsed + len(tally.rejected)
+        return out
+
+
+# ----------------------------------------------------------------------------- job
+
+
+@dataclass(slots=True)
+class _State:
+    """What a checkpoint records; progress.json holds it between runs."""
+
+    fingerprint: str
+    consumed: int = 0  # input shards fully packed and written
+    tally: Tally = field(default_factory=Tally)
+    counts: dict[str, SplitCounts] = field(default_factory=lambda: {s: SplitCounts() for s in SPLITS})
+    shards: list[ShardInfo] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "fingerprint": self.fingerprint,
+            "consumed": self.consumed,
+            "read": self.tally.read,
+            "parsed": self.tally.parsed,
+            "rejected": [{"file": b.loc.file, "row": b.loc.row, "field": b.field, "error": b.message} for b in self.tally.rejected],
+            "counts": {s: asdict(c) for s, c in self.counts.items()},
+            "shards": [asdict(s) for s in self.shards],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "_State":
+        rejected = [BadRow(Location(b["file"], b["row"]), b["field"], b["error"]) for b in d["rejected"]]
+        return cls(
+            d["fingerprint"],
+            d["consumed"],
+            Tally(d["read"], d["parsed"], rejected),
+            {s: SplitCounts(**c) for s, c in d["counts"].items()},
+            [ShardInfo(**s) for s in d["shards"]],
+        )
+
+
+@dataclass(slots=True)
+class PackResult:
+    manifest: dict
+    tally: Tally
+    resumed_after: int  # input shards a previous run had already packed
+
+
+def pack_to_dir(
+    shards: Sequence[Shard],
+    out_dir: str | os.PathLike,
+    options: PackOptions | None = None,
+    *,
+    workers: int = 1,
+    on_error: str = "skip",
+    restart: bool = False,
+) -> PackResult:
+    """Mask, pack and write every row of `shards` into `out_dir`; resume an unfinished run there
+    with the same inputs and options unless `restart`."""
+    opts = options or PackOptions()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok, tok_ref, added = _tokenizer(opts, out)
+    # Built here, so an unusable template fails before any work, and forked workers inherit it.
+    masker = _MASKERS[(tok_ref, repr(opts.mask))] = Masker(tok, opts.mask)
+    tok_info = {
+        "name": opts.tokenizer,
+        "hash": tokenizer_hash(tok),
+        "vocab_size": len(tok),
+        "pad_token_id": tok.pad_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "added_tokens": added,
+        "dir": TOKENIZER_DIR if added else None,
+    }
+    options_json = _options_json(opts)
+    fingerprint = _digest({"options": options_json, "tokenizer": tok_info, "template": masker.chat_template_hash, "plan": [repr(s) for s in shards]})
+    state = _start(out, fingerprint, restart)
+    resumed_after = state.consumed
+    packers = {s: Packer(opts.seq_len, opts.buffer_size) for s in SPLITS}
+    work = _MaskShard(tok_ref, opts.mask, opts.eval_fraction, on_error)
+    results = map_shards(work, shards[state.consumed :], workers, progress="pack", rows_of=lambda r: r.tally.read)
+    for r in results:
+        state.tally.add(r.tally)
+        for s in SPLITS:
+            state.counts[s].add(r.counts[s])
+            packers[s].add(r.seqs[s])
+        state.consumed += 1
+        if sum(len(p) for p in packers.values()) >= opts.buffer_size:
+            _checkpoint(out, state, packers, opts.shard_rows)
+    _checkpoint(out, state, packers, opts.shard_rows)
+    manifest = {
+        "format": FORMAT,
+        "tokenizer": tok_info,
+        "chat_template_hash": masker.chat_template_hash,
+        "seq_len": opts.seq_len,
+        "options": options_json,
+        "counts": {
+            "rows_read": state.tally.read,
+            "rows_rejected": len(state.tally.rejected),
+            **{s: state.counts[s].summary(opts.seq_len) for s in SPLITS},
+        },
+        "shards": [asdict(s) for s in state.shards],
+    }
+    write_json(out / MANIFEST, manifest)
+    (out / PROGRESS).unlink()
+    return PackResult(manifest, state.tally, resumed_after)
+
+
+_load_tokenizer = functools.lru_cache(maxsize=4)(load_tokenizer)
+"""Loading takes a second or more; a notebook or a test packing again reuses it (never mutated)."""
+
+
+def _tokenizer(opts: PackOptions, out: Path):
+    """The tokenizer, extended with `add_tokens` it lacks (saved under out/tokenizer), and the
+    name workers load it by."""
+    tok = _load_tokenizer(opts.tokenizer)
+    vocab = tok.get_vocab()
+    added = [t for t in dict.fromkeys(opts.add_tokens) if t not in vocab]
+    if not added:
+        return tok, opts.tokenizer, []
+    from tokenizers import AddedToken
+
+    tok = load_tokenizer(opts.tokenizer)  # a copy of its own to extend
+
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in added], special_tokens=True)
+    tok.save_pretrained(str(out / TOKENIZER_DIR))
+    return tok, str(out / TOKENIZER_DIR), added
+
+
+def _options_json(opts: PackOptions) -> dict:
+    d = asdict(opts)
+    d["add_tokens"] = list(opts.add_tokens)
+    d["mask"].pop("cache_chars")  # a speed setting: same output whatever it is
+    return d
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _start(out: Path, fingerprint: str, restart: bool) -> _State:
+    """The state to continue from; clears what an earlier, different or finished run left."""
+    progress = out / PROGRESS
+    state = None
+    if progress.exists() and not restart:
+        state = _State.from_json(orjson.loads(progress.read_bytes()))
+        if state.fingerprint != fingerprint:
+            raise PackError(
+                f"{out} holds an unfinished run with other inputs or options ({progress}); "
+                f"rerun it with the same ones to resume, or pass --restart to start over"
+            )
+        print(f"resuming: {state.consumed} input shard(s) and {len(state.shards)} output shard(s) already done", file=sys.stderr)
+    keep = {s.file for s in state.shards} if state else set()
+    for p in out.iterdir():
+        ours = p.suffix == ".arrow" and p.name.split("-")[0] in SPLITS
+        # atomic_path's temporary files of a killed run, an old manifest, unrecorded shards
+        if (ours and p.name not in keep) or (p.name.startswith(".") and p.name.endswith(".tmp")) or p.name == MANIFEST:
+            p.unlink()
+    state = state or _State(fingerprint)
+    write_json(progress, state.to_json())
+    return state
+
+
+def _checkpoint(out: Path, state: _State, packers: dict[str, Packer], shard_rows: int) -> None:
+    for s in SPLITS:
+        packed = packers[s].flush()
+        first = sum(i.split == s for i in state.shards)
+        for info in write_shards(out, s, packed, first, shard_rows):
+            state.shards.append(info)
+            state.counts[s].add_shard(info)
+    write_json(out / PROGRESS, state.to_json())

@@ -1,0 +1,114 @@
+"""Packed rows on disk: Arrow IPC shards, written atomically, read back memory-mapped.
+
+One row = one packed sequence (see SCHEMA). Rows are not padded: sum(seq_lens) == len(input_ids)
+<= seq_len. Shards use the Arrow IPC *stream* format, the one `datasets` writes and reads
+(`datasets.Dataset.from_file` opens nothing else), under the `.arrow` extension.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from .fileio import atomic_path
+from .pack import IGNORE, Packed
+
+SCHEMA = pa.schema(
+    [
+        ("input_ids", pa.list_(pa.int32())),
+        ("labels", pa.list_(pa.int32())),  # IGNORE (-100) or the input id at the same position, unshifted
+        ("seq_lens", pa.list_(pa.int32())),  # lengths of the packed sequences, in order
+        ("trace_ids", pa.list_(pa.string())),  # the trace each sequence came from
+    ]
+)
+SPLITS = ("train", "eval")
+MANIFEST = "manifest.json"
+
+
+@dataclass(slots=True)
+class ShardInfo:
+    """One written shard, as listed in the manifest."""
+
+    split: str
+    file: str  # name inside the output directory
+    rows: int
+    sequences: int
+    tokens: int
+    trainable: int
+    sha256: str
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:05d}.arrow"
+
+
+def to_table(p: Packed) -> pa.Table:
+    def lists(values: pa.Array, bounds: np.ndarray) -> pa.Array:
+        return pa.ListArray.from_arrays(pa.array(bounds.astype(np.int32)), values)
+
+    return pa.Table.from_arrays(
+        [
+            lists(pa.array(p.input_ids), p.row_bounds),
+            lists(pa.array(p.labels), p.row_bounds),
+            lists(pa.array(p.seq_lens), p.seq_bounds),
+            lists(pa.array(p.trace_ids, pa.string()), p.seq_bounds),
+        ],
+        schema=SCHEMA,
+    )
+
+
+def write_shards(out_dir: str | os.PathLike, split: str, packed: Packed, first: int, shard_rows: int) -> list[ShardInfo]:
+    """Write `packed` as shards of at most `shard_rows` rows, numbered from `first`."""
+    infos = []
+    for k, start in enumerate(range(0, packed.rows, shard_rows)):
+        part = packed.slice(start, min(start + shard_rows, packed.rows))
+        infos.append(write_shard(Path(out_dir) / shard_name(split, first + k), split, part))
+    return infos
+
+
+def write_shard(path: Path, split: str, packed: Packed) -> ShardInfo:
+    with atomic_path(path) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
+            writer.write_table(to_table(packed))
+    return ShardInfo(
+        split,
+        path.name,
+        packed.rows,
+        len(packed.seq_lens),
+        len(packed.input_ids),
+        int(np.count_nonzero(packed.labels != IGNORE)),
+        sha256(path),
+    )
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_shard(path: str | os.PathLike) -> pa.Table:
+    """One shard, memory-mapped: the columns point into the file, nothing is copied."""
+    return pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
+
+
+def read_shards(out_dir: str | os.PathLike, split: str = "train") -> pa.Table:
+    """Every shard of a split that the manifest lists, in order, as one memory-mapped table.
+
+    The manifest is written last, so a directory without one holds an unfinished run."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no manifest; is this the output of a finished `streamproc pack`?")
+    files = [s["file"] for s in orjson.loads(path.read_bytes())["shards"] if s["split"] == split]
+    tables = [read_shard(Path(out_dir) / f) for f in files]
+    return pa.concat_tables(tables) if tables else SCHEMA.empty_table()

@@ -1,0 +1,199 @@
+"""The pack job end to end on real Arrow shards: schema, manifest, determinism, resume, eval split,
+added tokens and bad rows. Inputs are rows of the shipped sample, tokenized with the shipped
+Qwen2.5 tokenizer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from streamproc.mask import Masker, MaskOptions, load_tokenizer
+from streamproc.pack import IGNORE
+from streamproc.records import row_from_dict
+from streamproc.prepare import PROGRESS, PackError, PackOptions, is_eval, pack_to_dir
+from streamproc.shards import MANIFEST, SCHEMA, read_shard, read_shards, sha256
+from streamproc.sources import SAMPLE, plan
+
+SEQ_LEN = 4096
+FILES, PER_FILE = 8, 5
+
+
+def _write_inputs(d: Path, files: int, per_file: int) -> list[Path]:
+    rows = pq.read_table(SAMPLE).slice(0, files * per_file).to_pylist()
+    d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(files):
+        p = d / f"part-{k:03d}.jsonl"
+        p.write_bytes(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in rows[k * per_file : (k + 1) * per_file]))
+        paths.append(p)
+    return paths
+
+
+def _opts(**kw) -> PackOptions:
+    # A small buffer and small shards, so the run has several checkpoints and several shards.
+    return PackOptions(**{"seq_len": SEQ_LEN, "buffer_size": 12, "shard_rows": 8, "eval_fraction": 0.25, **kw})
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> list[Path]:
+    return _write_inputs(tmp_path_factory.mktemp("in"), FILES, PER_FILE)
+
+
+@pytest.fixture(scope="module")
+def packed(inputs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("packed")
+    pack_to_dir(plan(inputs), out, _opts(), workers=1)
+    return out
+
+
+def _manifest(d: Path) -> dict:
+    return orjson.loads((d / MANIFEST).read_bytes())
+
+
+def test_shards_are_arrow_files_datasets_reads(packed):
+    import datasets
+
+    m = _manifest(packed)
+    assert {s["split"] for s in m["shards"]} == {"train", "eval"}
+    assert len([s for s in m["shards"] if s["split"] == "train"]) > 1
+    for s in m["shards"]:
+        ds = datasets.Dataset.from_file(str(packed / s["file"]))
+        assert ds.num_rows == s["rows"] > 0
+        assert ds.features.arrow_schema.equals(SCHEMA)
+        assert read_shard(packed / s["file"]).schema.equals(SCHEMA)
+    assert not (packed / PROGRESS).exists()
+
+
+def test_manifest_hashes_and_counts_match_the_shards(packed):
+    m = _manifest(packed)
+    for s in m["shards"]:
+        assert sha256(packed / s["file"]) == s["sha256"]
+    for split in ("train", "eval"):
+        t = read_shards(packed, split)
+        c = m["counts"][split]
+        lens = np.concatenate(t.column("seq_lens").to_numpy(zero_copy_only=False))
+        labels = pa.concat_arrays([ch.flatten() for ch in t.column("labels").chunks]).to_numpy()
+        assert (c["rows"], c["sequences"], c["tokens"]) == (t.num_rows, len(lens), lens.sum())
+        assert c["trainable"] == np.count_nonzero(labels != IGNORE)
+        assert c["padding"] == c["rows"] * SEQ_LEN - c["tokens"]
+        assert c["packing_efficiency"] == round(c["tokens"] / (c["rows"] * SEQ_LEN), 6)
+    assert m["counts"]["rows_read"] == FILES * PER_FILE
+    assert m["counts"]["train"]["traces"] + m["counts"]["eval"]["traces"] + m["counts"]["train"]["dropped"] + m["counts"]["eval"]["dropped"] == FILES * PER_FILE
+    assert m["tokenizer"]["name"] == "Qwen/Qwen2.5-0.5B-Instruct" and len(m["tokenizer"]["hash"]) == 64
+    assert m["seq_len"] == SEQ_LEN and m["options"]["mask"]["max_len"] == SEQ_LEN
+
+
+def test_rows_hold_exactly_the_masked_sequences(packed, inputs):
+    masker = Masker(load_tokenizer(), MaskOptions(max_len=SEQ_LEN))
+    expected = Counter()
+    for p in inputs:
+        for line in p.read_bytes().splitlines():
+            for s in masker.mask(row_from_dict(orjson.loads(line))).seqs:
+                expected[(s.trace_id, s.input_ids.tobytes(), s.labels.tobytes())] += 1
+    got = Counter()
+    for split in ("train", "eval"):
+        for r in read_shards(packed, split).to_pylist():
+            ids, labels = np.array(r["input_ids"], np.int32), np.array(r["labels"], np.int32)
+            assert len(ids) == sum(r["seq_lens"]) <= SEQ_LEN
+            assert len(r["trace_ids"]) == len(r["seq_lens"])
+            assert np.all((labels == IGNORE) | (labels == ids))
+            assert r["seq_lens"] == sorted(r["seq_lens"], reverse=True)
+            starts = np.concatenate([[0], np.cumsum(r["seq_lens"])])
+            for k, tid in enumerate(r["trace_ids"]):
+                a, b = starts[k], starts[k + 1]
+                got[(tid, ids[a:b].tobytes(), labels[a:b].tobytes())] += 1
+    assert got == expected and len(got) >= FILES * PER_FILE
+
+
+def test_eval_split_is_by_trace_id_and_disjoint(packed):
+    ids = {s: set(sum(read_shards(packed, s).column("trace_ids").to_pylist(), [])) for s in ("train", "eval")}
+    assert ids["train"] and ids["eval"] and not ids["train"] & ids["eval"]
+    assert all(is_eval(t, 0.25) for t in ids["eval"]) and not any(is_eval(t, 0.25) for t in ids["train"])
+
+
+def test_output_is_identical_for_any_number_of_workers(packed, inputs, tmp_path):
+    pack_to_dir(plan(inputs), tmp_path, _opts(), workers=2)
+    assert _files(tmp_path) == _files(packed)
+
+
+def test_read_shards_memory_maps(packed):
+    before = pa.total_allocated_bytes()
+    t = read_shards(packed)
+    assert t.num_rows > 0 and pa.total_allocated_bytes() - before < 1 << 16
+    with pytest.raises(FileNotFoundError, match="no manifest"):
+        read_shards(packed / "missing")
+
+
+def test_resume_after_kill_ends_with_the_same_bytes(tmp_path):
+    inputs = _write_inputs(tmp_path / "in", 16, 3)
+    whole = tmp_path / "whole"
+    pack_to_dir(plan(inputs), whole, _opts(buffer_size=1), workers=1)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "streamproc", "pack", *map(str, inputs), "-o", str(out), "--seq-len", str(SEQ_LEN),
+           "--buffer-size", "1", "--shard-rows", "8", "--eval-fraction", "0.25"]
+    proc = subprocess.Popen([*cmd, "--workers", "1"], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _consumed(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / MANIFEST).exists(), "the run finished before it could be killed: make the input bigger"
+    done = _consumed(out)
+    assert 2 <= done < len(inputs) and (out / "train-00000.arrow").exists()
+    again = subprocess.run([*cmd, "--workers", "2"], stderr=subprocess.PIPE, text=True, check=True)
+    assert f"resuming: {done} input shard(s)" in again.stderr
+    assert _files(out) == _files(whole)
+
+
+def _consumed(out: Path) -> int:
+    p = out / PROGRESS
+    return orjson.loads(p.read_bytes())["consumed"] if p.exists() else 0
+
+
+def test_other_options_refuse_to_resume(inputs, tmp_path):
+    (tmp_path / PROGRESS).write_bytes(orjson.dumps({"fingerprint": "0" * 64, "consumed": 1, "read": 5, "parsed": 5, "rejected": [], "counts": {}, "shards": []}))
+    with pytest.raises(PackError, match="--restart"):
+        pack_to_dir(plan(inputs[:1]), tmp_path, _opts())
+    res = pack_to_dir(plan(inputs[:1]), tmp_path, _opts(), restart=True)
+    assert res.resumed_after == 0 and res.tally.read == PER_FILE
+
+
+def test_add_tokens_extends_the_tokenizer_beside_the_shards(inputs, tmp_path):
+    base = load_tokenizer()
+    assert "<think>" not in base.get_vocab()
+    res = pack_to_dir(plan(inputs[:1]), tmp_path, _opts(add_tokens=("<think>", "</think>", "<|im_end|>")))
+    tok = res.manifest["tokenizer"]
+    assert tok["added_tokens"] == ["<think>", "</think>"] and tok["dir"] == "tokenizer"
+    extended = load_tokenizer(tmp_path / "tokenizer")
+    think = extended.convert_tokens_to_ids("<think>")
+    assert think >= len(base) and tok["vocab_size"] == len(extended) == len(base) + 2
+    assert extended.encode("<think>\nhi", add_special_tokens=False)[0] == think
+    ids = np.concatenate(read_shards(tmp_path).column("input_ids").to_numpy(zero_copy_only=False))
+    assert np.count_nonzero(ids == think) > 0
+
+
+def test_bad_rows_are_counted_and_set_aside(inputs, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    lines = inputs[0].read_bytes().splitlines()
+    bad.write_bytes(b"\n".join([lines[0], b"{not json", b'{"id": "x", "conversations": 3}', *lines[1:]]) + b"\n")
+    res = pack_to_dir(plan([bad]), tmp_path / "out", _opts())
+    assert res.tally.read == PER_FILE + 2 and len(res.tally.rejected) == 2
+    assert res.manifest["counts"]["rows_rejected"] == 2
+    assert "conversations" in str(res.tally.rejected[1]) and "bad.jsonl:row 2" in str(res.tally.rejected[1])
+    with pytest.raises(Exception, match="broken JSON"):
+        pack_to_dir(plan([bad]), tmp_path / "fail", _opts(), on_error="fail")
