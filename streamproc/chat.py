@@ -177,9 +177,10 @@ def inspect_template(tokenizer, template: str) -> TemplateInfo:
 
 
 def _around(text: str, k: int) -> str:
-    """The rendered text of probe assistant turn k: what precedes its text sentinel."""
-    i = text.find(_R.format(f"text{k}"))
-    return text[max(0, i - 60) : i] + "..." if i >= 0 else "(missing)"
+    """The rendered text of probe assistant turn k, up to its text sentinel."""
+    sentinel = _R.format(f"text{k}")
+    i = text.find(sentinel)
+    return text[max(0, i - 60) : i + len(sentinel)] + "..." if i >= 0 else "(missing)"
 
 
 def _header(text: str, content: str, specials: list[str]) -> str:

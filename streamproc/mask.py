@@ -12,12 +12,14 @@ trainable span. The exactness tests compare every id with `apply_chat_template` 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -121,8 +123,36 @@ class _PieceCache:
 
 
 def _arrays(enc) -> tuple[np.ndarray, np.ndarray]:
-    n = len(enc.ids)
-    return np.array(enc.ids, np.int32), np.fromiter((o[0] for o in enc.offsets), np.int32, n)
+    return np.array(enc.ids, np.int32), np.array([o[0] for o in enc.offsets], np.int32)
+
+
+def _token_bytes(backend) -> np.ndarray | None:
+    """Bytes of text per token id, for byte-level BPE (each vocab character stands for one byte)."""
+    import tokenizers
+
+    if not isinstance(backend.decoder, tokenizers.decoders.ByteLevel):
+        return None
+    vocab = backend.get_vocab(with_added_tokens=True)
+    out = np.zeros(max(vocab.values()) + 1, np.int64)
+    for token, i in vocab.items():
+        out[i] = len(token)
+    return out
+
+
+def _char_starts(piece: str, ids: np.ndarray, nbytes: np.ndarray) -> np.ndarray | None:
+    """Start character of each token from the tokens' byte lengths, or None when they do not add
+    up to the piece (a normalizer or prefix space changed the text): then offsets are asked for.
+    A token that starts inside a multi-byte character starts at that character, as offsets say."""
+    raw = piece.encode()
+    lengths = nbytes[ids]
+    if int(lengths.sum()) != len(raw):
+        return None
+    starts = np.zeros(len(ids), np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    if len(raw) != len(piece):
+        b = np.frombuffer(raw, np.uint8)
+        starts = (np.cumsum((b & 0xC0) != 0x80) - 1)[starts]
+    return starts.astype(np.int32)
 
 
 class Masker:
@@ -141,6 +171,7 @@ class Masker:
         self._added = {t.content: i for i, t in added.items()}
         self._special = re.compile("(" + "|".join(re.escape(t) for t in sorted(self._added, key=len, reverse=True)) + ")")
         self._cache = _PieceCache(self.options.cache_chars)
+        self._nbytes = _token_bytes(self._backend)
         # Whitespace-absorbing added tokens make pieces depend on their neighbours.
         self._piecewise = bool(self._added) and not any(t.lstrip or t.rstrip or t.single_word for t in added.values())
         if self._piecewise and not self._pieces_agree():
@@ -150,14 +181,17 @@ class Masker:
         """Piece-wise ids equal whole-text ids on a probe that mixes every kind of text boundary."""
         probe = [("system", " sys\n\n  x"), ("human", "  12345 数字 😀\n"), ("gpt", "<think>\n r\n</think>\n  ok\n<tool_call>\n{}\n</tool_call>"), ("tool", "<tool_response>\n{\"a\": 1}\n</tool_response>"), ("gpt", "\n\ndone ")]
         text = render(self.tokenizer, to_messages(probe, self.info.tool_mode, self.options.tool_fallback), self.info).text
-        ids = self.encode(text)[0]
-        self._cache = _PieceCache(self.options.cache_chars)
-        return ids.tolist() == self._backend.encode(text, add_special_tokens=False).ids
+        ids, starts = self.encode(text)
+        self.clear_cache()
+        return (ids.tolist(), starts.tolist()) == tuple(map(list, _arrays(self._backend.encode(text, add_special_tokens=False))))
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_cache"] = _PieceCache(self.options.cache_chars)
+        state["_cache"] = _PieceCache(self.options.cache_chars)  # rebuilt where it is used
         return state
+
+    def clear_cache(self) -> None:
+        self._cache = _PieceCache(self.options.cache_chars)
 
     @property
     def tokenizer_hash(self) -> str:
@@ -181,18 +215,15 @@ class Masker:
         if not self._piecewise:
             return _arrays(self._backend.encode(text, add_special_tokens=False))
         parts = self._special.split(text)  # text, added token, text, ..., text
+        self._fill(parts[::2])
         cache = self._cache
-        misses = list({p: None for p in parts[::2] if p and cache.get(p) is None})
-        if misses:
-            for p, enc in zip(misses, self._backend.encode_batch(misses, add_special_tokens=False)):
-                cache.put(p, _arrays(enc))
         ids, starts, pos = [], [], 0
         for k, p in enumerate(parts):
             if k % 2:
                 ids.append(np.array([self._added[p]], np.int32))
                 starts.append(np.array([pos], np.int32))
             elif p:
-                got = cache.d.get(p) or _arrays(self._backend.encode(p, add_special_tokens=False))
+                got = cache.d.get(p) or self._encode_pieces([p])[0]
                 ids.append(got[0])
                 starts.append(got[1] + pos)
             pos += len(p)
@@ -218,6 +249,26 @@ class Masker:
             np.add.at(depth, idx[:, 1], -1)
         return np.where(np.cumsum(depth[:-1]) > 0, ids, IGNORE).astype(np.int32)
 
+    def _fill(self, pieces: list[str]) -> None:
+        """Tokenize the pieces not in the cache, in one batch, into the cache."""
+        misses = list({p: None for p in pieces if p and self._cache.get(p) is None})
+        if misses:
+            for p, got in zip(misses, self._encode_pieces(misses)):
+                self._cache.put(p, got)
+
+    def _encode_pieces(self, pieces: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Ids and start characters of text pieces holding no added token. Byte-level tokenizers
+        skip the costly offsets: starts follow from the tokens' byte lengths."""
+        if self._nbytes is None:
+            return [_arrays(e) for e in self._backend.encode_batch(pieces, add_special_tokens=False)]
+        out = []
+        norm = self._backend.normalizer
+        for p, enc in zip(pieces, self._backend.encode_batch_fast(pieces, add_special_tokens=False)):
+            ids = np.array(enc.ids, np.int32)
+            starts = _char_starts(p, ids, self._nbytes) if norm is None or norm.normalize_str(p) == p else None
+            out.append((ids, starts) if starts is not None else _arrays(self._backend.encode(p, add_special_tokens=False)))
+        return out
+
     def _tokens(self, msgs: list[Message]) -> tuple[np.ndarray, np.ndarray, Rendered]:
         r = render(self.tokenizer, msgs, self.info)
         return (*self.encode(r.text), r)
@@ -235,6 +286,24 @@ class Masker:
         except TemplateError as e:
             loc = getattr(row, "loc", None) or Location("<memory>", 0)
             raise RowError(BadRow(loc, "conversations", f"trace {row.id}: {e}")) from e
+
+    def mask_many(self, rows: Sequence[Row | Trace]) -> list[MaskResult | BadRow]:
+        """mask() over rows, a row the template cannot render set aside as a BadRow. The cache
+        misses of all the rows are tokenized first in one batch, which keeps the tokenizer's
+        threads busy (a row alone often has one long new piece)."""
+        if self._piecewise:
+            texts = []
+            for row in rows:
+                with contextlib.suppress(TemplateError):
+                    texts.append(render(self.tokenizer, self.messages(row), self.info).text)
+            self._fill([p for t in texts for p in self._special.split(t)[::2]])
+        out: list[MaskResult | BadRow] = []
+        for row in rows:
+            try:
+                out.append(self.mask(row))
+            except RowError as e:
+                out.append(e.bad)
+        return out
 
     def _trainable(self, full: Rendered) -> set[int]:
         spans = [s for s in full.spans if self.options.train_tool_calls or not s.tool_calls]

@@ -22,6 +22,8 @@ SECTIONS = [
     "sources",
     "parse",
     "stats",
+    "mask",
+    "pack",
 ]
 """Section names in the order `streamproc bench` runs them."""
 

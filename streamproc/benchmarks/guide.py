@@ -101,3 +101,61 @@ def tool_use_metrics(subset: Iterable[dict]) -> dict:
         "errors_per_trace": errors_per_trace,
         "category_counter": category_counter,
     }
+
+
+# ----------------------------------------------------------------------------- Steps 6-7: masking
+# The guide's chat messages and per-message masking recipe, as written there (Steps 6 and 7).
+# Not exact: each message is rendered alone, so Qwen2.5's template puts its default system
+# prompt in front of every one of them (see README "Masking").
+
+ROLE_MAP = {
+    "system": "system",
+    "human": "user",
+    "gpt": "assistant",
+    "tool": "tool",
+}
+
+
+def to_chat_messages(conversation):
+    return [
+        {"role": ROLE_MAP[turn["from"]], "content": turn["value"]}
+        for turn in conversation
+    ]
+
+
+def normalize_for_training(conversation):
+    messages = to_chat_messages(conversation)
+
+    for message in messages:
+        if message["role"] == "tool":
+            message["role"] = "user"
+            message["content"] = "[TOOL OUTPUT]\n" + message["content"]
+
+    return messages
+
+
+def build_masked_example(conversation, tokenizer, max_length=2048):
+    messages = normalize_for_training(conversation)
+
+    input_ids = []
+    labels = []
+
+    for message in messages:
+        text = tokenizer.apply_chat_template(
+            [message],
+            tokenize=False,
+            add_generation_prompt=False,
+        )
+        ids = tokenizer.encode(text, add_special_tokens=False)
+
+        input_ids.extend(ids)
+
+        if message["role"] == "assistant":
+            labels.extend(ids)
+        else:
+            labels.extend([-100] * len(ids))
+
+    return {
+        "input_ids": input_ids[:max_length],
+        "labels": labels[:max_length],
+    }
