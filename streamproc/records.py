@@ -23,10 +23,13 @@ class Location:
     """Where a row came from, for error messages and reject files."""
 
     file: str
-    row: int
+    row: int  # -1: a whole-file problem, or a line whose number is not counted (see byte)
+    byte: int = -1  # offset of the line, where rows are read by byte range
 
     def __str__(self) -> str:
-        return f"{self.file}:row {self.row}"
+        if self.row >= 0:
+            return f"{self.file}:row {self.row}"
+        return f"{self.file}:byte {self.byte}" if self.byte >= 0 else self.file
 
 
 @dataclass(slots=True)
@@ -161,7 +164,7 @@ def row_from_dict(d: Any, loc: Location | None = None, source: str = "") -> Row:
         turns.append((frm, value))
     rid = d.get("id")
     if rid is None:
-        rid = f"{loc.file}:{loc.row}"
+        rid = f"{loc.file}:{loc.row}" if loc.row >= 0 else f"{loc.file}@{loc.byte}"
     elif not isinstance(rid, str):
         rid = str(rid)
     strs = {}

@@ -287,7 +287,9 @@ def _open_text(path: str) -> io.BufferedIOBase:
 
 def _read_jsonl(part: Part) -> Iterator[Row | BadRow]:
     with _open_text(part.path) as f:
-        line_no = 0
+        base: int | None = 0  # line number of the range's first line; counted only when an error needs it
+        first = 0
+        end = None
         if part.byte_range:
             start, end = part.byte_range
             if start > 0:
@@ -295,21 +297,27 @@ def _read_jsonl(part: Part) -> Iterator[Row | BadRow]:
                 # straddles the boundary belongs to the previous range.
                 f.seek(start - 1)
                 f.readline()
-                line_no = _count_lines(part.path, f.tell())
-        else:
-            end = None
+                first = f.tell()
+                base = None
+        rel = 0
         while True:
-            if end is not None and f.tell() >= end:
+            at = f.tell()
+            if end is not None and at >= end:
                 return
             try:
                 line = f.readline()
             except Exception as e:  # a truncated or corrupt .gz / .zst stream (each decoder has its own error type)
-                yield BadRow(Location(part.path, line_no), "<file>", f"unreadable from this line on: {type(e).__name__}: {e}")
+                yield BadRow(Location(part.path, -1, at), "<file>", f"unreadable from here on: {type(e).__name__}: {e}")
                 return
             if not line:
                 return
-            item = decode_line(line, Location(part.path, line_no), part.source)
-            line_no += 1
+            item = decode_line(line, Location(part.path, -1 if base is None else base + rel, at), part.source)
+            if isinstance(item, BadRow) and base is None:
+                # Counting the lines before this range costs a read of them: done for errors only,
+                # so planning and reading stay linear in the file size.
+                base = _count_lines(part.path, first)
+                item.loc = Location(part.path, base + rel, at)
+            rel += 1
             if item is not None:
                 yield item
 

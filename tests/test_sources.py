@@ -111,14 +111,14 @@ def test_real_trajectories_read_cleanly(real_row_files, real_rows):
 
 
 def union(shards: list[Shard]) -> list[tuple]:
-    return [(r.loc.row, r.id) for s in shards for r in rows_of(read(s))]
+    # JSONL rows are placed by byte offset (their line number is counted only for errors).
+    return [(r.loc.byte if r.loc.byte >= 0 else r.loc.row, r.id) for s in shards for r in rows_of(read(s))]
 
 
 def test_jsonl_byte_ranges_lose_and_repeat_nothing(files, real_row_files):
     for path in [files["jsonl"], *real_row_files]:
         sequential = union(plan([path]))
         size = os.path.getsize(path)
-        # Each range counts the lines before it, so keep the number of ranges moderate here.
         for shard_bytes in (size // 150 + 1, 65_537, size // 3 + 1):
             shards = plan([path], shard_bytes=shard_bytes)
             assert len(shards) == -(-size // shard_bytes) > 1
@@ -139,9 +139,21 @@ def test_byte_ranges_property(tmp_path_factory, lengths, blank, shard_bytes):
         lines.append(b"\n" if blank[i] else orjson.dumps({"id": f"r{i}", "conversations": [{"from": "human", "value": "x" * n}]}) + b"\n")
     p = tmp_path_factory.mktemp("ranges") / "rows.jsonl"
     p.write_bytes(b"".join(lines))
-    want = [(i, f"r{i}") for i in range(len(lengths)) if not blank[i]]
+    starts = [sum(map(len, lines[:i])) for i in range(len(lines))]
+    want = [(starts[i], f"r{i}") for i in range(len(lengths)) if not blank[i]]
     assert union(plan([p])) == want
     assert union(plan([p], shard_bytes=shard_bytes)) == want
+
+
+def test_bad_line_in_a_later_range_names_its_line_number(tmp_path):
+    """Line numbers are counted lazily, only when a bad row needs one; they must still be exact."""
+    good = orjson.dumps({"id": "g", "conversations": [{"from": "human", "value": "x" * 50}]}) + b"\n"
+    p = tmp_path / "rows.jsonl"
+    p.write_bytes(good * 40 + b"{broken\n" + good * 5)
+    shards = plan([p], shard_bytes=300)
+    assert len(shards) > 5
+    bad = [b for s in shards for b in read(s) if isinstance(b, BadRow)]
+    assert [str(b.loc) for b in bad] == [f"{p}:row 40"]
 
 
 def test_parquet_row_group_shards(files, want):
