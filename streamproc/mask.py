@@ -12,14 +12,12 @@ trainable span. The exactness tests compare every id with `apply_chat_template` 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -215,8 +213,10 @@ class Masker:
         if not self._piecewise:
             return _arrays(self._backend.encode(text, add_special_tokens=False))
         parts = self._special.split(text)  # text, added token, text, ..., text
-        self._fill(parts[::2])
         cache = self._cache
+        misses = list({p: None for p in parts[::2] if p and cache.get(p) is None})
+        for p, got in zip(misses, self._encode_pieces(misses) if misses else ()):
+            cache.put(p, got)
         ids, starts, pos = [], [], 0
         for k, p in enumerate(parts):
             if k % 2:
@@ -249,13 +249,6 @@ class Masker:
             np.add.at(depth, idx[:, 1], -1)
         return np.where(np.cumsum(depth[:-1]) > 0, ids, IGNORE).astype(np.int32)
 
-    def _fill(self, pieces: list[str]) -> None:
-        """Tokenize the pieces not in the cache, in one batch, into the cache."""
-        misses = list({p: None for p in pieces if p and self._cache.get(p) is None})
-        if misses:
-            for p, got in zip(misses, self._encode_pieces(misses)):
-                self._cache.put(p, got)
-
     def _encode_pieces(self, pieces: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Ids and start characters of text pieces holding no added token. Byte-level tokenizers
         skip the costly offsets: starts follow from the tokens' byte lengths."""
@@ -286,24 +279,6 @@ class Masker:
         except TemplateError as e:
             loc = getattr(row, "loc", None) or Location("<memory>", 0)
             raise RowError(BadRow(loc, "conversations", f"trace {row.id}: {e}")) from e
-
-    def mask_many(self, rows: Sequence[Row | Trace]) -> list[MaskResult | BadRow]:
-        """mask() over rows, a row the template cannot render set aside as a BadRow. The cache
-        misses of all the rows are tokenized first in one batch, which keeps the tokenizer's
-        threads busy (a row alone often has one long new piece)."""
-        if self._piecewise:
-            texts = []
-            for row in rows:
-                with contextlib.suppress(TemplateError):
-                    texts.append(render(self.tokenizer, self.messages(row), self.info).text)
-            self._fill([p for t in texts for p in self._special.split(t)[::2]])
-        out: list[MaskResult | BadRow] = []
-        for row in rows:
-            try:
-                out.append(self.mask(row))
-            except RowError as e:
-                out.append(e.bad)
-        return out
 
     def _trainable(self, full: Rendered) -> set[int]:
         spans = [s for s in full.spans if self.options.train_tool_calls or not s.tool_calls]
