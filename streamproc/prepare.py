@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import orjson
 
@@ -24,7 +24,7 @@ from .fileio import write_json
 from .mask import DEFAULT_TOKENIZER_NAME, Masker, MaskOptions, MaskedSeq, load_tokenizer, tokenizer_hash
 from .pack import Packer
 from .pipeline import Tally
-from .records import BadRow, Location, RowError
+from .records import BadRow, Location, Row, RowError
 from .shards import MANIFEST, SPLITS, ShardInfo, write_shards
 from .sources import Shard, good_rows
 from .workers import map_shards
@@ -121,10 +121,15 @@ class _MaskShard:
         self.tokenizer, self.options, self.eval_fraction, self.on_error = tokenizer, options, eval_fraction, on_error
 
     def __call__(self, shard: Shard) -> _MaskedShard:
+        tally = Tally()
+        return self.fold(good_rows(shard, self.on_error, tally.rejected), tally)
+
+    def fold(self, rows: Iterable[Row], tally: Tally) -> _MaskedShard:
+        """Mask good rows; `tally` already holds the rows rejected on the way (the Ray engine
+        calls this on Arrow batches)."""
         masker = _masker(self.tokenizer, self.options)
-        out = _MaskedShard({s: [] for s in SPLITS}, {s: SplitCounts() for s in SPLITS}, Tally())
-        tally = out.tally
-        for row in good_rows(shard, self.on_error, tally.rejected):
+        out = _MaskedShard({s: [] for s in SPLITS}, {s: SplitCounts() for s in SPLITS}, tally)
+        for row in rows:
             try:
                 res = masker.mask(row)
             except RowError as e:
@@ -197,6 +202,27 @@ def pack_to_dir(
 ) -> PackResult:
     """Mask, pack and write every row of `shards` into `out_dir`; resume an unfinished run there
     with the same inputs and options unless `restart`."""
+
+    def engine(work: _MaskShard, consumed: int) -> Iterator[_MaskedShard]:
+        return map_shards(work, shards[consumed:], workers, progress="pack", rows_of=lambda r: r.tally.read)
+
+    return pack_results(engine, [repr(s) for s in shards], out_dir, options, on_error=on_error, restart=restart)
+
+
+Engine = Callable[[_MaskShard, int], Iterator[_MaskedShard]]
+"""engine(work, consumed): work's result for each unit of the input after the first `consumed`, in order."""
+
+
+def pack_results(
+    engine: Engine,
+    plan: list[str],
+    out_dir: str | os.PathLike,
+    options: PackOptions | None = None,
+    *,
+    on_error: str = "skip",
+    restart: bool = False,
+) -> PackResult:
+    """The pack job on any engine; `plan` names the input units, for the resume fingerprint."""
     opts = options or PackOptions()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -213,13 +239,11 @@ def pack_to_dir(
         "dir": TOKENIZER_DIR if added else None,
     }
     options_json = _options_json(opts)
-    fingerprint = _digest({"options": options_json, "tokenizer": tok_info, "template": masker.chat_template_hash, "plan": [repr(s) for s in shards]})
+    fingerprint = _digest({"options": options_json, "tokenizer": tok_info, "template": masker.chat_template_hash, "plan": plan})
     state = _start(out, fingerprint, restart)
     resumed_after = state.consumed
     packers = {s: Packer(opts.seq_len, opts.buffer_size) for s in SPLITS}
-    work = _MaskShard(tok_ref, opts.mask, opts.eval_fraction, on_error)
-    results = map_shards(work, shards[state.consumed :], workers, progress="pack", rows_of=lambda r: r.tally.read)
-    for r in results:
+    for r in engine(_MaskShard(tok_ref, opts.mask, opts.eval_fraction, on_error), state.consumed):
         state.tally.add(r.tally)
         for s in SPLITS:
             state.counts[s].add(r.counts[s])
@@ -246,14 +270,14 @@ def pack_to_dir(
     return PackResult(manifest, state.tally, resumed_after)
 
 
-_load_tokenizer = functools.lru_cache(maxsize=4)(load_tokenizer)
+cached_tokenizer = functools.lru_cache(maxsize=4)(load_tokenizer)
 """Loading takes a second or more; a notebook or a test packing again reuses it (never mutated)."""
 
 
 def _tokenizer(opts: PackOptions, out: Path):
     """The tokenizer, extended with `add_tokens` it lacks (saved under out/tokenizer), and the
     name workers load it by."""
-    tok = _load_tokenizer(opts.tokenizer)
+    tok = cached_tokenizer(opts.tokenizer)
     vocab = tok.get_vocab()
     added = [t for t in dict.fromkeys(opts.add_tokens) if t not in vocab]
     if not added:
@@ -283,7 +307,10 @@ def _start(out: Path, fingerprint: str, restart: bool) -> _State:
     progress = out / PROGRESS
     state = None
     if progress.exists() and not restart:
-        state = _State.from_json(orjson.loads(progress.read_bytes()))
+        try:
+            state = _State.from_json(orjson.loads(progress.read_bytes()))
+        except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+            raise PackError(f"{progress}: not a progress file of this version ({type(e).__name__}: {e}); pass --restart to start over") from e
         if state.fingerprint != fingerprint:
             raise PackError(
                 f"{out} holds an unfinished run with other inputs or options ({progress}); "

@@ -3,9 +3,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..chat import TemplateError
 from ..mask import DEFAULT_TOKENIZER_NAME, OVERFLOWS, MaskOptions
-from ..prepare import PackError, PackOptions, pack_to_dir
+from ..prepare import PackOptions, PackResult, pack_to_dir
 from .common import add_input_args, finish, shards_from
 
 
@@ -14,7 +13,6 @@ def add(sub) -> None:
     add_input_args(p)
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
     add_pack_args(p)
-    p.add_argument("--restart", action="store_true", help="discard an unfinished run in DIR instead of resuming it")
     p.set_defaults(func=run)
 
 
@@ -31,6 +29,7 @@ def add_pack_args(p) -> None:
     p.add_argument("--add-tokens", default="", metavar="T1,T2,...", help='add these as single special tokens if the tokenizer lacks them, e.g. "<think>,</think>" (the extended tokenizer is saved in DIR/tokenizer)')
     p.add_argument("--buffer-size", type=int, default=100_000, metavar="N", help="sequences packed together (default %(default)s)")
     p.add_argument("--shard-rows", type=int, default=2048, metavar="N", help="packed rows per shard (default %(default)s)")
+    p.add_argument("--restart", action="store_true", help="discard an unfinished pack run in the output directory instead of resuming it")
 
 
 def pack_options(args) -> PackOptions:
@@ -56,21 +55,21 @@ def pack_options(args) -> PackOptions:
 
 
 def run(args) -> int:
-    try:
-        res = pack_to_dir(shards_from(args), args.output, pack_options(args), workers=args.workers, on_error=args.on_error, restart=args.restart)
-    except (PackError, TemplateError) as e:
-        print(f"streamproc pack: error: {e}", file=sys.stderr)
-        return 2
+    res = pack_to_dir(shards_from(args), args.output, pack_options(args), workers=args.workers, on_error=args.on_error, restart=args.restart)
     finish(args, res.tally, str(Path(args.output) / "rejects.jsonl"))
-    c = res.manifest["counts"]
-    for split in ("train", "eval"):
-        s = c[split]
-        if s["rows"]:
-            print(
-                f"{split}: {s['traces']:,} traces -> {s['sequences']:,} sequences, {s['tokens']:,} tokens "
-                f"({s['trainable']:,} trained) in {s['rows']:,} rows of {res.manifest['seq_len']}, "
-                f"packing efficiency {s['packing_efficiency']:.2%}",
-                file=sys.stderr,
-            )
+    print_counts(res)
     print(f"wrote {args.output}")
     return 0
+
+
+def print_counts(res: PackResult) -> None:
+    seq_len = res.manifest["seq_len"]
+    for split, c in res.manifest["counts"].items():
+        if not isinstance(c, dict) or not (c["traces"] or c["dropped"]):
+            continue
+        line = f"{split}: {c['traces']:,} traces -> {c['sequences']:,} sequences, {c['tokens']:,} tokens ({c['trainable']:,} trained)"
+        if c["rows"]:
+            line += f" in {c['rows']:,} rows of {seq_len}, packing efficiency {c['packing_efficiency']:.2%}"
+        if c["dropped"] or c["tokens_cut"]:
+            line += f"; {c['dropped']:,} traces dropped and {c['tokens_cut']:,} tokens cut to fit {seq_len} (--overflow)"
+        print(line, file=sys.stderr)

@@ -1,0 +1,141 @@
+"""Packing: speed and tightness of streamproc's best-fit decreasing against TRL's, same run.
+
+TRL's `pack_dataset(strategy="bfd")` (what `SFTTrainer(packing=True)` runs) packs each `map`
+batch of 1,000 rows with a pure-Python segment tree. Speed: both pack the same sequences
+(lognormal lengths, seeded) into rows of the same size, tokens and labels included. Tightness:
+the real masked sequences of the input, packed by streamproc's buffer (everything at once when
+it holds fewer than 100,000), by TRL's 1,000-row batches, and not packed at all (one sequence a
+row, the guide's way). Scaling: the whole pack job with 1 and 2 worker processes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import numpy as np
+
+from ..mask import Masker, MaskedSeq, MaskOptions
+from ..pack import IGNORE, Packer, pack_order
+from ..prepare import PackOptions, cached_tokenizer, pack_to_dir
+from ..sources import plan
+from . import Context, Result, best_times
+
+SEQ_LEN = 8192
+TRL_BATCH = 1000  # datasets.map's default batch size, which pack_dataset keeps
+
+
+def lengths(n: int, seq_len: int = SEQ_LEN, seed: int = 0) -> np.ndarray:
+    """Sequence lengths with a long right tail, clipped to [1, seq_len]."""
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.lognormal(7, 1, n).astype(np.int64), 1, seq_len)
+
+
+def sequences(lens: np.ndarray, seed: int = 0) -> list[MaskedSeq]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for k, n in enumerate(lens):
+        ids = rng.integers(0, 150_000, n, dtype=np.int32)
+        out.append(MaskedSeq(f"t{k}", ids, np.where(rng.random(n) < 0.3, ids, IGNORE).astype(np.int32)))
+    return out
+
+
+def trl_table(seqs: list[MaskedSeq]):
+    import pyarrow as pa
+
+    bounds = np.zeros(len(seqs) + 1, np.int32)
+    np.cumsum([len(s.input_ids) for s in seqs], out=bounds[1:])
+    offsets = pa.array(bounds)
+    return pa.table({
+        "input_ids": pa.ListArray.from_arrays(offsets, pa.array(np.concatenate([s.input_ids for s in seqs]))),
+        "labels": pa.ListArray.from_arrays(offsets, pa.array(np.concatenate([s.labels for s in seqs]))),
+    })
+
+
+def streamproc_pack(seqs: list[MaskedSeq], seq_len: int = SEQ_LEN):
+    packer = Packer(seq_len, buffer_size=len(seqs))
+    packer.add(seqs)
+    return packer.flush()
+
+
+def trl_pack(table, seq_len: int = SEQ_LEN) -> list:
+    """What `pack_dataset(strategy="bfd")` does, without datasets.map's cache files: its batch
+    function on every 1,000 rows."""
+    from trl.data_utils import _pack_bfd
+
+    return [_pack_bfd(table.slice(i, TRL_BATCH), seq_len) for i in range(0, table.num_rows, TRL_BATCH)]
+
+
+def speed(ctx: Context) -> list[Result]:
+    n = 5_000 if ctx.quick else 20_000
+    seqs = sequences(lengths(n))
+    table = trl_table(seqs)
+    streamproc_pack(seqs[:10])  # numba compiles (or loads its cache) once, outside the timing
+    t = best_times({"streamproc": lambda: streamproc_pack(seqs), "trl": lambda: trl_pack(table)}, 1 if ctx.quick else 3)
+    data = f"{n:,} lognormal sequences, seq-len {SEQ_LEN}"
+    ours, trl = n / t["streamproc"], n / t["trl"]
+    big = 1_000_000
+    lens = lengths(big)
+    t_big = best_times({"order": lambda: pack_order(lens, SEQ_LEN)}, ctx.repeat)["order"]
+    return [
+        Result("pack", "TRL pack_dataset bfd (per 1,000-row batch)", trl, "seq/s", data, note="tokens and labels gathered"),
+        Result("pack", "streamproc Packer.flush", ours, "seq/s", data, "TRL pack_dataset bfd (per 1,000-row batch)", ours / trl, ">= 10", "tokens and labels gathered"),
+        Result("pack", "streamproc pack_order (row assignment only)", big / t_big, "seq/s", f"{big:,} lognormal lengths, seq-len {SEQ_LEN}", target=">= 1,000,000"),
+    ]
+
+
+def masked_lengths(ctx: Context, overflow: str, seq_len: int = SEQ_LEN) -> np.ndarray:
+    masker = Masker(cached_tokenizer(PackOptions().tokenizer), MaskOptions(max_len=seq_len, overflow=overflow))
+    return np.array([len(s.input_ids) for row in ctx.rows() for s in masker.mask(row).seqs], np.int64)
+
+
+def efficiency(lens: np.ndarray, seq_len: int, batch: int) -> float:
+    """Tokens / (rows * seq_len) when BFD packs `batch` sequences at a time, in input order."""
+    rows = sum(len(pack_order(lens[i : i + batch], seq_len)[1]) - 1 for i in range(0, len(lens), batch))
+    return float(lens.sum() / (rows * seq_len))
+
+
+def lower_bound_rows(lens: np.ndarray, seq_len: int) -> int:
+    """Rows any packing needs: a sequence too long to share a row with the shortest one sits
+    alone; the rest need at least their total over seq_len (a Martello-Toth style bound)."""
+    alone = lens > seq_len - lens.min()
+    return int(alone.sum() + np.ceil(lens[~alone].sum() / seq_len))
+
+
+def tightness(ctx: Context, overflow: str) -> list[Result]:
+    """Packing efficiency of the input's masked sequences under one --overflow mode."""
+    lens = masked_lengths(ctx, overflow)
+    data = f"{len(lens):,} masked sequences of {ctx.label}, seq-len {SEQ_LEN}, --overflow {overflow}"
+    ours = efficiency(lens, SEQ_LEN, PackOptions().buffer_size)
+    trl = efficiency(lens, SEQ_LEN, TRL_BATCH)
+    bound = lens.sum() / (lower_bound_rows(lens, SEQ_LEN) * SEQ_LEN)
+    name = f"efficiency ({overflow}): "
+    return [
+        Result("pack", name + "one sequence per row (guide)", 100 * lens.mean() / SEQ_LEN, "%", data),
+        Result("pack", name + "TRL bfd, 1,000-row batches", 100 * trl, "%", data),
+        Result("pack", name + "streamproc, 100k buffer", 100 * ours, "%", data, name + "TRL bfd, 1,000-row batches", ours / trl, ">= 97%",
+               f"no packing can beat {100 * bound:.1f}%"),
+    ]
+
+
+def scaling(ctx: Context) -> list[Result]:
+    shards = ctx.shards
+    if len(shards) == 1 and shards[0].limit is None:  # split a single file so two workers have work
+        shards = plan([p.path for p in shards[0].parts], shard_bytes=1 << 20)
+    cached_tokenizer(PackOptions().tokenizer)  # loaded once, before either run is timed
+    rates = dict.fromkeys((1, 2), 0.0)
+    for _ in range(1 if ctx.quick else 2):  # in turn, so load from elsewhere hits both alike
+        for workers in rates:
+            with tempfile.TemporaryDirectory() as out:
+                t = time.perf_counter()
+                res = pack_to_dir(shards, out, PackOptions(seq_len=SEQ_LEN), workers=workers)
+                rates[workers] = max(rates[workers], res.tally.read / (time.perf_counter() - t))
+    data = f"{ctx.label}, {len(shards)} input shard(s)"
+    return [
+        Result("pack", "pack job, 1 worker", rates[1], "rows/s", data),
+        Result("pack", "pack job, 2 workers", rates[2], "rows/s", data, "pack job, 1 worker", rates[2] / rates[1], ">= 1.8"),
+    ]
+
+
+def run(ctx: Context) -> list[Result]:
+    return [*speed(ctx), *tightness(ctx, "split"), *tightness(ctx, "truncate"), *scaling(ctx)]
