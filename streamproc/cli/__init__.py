@@ -29,14 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..chat import TemplateError
     from ..engine_ray import RayUnavailable
+    from ..prepare import PackError
     from ..records import RowError
     from ..sources import SourceError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (SourceError, RowError, RayUnavailable) as e:
+    except (SourceError, RowError, RayUnavailable, PackError, TemplateError) as e:
         print(f"streamproc {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
