@@ -228,3 +228,28 @@ def collect(
     fold = metrics._StatsShard("skip", tokenizer).fold
     results = run(inputs, fold, source=source, limit=limit, on_error=on_error, address=address)
     return metrics.merge(results, tokenizer)
+
+
+def pack(
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    options=None,
+    *,
+    on_error: str = "skip",
+    restart: bool = False,
+    source: str | None = None,
+    limit: int | None = None,
+    address: str | None = None,
+):
+    """`prepare.pack_to_dir` on Ray: shards holding the same sequences and labels for the same
+    input (possibly packed together otherwise). An interrupted Ray run starts over (`restart`)."""
+    from . import prepare
+
+    def engine(work, consumed: int):
+        if consumed:
+            raise prepare.PackError(f"{out_dir} holds an interrupted Ray run, which cannot resume; pass --restart")
+        fold = prepare._MaskShard(work.tokenizer, work.options, work.eval_fraction, "skip").fold
+        return run(inputs, fold, source=source, limit=limit, on_error=on_error, address=address)
+
+    plan = ["ray", *(f.uri for f in input_files(inputs, source)), f"limit={limit}"]
+    return prepare.pack_results(engine, plan, out_dir, options, on_error=on_error, restart=restart)

@@ -7,6 +7,7 @@ with bad rows mixed in, so rejected rows must come out with the same file, row a
 from __future__ import annotations
 
 import sys
+from collections import Counter
 
 import orjson
 import pyarrow as pa
@@ -15,8 +16,10 @@ import pytest
 
 from streamproc import engine_ray, metrics
 from streamproc.cli import main
+from streamproc.prepare import PackOptions, pack_to_dir
 from streamproc.records import RowError
 from streamproc.report import stats_document
+from streamproc.shards import SPLITS, read_shards
 from streamproc.sources import plan
 
 ray = pytest.importorskip("ray")
@@ -102,9 +105,49 @@ def test_cli_stats_json_and_rejects_equal_local(cluster, inputs, tmp_path, capsy
     assert b'"rejected": 5' in out["ray"][0]
 
 
+def test_cli_pack_counts_and_rejects_equal_local(cluster, inputs, tmp_path, capsys):
+    out = {}
+    for engine in ("local", "ray"):
+        d = tmp_path / engine
+        args = ["pack", inputs[0], "--limit", "6", "--seq-len", "16384", "--engine", engine, "--workers", "1", "-o", str(d)]
+        assert main(args) == 0
+        counts = orjson.loads((d / "manifest.json").read_bytes())["counts"]
+        out[engine] = (counts, (d / "rejects.jsonl").read_bytes())
+    assert out["ray"] == out["local"]
+    assert out["ray"][0]["rows_read"] == 6 and out["ray"][0]["rows_rejected"] == 3
+
+
 def test_without_ray_says_how_to_install(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without Ray looks like
     with pytest.raises(engine_ray.RayUnavailable, match=r'pip install "streamproc\[ray\]"'):
         engine_ray.require_ray()
     assert main(["stats", "--engine", "ray"]) == 2
     assert 'pip install "streamproc[ray]"' in capsys.readouterr().err
+
+
+def _segments(out_dir) -> Counter:
+    """Every packed sequence of both splits as (split, trace id, input ids, labels), counted."""
+    segs: Counter = Counter()
+    for split in SPLITS:
+        t = read_shards(out_dir, split)
+        cols = (t.column(c).to_pylist() for c in ("input_ids", "labels", "seq_lens", "trace_ids"))
+        for ids, labels, lens, tids in zip(*cols):
+            at = 0
+            for n, tid in zip(lens, tids):
+                segs[(split, tid, tuple(ids[at : at + n]), tuple(labels[at : at + n]))] += 1
+                at += n
+    return segs
+
+
+def test_pack_writes_the_same_sequences_as_local(cluster, inputs, tmp_path):
+    opts = PackOptions(seq_len=16384, eval_fraction=0.25, buffer_size=16)  # several flushes, both splits
+    local = pack_to_dir(plan(inputs), tmp_path / "local", opts)
+    on_ray = engine_ray.pack(inputs, tmp_path / "ray", opts)
+    assert _rejects(on_ray.tally) == _rejects(local.tally)
+    segs = _segments(tmp_path / "ray")
+    assert segs == _segments(tmp_path / "local")
+    assert {k[0] for k in segs} == set(SPLITS) and len(segs) > 60
+    for split in SPLITS:
+        mine, theirs = on_ray.manifest["counts"][split], local.manifest["counts"][split]
+        for k in ("traces", "dropped", "tokens_cut", "sequences", "tokens", "trainable"):
+            assert mine[k] == theirs[k], (split, k)

@@ -5,12 +5,14 @@ from pathlib import Path
 
 from ..mask import DEFAULT_TOKENIZER_NAME, OVERFLOWS, MaskOptions
 from ..prepare import PackOptions, PackResult, pack_to_dir
-from .common import add_input_args, finish, shards_from
+from .. import engine_ray
+from .common import add_engine_args, add_input_args, finish, ray_inputs, shards_from
 
 
 def add(sub) -> None:
     p = sub.add_parser("pack", help="tokenize, mask and pack traces into Arrow shards for training (with manifest.json)")
     add_input_args(p)
+    add_engine_args(p)
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
     add_pack_args(p)
     p.set_defaults(func=run)
@@ -55,7 +57,10 @@ def pack_options(args) -> PackOptions:
 
 
 def run(args) -> int:
-    res = pack_to_dir(shards_from(args), args.output, pack_options(args), workers=args.workers, on_error=args.on_error, restart=args.restart)
+    if args.engine == "ray":
+        res = engine_ray.pack(out_dir=args.output, options=pack_options(args), restart=args.restart, **ray_inputs(args))
+    else:
+        res = pack_to_dir(shards_from(args), args.output, pack_options(args), workers=args.workers, on_error=args.on_error, restart=args.restart)
     finish(args, res.tally, str(Path(args.output) / "rejects.jsonl"))
     print_counts(res)
     print(f"wrote {args.output}")
