@@ -235,7 +235,7 @@ def error_rate(c: Counts, ax=None, top: int = 15) -> Figure:
     rates = [c.errors_by_tool[k] / n for k, n in items]
     bars = ax.barh([k for k, _ in items], rates, color="tab:red")
     ax.bar_label(bars, [f"{c.errors_by_tool[k]:,}/{n:,}" for k, n in items], padding=2, fontsize="small")
-    ax.set_xlim(0, 1.15)
+    ax.set_xlim(0, min(1.15, max(rates, default=0) * 1.3 + 0.05))  # room for the labels
     ax.set_title("Failure rate per tool (classified from the response)")
     ax.set_xlabel("Failed responses / responses")
     return ax.figure

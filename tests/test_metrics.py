@@ -225,3 +225,15 @@ def test_reasoning_tokens_match_the_tokenizer(models_dir, real_row_files):
     assert expected > 0
     assert c.reasoning_tokens_per_turn.total == c.reasoning_tokens_per_trace.total == c.output_tokens["reasoning"] == expected
     assert token_counter(str(tok_dir))(["hello world"]) == [len(tok.encode("hello world", add_special_tokens=False))]
+
+
+def test_classifier_recovers_the_synthetic_failure_rate():
+    """synth fails each call with probability FAIL (in every response style it writes) and
+    marks UNKNOWN of them unmatched: the classifier should find about that share, no more."""
+    c = Counts()
+    for row in synth.rows(200, seed=11):
+        add_trace(c, parse_trace(row))
+    rate = sum(c.error_classes.values()) / c.tool_responses
+    assert c.tool_responses > 1500
+    assert abs(rate - (synth.FAIL + synth.UNKNOWN)) < 0.025
+    assert c.guide_flagged_responses > 3 * sum(c.error_classes.values())  # the substring flags successes too

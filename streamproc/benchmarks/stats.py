@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import pickle
+import resource
 import subprocess
 import sys
 import time
@@ -33,16 +34,21 @@ MEMORY_TARGET_MIB = 1024
 @dataclass(slots=True)
 class Run:
     seconds: float  # inside the spawned process: collect() alone, not interpreter start-up
+    cpu_seconds: float  # user + system time of that process and its workers, start-up included
     rows: int
     peak_mib: float
 
 
 def _child() -> None:
-    """The spawned process: (shards, workers) pickled on stdin, (seconds, rows) as JSON on stdout."""
+    """The spawned process: (shards, workers) pickled on stdin, (seconds, cpu seconds, rows) as
+    JSON on stdout. The pool's workers have been joined when collect returns, so their CPU time
+    is in RUSAGE_CHILDREN."""
     shards, workers = pickle.load(sys.stdin.buffer)
     t = time.perf_counter()
     _, tally = collect(shards, workers)
-    print(json.dumps([time.perf_counter() - t, tally.read]))
+    seconds = time.perf_counter() - t
+    cpu = sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+    print(json.dumps([seconds, cpu, tally.read]))
 
 
 def whole_run(shards: Sequence[Shard], workers: int) -> Run:
@@ -64,8 +70,8 @@ def whole_run(shards: Sequence[Shard], workers: int) -> Run:
     out, err = proc.stdout.read(), proc.stderr.read()
     if proc.returncode:
         raise RuntimeError(f"stats benchmark run failed:\n{err.decode(errors='replace')[-2000:]}")
-    seconds, rows = json.loads(out)
-    return Run(seconds, rows, peak / 2**20)
+    seconds, cpu, rows = json.loads(out)
+    return Run(seconds, cpu, rows, peak / 2**20)
 
 
 def guide_rows(rows: Sequence[Row]) -> list[dict]:
@@ -93,6 +99,10 @@ def run(ctx: Context) -> list[Result]:
         Result("stats", "1 worker", one.rows / one.seconds, "rows/s", data, note=mbs(one)),
         Result("stats", "2 workers", two.rows / two.seconds, "rows/s", data, "1 worker", one.seconds / two.seconds,
                ">= 1.7", note=mbs(two)),
+        # Wall time depends on what else the machine runs; CPU time per row says whether the
+        # second worker adds work (it should not) when the speed-up falls short under load.
+        Result("stats", "CPU time, 2 workers", two.cpu_seconds, "s", data, "1 worker", two.cpu_seconds / one.cpu_seconds,
+               "~1", note=f"1 worker: {one.cpu_seconds:,.1f} s"),
         Result("stats", "peak RSS, 1 worker", one.peak_mib, "MiB", data, target=f"< {MEMORY_TARGET_MIB}"),
         Result("stats", "peak RSS, 2 workers", two.peak_mib, "MiB", data, target=f"< {MEMORY_TARGET_MIB}"),
     ]
