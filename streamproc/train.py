@@ -1,0 +1,251 @@
+"""Supervised fine-tuning on the shards of `streamproc pack`, as they are.
+
+Rows are fed to TRL's SFTTrainer pre-tokenized and padding-free: its collator turns `seq_lens`
+into position_ids that restart at 0 for every packed sequence, flattens the batch into one row
+without padding, and masks the label at each sequence start (it would be predicted from the
+previous sequence). Transformers reads the restarting position_ids as sequence boundaries: the
+flash-attention varlen kernels get them as cu_seq_lens, SDPA / eager / flex attention get a
+block-diagonal causal mask. So no token attends to another sequence's tokens.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+
+from .fileio import write_json
+from .shards import MANIFEST, read_shard
+
+SEQ_LENGTHS = "seq_lengths"
+"""TRL's name for our `seq_lens` column."""
+
+
+class ShardMismatch(ValueError):
+    """The shards were made with another tokenizer than the model's."""
+
+
+@dataclass(slots=True)
+class TrainConfig:
+    shards: str
+    model: str
+    output: str
+    eval_shards: str | None = None  # None: the eval split of `shards`, if it has one
+    init_random: bool = False
+    max_steps: int | None = None  # None: `epochs` passes over the smallest rank's rows
+    epochs: float = 1.0
+    batch_size: int = 1  # packed rows per device and step, flattened into one row
+    grad_accum: int = 1
+    learning_rate: float = 2e-5
+    warmup_steps: int = 0
+    logging_steps: int = 1
+    save_steps: int = 500
+    save_total_limit: int | None = 2
+    resume: bool | str = False  # True: the latest checkpoint in `output`
+    attn: str | None = None  # None: flash_attention_2 where installed on a GPU, else sdpa
+    seed: int = 0
+    shuffle_buffer: int = 256
+    tool_eval_max: int = 64  # tool-selection prompts per evaluation; 0 turns it off
+    tool_eval_new_tokens: int = 512
+    gradient_checkpointing: bool = False
+    report_to: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def attention_implementation() -> str:
+    """flash_attention_2 (varlen, no mask at all) where it can run, else PyTorch SDPA with a block mask."""
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def gguf_file(model: str) -> str | None:
+    """The .gguf file of a local model directory that has no safetensors/bin weights."""
+    d = Path(model)
+    if not d.is_dir() or any(d.glob("*.safetensors")) or any(d.glob("pytorch_model*.bin")):
+        return None
+    found = sorted(d.glob("*.gguf"))
+    return found[0].name if found else None
+
+
+def load_model(model: str, *, init_random: bool = False, attn: str | None = None, dtype=None):
+    """A causal LM from a Hub id, a local directory or a GGUF directory; `init_random` keeps only
+    its config. Weights load in fp32 unless `dtype` is given (training casts with autocast)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    attn = attn or attention_implementation()
+    dtype = dtype or torch.float32
+    if init_random:
+        config = AutoConfig.from_pretrained(model)
+        return AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=dtype)
+    gguf = gguf_file(model)
+    m = AutoModelForCausalLM.from_pretrained(model, gguf_file=gguf, dtype=dtype, attn_implementation=attn)
+    if gguf:
+        # Transformers de-quantizes GGUF weights on load, but leaves the "quantized" flags that
+        # make Trainer refuse a full fine-tune.
+        m.is_quantized = False
+        m.hf_quantizer = None
+        if hasattr(m.config, "quantization_config"):
+            del m.config.quantization_config
+    return m
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+def read_manifest(shards: str | os.PathLike) -> dict:
+    path = Path(shards) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no manifest; is {shards} the output of a finished `streamproc pack`?")
+    return orjson.loads(path.read_bytes())
+
+
+def shard_paths(shards: str | os.PathLike, split: str) -> list[str]:
+    return [str(Path(shards) / s["file"]) for s in read_manifest(shards)["shards"] if s["split"] == split]
+
+
+def shards_tokenizer(shards: str | os.PathLike, model: str):
+    """The model's tokenizer, extended with the tokens `pack --add-tokens` added, once it matches
+    the one the shards were made with; ShardMismatch otherwise."""
+    from tokenizers import AddedToken
+
+    from .mask import load_tokenizer, tokenizer_hash
+
+    info = read_manifest(shards)["tokenizer"]
+    tokenizer = load_tokenizer(model)
+    if info.get("added_tokens"):
+        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in info["added_tokens"]], special_tokens=True)
+    have = tokenizer_hash(tokenizer)
+    if info["hash"] != have:
+        raise ShardMismatch(
+            f"{Path(shards) / MANIFEST}: the shards were tokenized with {info.get('name', '?')} (tokenizer hash "
+            f"{info['hash'][:12]}...), but {model}'s tokenizer hashes to {have[:12]}...: the same ids would be other "
+            f"tokens. Re-run `streamproc pack --tokenizer {model}`."
+        )
+    return tokenizer
+
+
+def _rows(paths: list[str]) -> Iterator[dict]:
+    for path in paths:
+        table = read_shard(path)  # memory-mapped
+        for batch in table.to_batches():
+            cols = batch.select(["input_ids", "labels", "seq_lens"]).to_pydict()
+            for ids, labels, lens in zip(cols["input_ids"], cols["labels"], cols["seq_lens"]):
+                yield {"input_ids": ids, "labels": labels, SEQ_LENGTHS: lens}
+
+
+def packed_dataset(shards: str | os.PathLike, split: str, *, seed: int = 0, shuffle_buffer: int = 0):
+    """The split's rows as a streaming `datasets.IterableDataset` with one source shard per file:
+    under DDP, accelerate hands each rank its own files (`IterableDataset.shard`)."""
+    from datasets import Features, IterableDataset, List, Value
+
+    paths = shard_paths(shards, split)
+    if not paths:
+        raise FileNotFoundError(f"{Path(shards) / MANIFEST}: lists no {split} shards")
+    features = Features(
+        {"input_ids": List(Value("int32")), "labels": List(Value("int32")), SEQ_LENGTHS: List(Value("int32"))}
+    )
+    ds = IterableDataset.from_generator(_rows, gen_kwargs={"paths": paths}, features=features)
+    return ds.shuffle(seed=seed, buffer_size=shuffle_buffer) if shuffle_buffer > 1 else ds
+
+
+def steps_for_epochs(shards: str | os.PathLike, epochs: float, rows_per_step: int, world: int) -> int:
+    """Optimizer steps for `epochs` passes over the rows of the rank with the fewest rows, so every
+    rank takes the same number of steps (a rank that ran out first would hang the others)."""
+    per_rank = [0] * world
+    for k, s in enumerate(s for s in read_manifest(shards)["shards"] if s["split"] == "train"):
+        per_rank[k % world] += s["rows"]
+    return max(1, math.floor(epochs * min(per_rank) / rows_per_step))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train, evaluate before and after, write checkpoints and OUTPUT/metrics.json; return the metrics."""
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    from .evaluate import evaluate
+
+    tokenizer = shards_tokenizer(cfg.shards, cfg.model)
+    if cfg.eval_shards is None and shard_paths(cfg.shards, "eval"):
+        cfg.eval_shards = cfg.shards  # `pack --eval-fraction` held some traces out
+    if cfg.eval_shards:
+        shards_tokenizer(cfg.eval_shards, cfg.model)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    max_steps = cfg.max_steps or steps_for_epochs(cfg.shards, cfg.epochs, cfg.batch_size * cfg.grad_accum, world)
+    on_gpu = torch.cuda.is_available()
+    args = SFTConfig(
+        output_dir=cfg.output,
+        max_steps=max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_steps,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        activation_checkpointing=cfg.gradient_checkpointing,
+        # The rows are packed already: `packing` + skipped preparation means TRL neither
+        # re-tokenizes nor re-packs them, and uses its padding-free collator.
+        packing=True,
+        packing_strategy="bfd",
+        dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=False,
+        # Each rank iterates its own shard files instead of rank 0 dispatching batches.
+        accelerator_config={"dispatch_batches": False},
+        include_num_input_tokens_seen="non_padding",
+        dataloader_pin_memory=on_gpu,
+        disable_tqdm=False,
+        report_to=cfg.report_to,
+        ddp_find_unused_parameters=False,
+    )
+    model = load_model(cfg.model, init_random=cfg.init_random, attn=cfg.attn)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))  # tokens that `pack --add-tokens` added
+    train_ds = packed_dataset(cfg.shards, "train", seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer)
+    eval_ds = packed_dataset(cfg.eval_shards, "eval") if cfg.eval_shards else None
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer)
+
+    before = evaluate(trainer, cfg) if eval_ds is not None and not cfg.resume else None
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=cfg.resume or None)
+    seconds = time.perf_counter() - start
+    after = evaluate(trainer, cfg) if eval_ds is not None else None
+    trainer.save_model(cfg.output)
+
+    history = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
+    tokens = trainer.state.num_input_tokens_seen - trainer._initial_num_input_tokens_seen
+    metrics = {
+        "train_loss": history[-1]["loss"] if history else result.training_loss,
+        "train_loss_mean": result.training_loss,
+        "loss_history": history,
+        "steps": trainer.state.global_step,
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_second": tokens / seconds if seconds > 0 else None,
+        "eval_before": before,
+        "eval_after": after,
+        "world_size": world,
+        "attn_implementation": model.config._attn_implementation,
+        "config": asdict(cfg),
+        "shards_manifest": {k: read_manifest(cfg.shards).get(k) for k in ("tokenizer", "seq_len", "counts")},
+    }
+    if trainer.is_world_process_zero():
+        write_json(Path(cfg.output) / "metrics.json", metrics)
+    return metrics
