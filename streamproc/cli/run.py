@@ -1,13 +1,19 @@
-"""`streamproc run`: the main job, end to end, on the built-in sample unless told otherwise."""
+"""`streamproc run`: the main job, end to end, on the built-in sample unless told otherwise.
+
+source -> parse (DIR/parsed.jsonl) -> stats report (DIR/report/) -> packed shards (DIR/packed/).
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+from .. import webview
 from ..fileio import write_rejects
+from ..metrics import collect
 from ..pipeline import parse_to_file
 from ..prepare import pack_to_dir
+from ..report import summary_text, write_report
 from .common import add_input_args, finish, shards_from
 from .pack import add_pack_args, pack_options, print_counts
 
@@ -24,13 +30,21 @@ def run(args) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     shards = shards_from(args)
+
     parsed = out / "parsed.jsonl"
     tally = parse_to_file(shards, parsed, workers=args.workers, on_error=args.on_error)
     finish(args, tally, str(out / "rejects.jsonl"))
-    print(f"parsed traces: {parsed}", file=sys.stderr)
+    print(f"[1/3] parsed traces: {parsed}", file=sys.stderr)
+
+    stats, stally = collect(shards, args.workers, args.on_error)
+    browser = webview.collect(shards, args.workers, args.on_error)[0]
+    write_report(stats, out / "report", stally, 10, browser)
+    print(summary_text(stats, top=10))
+    print(f"[2/3] stats report: {out / 'report'}/index.html (summary.md, stats.json, plots)", file=sys.stderr)
+
     packed = pack_to_dir(shards, out / "packed", pack_options(args), workers=args.workers, on_error=args.on_error, restart=args.restart)
     if packed.tally.rejected:  # the bad rows above, plus any the chat template could not render
         write_rejects(out / "packed" / "rejects.jsonl", packed.tally.rejected)
     print_counts(packed)
-    print(f"packed shards: {out / 'packed'}", file=sys.stderr)
+    print(f"[3/3] packed shards: {out / 'packed'} (manifest.json)", file=sys.stderr)
     return 0
