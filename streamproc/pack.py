@@ -1,7 +1,7 @@
 """Best-fit-decreasing packing of token sequences into rows of at most `seq_len` tokens.
 
-Pure and deterministic. `pack_order` is the core: O(N log N) for the sort plus O(N log seq_len)
-for placement, with a segment tree over free space (leaf s is "present" while some open row has
+Pure and deterministic. `pack_order` is the core: a counting sort, O(N + seq_len), then
+O(N log seq_len) for placement, with a segment tree over free space (leaf s is "present" while some open row has
 exactly s tokens free) so the tightest row that still fits is found in one descent. Rows with
 the same free space wait in FIFO order, which makes the result independent of anything but the
 lengths. `Packer` buffers masked sequences and packs a whole buffer at once: the larger the
@@ -21,8 +21,24 @@ IGNORE = -100
 
 
 @numba.njit(cache=True)
-def _place(lengths: np.ndarray, order: np.ndarray, capacity: int) -> np.ndarray:
-    """Row number of every sequence, placing them in `order` (longest first)."""
+def _longest_first(lengths: np.ndarray, capacity: int) -> np.ndarray:
+    """Counting sort of the indices by length, longest first, ties in input order: O(N + capacity)."""
+    start = np.zeros(capacity + 2, np.int64)
+    for n in lengths:
+        start[capacity - n + 1] += 1
+    for k in range(1, capacity + 2):
+        start[k] += start[k - 1]
+    order = np.empty(len(lengths), np.int64)
+    for i in range(len(lengths)):
+        k = capacity - lengths[i]
+        order[start[k]] = i
+        start[k] += 1
+    return order
+
+
+@numba.njit(cache=True)
+def _place(lengths: np.ndarray, order: np.ndarray, capacity: int) -> tuple[np.ndarray, int]:
+    """Row number of every sequence, placing them in `order` (longest first); and the row count."""
     n = len(order)
     size = 1
     while size < capacity + 1:
@@ -60,7 +76,7 @@ def _place(lengths: np.ndarray, order: np.ndarray, capacity: int) -> np.ndarray:
             else:
                 nxt[tail[space]] = r
             tail[space] = r
-    return row_of
+    return row_of, rows
 
 
 @numba.njit(cache=True)
@@ -73,6 +89,22 @@ def _set(tree: np.ndarray, size: int, leaf: int, value: int) -> None:
         node //= 2
 
 
+@numba.njit(cache=True)
+def _by_row(order: np.ndarray, row_of: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices grouped by row, each row in placement order, and the row bounds (counting sort)."""
+    bounds = np.zeros(rows + 1, np.int64)
+    for r in row_of:
+        bounds[r + 1] += 1
+    for r in range(rows):
+        bounds[r + 1] += bounds[r]
+    pos = bounds[:-1].copy()
+    out = np.empty(len(order), np.int64)
+    for i in order:
+        out[pos[row_of[i]]] = i
+        pos[row_of[i]] += 1
+    return out, bounds
+
+
 def pack_order(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray]:
     """Best-fit decreasing, flat: (order, bounds) where row r holds sequences
     order[bounds[r]:bounds[r + 1]], longest first. Raises ValueError for a length outside
@@ -83,14 +115,9 @@ def pack_order(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarr
     if len(lengths) and (lengths.min() < 1 or lengths.max() > capacity):
         bad = int(np.flatnonzero((lengths < 1) | (lengths > capacity))[0])
         raise ValueError(f"sequence {bad} has length {lengths[bad]}, outside [1, {capacity}]")
-    order = np.argsort(-lengths, kind="stable")
-    row_of = _place(lengths, order, capacity)
-    # Stable sort by row keeps each row's sequences in placement order (longest first).
-    order = order[np.argsort(row_of[order], kind="stable")]
-    counts = np.bincount(row_of) if len(row_of) else np.zeros(0, np.int64)
-    bounds = np.zeros(len(counts) + 1, np.int64)
-    np.cumsum(counts, out=bounds[1:])
-    return order, bounds
+    order = _longest_first(lengths, capacity)
+    row_of, rows = _place(lengths, order, capacity)
+    return _by_row(order, row_of, rows)
 
 
 def pack_lengths(lengths, capacity: int) -> list[list[int]]:
