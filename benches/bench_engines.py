@@ -1,0 +1,89 @@
+"""Local engine (2 worker processes) against the Ray engine (a local 2-CPU Ray cluster) on the
+same synthetic Parquet file: what running on Ray costs on one node.
+
+    python3 -m pytest benches/bench_engines.py --benchmark-only --benchmark-group-by=group
+
+Each group times one stage on both engines; extra_info holds rows/s and, for Ray, the cluster
+start-up (paid once per process, not timed). The ratio of the two means is the Ray overhead.
+STREAMPROC_BENCH_ENGINE_ROWS sets the file size for stats (default 20,000 rows, about 190 MB),
+STREAMPROC_BENCH_ENGINE_PACK_ROWS for pack (default 4,000 rows); the files are made once by
+`streamproc synth` under STREAMPROC_BENCH_DIR (default /tmp).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from streamproc import engine_ray, metrics, synth
+from streamproc.prepare import PackOptions, pack_to_dir
+from streamproc.sources import plan
+
+ray = pytest.importorskip("ray")
+
+ROWS = int(os.environ.get("STREAMPROC_BENCH_ENGINE_ROWS", "20000"))
+PACK_ROWS = int(os.environ.get("STREAMPROC_BENCH_ENGINE_PACK_ROWS", "4000"))
+DIR = Path(os.environ.get("STREAMPROC_BENCH_DIR", "/tmp"))
+CPUS = 2
+
+
+def _synth(rows: int) -> Path:
+    path = DIR / f"streamproc-bench-synth-{rows}.parquet"
+    if not path.exists():
+        synth.write(path, rows, seed=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def synth_file() -> Path:
+    return _synth(ROWS)
+
+
+@pytest.fixture(scope="module")
+def pack_file() -> Path:
+    return _synth(PACK_ROWS)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    t = time.perf_counter()
+    ray.init(num_cpus=CPUS, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield time.perf_counter() - t
+    ray.shutdown()
+
+
+def _rows_per_s(benchmark, tally, rows: int = ROWS) -> None:
+    assert tally.read == rows and not tally.rejected
+    benchmark.extra_info["rows_per_s"] = round(rows / benchmark.stats.stats.mean)
+
+
+@pytest.mark.benchmark(group="stats: local vs ray")
+def test_stats_local(benchmark, synth_file):
+    shards = plan([synth_file])
+    _, tally = benchmark.pedantic(lambda: metrics.collect(shards, workers=CPUS), rounds=2, warmup_rounds=0)
+    _rows_per_s(benchmark, tally)
+
+
+@pytest.mark.benchmark(group="stats: local vs ray")
+def test_stats_ray(benchmark, synth_file, cluster):
+    engine_ray.collect([str(synth_file)])  # warm-up: worker processes and imports
+    _, tally = benchmark.pedantic(lambda: engine_ray.collect([str(synth_file)]), rounds=2, warmup_rounds=0)
+    _rows_per_s(benchmark, tally)
+    benchmark.extra_info["cluster_start_s"] = round(cluster, 1)
+
+
+@pytest.mark.benchmark(group="pack: local vs ray")
+def test_pack_local(benchmark, pack_file, tmp_path):
+    shards = plan([pack_file])
+    res = benchmark.pedantic(lambda: pack_to_dir(shards, tmp_path, workers=CPUS, restart=True), rounds=2, warmup_rounds=0)
+    _rows_per_s(benchmark, res.tally, PACK_ROWS)
+
+
+@pytest.mark.benchmark(group="pack: local vs ray")
+def test_pack_ray(benchmark, pack_file, tmp_path, cluster):
+    res = benchmark.pedantic(lambda: engine_ray.pack([str(pack_file)], tmp_path, restart=True), rounds=2, warmup_rounds=0)
+    _rows_per_s(benchmark, res.tally, PACK_ROWS)
