@@ -6,8 +6,9 @@ Arrow batch with the very code a local worker runs on a shard (a stage's `fold`)
 pickled. Batches come back in input order (`preserve_order`), so the driver merges them in the
 order the local engine merges its shards, and the result is the same.
 
-A batch does not know where in its file it starts, so a worker numbers rows from 0 per file and
-reports how many it saw; the driver adds the running offset to the rejected rows' locations.
+JSONL lines carry their line numbers, but a Parquet batch does not know where in its file it
+starts: a worker numbers its rows from 0 per file and reports how many it saw, and the driver adds
+the running offset to the rejected rows' locations.
 """
 
 from __future__ import annotations
