@@ -199,6 +199,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         seed=cfg.seed,
+        use_cpu=not on_gpu,  # also what makes accelerate set up gloo DDP under torchrun on CPU
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         activation_checkpointing=cfg.gradient_checkpointing,
         # The rows are packed already: `packing` + skipped preparation means TRL neither
@@ -209,7 +210,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         remove_unused_columns=False,
         # Each rank iterates its own shard files instead of rank 0 dispatching batches.
         accelerator_config={"dispatch_batches": False},
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen="all",  # padding-free batches: every token is real
         dataloader_pin_memory=on_gpu,
         disable_tqdm=False,
         report_to=cfg.report_to,

@@ -207,3 +207,14 @@ def test_each_rank_reads_its_own_shard_files(short_shards):
     everything = read_shards(short_shards, "train").column("input_ids").to_pylist()
     assert sorted(ranks[0] + ranks[1]) == sorted(everything)
     assert ranks[0] and ranks[1] and not any(r in ranks[1] for r in ranks[0])
+
+
+def test_benchmark_compares_the_same_sequences(short_shards):
+    """Packed and padded batches of the train benchmark hold exactly the same sequences."""
+    from streamproc.benchmarks.train import _sequences, batches
+
+    packed, padded = batches(short_shards, rows_per_step=1, steps=2)
+    assert len(packed) == len(padded) == 2
+    flat = lambda bs: sorted(tuple(s["input_ids"]) for b in bs for s in _sequences(b))  # noqa: E731
+    assert flat(packed) == flat(padded)
+    assert all(s["labels"] and len(s["labels"]) == len(s["input_ids"]) for b in padded for s in b)

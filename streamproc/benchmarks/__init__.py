@@ -24,6 +24,7 @@ SECTIONS = [
     "stats",
     "mask",
     "pack",
+    "train",
 ]
 """Section names in the order `streamproc bench` runs them."""
 

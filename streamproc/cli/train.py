@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from ..train import ShardMismatch, TrainConfig, train
@@ -46,6 +47,8 @@ def run(args) -> int:
     except (ShardMismatch, FileNotFoundError) as e:
         print(f"streamproc train: error: {e}", file=sys.stderr)
         return 2
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 speaks for all
     summary = f"train_loss {metrics['train_loss']:.4f} after {metrics['steps']} steps, {metrics['tokens_per_second']:,.0f} tokens/s"
     for when in ("before", "after"):
         ev = metrics[f"eval_{when}"]
