@@ -14,7 +14,7 @@ import importlib.util
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -181,7 +181,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     tokenizer = shards_tokenizer(cfg.shards, cfg.model)
     if cfg.eval_shards is None and shard_paths(cfg.shards, "eval"):
-        cfg.eval_shards = cfg.shards  # `pack --eval-fraction` held some traces out
+        cfg = replace(cfg, eval_shards=cfg.shards)  # `pack --eval-fraction` held some traces out
     if cfg.eval_shards:
         shards_tokenizer(cfg.eval_shards, cfg.model)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -231,6 +231,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     trainer.save_model(cfg.output)
 
     history = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
+    # This session's tokens: a resumed state already counts the earlier sessions'.
     tokens = trainer.state.num_input_tokens_seen - trainer._initial_num_input_tokens_seen
     metrics = {
         "train_loss": history[-1]["loss"] if history else result.training_loss,
