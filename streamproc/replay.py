@@ -133,39 +133,46 @@ def lines_of(stream: TextIO) -> Iterator[str]:
 
 
 def keys_of(stream: TextIO, echo: TextIO) -> Iterator[str]:
-    """Commands from a terminal, key by key: n, p, q, space and Enter act at once; digits
-    gather until Enter (echoed, so the user sees the number typed)."""
+    """Commands from a terminal in cbreak mode, key by key: n, p, q, space and Enter act at
+    once; digits gather until Enter (echoed, so the user sees the number typed)."""
+    digits = ""
+    while True:
+        ch = stream.read(1)
+        if not ch or ch == "\x04":  # end of input, Ctrl-D
+            return
+        if ch.isdigit():
+            digits += ch
+            echo.write(ch)
+            echo.flush()
+        elif ch in "\r\n":
+            echo.write("\n")
+            yield digits
+            digits = ""
+        elif ch == "\x7f" and digits:  # backspace
+            digits = digits[:-1]
+            echo.write("\b \b")
+            echo.flush()
+        else:
+            digits = ""
+            yield ch
+
+
+@contextlib.contextmanager
+def commands_from(stream: TextIO = sys.stdin, echo: TextIO = sys.stdout) -> Iterator[Iterator[str]]:
+    """The commands of `stream`. A terminal is put in cbreak mode on entry, before the first
+    step is shown, so a key pressed as soon as the prompt appears is not echoed and held for
+    Enter; it is restored on exit."""
+    if not stream.isatty():
+        yield lines_of(stream)
+        return
     import termios
     import tty
 
     fd = stream.fileno()
     saved = termios.tcgetattr(fd)
-    digits = ""
+    tty.setcbreak(fd)
     try:
-        tty.setcbreak(fd)
-        while True:
-            ch = stream.read(1)
-            if not ch or ch == "\x04":  # end of input, Ctrl-D
-                return
-            if ch.isdigit():
-                digits += ch
-                echo.write(ch)
-                echo.flush()
-            elif ch in "\r\n":
-                echo.write("\n")
-                yield digits
-                digits = ""
-            elif ch == "\x7f" and digits:  # backspace
-                digits = digits[:-1]
-                echo.write("\b \b")
-                echo.flush()
-            else:
-                digits = ""
-                yield ch
+        yield keys_of(stream, echo)
     finally:
         with contextlib.suppress(termios.error):
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-
-def commands_from(stream: TextIO = sys.stdin, echo: TextIO = sys.stdout) -> Iterator[str]:
-    return keys_of(stream, echo) if stream.isatty() else lines_of(stream)

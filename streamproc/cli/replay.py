@@ -21,7 +21,8 @@ def run(args) -> int:
     limits = None if args.full else DEFAULT
     color = use_color(args)
     if args.step is None:
-        play(trace, commands_from(sys.stdin, sys.stdout), sys.stdout, limits=limits, color=color)
+        with commands_from(sys.stdin, sys.stdout) as commands:
+            play(trace, commands, sys.stdout, limits=limits, color=color)
         return 0
     all_steps = steps(trace)
     if not 1 <= args.step <= len(all_steps):
