@@ -13,11 +13,14 @@ trainable span. The exactness tests compare every id with `apply_chat_template` 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
+import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -170,6 +173,9 @@ class Masker:
         self._special = re.compile("(" + "|".join(re.escape(t) for t in sorted(self._added, key=len, reverse=True)) + ")")
         self._cache = _PieceCache(self.options.cache_chars)
         self._nbytes = _token_bytes(self._backend)
+        # A Unicode normal form is checked with unicodedata's quick check, not by normalizing.
+        norm = self._backend.normalizer
+        self._form = type(norm).__name__ if type(norm).__name__ in ("NFC", "NFD", "NFKC", "NFKD") else None
         # Whitespace-absorbing added tokens make pieces depend on their neighbours.
         self._piecewise = bool(self._added) and not any(t.lstrip or t.rstrip or t.single_word for t in added.values())
         if self._piecewise and not self._pieces_agree():
@@ -213,10 +219,8 @@ class Masker:
         if not self._piecewise:
             return _arrays(self._backend.encode(text, add_special_tokens=False))
         parts = self._special.split(text)  # text, added token, text, ..., text
+        self._warm(parts[::2])
         cache = self._cache
-        misses = list({p: None for p in parts[::2] if p and cache.get(p) is None})
-        for p, got in zip(misses, self._encode_pieces(misses) if misses else ()):
-            cache.put(p, got)
         ids, starts, pos = [], [], 0
         for k, p in enumerate(parts):
             if k % 2:
@@ -230,6 +234,14 @@ class Masker:
         if not ids:
             return np.zeros(0, np.int32), np.zeros(0, np.int32)
         return np.concatenate(ids), np.concatenate(starts)
+
+    def _warm(self, pieces: Iterable[str]) -> None:
+        """Tokenize the pieces the cache lacks, all in one batch (the tokenizer spreads a batch
+        over its threads), each once."""
+        cache = self._cache
+        misses = list({p: None for p in pieces if p and cache.get(p) is None})
+        for p, got in zip(misses, self._encode_pieces(misses) if misses else ()):
+            cache.put(p, got)
 
     def _labels(self, r: Rendered, ids: np.ndarray, starts: np.ndarray, train: set[int]) -> np.ndarray:
         bounds = []
@@ -258,7 +270,8 @@ class Masker:
         norm = self._backend.normalizer
         for p, enc in zip(pieces, self._backend.encode_batch_fast(pieces, add_special_tokens=False)):
             ids = np.array(enc.ids, np.int32)
-            starts = _char_starts(p, ids, self._nbytes) if norm is None or norm.normalize_str(p) == p else None
+            as_is = norm is None or (unicodedata.is_normalized(self._form, p) if self._form else norm.normalize_str(p) == p)
+            starts = _char_starts(p, ids, self._nbytes) if as_is else None
             out.append((ids, starts) if starts is not None else _arrays(self._backend.encode(p, add_special_tokens=False)))
         return out
 
@@ -270,15 +283,40 @@ class Masker:
 
     def mask(self, row: Row | Trace) -> MaskResult:
         """Input ids and labels for one row. A row the template cannot render raises RowError."""
-        msgs = self.messages(row)
-        try:
-            ids, starts, full = self._tokens(msgs)
-            train = self._trainable(full)
-            labels = self._labels(full, ids, starts, train)
-            return self._fit(row.id, msgs, ids, starts, labels, full, train)
-        except TemplateError as e:
-            loc = getattr(row, "loc", None) or Location("<memory>", 0)
-            raise RowError(BadRow(loc, "conversations", f"trace {row.id}: {e}")) from e
+        ((_, res),) = self.mask_many([row])
+        if isinstance(res, RowError):
+            raise res
+        return res
+
+    def mask_many(self, rows: Iterable[Row | Trace], batch: int = 64) -> Iterator[tuple[Row | Trace, MaskResult | RowError]]:
+        """(row, its MaskResult, or the RowError of a row the template cannot render), in order.
+        Rows are rendered `batch` at a time and the text pieces of the whole batch that the
+        cache lacks are tokenized together, which keeps the tokenizer's threads busy."""
+        it = iter(rows)
+        while chunk := list(itertools.islice(it, batch)):
+            done = []
+            for row in chunk:
+                msgs = self.messages(row)
+                try:
+                    done.append((row, msgs, render(self.tokenizer, msgs, self.info)))
+                except TemplateError as e:
+                    done.append((row, msgs, e))
+            if self._piecewise:
+                self._warm(p for *_, r in done if isinstance(r, Rendered) for p in self._special.split(r.text)[::2])
+            for row, msgs, full in done:
+                try:
+                    if isinstance(full, TemplateError):
+                        raise full
+                    yield row, self._mask_rendered(row.id, msgs, full)
+                except TemplateError as e:
+                    loc = getattr(row, "loc", None) or Location("<memory>", 0)
+                    yield row, RowError(BadRow(loc, "conversations", f"trace {row.id}: {e}"))
+
+    def _mask_rendered(self, tid: str, msgs: list[Message], full: Rendered) -> MaskResult:
+        ids, starts = self.encode(full.text)
+        train = self._trainable(full)
+        labels = self._labels(full, ids, starts, train)
+        return self._fit(tid, msgs, ids, starts, labels, full, train)
 
     def _trainable(self, full: Rendered) -> set[int]:
         spans = [s for s in full.spans if self.options.train_tool_calls or not s.tool_calls]

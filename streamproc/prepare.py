@@ -129,13 +129,11 @@ class _MaskShard:
         calls this on Arrow batches)."""
         masker = _masker(self.tokenizer, self.options)
         out = _MaskedShard({s: [] for s in SPLITS}, {s: SplitCounts() for s in SPLITS}, tally)
-        for row in rows:
-            try:
-                res = masker.mask(row)
-            except RowError as e:
+        for row, res in masker.mask_many(rows):
+            if isinstance(res, RowError):
                 if self.on_error == "fail":
-                    raise
-                tally.rejected.append(e.bad)
+                    raise res
+                tally.rejected.append(res.bad)
                 continue
             tally.parsed += 1
             split = "eval" if is_eval(row.id, self.eval_fraction) else "train"

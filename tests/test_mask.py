@@ -143,6 +143,29 @@ def test_row_the_template_cannot_render_is_a_row_error(tok):
     assert e.value.bad.field == "conversations"
 
 
+def test_mask_many_equals_one_at_a_time_and_keeps_going_past_a_bad_row(tok, rows):
+    """Batches tokenize the pieces of many rows together; the results are those of mask(), in
+    order, and a row the template cannot render is yielded as its RowError."""
+    refusing = (
+        "{% for m in messages %}{% if m['content'] == 'boom' %}{{ raise_exception('boom is refused') }}{% endif %}"
+        "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    )
+    bad = row_from_dict({"id": "x", "conversations": [{"from": "human", "value": "boom"}, {"from": "gpt", "value": "c"}]})
+    batch = [rows[0], bad, *rows[1:]]
+    for options in (MaskOptions(chat_template=refusing), MaskOptions(chat_template=refusing, max_len=12000)):
+        m = Masker(tok, options)
+        got = list(m.mask_many(batch, batch=3))
+        assert [r.id for r, _ in got] == [r.id for r in batch]
+        assert isinstance(got[1][1], RowError) and "boom is refused" in str(got[1][1])
+        alone = Masker(tok, options)
+        for row, res in got[:1] + got[2:]:
+            want = alone.mask(row)
+            assert [s.input_ids.tolist() for s in res.seqs] == [s.input_ids.tolist() for s in want.seqs]
+            assert [s.labels.tolist() for s in res.seqs] == [s.labels.tolist() for s in want.seqs]
+            assert (res.tokens_cut, res.windows) == (want.tokens_cut, want.windows)
+        assert any(res.windows > 1 for _, res in got[2:]) == (options.max_len is not None)
+
+
 def test_no_assistant_turn_is_dropped(tok):
     row = row_from_dict({"id": "q", "conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "hi"}]})
     res = Masker(tok).mask(row)
