@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .fileio import write_bytes, write_json
-from .metrics import Counts, Hist, Stats
+from .metrics import POSITION_CAP, Counts, Hist, Stats
 from .pipeline import Tally
 
 # ----------------------------------------------------------------------------- figures as text
@@ -179,17 +179,37 @@ def categories(c: Counts, ax=None) -> Figure:
 
 def tools_by_category(c: Counts, ax=None, top: int = 12) -> Figure:
     """Heat map: the share of each category's calls that go to each of the top tools."""
-    ax = _axes(ax, (10, 5))
     tools = [k for k, _ in c.tool_counts.most_common(top)]
     cats = [k for k, _ in c.categories.most_common()]
     grid = np.array([[c.tools_by_category[(cat, t)] for t in tools] for cat in cats], dtype=float)
-    grid /= np.maximum(grid.sum(axis=1, keepdims=True), 1)
-    im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0)
+    ax = _heat(_axes(ax, (10, 5)), grid / np.maximum(grid.sum(axis=1, keepdims=True), 1), tools, [k or "(none)" for k in cats], "share of the category's calls")
     ax.set_xticks(range(len(tools)), tools, rotation=45, ha="right")
-    ax.set_yticks(range(len(cats)), [k or "(none)" for k in cats])
-    ax.figure.colorbar(im, ax=ax, label="share of the category's calls")
     ax.set_title(f"Tool usage by category (top {len(tools)} tools)")
     return ax.figure
+
+
+def tools_by_position(c: Counts, ax=None, top: int = 12) -> Figure:
+    """Heat map: the share of the calls made at each assistant-turn number that go to each of
+    the top tools (what the agent reaches for first, and later)."""
+    tools = [k for k, _ in c.tool_counts.most_common(top)]
+    last = max((p for _, p in c.calls_by_position), default=0)
+    grid = np.array([[c.calls_by_position[(t, p)] for p in range(1, last + 1)] for t in tools], dtype=float)
+    grid /= np.maximum(np.array([sum(n for (_, q), n in c.calls_by_position.items() if q == p) for p in range(1, last + 1)], dtype=float), 1)
+    cols = [str(p) for p in range(1, last + 1)]
+    if last == POSITION_CAP:
+        cols[-1] += "+"
+    ax = _heat(_axes(ax, (11, 5)), grid, cols, tools, "share of the calls at that turn")
+    ax.set_xlabel("Assistant turn number")
+    ax.set_title(f"Tool usage by turn position (top {len(tools)} tools)")
+    return ax.figure
+
+
+def _heat(ax, grid: np.ndarray, cols: list[str], rows: list[str], label: str):
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0)
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.figure.colorbar(im, ax=ax, label=label)
+    return ax
 
 
 def reasoning_length(stats: Stats, ax=None) -> Figure:
@@ -287,6 +307,7 @@ def plots(stats: Stats) -> dict[str, Figure]:
         "conversation_length": conversation_length(total),
         "categories": categories(total),
         "tools_by_category": tools_by_category(total),
+        "tools_by_position": tools_by_position(total),
         "reasoning_length": reasoning_length(stats),
         "error_rate": error_rate(total),
         "sources": sources(stats),

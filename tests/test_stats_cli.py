@@ -42,7 +42,7 @@ def test_json_report_and_summary(tmp_path, synthetic, capsys):
 
     pngs = sorted(rep.glob("*.png"))
     assert {p.stem for p in pngs} >= {"overview", "top_tools", "parallel_widths", "conversation_length", "categories",
-                                      "tools_by_category", "reasoning_length", "error_rate", "sources"}
+                                      "tools_by_category", "tools_by_position", "reasoning_length", "error_rate", "sources"}
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
     md = (rep / "summary.md").read_text()
@@ -79,3 +79,20 @@ def test_every_json_key_is_documented():
     documented = set(re.findall(r"`([a-z_]+)`", section))
     keys = set(counts_to_json(Counts())) | {"tokenizer", "by_source", "rows"}
     assert keys - documented == set()
+
+
+def test_tools_by_position_shows_each_turn_numbers_share_of_calls():
+    from collections import Counter
+
+    from streamproc import report
+    from streamproc.metrics import POSITION_CAP
+
+    c = Counts()
+    c.calls_by_position = Counter({("terminal", 1): 3, ("read_file", 1): 1, ("terminal", 2): 2, ("terminal", POSITION_CAP): 5})
+    c.tool_counts = Counter({"terminal": 10, "read_file": 1})
+    fig = report.tools_by_position(c, top=1)  # read_file is not drawn but still counts at turn 1
+    ax = fig.axes[0]
+    grid = ax.images[0].get_array()
+    assert grid.shape == (1, POSITION_CAP)
+    assert grid[0, 0] == 0.75 and grid[0, 1] == 1.0 and grid[0, 2] == 0 and grid[0, -1] == 1.0
+    assert [t.get_text() for t in ax.get_xticklabels()][-1] == f"{POSITION_CAP}+"

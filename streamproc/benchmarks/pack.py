@@ -123,8 +123,9 @@ def scaling(ctx: Context) -> list[Result]:
     """Rows/s of the whole job with 1 and 2 workers, and the cores each run got: on a machine
     shared with other work, the second figure says whether a second core was there to use."""
     shards = ctx.shards
-    if len(shards) == 1 and shards[0].limit is None:  # split a single file so two workers have work
-        shards = plan([p.path for p in shards[0].parts], shard_bytes=1 << 20)
+    if all(s.limit is None and s.parts[0].kind != "hub" for s in shards):
+        # 1 MB shards, so both workers have work to the end (the default 32 MB makes few, uneven ones)
+        shards = plan(list(dict.fromkeys(p.path for s in shards for p in s.parts)), shard_bytes=1 << 20)
     cached_tokenizer(PackOptions().tokenizer)  # loaded once, before either run is timed
     best = {1: (0.0, 0.0), 2: (0.0, 0.0)}  # rows/s, cores used
     for _ in range(1 if ctx.quick else 2):  # in turn, so load from elsewhere hits both alike
