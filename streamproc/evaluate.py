@@ -111,7 +111,7 @@ def evaluate(trainer, cfg) -> dict:
     import torch.distributed as dist
 
     from .shards import read_shard
-    from .train import shard_paths
+    from .shards import shard_paths
 
     loss = trainer.evaluate()["eval_loss"]
     result = {"loss": loss}

@@ -100,15 +100,23 @@ def read_shard(path: str | os.PathLike) -> pa.Table:
     return pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
 
 
-def read_shards(out_dir: str | os.PathLike, split: str = "train") -> pa.Table:
-    """Every shard of a split that the manifest lists, in order, as one memory-mapped table.
-
-    The manifest is written last, so a directory without one holds an unfinished run."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+def read_manifest(out_dir: str | os.PathLike) -> dict:
+    """The manifest of a finished pack. It is written last, so a directory without one holds an
+    unfinished run."""
     path = Path(out_dir) / MANIFEST
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no manifest; is this the output of a finished `streamproc pack`?")
-    files = [s["file"] for s in orjson.loads(path.read_bytes())["shards"] if s["split"] == split]
-    tables = [read_shard(Path(out_dir) / f) for f in files]
+        raise FileNotFoundError(f"{path}: no manifest; is {out_dir} the output of a finished `streamproc pack`?")
+    return orjson.loads(path.read_bytes())
+
+
+def shard_paths(out_dir: str | os.PathLike, split: str = "train") -> list[str]:
+    """The shard files of a split, in the manifest's order."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    return [str(Path(out_dir) / s["file"]) for s in read_manifest(out_dir)["shards"] if s["split"] == split]
+
+
+def read_shards(out_dir: str | os.PathLike, split: str = "train") -> pa.Table:
+    """Every shard of a split that the manifest lists, in order, as one memory-mapped table."""
+    tables = [read_shard(p) for p in shard_paths(out_dir, split)]
     return pa.concat_tables(tables) if tables else SCHEMA.empty_table()

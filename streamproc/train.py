@@ -18,10 +18,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
-import orjson
 
 from .fileio import write_json
-from .shards import MANIFEST, read_shard
+from .shards import MANIFEST, read_manifest, read_shard, shard_paths
 
 SEQ_LENGTHS = "seq_lengths"
 """TRL's name for our `seq_lens` column."""
@@ -102,17 +101,6 @@ def load_model(model: str, *, init_random: bool = False, attn: str | None = None
 
 
 # ----------------------------------------------------------------------------- shards
-
-
-def read_manifest(shards: str | os.PathLike) -> dict:
-    path = Path(shards) / MANIFEST
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no manifest; is {shards} the output of a finished `streamproc pack`?")
-    return orjson.loads(path.read_bytes())
-
-
-def shard_paths(shards: str | os.PathLike, split: str) -> list[str]:
-    return [str(Path(shards) / s["file"]) for s in read_manifest(shards)["shards"] if s["split"] == split]
 
 
 def shards_tokenizer(shards: str | os.PathLike, model: str):

@@ -199,7 +199,8 @@ def test_each_rank_reads_its_own_shard_files(short_shards):
     """What accelerate does under DDP when the dataset has a source shard per rank or more:
     `IterableDataset.shard`, so each rank opens only its own files."""
     from streamproc.shards import read_shards
-    from streamproc.train import packed_dataset, shard_paths
+    from streamproc.shards import shard_paths
+    from streamproc.train import packed_dataset
 
     ds = packed_dataset(short_shards, "train")
     assert ds.n_shards == len(shard_paths(short_shards, "train")) >= 2

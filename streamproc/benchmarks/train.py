@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..shards import read_shard
-from ..train import attention_implementation, shard_paths
+from ..shards import shard_paths
+from ..train import attention_implementation
 from . import Context, Result
 
 SEQ_LEN = 8192
