@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Protocol, Sequence, TypeVar
 
 from .pipeline import Tally
 from .records import BadRow, Location, Row, RowError
-from .sources import SAMPLE, SourceError, _kind, _label, _validate, decode_line, expand, keep_good
+from .sources import SAMPLE, SourceError, decode_line, expand, file_kind, keep_good, source_label, validate_row
 
 INSTALL = 'the Ray engine needs Ray Data: pip install "streamproc[ray]"'
 BATCH_ROWS = 256  # rows per map_batches call: big enough to amortise a task, small enough to spread
@@ -85,10 +85,10 @@ def input_files(inputs: Sequence[str | os.PathLike], source: str | None = None) 
     out = []
     for item in map(str, inputs or [SAMPLE]):
         for uri, key in _uri_files(item) if "://" in item else ((p, p) for p in expand([item])):
-            kind = _kind(key)
+            kind = file_kind(key)
             if kind not in ("parquet", "jsonl"):
                 raise SourceError(f"{uri}: the Ray engine reads Parquet and JSONL files only (use --engine local)")
-            out.append(InputFile(uri, key, kind, _label(key, source)))
+            out.append(InputFile(uri, key, kind, source_label(key, source)))
     return out
 
 
@@ -103,7 +103,7 @@ def _uri_files(uri: str) -> list[tuple[str, str]]:
         return [(uri, path)]
     scheme = uri.split("://", 1)[0]
     found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    keys = sorted(i.path for i in found if i.type == pafs.FileType.File and _kind(i.path) is not None)
+    keys = sorted(i.path for i in found if i.type == pafs.FileType.File and file_kind(i.path) is not None)
     if not keys:
         raise SourceError(f"{uri}: directory holds no .parquet or .jsonl file")
     return [(f"{scheme}://{k}", k) for k in keys]
@@ -154,7 +154,7 @@ class _Fold:
         for f, obj in zip(files, batch.drop_columns(["path"]).to_pylist()):
             loc = Location(f.uri, seen[f.uri])
             seen[f.uri] += 1
-            yield _validate(obj, loc, f.source)
+            yield validate_row(obj, loc, f.source)
 
 
 # ----------------------------------------------------------------------------- driver

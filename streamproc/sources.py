@@ -76,7 +76,7 @@ def expand(inputs: Sequence[str | os.PathLike]) -> list[str]:
             out.extend(m for m in matches if os.path.isfile(m))
         elif os.path.isdir(s):
             found = sorted(
-                str(p) for p in Path(s).rglob("*") if p.is_file() and _kind(str(p)) is not None
+                str(p) for p in Path(s).rglob("*") if p.is_file() and file_kind(str(p)) is not None
             )
             if not found:
                 raise SourceError(f"{s}: directory holds no .parquet, .jsonl or .json file")
@@ -88,7 +88,8 @@ def expand(inputs: Sequence[str | os.PathLike]) -> list[str]:
     return out
 
 
-def _kind(path: str) -> str | None:
+def file_kind(path: str) -> str | None:
+    """parquet, jsonl or json by the file's extension (compressed ones included), else None."""
     p = path.lower()
     if p.endswith(_PARQUET):
         return "parquet"
@@ -125,7 +126,8 @@ def plan(
     return [Shard((p,)) for p in parts]
 
 
-def _label(path: str, source: str | None) -> str:
+def source_label(path: str, source: str | None) -> str:
+    """The `source` value of a file's rows: the one given, else the file's name less extensions."""
     if source:
         return source
     name = os.path.basename(path)
@@ -136,8 +138,8 @@ def _label(path: str, source: str | None) -> str:
 
 
 def _file_parts(path: str, source: str | None, shard_bytes: int) -> list[Part]:
-    kind = _kind(path)
-    label = _label(path, source)
+    kind = file_kind(path)
+    label = source_label(path, source)
     size = os.path.getsize(path)
     if kind is None:
         return [Part("error", path, label, error="unknown file type (expected .parquet, .jsonl[.gz|.zst] or .json)")]
@@ -242,7 +244,8 @@ def _read_part(part: Part) -> Iterator[Row | BadRow]:
         yield from _read_hub(part)
 
 
-def _validate(obj, loc: Location, source: str) -> Row | BadRow:
+def validate_row(obj, loc: Location, source: str) -> Row | BadRow:
+    """A decoded record as a Row, or the BadRow saying which field is wrong."""
     try:
         return row_from_dict(obj, loc, source)
     except RowError as e:
@@ -264,7 +267,7 @@ def _read_parquet(part: Part) -> Iterator[Row | BadRow]:
         try:
             for batch in pf.iter_batches(batch_size=256, row_groups=[g]):
                 for obj in batch.to_pylist():
-                    yield _validate(obj, Location(part.path, row), part.source)
+                    yield validate_row(obj, Location(part.path, row), part.source)
                     row += 1
         except Exception as e:
             yield BadRow(
@@ -331,7 +334,7 @@ def decode_line(line: bytes, loc: Location, source: str) -> Row | BadRow | None:
     except orjson.JSONDecodeError as e:
         msg = "invalid UTF-8" if "utf-8" in str(e).lower() else f"broken JSON line: {e}"
         return BadRow(loc, "<line>", msg, line.decode("utf-8", "replace")[:2000])
-    return _validate(obj, loc, source)
+    return validate_row(obj, loc, source)
 
 
 def _count_lines(path: str, upto: int) -> int:
@@ -368,7 +371,7 @@ def _read_json(part: Part) -> Iterator[Row | BadRow]:
         yield BadRow(Location(part.path, -1), "<file>", "expected a JSON array of rows")
         return
     for i, r in enumerate(rows):
-        yield _validate(r, Location(part.path, i), part.source)
+        yield validate_row(r, Location(part.path, i), part.source)
 
 
 def _read_hub(part: Part) -> Iterator[Row | BadRow]:
@@ -379,7 +382,7 @@ def _read_hub(part: Part) -> Iterator[Row | BadRow]:
     if part.num_shards > 1:
         where += f"#shard{part.index}"
     for i, obj in enumerate(ds):
-        yield _validate(obj, Location(where, i), part.source)
+        yield validate_row(obj, Location(where, i), part.source)
 
 
 ON_ERROR = ("skip", "fail")
