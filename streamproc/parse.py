@@ -51,11 +51,11 @@ def parse_turn(role: str, text: str) -> Turn:
     """Parse one turn. `role` is a ShareGPT `from` (gpt, human, ...) or a chat role."""
     if text.__class__ is not str:
         text = "" if text is None else str(text)
-    parse = _PARSERS.get(role)
-    if parse is not None:
-        return parse(text)
-    chat_role = _CHAT_ROLE.get(role, role)
-    return Turn(chat_role, text, [Segment(TEXT, 0, len(text), 0, len(text))] if text else [])
+    if role == "gpt" or role == "assistant":
+        return _parse_assistant(text)
+    if role == "tool":
+        return _parse_tool(text)
+    return Turn(_CHAT_ROLE.get(role, role), text, [Segment(TEXT, 0, len(text), 0, len(text))] if text else [])
 
 
 def parse_trace(row: Row | Mapping[str, Any], source: str | None = None) -> Trace:
@@ -93,61 +93,102 @@ def _parse_assistant(text: str) -> Turn:
     answer: list[str] = []
     find = text.find
     n = len(text)
+    # Tag lengths are written as literals: <think> 7, </think> 8, <tool_call> 11, </tool_call> 12.
     pos = 0  # start of the not-yet-segmented text
-    # Where each state-changing tag next occurs at or after `pos` (n: nowhere). A position is
-    # searched again only once the scan has passed it, so every occurrence is found once.
+    # Where each state-changing tag next occurs at or after `pos` (n: nowhere; -1: not searched
+    # yet). A position is searched again only once the scan has passed it, so every occurrence
+    # is found once and the scan is linear. Think tags are searched for only when the text up to
+    # the next <tool_call> holds "think>" at all, which in well-formed turns it does not.
     t_open = t_close = c_open = -1
+    c_close = -1  # likewise the next </tool_call>: an unclosed call must not search to the end each time
+    if text.startswith("<think>"):  # how the harness starts every assistant turn
+        t_close = find("</think>", 7)
+        if t_close >= 0:  # the first </think> after the opener closes it
+            pos = t_close + 8
+            segments.append(Segment(REASONING, 0, pos, 7, t_close))
+            thoughts.append(text[7:t_close].strip())
+        else:  # unclosed: it runs to the first <tool_call>, else to the end
+            t_close = n
+            pos = c_open = find("<tool_call>", 7)
+            if pos < 0:
+                pos = c_open = n
+            segments.append(Segment(REASONING, 0, pos, 7, pos, False))
+            thoughts.append(text[7:pos].strip())
     while pos < n:
-        if t_open < pos:
-            t_open = find(THINK_OPEN, pos)
-            if t_open < 0:
-                t_open = n
-        if t_close < pos:
-            t_close = find(THINK_CLOSE, pos)
-            if t_close < 0:
-                t_close = n
         if c_open < pos:
-            c_open = find(CALL_OPEN, pos)
+            c_open = find("<tool_call>", pos)
             if c_open < 0:
                 c_open = n
-        i = t_open if t_open < t_close else t_close
-        if c_open < i:
-            i = c_open
-        if i == n:
-            segments.append(Segment(TEXT, pos, n, pos, n))
-            answer.append(text[pos:])
-            break
-        if i == t_close:
-            # A stray </think>: what came before it (since the last block) was reasoning whose
-            # opening tag is missing, as some models write. Qwen-style templates read it so too.
-            end = i + len(THINK_CLOSE)
-            segments.append(Segment(REASONING, pos, end, pos, i))
-            thoughts.append(text[pos:i].strip())
-            pos = end
-            continue
-        if i > pos:
-            segments.append(Segment(TEXT, pos, i, pos, i))
-            answer.append(text[pos:i])
-        if i == t_open:
-            body_start = i + len(THINK_OPEN)
-            if t_close < n:  # the first </think> after the opener closes it
-                end = t_close + len(THINK_CLOSE)
-                segments.append(Segment(REASONING, i, end, body_start, t_close))
-                thoughts.append(text[body_start:t_close].strip())
+        if c_open > pos:
+            # The text up to the next <tool_call>: plain text unless a think tag is in it.
+            if find("think>", pos, c_open) >= 0:
+                if t_open < pos:
+                    t_open = find("<think>", pos)
+                    if t_open < 0:
+                        t_open = n
+                if t_close < pos:
+                    t_close = find("</think>", pos)
+                    if t_close < 0:
+                        t_close = n
+                if t_close < t_open and t_close < c_open:
+                    # A stray </think>: what came before it (since the last block) was reasoning
+                    # whose opening tag is missing, as some models write. Qwen-style templates
+                    # read it so too.
+                    end = t_close + 8
+                    segments.append(Segment(REASONING, pos, end, pos, t_close))
+                    thoughts.append(text[pos:t_close].strip())
+                    pos = end
+                    continue
+                if t_open < c_open:  # then t_open < t_close too
+                    if t_open > pos:
+                        segments.append(Segment(TEXT, pos, t_open, pos, t_open))
+                        answer.append(text[pos:t_open])
+                    body_start = t_open + 7
+                    if t_close < n:  # the first </think> after the opener closes it
+                        pos = t_close + 8
+                        segments.append(Segment(REASONING, t_open, pos, body_start, t_close))
+                        thoughts.append(text[body_start:t_close].strip())
+                    else:
+                        # Unclosed: it runs to the next <tool_call> (a model that forgot
+                        # </think> still calls its tools) or to the end.
+                        pos = c_open
+                        segments.append(Segment(REASONING, t_open, pos, body_start, pos, False))
+                        thoughts.append(text[body_start:pos].strip())
+                    continue
+            segments.append(Segment(TEXT, pos, c_open, pos, c_open))
+            answer.append(text[pos:c_open])
+            if c_open == n:
+                break
+        # A <tool_call> at c_open.
+        body_start = c_open + 11
+        if c_close < body_start:
+            c_close = find("</tool_call>", body_start)
+            if c_close < 0:
+                c_close = n
+        j = c_close if c_close < n else -1
+        err = None
+        if j >= 0:  # the common case: the body decodes up to the first closing tag
+            raw = text[body_start:j]
+            try:
+                value = loads(raw)
+            except JSONDecodeError:
+                err = ""
             else:
-                # Unclosed: it runs to the next <tool_call> (a model that forgot </think>
-                # still calls its tools) or to the end.
-                end = c_open
-                segments.append(Segment(REASONING, i, end, body_start, end, False))
-                thoughts.append(text[body_start:end].strip())
-            pos = end
-        else:  # <tool_call>
-            body_start = i + len(CALL_OPEN)
-            raw, body_end, end, value, err = _block(text, body_start, CALL_CLOSE, CALL_OPEN)
+                body_end = j
+                pos = j + 12
+        if j < 0 or err is not None:
+            raw, body_end, pos, value, err = _block_fallback(text, body_start, j, CALL_CLOSE, CALL_OPEN)
+        if err is None and value.__class__ is dict:
+            name = value.get("name")
+            args = value.get("arguments", {})
+            if args.__class__ is dict and name.__class__ is str and name:
+                calls.append(ToolCall(name, args, raw, True, None, len(segments)))
+            else:
+                calls.append(_tool_call(raw, value, None, len(segments)))
+        else:
             calls.append(_tool_call(raw, value, err, len(segments)))
-            segments.append(Segment(TOOL_CALL, i, end, body_start, body_end, end > body_end))
-            pos = end
-    return Turn("assistant", text, segments, thoughts, calls, "".join(answer).strip())
+        segments.append(Segment(TOOL_CALL, c_open, pos, body_start, body_end, pos > body_end))
+    return Turn("assistant", text, segments, thoughts, calls, "".join(answer).strip(), [])
 
 
 def _tool_call(raw: str, value: Any, err: str | None, seg: int) -> ToolCall:
@@ -180,56 +221,55 @@ def _parse_tool(text: str) -> Turn:
     find = text.find
     n = len(text)
     pos = 0
+    r_close = -1  # the next </tool_response> (n: none left), searched again only once passed
+    # Tag lengths as literals: <tool_response> 15, </tool_response> 16.
     while pos < n:
-        i = find(RESP_OPEN, pos)
+        i = find("<tool_response>", pos)
         if i < 0:
             segments.append(Segment(TEXT, pos, n, pos, n))
             break
         if i > pos:
             segments.append(Segment(TEXT, pos, i, pos, i))
-        body_start = i + len(RESP_OPEN)
-        raw, body_end, end, value, err = _block(text, body_start, RESP_CLOSE, RESP_OPEN)
-        responses.append(_tool_response(raw, value, err, len(segments)))
-        segments.append(Segment(TOOL_RESPONSE, i, end, body_start, body_end, end > body_end))
-        pos = end
+        body_start = i + 15
+        if r_close < body_start:
+            r_close = find("</tool_response>", body_start)
+            if r_close < 0:
+                r_close = n
+        j = r_close if r_close < n else -1
+        err = None
+        if j >= 0:  # the common case: the body decodes up to the first closing tag
+            raw = text[body_start:j]
+            try:
+                value = loads(raw)
+            except JSONDecodeError:
+                err = ""
+            else:
+                body_end = j
+                pos = j + 16
+        if j < 0 or err is not None:
+            raw, body_end, pos, value, err = _block_fallback(text, body_start, j, RESP_CLOSE, RESP_OPEN)
+        if err is None and value.__class__ is dict:
+            call_id = value.get("tool_call_id")
+            name = value.get("name")
+            responses.append(
+                ToolResponse(
+                    call_id if call_id.__class__ is str else None,
+                    name if name.__class__ is str else None,
+                    value.get("content", value),
+                    raw,
+                    None,
+                    len(segments),
+                )
+            )
+        elif err is None:
+            responses.append(ToolResponse(None, None, value, raw, None, len(segments)))
+        else:  # not JSON: some harnesses write the tool's output as plain text
+            responses.append(ToolResponse(None, None, raw.strip(), raw, err, len(segments)))
+        segments.append(Segment(TOOL_RESPONSE, i, pos, body_start, body_end, pos > body_end))
     return Turn("tool", text, segments, [], [], "", responses)
 
 
-def _tool_response(raw: str, value: Any, err: str | None, seg: int) -> ToolResponse:
-    if err is not None:
-        # Not JSON: some harnesses write the tool's output as plain text.
-        return ToolResponse(None, None, raw.strip(), raw, err, seg)
-    if value.__class__ is not dict:
-        return ToolResponse(None, None, value, raw, None, seg)
-    call_id = value.get("tool_call_id")
-    name = value.get("name")
-    return ToolResponse(
-        call_id if call_id.__class__ is str else None,
-        name if name.__class__ is str else None,
-        value.get("content", value),
-        raw,
-        None,
-        seg,
-    )
-
-
-# parse_turn's dispatch: the roles that hold tags (ShareGPT `from` or chat role).
-_PARSERS = {"gpt": _parse_assistant, "assistant": _parse_assistant, "tool": _parse_tool}
-
-
 # ----------------------------------------------------------------------------- shared
-
-
-def _block(text: str, body_start: int, close: str, opener: str) -> tuple[str, int, int, Any, str | None]:
-    """Find the end of a JSON-bodied block. Returns (body, body_end, end, value, error)."""
-    j = text.find(close, body_start)
-    if j >= 0:  # the common case: the body decodes up to the first closing tag
-        body = text[body_start:j]
-        try:
-            return body, j, j + len(close), loads(body), None
-        except JSONDecodeError:
-            pass
-    return _block_fallback(text, body_start, j, close, opener)
 
 
 def _block_fallback(text: str, body_start: int, first: int, close: str, opener: str) -> tuple[str, int, int, Any, str | None]:

@@ -200,6 +200,20 @@ def test_several_megabyte_values_parse_in_linear_time():
     assert tool_turn.tool_responses[0].content == {"output": big_out}
 
 
+def test_many_unclosed_blocks_parse_in_linear_time():
+    # Each unclosed block used to search the rest of the text for its closing tag again: 60,000
+    # of them in 3 MB took about half a minute per turn. The search result is remembered now.
+    calls = ("<tool_call>{" + "q" * 40) * 60_000
+    turn = parse_turn("gpt", calls)
+    assert len(turn.tool_calls) == 60_000 and not any(c.valid for c in turn.tool_calls)
+    assert turn.tool_calls[0].error.startswith("unclosed <tool_call> block")
+    # The first think runs to the first call; each call body runs to the next <tool_call>.
+    turn = parse_turn("gpt", ("<think>" + "a" * 30 + "<tool_call>{}") * 30_000)
+    assert len(turn.thoughts) == 1 and turn.segments[0].closed is False and len(turn.tool_calls) == 30_000
+    turn = parse_turn("tool", ("<tool_response>{" + "q" * 40) * 60_000)
+    assert len(turn.tool_responses) == 60_000 and turn.tool_responses[0].error.startswith("unclosed <tool_response> block")
+
+
 def test_calls_pair_with_responses_by_id_else_by_position():
     row = {
         "id": "r1",
