@@ -13,7 +13,7 @@ from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -22,14 +22,16 @@ from .parse import parse_trace
 from .pipeline import Tally
 from .records import BadRow, Row, RowError, Trace
 from .sources import Shard, good_rows
+from .webview import Browser, ViewFold, ViewPart, merge as merge_views
 from .workers import map_shards
 
 # Small integer quantities (turns, calls): one bin per value up to 1023, then one overflow bin,
 # so their percentiles are exact below 1024.
 COUNT_EDGES: tuple[int, ...] = tuple(range(1025))
-# Lengths in characters or tokens: 0, then 40 log-spaced bins per decade up to 10^8, so a
-# percentile is exact below 40 and otherwise within one bin (about 6%) of the true value.
-LENGTH_EDGES: tuple[int, ...] = (0,) + tuple(sorted({round(10 ** (i / 40)) for i in range(8 * 40 + 1)}))
+# Lengths in characters or tokens: one bin per value below 40, then 40 log-spaced bins per decade
+# up to 10^8, so a percentile is exact below 40 and otherwise within one bin (about 6%) of the
+# true value. (Rounded log edges alone skip integers from 22 up, so the first 40 are spelled out.)
+LENGTH_EDGES: tuple[int, ...] = tuple(range(40)) + tuple(sorted({e for i in range(8 * 40 + 1) if (e := round(10 ** (i / 40))) >= 40}))
 POSITION_CAP = 32  # tool usage by assistant-turn number: turns past this share the last bucket
 MALFORMED = "<malformed>"  # tool name of a call whose JSON gave no name
 UNPAIRED = "<unpaired>"  # tool name of a response with no call and no name of its own
@@ -284,14 +286,17 @@ def _add_responses(c: Counts, trace: Trace) -> None:
 class _Partial:
     stats: Stats
     tally: Tally
+    view: ViewPart | None = None
 
 
 class _StatsShard:
-    """Picklable callable for the worker pool: one shard -> its partial Stats and Tally."""
+    """Picklable callable for the worker pool: one shard -> its partial Stats and Tally, and with
+    `view` the trace viewer's part of the same traces."""
 
-    def __init__(self, on_error: str, tokenizer: str | None):
+    def __init__(self, on_error: str, tokenizer: str | None, view: bool = False):
         self.on_error = on_error
         self.tokenizer = tokenizer
+        self.view = view
 
     def __call__(self, shard: Shard) -> _Partial:
         tally = Tally()
@@ -302,17 +307,22 @@ class _StatsShard:
         engine calls this on Arrow batches)."""
         tokens = token_counter(self.tokenizer) if self.tokenizer else None
         stats = Stats(tokenizer=self.tokenizer)
+        view = ViewFold() if self.view else None
         for row in rows:
             try:
-                add_trace(stats.source(row.source), parse_trace(row), tokens)
+                trace = parse_trace(row)
+                add_trace(stats.source(row.source), trace, tokens)
                 tally.parsed += 1
             except Exception as e:  # a bug must not end a long run: the row is set aside, named
                 bad = BadRow(row.loc, "<metrics>", f"{type(e).__name__}: {e}")
                 if self.on_error == "fail":
                     raise RowError(bad) from e
                 tally.rejected.append(bad)
+                continue
+            if view is not None:
+                view.add(trace)
         tally.read = tally.parsed + len(tally.rejected)
-        return _Partial(stats, tally)
+        return _Partial(stats, tally, view.part(Tally()) if view is not None else None)
 
 
 def collect(
@@ -322,6 +332,21 @@ def collect(
     adds reasoning lengths in tokens."""
     results = map_shards(_StatsShard(on_error, tokenizer), shards, workers, progress="stats", rows_of=lambda r: r.tally.read)
     return merge(results, tokenizer)
+
+
+def collect_with_browser(
+    shards: Sequence[Shard], workers: int = 1, on_error: str = "skip", tokenizer: str | None = None
+) -> tuple[Stats, Browser, Tally]:
+    """collect() and webview.collect() in one pass: each trace is read and parsed once."""
+    views: list[ViewPart] = []
+
+    def partials() -> Iterator[_Partial]:
+        for r in map_shards(_StatsShard(on_error, tokenizer, view=True), shards, workers, progress="stats", rows_of=lambda r: r.tally.read):
+            views.append(r.view)
+            yield r
+
+    stats, tally = merge(partials(), tokenizer)
+    return stats, merge_views(views)[0], tally
 
 
 def merge(partials: Iterable[_Partial], tokenizer: str | None = None) -> tuple[Stats, Tally]:

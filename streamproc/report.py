@@ -314,19 +314,26 @@ def plots(stats: Stats) -> dict[str, Figure]:
     }
 
 
+def pngs(stats: Stats, dpi: int = 110) -> dict[str, bytes]:
+    """Every report plot as PNG bytes, by file stem."""
+    out = {}
+    for stem, fig in plots(stats).items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi)
+        out[stem] = buf.getvalue()
+    return out
+
+
 def write_report(
     stats: Stats, out_dir: str | os.PathLike, tally: Tally | None = None, top: int = 10, browser=None
 ) -> list[Path]:
     """Write DIR/*.png, DIR/summary.md and DIR/stats.json (each atomically), and DIR/index.html
     when a `webview.Browser` of the same traces is given; return the paths."""
     out_dir = Path(out_dir)
-    pngs = {}
-    for stem, fig in plots(stats).items():
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-        pngs[stem] = buf.getvalue()
-        write_bytes(out_dir / f"{stem}.png", pngs[stem])
-    written = [out_dir / f"{stem}.png" for stem in pngs]
+    images = pngs(stats)
+    for stem, png in images.items():
+        write_bytes(out_dir / f"{stem}.png", png)
+    written = [out_dir / f"{stem}.png" for stem in images]
     md = out_dir / "summary.md"
     write_bytes(md, summary_markdown(stats, tally, top, [str(p) for p in written]).encode())
     js = out_dir / "stats.json"
@@ -336,7 +343,7 @@ def write_report(
         from .webview import write_page
 
         page = out_dir / "index.html"
-        write_page(page, browser, tables=tables(stats, top), plots=pngs, note=tally.summary() if tally else "")
+        write_page(page, browser, tables=tables(stats, top), plots=images, note=tally.summary() if tally else "")
         written.append(page)
     return written
 

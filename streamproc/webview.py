@@ -6,7 +6,8 @@ left out, long values shortened with their length noted), in zlib chunks of CHUN
 base64 in inert <script> tags. The browser inflates a chunk with DecompressionStream only when a
 trace in it is opened, so the page opens fast, needs no network and stays a single file.
 
-Index rows and compressed chunks are made per shard in worker processes (`collect`);
+Index rows and compressed chunks are made per shard in worker processes (`collect`, or
+`metrics.collect_with_browser` in the same pass as the statistics);
 `write_page` streams them into the template `data/viewer.html`.
 """
 
@@ -19,7 +20,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import orjson
 
@@ -110,10 +111,34 @@ def _block(kind: str, value: Any, number: int | None) -> dict[str, Any]:
 
 
 @dataclass(slots=True)
-class _ViewPart:
+class ViewPart:
     entries: list[Entry]
     chunks: list[bytes]
     tally: Tally
+
+
+class ViewFold:
+    """Index entries and compressed body chunks of traces, added in order (one per shard)."""
+
+    def __init__(self):
+        self.entries: list[Entry] = []
+        self.chunks: list[bytes] = []
+        self._bodies: list[dict] = []
+
+    def add(self, trace: Trace) -> None:
+        e = entry(trace)
+        e.chunk, e.pos = len(self.chunks), len(self._bodies)
+        self.entries.append(e)
+        self._bodies.append(body(trace))
+        if len(self._bodies) == CHUNK:
+            self.chunks.append(_compress(self._bodies))
+            self._bodies = []
+
+    def part(self, tally: Tally) -> ViewPart:
+        if self._bodies:
+            self.chunks.append(_compress(self._bodies))
+            self._bodies = []
+        return ViewPart(self.entries, self.chunks, tally)
 
 
 class _ViewShard:
@@ -122,23 +147,14 @@ class _ViewShard:
     def __init__(self, on_error: str):
         self.on_error = on_error
 
-    def __call__(self, shard: Shard) -> _ViewPart:
+    def __call__(self, shard: Shard) -> ViewPart:
         tally = Tally()
-        entries, bodies, chunks = [], [], []
+        view = ViewFold()
         for row in good_rows(shard, self.on_error, tally.rejected):
-            trace = parse_trace(row)
-            e = entry(trace)
-            e.chunk, e.pos = len(chunks), len(bodies)
-            entries.append(e)
-            bodies.append(body(trace))
-            if len(bodies) == CHUNK:
-                chunks.append(_compress(bodies))
-                bodies = []
-        if bodies:
-            chunks.append(_compress(bodies))
-        tally.parsed = len(entries)
+            view.add(parse_trace(row))
+        tally.parsed = len(view.entries)
         tally.read = tally.parsed + len(tally.rejected)
-        return _ViewPart(entries, chunks, tally)
+        return view.part(tally)
 
 
 def _compress(bodies: list[dict]) -> bytes:
@@ -148,8 +164,13 @@ def _compress(bodies: list[dict]) -> bytes:
 
 def collect(shards: Sequence[Shard], workers: int = 1, on_error: str = "skip") -> tuple[Browser, Tally]:
     """Index and body chunks of every trace, in input order, made in worker processes."""
+    return merge(map_shards(_ViewShard(on_error), shards, workers, progress="index traces", rows_of=lambda p: p.tally.read))
+
+
+def merge(parts: Iterable[ViewPart]) -> tuple[Browser, Tally]:
+    """One Browser of per-shard parts, in the order given."""
     browser, tally = Browser(), Tally()
-    for part in map_shards(_ViewShard(on_error), shards, workers, progress="index traces", rows_of=lambda p: p.tally.read):
+    for part in parts:
         for e in part.entries:
             e.chunk += len(browser.chunks)
         browser.entries.extend(part.entries)

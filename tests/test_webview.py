@@ -205,3 +205,22 @@ def test_page_with_15000_traces_stays_compact_and_usable(page, chromium, real_ro
     page.locator("#traces tbody tr").first.click()
     page.wait_for_selector("#trace h2")
     assert page.text_content("#trace h2") == (traces[(14_999 % webview.CHUNK) % len(traces)].task or "(no task)")
+
+
+def test_stats_and_browser_in_one_pass_equal_the_two_passes(real_row_files, tmp_path):
+    """`collect_with_browser` parses each trace once; what it gives equals the two separate passes,
+    a rejected row included, for 1 and 2 workers."""
+    from streamproc import metrics
+    from streamproc.sources import plan
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "b", "conversations": [{"from": "robot", "value": "x"}]}\n', encoding="utf-8")
+    shards = plan([*real_row_files, bad])
+    stats, tally = metrics.collect(shards)
+    browser, _ = webview.collect(shards)
+    for workers in (1, 2):
+        s1, b1, t1 = metrics.collect_with_browser(shards, workers=workers)
+        assert s1.to_json() == stats.to_json()
+        assert b1.entries == browser.entries and b1.chunks == browser.chunks
+        assert (t1.read, t1.parsed, [r.loc for r in t1.rejected]) == (tally.read, tally.parsed, [r.loc for r in tally.rejected])
+    assert tally.rejected and len(browser.entries) == tally.parsed

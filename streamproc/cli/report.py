@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import io
 import sys
 
 from .. import report
-from ..metrics import collect as collect_stats
-from ..webview import collect as collect_traces, write_page
+from ..metrics import collect_with_browser
+from ..webview import write_page
 from .common import add_input_args, finish, shards_from
 
 
@@ -19,17 +18,9 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    shards = shards_from(args)
-    stats, tally = collect_stats(shards, args.workers, args.on_error)
-    browser, _ = collect_traces(shards, args.workers, args.on_error)  # the same rows, set aside the same way
-    plots = {stem: _png(fig) for stem, fig in report.plots(stats).items()}
+    stats, browser, tally = collect_with_browser(shards_from(args), args.workers, args.on_error)
+    plots = report.pngs(stats, dpi=100)
     write_page(args.output, browser, tables=report.tables(stats, args.top), plots=plots, note=tally.summary(), title=args.title)
     finish(args, tally, f"{args.output}.rejects.jsonl")
     print(f"wrote {args.output} ({len(browser.entries):,} traces)", file=sys.stderr)
     return 0
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()

@@ -8,9 +8,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .. import webview
 from ..fileio import write_rejects
-from ..metrics import collect
+from ..metrics import collect_with_browser
 from ..pipeline import parse_to_file
 from ..prepare import pack_to_dir
 from ..report import summary_text, write_report
@@ -36,8 +35,7 @@ def run(args) -> int:
     finish(args, tally, str(out / "rejects.jsonl"))
     print(f"[1/3] parsed traces: {parsed}", file=sys.stderr)
 
-    stats, stally = collect(shards, args.workers, args.on_error)
-    browser = webview.collect(shards, args.workers, args.on_error)[0]
+    stats, browser, stally = collect_with_browser(shards, args.workers, args.on_error)
     write_report(stats, out / "report", stally, 10, browser)
     print(summary_text(stats, top=10))
     print(f"[2/3] stats report: {out / 'report'}/index.html (summary.md, stats.json, plots)", file=sys.stderr)

@@ -3,9 +3,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .. import engine_ray, webview
+from .. import engine_ray
 from ..fileio import write_json
-from ..metrics import collect
+from ..metrics import collect, collect_with_browser
 from ..report import stats_document, summary_text, write_report
 from .common import add_engine_args, add_input_args, finish, ray_inputs, shards_from
 
@@ -23,26 +23,24 @@ def add(sub) -> None:
         "--tokenizer", metavar="TOK", nargs="?", const="default",
         help="also count reasoning in tokens: a tokenizer directory or name; alone: the shipped Qwen2.5 tokenizer",
     )
-    p.add_argument("--no-browser", action="store_true", help="--report without index.html (skips the second pass)")
+    p.add_argument("--no-browser", action="store_true", help="--report without index.html (its trace browser)")
     p.add_argument("--top", type=int, default=10, metavar="N", help="tools listed in the summary (default 10)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    if args.engine == "ray":
-        shards = None  # Ray reads the inputs itself
+    browser = None
+    if args.engine == "ray":  # Ray reads the inputs itself; its workers make no trace browser
         stats, tally = engine_ray.collect(**ray_inputs(args), tokenizer=args.tokenizer)
+    elif args.report and not args.no_browser:
+        stats, browser, tally = collect_with_browser(shards_from(args), args.workers, args.on_error, args.tokenizer)
     else:
-        shards = shards_from(args)
-        stats, tally = collect(shards, args.workers, args.on_error, args.tokenizer)
+        stats, tally = collect(shards_from(args), args.workers, args.on_error, args.tokenizer)
     print(summary_text(stats, top=args.top))
     if args.json:
         write_json(args.json, stats_document(stats, tally))
         print(f"wrote {args.json}", file=sys.stderr)
     if args.report:
-        # The trace browser of index.html is a second pass: stats workers keep no per-trace data.
-        # Local engine only: that pass reads the inputs again, on this machine.
-        browser = None if args.no_browser or shards is None else webview.collect(shards, args.workers, args.on_error)[0]
         write_report(stats, args.report, tally, args.top, browser)
         print(f"wrote {args.report}/ (summary.md, stats.json, plots{'' if browser is None else ', index.html'})", file=sys.stderr)
     where = args.json or (str(Path(args.report) / "stats") if args.report else "stats")
