@@ -261,7 +261,7 @@ def _read_parquet(part: Part) -> Iterator[Row | BadRow]:
     except Exception as e:  # the file changed or broke since plan() read its footer
         yield BadRow(Location(part.path, row), "<file>", f"not a readable Parquet file: {e}")
         return
-    # One row group at a time: a corrupt group costs its own rows only, and says how many.
+    # One row group at a time: a corrupt group costs its own rows only, each counted and named.
     for g in part.row_groups:
         end = row + pf.metadata.row_group(g).num_rows
         try:
@@ -270,10 +270,9 @@ def _read_parquet(part: Part) -> Iterator[Row | BadRow]:
                     yield validate_row(obj, Location(part.path, row), part.source)
                     row += 1
         except Exception as e:
-            yield BadRow(
-                Location(part.path, row), "<row group>",
-                f"row group {g} unreadable from this row on ({end - row} rows lost): {type(e).__name__}: {e}",
-            )
+            why = f"row group {g} unreadable from row {row} on ({end - row} rows lost): {type(e).__name__}: {e}"
+            for lost in range(row, end):
+                yield BadRow(Location(part.path, lost), "<row group>", why)
         row = end
 
 
