@@ -31,6 +31,9 @@ def test_run_writes_parse_report_and_shards(tmp_path, real_row_files):
     assert (out / "report" / "top_tools.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     manifest = json.loads((out / "packed" / "manifest.json").read_text())
+    c = manifest["counts"]["train"]
+    assert c["tokens_cut"] > 0.05 * (c["tokens"] + c["tokens_cut"])  # 4096 is short for their system prompts
+    assert "of the train text was cut; a larger --seq-len keeps more of it" in p.stderr
     table: pa.Table = read_shards(out / "packed")
     ids = set(table.column("trace_ids").combine_chunks().flatten().to_pylist())
     assert ids <= {r["id"] for r in parsed} and len(ids) > 0

@@ -78,3 +78,6 @@ def print_counts(res: PackResult) -> None:
         if c["dropped"] or c["tokens_cut"]:
             line += f"; {c['dropped']:,} traces dropped and {c['tokens_cut']:,} tokens cut to fit {seq_len} (--overflow)"
         print(line, file=sys.stderr)
+        cut = c["tokens_cut"] / max(c["tokens"] + c["tokens_cut"], 1)
+        if cut > 0.05:  # most often: a system prompt that leaves a window little room for a step
+            print(f"  note: {cut:.0%} of the {split} text was cut; a larger --seq-len keeps more of it", file=sys.stderr)
