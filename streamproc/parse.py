@@ -120,8 +120,9 @@ def _parse_assistant(text: str) -> Turn:
             if c_open < 0:
                 c_open = n
         if c_open > pos:
-            # The text up to the next <tool_call>: plain text unless a think tag is in it.
-            if find("think>", pos, c_open) >= 0:
+            # The text up to the next <tool_call>: plain text unless a think tag is in it (a gap
+            # too short to hold "think>", like the "\n" between calls, needs no search).
+            if c_open - pos > 5 and find("think>", pos, c_open) >= 0:
                 if t_open < pos:
                     t_open = find("<think>", pos)
                     if t_open < 0:
@@ -180,7 +181,7 @@ def _parse_assistant(text: str) -> Turn:
             raw, body_end, pos, value, err = _block_fallback(text, body_start, j, CALL_CLOSE, CALL_OPEN)
         if err is None and value.__class__ is dict:
             name = value.get("name")
-            args = value.get("arguments", {})
+            args = value.get("arguments")  # absent, a string or anything else: _tool_call says
             if args.__class__ is dict and name.__class__ is str and name:
                 calls.append(ToolCall(name, args, raw, True, None, len(segments)))
             else:

@@ -52,6 +52,7 @@ FOLLOWUP = 0.08  # rows where the user asks again after an answer (two more mess
 FAIL = 0.15  # per call; gives the card's "81% of trajectories include a tool failure" (kimi)
 UNKNOWN = 0.004  # responses whose name the harness could not match, written as `unknown`
 LONG = 0.02  # tool outputs of tens of KB
+RARE_LINE = 0.0007  # tool-output lines ending in a Chinese word, a symbol or an emoji (see _corpus)
 EMPTY_THINK = 0.05
 TEXT = 0.3  # call turns with text between the reasoning and the calls
 MAX_MESSAGES = 54
@@ -108,9 +109,15 @@ def _corpus(spec: dict, lines: int = 60_000) -> tuple[str, list[int]]:
 
     Outputs are slices of it at random offsets: a few MB, so Parquet pages rarely repeat each
     other and compress about as well as real terminal text.
+
+    Non-ASCII is rare in real tool output: in the real hermes traces in ../shared about 2.5% of
+    tool messages hold any non-ASCII character and none an emoji (FORMAT.md: Chinese and emoji
+    do occur). So a share RARE_LINE of the lines ends with a word from `rare` (Chinese, a
+    symbol, an emoji): about 2.5% of tool messages then hold one, under 1% an emoji. Density
+    matters beyond looks: one emoji makes Python store a whole message 4 bytes per character.
     """
     r = random.Random(0)
-    words, dirs, exts = spec["words"], spec["dirs"], spec["exts"]
+    words, rare, dirs, exts = spec["words"], spec["rare"], spec["dirs"], spec["exts"]
 
     def name() -> str:
         return f"{r.choice(dirs)}/{r.choice(words)}_{r.choice(words)}.{r.choice(exts)}"
@@ -126,6 +133,9 @@ def _corpus(spec: dict, lines: int = 60_000) -> tuple[str, list[int]]:
         lambda: f"{r.getrandbits(64):016x} {' '.join(r.choices(words, k=r.randint(1, 6)))}",
     ]
     text = [r.choice(kinds)() for _ in range(lines)]
+    for i in range(lines):
+        if r.random() < RARE_LINE:
+            text[i] += " " + r.choice(rare)
     starts, pos = [], 0
     for t in text:
         starts.append(pos)

@@ -113,6 +113,19 @@ def test_content_kinds_failures_and_unicode(by_config):
     assert "✅" in tool_text or "🚀" in tool_text
 
 
+def test_non_ascii_is_as_rare_in_tool_output_as_in_real_traces(by_config):
+    """FORMAT.md: real traces hold Chinese and emoji, written raw. In the real tool output under
+    ../shared they are rare: 6 of 244 tool messages hold a non-ASCII character (2.5%), none an
+    emoji (measured on hermes_harness__neurareport_qwen.jsonl; the 4 exact kimi tool messages hold
+    none). The generator once put them in 88% of tool messages, 70% with an emoji."""
+    tool = [t["value"] for rs in by_config.values() for r in rs for t in r["conversations"] if t["from"] == "tool"]
+    non_ascii = sum(not v.isascii() for v in tool) / len(tool)
+    emoji = sum(any(c > "\uffff" for c in v) for v in tool) / len(tool)
+    assert 0.01 < non_ascii < 0.05 and 0 < emoji < 0.015
+    text = "".join(tool)
+    assert re.search(r"[\u4e00-\u9fff]", text) and "🚀" in text  # still there, raw
+
+
 def _failed(content) -> bool:
     if isinstance(content, str):
         return content.startswith(("Error: ", "Traceback"))
