@@ -1,6 +1,8 @@
 """Parse throughput: streamproc's parser, the guide's regex + json.loads parser and a bare
 str.find scan of the tags, on the same turns in the same run (real traces and the synthetic
 sample). Compare the means within a group; extra_info holds MB/s of assistant + tool turn text.
+Runs are timed in CPU time of the thread, as `streamproc bench` does (see
+streamproc/benchmarks/parse.py: wall time on a loaded machine favours the shortest contender).
 
     python3 -m pytest benches/bench_parse.py --benchmark-only --benchmark-group-by=group
 
@@ -8,6 +10,8 @@ sample). Compare the means within a group; extra_info holds MB/s of assistant + 
 """
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -24,12 +28,12 @@ def run(benchmark, turns, contender: str) -> None:
 
 
 @pytest.mark.parametrize("contender", CONTENDERS)
-@pytest.mark.benchmark(group="parse: real traces")
+@pytest.mark.benchmark(group="parse: real traces", timer=time.thread_time)
 def test_parse_real(benchmark, real_turns, contender):
     run(benchmark, real_turns, contender)
 
 
 @pytest.mark.parametrize("contender", CONTENDERS)
-@pytest.mark.benchmark(group="parse: synthetic sample")
+@pytest.mark.benchmark(group="parse: synthetic sample", timer=time.thread_time)
 def test_parse_sample(benchmark, sample_turns, contender):
     run(benchmark, sample_turns, contender)
