@@ -100,7 +100,7 @@ def _parse_assistant(text: str) -> Turn:
     # Where each state-changing tag next occurs at or after `pos` (n: nowhere; -1: not searched
     # yet). A position is searched again only once the scan has passed it, so every occurrence
     # is found once and the scan is linear. Think tags are searched for only when the text up to
-    # the next <tool_call> holds "think>" at all, which in well-formed turns it does not.
+    # the next <tool_call> holds a "<" at all, which in well-formed turns it does not.
     t_open = t_close = c_open = -1
     c_close = -1  # likewise the next </tool_call>: an unclosed call must not search to the end each time
     if text.startswith("<think>"):  # how the harness starts every assistant turn
@@ -119,14 +119,27 @@ def _parse_assistant(text: str) -> Turn:
             segments.append(Segment(REASONING, 0, pos, 7, pos, False))
             thoughts.append(text[7:pos].strip())
     while pos < n:
+        # lt: the first "<" at or after pos, or c_open if there is none before it. Found with
+        # memchr; it is nearly always the next <tool_call> itself, and where it is not, the text
+        # up to the <tool_call> is the only place a think tag can be.
         if c_open < pos:
-            c_open = find("<tool_call>", pos)
-            if c_open < 0:
-                c_open = n
+            lt = find("<", pos)
+            if lt < 0:
+                c_open = lt = n
+            elif text.startswith("<tool_call>", lt):
+                c_open = lt
+            else:
+                c_open = find("<tool_call>", lt + 1)
+                if c_open < 0:
+                    c_open = n
+        else:
+            lt = find("<", pos, c_open)
+            if lt < 0:
+                lt = c_open
         if c_open > pos:
-            # The text up to the next <tool_call>: plain text unless a think tag is in it (a gap
-            # too short to hold "think>", like the "\n" between calls, needs no search).
-            if c_open - pos > 5 and find("think>", pos, c_open) >= 0:
+            # The text up to the next <tool_call>: plain text unless it holds a "<" (then look
+            # for think tags in it).
+            if lt < c_open:
                 if t_open < pos:
                     t_open = find("<think>", pos)
                     if t_open < 0:
