@@ -102,9 +102,9 @@ def _parse_assistant(text: str) -> Turn:
     # is found once and the scan is linear. Think tags are searched for only when the text up to
     # the next <tool_call> holds a "<" at all, which in well-formed turns it does not.
     t_open = t_close = c_open = -1
-    c_close = -1  # likewise the next </tool_call>: an unclosed call must not search to the end each time
+    c_close = -1  # the next </tool_call>, remembered by _block
     if text.startswith("<think>"):  # how the harness starts every assistant turn
-        t_close = find("<", 7)  # see _parse_tool: the first "<" after a body is nearly always the tag
+        t_close = find("<", 7)  # as in _block: the first "<" after a body is nearly always the tag
         if t_close >= 0 and not text.startswith("</think>", t_close):
             t_close = find("</think>", t_close + 1)
         if t_close >= 0:  # the first </think> after the opener closes it
@@ -179,25 +179,7 @@ def _parse_assistant(text: str) -> Turn:
                 break
         # A <tool_call> at c_open.
         body_start = c_open + 11
-        if c_close < body_start:
-            c_close = find("<", body_start)
-            if c_close >= 0 and not text.startswith("</tool_call>", c_close):
-                c_close = find("</tool_call>", c_close + 1)
-            if c_close < 0:
-                c_close = n
-        j = c_close if c_close < n else -1
-        err = None
-        if j >= 0:  # the common case: the body decodes up to the first closing tag
-            raw = text[body_start:j]
-            try:
-                value = loads(raw)
-            except JSONDecodeError:
-                err = ""
-            else:
-                body_end = j
-                pos = j + 12
-        if j < 0 or err is not None:
-            raw, body_end, pos, value, err = _block_fallback(text, body_start, j, CALL_CLOSE, CALL_OPEN)
+        raw, body_end, pos, value, err, c_close = _block(text, body_start, c_close, CALL_CLOSE, CALL_OPEN)
         if err is None and value.__class__ is dict:
             name = value.get("name")
             args = value.get("arguments")  # absent, a string or anything else: _tool_call says
@@ -241,8 +223,8 @@ def _parse_tool(text: str) -> Turn:
     find = text.find
     n = len(text)
     pos = 0
-    r_close = -1  # the next </tool_response> (n: none left), searched again only once passed
-    # Tag lengths as literals: <tool_response> 15, </tool_response> 16.
+    r_close = -1  # the next </tool_response>, remembered by _block
+    # <tool_response> is 15 characters.
     while pos < n:
         i = find("<tool_response>", pos)
         if i < 0:
@@ -251,28 +233,7 @@ def _parse_tool(text: str) -> Turn:
         if i > pos:
             segments.append(Segment(TEXT, pos, i, pos, i))
         body_start = i + 15
-        if r_close < body_start:
-            # The first "<" after a body is its closing tag in nearly every turn, and a search
-            # for one character (memchr) runs several times faster than one for the whole tag.
-            # Where it is not the tag, the tag is searched for from there: the same first match.
-            r_close = find("<", body_start)
-            if r_close >= 0 and not text.startswith("</tool_response>", r_close):
-                r_close = find("</tool_response>", r_close + 1)
-            if r_close < 0:
-                r_close = n
-        j = r_close if r_close < n else -1
-        err = None
-        if j >= 0:  # the common case: the body decodes up to the first closing tag
-            raw = text[body_start:j]
-            try:
-                value = loads(raw)
-            except JSONDecodeError:
-                err = ""
-            else:
-                body_end = j
-                pos = j + 16
-        if j < 0 or err is not None:
-            raw, body_end, pos, value, err = _block_fallback(text, body_start, j, RESP_CLOSE, RESP_OPEN)
+        raw, body_end, pos, value, err, r_close = _block(text, body_start, r_close, RESP_CLOSE, RESP_OPEN)
         if err is None and value.__class__ is dict:
             call_id = value.get("tool_call_id")
             name = value.get("name")
@@ -295,6 +256,32 @@ def _parse_tool(text: str) -> Turn:
 
 
 # ----------------------------------------------------------------------------- shared
+
+
+def _block(text: str, body_start: int, close_at: int, close: str, opener: str) -> tuple[str, int, int, Any, str | None, int]:
+    """Read a JSON-bodied block. Returns (body, body_end, end, value, error, close_at).
+
+    `close_at` is the caller's remembered position of the next closing tag (len(text): none
+    left), searched again only once body_start has passed it, so many unclosed blocks do not
+    each search the rest of the text. The first "<" after a body is its closing tag in nearly
+    every turn, and a one-character search (memchr) runs several times faster than one for the
+    whole tag; where that "<" is not the tag, the tag is searched for from there, which finds the
+    same first match.
+    """
+    n = len(text)
+    if close_at < body_start:
+        close_at = text.find("<", body_start)
+        if close_at >= 0 and not text.startswith(close, close_at):
+            close_at = text.find(close, close_at + 1)
+        if close_at < 0:
+            close_at = n
+    if close_at < n:  # the common case: the body decodes up to the first closing tag
+        body = text[body_start:close_at]
+        try:
+            return body, close_at, close_at + len(close), loads(body), None, close_at
+        except JSONDecodeError:
+            return (*_block_fallback(text, body_start, close_at, close, opener), close_at)
+    return (*_block_fallback(text, body_start, -1, close, opener), close_at)
 
 
 def _block_fallback(text: str, body_start: int, first: int, close: str, opener: str) -> tuple[str, int, int, Any, str | None]:
