@@ -1,4 +1,4 @@
-"""Masking throughput: masked tokens per second of `Masker.mask` against the guide's Step 7
+"""Masking throughput: masked tokens per second of `Masker.mask_many` against the guide's Step 7
 per-message recipe (target >= 3x) and against a bare `encode_batch` of the same rendered text
 (target >= 1x: the piece cache pays for rendering and masking).
 

@@ -140,7 +140,8 @@ def scaling(ctx: Context) -> list[Result]:
     (r1, c1), (r2, c2) = best[1], best[2]
     return [
         Result("pack", "pack job, 1 worker", r1, "rows/s", data, note=f"{c1:.2f} cores busy"),
-        Result("pack", "pack job, 2 workers", r2, "rows/s", data, "pack job, 1 worker", r2 / r1, ">= 1.8", f"{c2:.2f} cores busy"),
+        # No target: one worker already keeps part of a second core busy with the tokenizer's threads.
+        Result("pack", "pack job, 2 workers", r2, "rows/s", data, "pack job, 1 worker", r2 / r1, note=f"{c2:.2f} cores busy"),
     ]
 
 
