@@ -231,6 +231,24 @@ def collect(
     return metrics.merge(results, tokenizer)
 
 
+def collect_with_browser(
+    inputs: Sequence[str | os.PathLike],
+    *,
+    on_error: str = "skip",
+    tokenizer: str | None = None,
+    source: str | None = None,
+    limit: int | None = None,
+    address: str | None = None,
+):
+    """`metrics.collect_with_browser` on Ray: (Stats, Browser, Tally); the browser's compressed
+    trace bodies come back to this process, which writes the page."""
+    from . import metrics
+
+    fold = metrics._StatsShard("skip", tokenizer, view=True).fold
+    results = run(inputs, fold, source=source, limit=limit, on_error=on_error, address=address)
+    return metrics.merge_with_browser(results, tokenizer)
+
+
 def pack(
     inputs: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,

@@ -338,14 +338,20 @@ def collect_with_browser(
     shards: Sequence[Shard], workers: int = 1, on_error: str = "skip", tokenizer: str | None = None
 ) -> tuple[Stats, Browser, Tally]:
     """collect() and webview.collect() in one pass: each trace is read and parsed once."""
+    results = map_shards(_StatsShard(on_error, tokenizer, view=True), shards, workers, progress="stats", rows_of=lambda r: r.tally.read)
+    return merge_with_browser(results, tokenizer)
+
+
+def merge_with_browser(partials: Iterable[_Partial], tokenizer: str | None = None) -> tuple[Stats, Browser, Tally]:
+    """merge() of partials made with `view`, and the trace browser of their views."""
     views: list[ViewPart] = []
 
-    def partials() -> Iterator[_Partial]:
-        for r in map_shards(_StatsShard(on_error, tokenizer, view=True), shards, workers, progress="stats", rows_of=lambda r: r.tally.read):
+    def tee() -> Iterator[_Partial]:
+        for r in partials:
             views.append(r.view)
             yield r
 
-    stats, tally = merge(partials(), tokenizer)
+    stats, tally = merge(tee(), tokenizer)
     return stats, merge_views(views)[0], tally
 
 

@@ -7,6 +7,7 @@ with bad rows mixed in, so rejected rows must come out with the same file, row a
 from __future__ import annotations
 
 import sys
+import zlib
 from collections import Counter
 
 import orjson
@@ -67,6 +68,16 @@ def test_stats_and_rejects_equal_local_in_small_batches(cluster, inputs):
     assert len(local[1].rejected) == 5
     assert _rejects(on_ray[1]) == _rejects(local[1])
     assert _doc(*on_ray) == _doc(*local)
+    # The trace browser of stats --report, made in the same pass, in batches on Ray.
+    stats, browser, tally = metrics.collect_with_browser(plan(inputs), workers=1)
+    partials = engine_ray.run(inputs, metrics._StatsShard("skip", None, view=True).fold, batch_rows=3)
+    r_stats, r_browser, r_tally = metrics.merge_with_browser(partials)
+    assert _doc(r_stats, r_tally) == _doc(stats, tally) == _doc(*local)
+    assert [e.id for e in r_browser.entries] == [e.id for e in browser.entries] and len(browser.entries) == tally.parsed
+    bodies = lambda b: [x for c in b.chunks for x in orjson.loads(zlib.decompress(c))]  # noqa: E731
+    assert bodies(r_browser) == bodies(browser)
+    for b in (browser, r_browser):  # every entry points at its own body
+        assert [bodies(b)[sum(len(orjson.loads(zlib.decompress(c))) for c in b.chunks[: e.chunk]) + e.pos] for e in b.entries] == bodies(b)
 
 
 def test_limit_reads_the_first_rows_in_order(cluster, inputs):
@@ -99,8 +110,10 @@ def test_cli_stats_json_and_rejects_equal_local(cluster, inputs, tmp_path, capsy
     out = {}
     for engine in ("local", "ray"):
         js = tmp_path / f"{engine}.json"
-        assert main(["stats", *inputs, "--engine", engine, "--workers", "1", "--json", str(js)]) == 0
+        rep = tmp_path / f"{engine}-report"
+        assert main(["stats", *inputs, "--engine", engine, "--workers", "1", "--json", str(js), "--report", str(rep)]) == 0
         out[engine] = (js.read_bytes(), (tmp_path / f"{engine}.json.rejects.jsonl").read_bytes())
+        assert (rep / "index.html").stat().st_size > 10_000  # the trace browser, on either engine
     assert out["ray"] == out["local"]
     assert b'"rejected": 5' in out["ray"][0]
 

@@ -30,9 +30,13 @@ def add(sub) -> None:
 
 def run(args) -> int:
     browser = None
-    if args.engine == "ray":  # Ray reads the inputs itself; its workers make no trace browser
-        stats, tally = engine_ray.collect(**ray_inputs(args), tokenizer=args.tokenizer)
-    elif args.report and not args.no_browser:
+    with_browser = bool(args.report) and not args.no_browser
+    if args.engine == "ray":  # Ray reads the inputs itself
+        if with_browser:
+            stats, browser, tally = engine_ray.collect_with_browser(**ray_inputs(args), tokenizer=args.tokenizer)
+        else:
+            stats, tally = engine_ray.collect(**ray_inputs(args), tokenizer=args.tokenizer)
+    elif with_browser:
         stats, browser, tally = collect_with_browser(shards_from(args), args.workers, args.on_error, args.tokenizer)
     else:
         stats, tally = collect(shards_from(args), args.workers, args.on_error, args.tokenizer)
