@@ -214,39 +214,20 @@ def _read(ray, kind: str, uris: list[str]):
 # ----------------------------------------------------------------------------- stages
 
 
-def collect(
-    inputs: Sequence[str | os.PathLike],
-    *,
-    on_error: str = "skip",
-    tokenizer: str | None = None,
-    source: str | None = None,
-    limit: int | None = None,
-    address: str | None = None,
-):
-    """`metrics.collect` on Ray: the same (Stats, Tally) for the same input."""
+def collect(inputs: Sequence[str | os.PathLike], *, tokenizer: str | None = None, **read):
+    """`metrics.collect` on Ray: the same (Stats, Tally) for the same input. `read`: run()'s
+    source, limit, on_error and address."""
     from . import metrics
 
-    fold = metrics._StatsShard("skip", tokenizer).fold
-    results = run(inputs, fold, source=source, limit=limit, on_error=on_error, address=address)
-    return metrics.merge(results, tokenizer)
+    return metrics.merge(run(inputs, metrics._StatsShard("skip", tokenizer).fold, **read), tokenizer)
 
 
-def collect_with_browser(
-    inputs: Sequence[str | os.PathLike],
-    *,
-    on_error: str = "skip",
-    tokenizer: str | None = None,
-    source: str | None = None,
-    limit: int | None = None,
-    address: str | None = None,
-):
+def collect_with_browser(inputs: Sequence[str | os.PathLike], *, tokenizer: str | None = None, **read):
     """`metrics.collect_with_browser` on Ray: (Stats, Browser, Tally); the browser's compressed
     trace bodies come back to this process, which writes the page."""
     from . import metrics
 
-    fold = metrics._StatsShard("skip", tokenizer, view=True).fold
-    results = run(inputs, fold, source=source, limit=limit, on_error=on_error, address=address)
-    return metrics.merge_with_browser(results, tokenizer)
+    return metrics.merge_with_browser(run(inputs, metrics._StatsShard("skip", tokenizer, view=True).fold, **read), tokenizer)
 
 
 def pack(
