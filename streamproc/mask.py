@@ -304,13 +304,14 @@ class Masker:
             if self._piecewise:
                 self._warm(p for *_, r in done if isinstance(r, Rendered) for p in self._special.split(r.text)[::2])
             for row, msgs, full in done:
-                try:
-                    if isinstance(full, TemplateError):
-                        raise full
-                    yield row, self._mask_rendered(row.id, msgs, full)
-                except TemplateError as e:
-                    loc = getattr(row, "loc", None) or Location("<memory>", 0)
-                    yield row, RowError(BadRow(loc, "conversations", f"trace {row.id}: {e}"))
+                if isinstance(full, Rendered):
+                    try:
+                        yield row, self._mask_rendered(row.id, msgs, full)
+                        continue
+                    except TemplateError as e:  # a split window the template cannot render
+                        full = e
+                loc = getattr(row, "loc", None) or Location("<memory>", 0)
+                yield row, RowError(BadRow(loc, "conversations", f"trace {row.id}: {full}"))
 
     def _mask_rendered(self, tid: str, msgs: list[Message], full: Rendered) -> MaskResult:
         ids, starts = self.encode(full.text)

@@ -322,7 +322,7 @@ class _StatsShard:
             if view is not None:
                 view.add(trace)
         tally.read = tally.parsed + len(tally.rejected)
-        return _Partial(stats, tally, view.part(Tally()) if view is not None else None)
+        return _Partial(stats, tally, view.part() if view is not None else None)
 
 
 def collect(

@@ -134,11 +134,11 @@ class ViewFold:
             self.chunks.append(_compress(self._bodies))
             self._bodies = []
 
-    def part(self, tally: Tally) -> ViewPart:
+    def part(self, tally: Tally | None = None) -> ViewPart:
         if self._bodies:
             self.chunks.append(_compress(self._bodies))
             self._bodies = []
-        return ViewPart(self.entries, self.chunks, tally)
+        return ViewPart(self.entries, self.chunks, tally or Tally())
 
 
 class _ViewShard:
