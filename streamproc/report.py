@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -193,8 +194,10 @@ def tools_by_position(c: Counts, ax=None, top: int = 12) -> Figure:
     the top tools (what the agent reaches for first, and later)."""
     tools = [k for k, _ in c.tool_counts.most_common(top)]
     last = max((p for _, p in c.calls_by_position), default=0)
-    grid = np.array([[c.calls_by_position[(t, p)] for p in range(1, last + 1)] for t in tools], dtype=float)
-    grid /= np.maximum(np.array([sum(n for (_, q), n in c.calls_by_position.items() if q == p) for p in range(1, last + 1)], dtype=float), 1)
+    at = Counter()  # calls at each turn number, every tool
+    for (_, p), n in c.calls_by_position.items():
+        at[p] += n
+    grid = np.array([[c.calls_by_position[(t, p)] / max(at[p], 1) for p in range(1, last + 1)] for t in tools], dtype=float)
     cols = [str(p) for p in range(1, last + 1)]
     if last == POSITION_CAP:
         cols[-1] += "+"
