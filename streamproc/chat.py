@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from .parse import parse_turn
-from .records import REASONING, ROLES, TOOL_CALL, TOOL_RESPONSE
+from .records import ROLES
+from .turns import REASONING, TOOL_CALL, TOOL_RESPONSE
 
 TOOL_FALLBACK = "[TOOL OUTPUT]\n"
 """Prefix of a tool turn sent as a user message when the template has no tool role (the guide's)."""

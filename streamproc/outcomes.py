@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from .records import ToolCall, ToolResponse
+from .turns import ToolCall, ToolResponse
 
 # Error classes `classify` returns, most specific first; the README documents each.
 UNKNOWN = "unknown"  # the harness could not tell: name `unknown` (unmatched) or status `unknown`

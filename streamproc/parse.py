@@ -22,19 +22,8 @@ from typing import Any, Mapping
 import orjson
 from orjson import JSONDecodeError, loads
 
-from .records import (
-    REASONING,
-    ROLES,
-    TEXT,
-    TOOL_CALL,
-    TOOL_RESPONSE,
-    Row,
-    Segment,
-    ToolCall,
-    ToolResponse,
-    Trace,
-    Turn,
-)
+from .records import ROLES, Row, Trace
+from .turns import REASONING, TEXT, TOOL_CALL, TOOL_RESPONSE, Segment, ToolCall, ToolResponse, Turn
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -49,9 +38,10 @@ _NAME_RE = re.compile(r'"name"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _CHAT_ROLE = {**ROLES, **{v: v for v in ROLES.values()}}
 
 
-def parse_turn(role: str, text: str) -> Turn:
-    """Parse one turn. `role` is a ShareGPT `from` (gpt, human, ...) or a chat role."""
-    if text.__class__ is not str:
+def parse_turn(role: str, text: object) -> Turn:
+    """Parse one turn. `role` is a ShareGPT `from` (gpt, human, ...) or a chat role. `text` that
+    is not a str (None, a number) is read as its str()."""
+    if type(text) is not str:
         text = "" if text is None else str(text)
     if role == "gpt" or role == "assistant":
         return _parse_assistant(text)
@@ -93,7 +83,6 @@ def _parse_assistant(text: str) -> Turn:
     thoughts: list[str] = []
     calls: list[ToolCall] = []
     answer: list[str] = []
-    find = text.find
     n = len(text)
     # Tag lengths are written as literals: <think> 7, </think> 8, <tool_call> 11, </tool_call> 12.
     pos = 0  # start of the not-yet-segmented text
@@ -104,16 +93,16 @@ def _parse_assistant(text: str) -> Turn:
     t_open = t_close = c_open = -1
     c_close = -1  # the next </tool_call>, remembered by _block
     if text.startswith("<think>"):  # how the harness starts every assistant turn
-        t_close = find("<", 7)  # as in _block: the first "<" after a body is nearly always the tag
+        t_close = text.find("<", 7)  # as in _block: the first "<" after a body is nearly always the tag
         if t_close >= 0 and not text.startswith("</think>", t_close):
-            t_close = find("</think>", t_close + 1)
+            t_close = text.find("</think>", t_close + 1)
         if t_close >= 0:  # the first </think> after the opener closes it
             pos = t_close + 8
             segments.append(Segment(REASONING, 0, pos, 7, t_close))
             thoughts.append(text[7:t_close].strip())
         else:  # unclosed: it runs to the first <tool_call>, else to the end
             t_close = n
-            pos = c_open = find("<tool_call>", 7)
+            pos = c_open = text.find("<tool_call>", 7)
             if pos < 0:
                 pos = c_open = n
             segments.append(Segment(REASONING, 0, pos, 7, pos, False))
@@ -123,17 +112,17 @@ def _parse_assistant(text: str) -> Turn:
         # memchr; it is nearly always the next <tool_call> itself, and where it is not, the text
         # up to the <tool_call> is the only place a think tag can be.
         if c_open < pos:
-            lt = find("<", pos)
+            lt = text.find("<", pos)
             if lt < 0:
                 c_open = lt = n
             elif text.startswith("<tool_call>", lt):
                 c_open = lt
             else:
-                c_open = find("<tool_call>", lt + 1)
+                c_open = text.find("<tool_call>", lt + 1)
                 if c_open < 0:
                     c_open = n
         else:
-            lt = find("<", pos, c_open)
+            lt = text.find("<", pos, c_open)
             if lt < 0:
                 lt = c_open
         if c_open > pos:
@@ -141,11 +130,11 @@ def _parse_assistant(text: str) -> Turn:
             # for think tags in it).
             if lt < c_open:
                 if t_open < pos:
-                    t_open = find("<think>", pos)
+                    t_open = text.find("<think>", pos)
                     if t_open < 0:
                         t_open = n
                 if t_close < pos:
-                    t_close = find("</think>", pos)
+                    t_close = text.find("</think>", pos)
                     if t_close < 0:
                         t_close = n
                 if t_close < t_open and t_close < c_open:
@@ -180,10 +169,10 @@ def _parse_assistant(text: str) -> Turn:
         # A <tool_call> at c_open.
         body_start = c_open + 11
         raw, body_end, pos, value, err, c_close = _block(text, body_start, c_close, CALL_CLOSE, CALL_OPEN)
-        if err is None and value.__class__ is dict:
+        if err is None and type(value) is dict:
             name = value.get("name")
             args = value.get("arguments")  # absent, a string or anything else: _tool_call says
-            if args.__class__ is dict and name.__class__ is str and name:
+            if type(args) is dict and type(name) is str and name:
                 calls.append(ToolCall(name, args, raw, True, None, len(segments)))
             else:
                 calls.append(_tool_call(raw, value, None, len(segments)))
@@ -197,19 +186,19 @@ def _tool_call(raw: str, value: Any, err: str | None, seg: int) -> ToolCall:
     if err is not None:
         m = _NAME_RE.search(raw)
         return ToolCall(m.group(1) if m else "", None, raw, False, err, seg)
-    if value.__class__ is not dict:
+    if type(value) is not dict:
         return ToolCall("", value, raw, False, f"tool call is a JSON {type(value).__name__}, not an object", seg)
     name = value.get("name")
     args = value.get("arguments", {})
-    if args.__class__ is str:
+    if type(args) is str:
         # Some writers double-encode the arguments; accept a string that holds a JSON object.
         try:
             args = orjson.loads(args)
         except orjson.JSONDecodeError:
             pass
-    if name.__class__ is not str or not name:
+    if type(name) is not str or not name:
         return ToolCall("", args, raw, False, "tool call has no name", seg)
-    if args.__class__ is not dict:
+    if type(args) is not dict:
         return ToolCall(name, args, raw, False, f"arguments is a {type(args).__name__}, not an object", seg)
     return ToolCall(name, args, raw, True, None, seg)
 
@@ -220,13 +209,12 @@ def _tool_call(raw: str, value: Any, err: str | None, seg: int) -> ToolCall:
 def _parse_tool(text: str) -> Turn:
     segments: list[Segment] = []
     responses: list[ToolResponse] = []
-    find = text.find
     n = len(text)
     pos = 0
     r_close = -1  # the next </tool_response>, remembered by _block
     # <tool_response> is 15 characters.
     while pos < n:
-        i = find("<tool_response>", pos)
+        i = text.find("<tool_response>", pos)
         if i < 0:
             segments.append(Segment(TEXT, pos, n, pos, n))
             break
@@ -234,13 +222,13 @@ def _parse_tool(text: str) -> Turn:
             segments.append(Segment(TEXT, pos, i, pos, i))
         body_start = i + 15
         raw, body_end, pos, value, err, r_close = _block(text, body_start, r_close, RESP_CLOSE, RESP_OPEN)
-        if err is None and value.__class__ is dict:
+        if err is None and type(value) is dict:
             call_id = value.get("tool_call_id")
             name = value.get("name")
             responses.append(
                 ToolResponse(
-                    call_id if call_id.__class__ is str else None,
-                    name if name.__class__ is str else None,
+                    call_id if type(call_id) is str else None,
+                    name if type(name) is str else None,
                     value.get("content", value),
                     raw,
                     None,
@@ -292,9 +280,8 @@ def _block_fallback(text: str, body_start: int, first: int, close: str, opener: 
     the body reported malformed. With no closing tag the block runs to the end (unclosed), or up
     to the next opening tag of the same kind, which is likelier what the writer meant.
     """
-    find = text.find
     if first < 0:
-        k = find(opener, body_start)
+        k = text.find(opener, body_start)
         body_end = k if k >= 0 else len(text)
         body = text[body_start:body_end]
         value, err = _decode(body)
@@ -302,7 +289,7 @@ def _block_fallback(text: str, body_start: int, first: int, close: str, opener: 
     first_err = _decode(text[body_start:first])[1]
     j = first
     for _ in range(MAX_CLOSE_CANDIDATES - 1):
-        j = find(close, j + len(close))
+        j = text.find(close, j + len(close))
         if j < 0:
             break
         body = text[body_start:j]
@@ -311,7 +298,7 @@ def _block_fallback(text: str, body_start: int, first: int, close: str, opener: 
             return body, j, j + len(close), value, None
     # Nothing decoded. If another opener appears before the first closer, this block was
     # never closed: end it at that opener so the next block parses on its own.
-    k = find(opener, body_start, first)
+    k = text.find(opener, body_start, first)
     if k >= 0:
         return text[body_start:k], k, k, None, f"unclosed {opener} block; {first_err}"
     return text[body_start:first], first, first + len(close), None, first_err

@@ -1,6 +1,7 @@
 """Typed records passed between stages: source -> parse -> (metrics | mask -> pack -> shards).
 
-Small slotted dataclasses instead of dicts, so every stage knows exactly what it receives.
+Small slotted dataclasses instead of dicts, so every stage knows exactly what it receives. The
+records of one parsed turn (segments, tool calls, tool responses) are in turns.py.
 """
 
 from __future__ import annotations
@@ -8,14 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .turns import ToolCall, ToolResponse, Turn
+
 ROLES = {"system": "system", "human": "user", "gpt": "assistant", "tool": "tool"}
 """ShareGPT `from` values and the chat role each one maps to."""
-
-# Segment kinds. Segments of a turn tile its text: every character belongs to exactly one.
-REASONING = "reasoning"
-TEXT = "text"
-TOOL_CALL = "tool_call"
-TOOL_RESPONSE = "tool_response"
 
 
 @dataclass(slots=True, frozen=True)
@@ -45,51 +42,6 @@ class Row:
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     loc: Location | None = None
-
-
-@dataclass(slots=True)
-class Segment:
-    """A span [start, end) of a turn's text; body_start/body_end exclude the tags."""
-
-    kind: str
-    start: int
-    end: int
-    body_start: int
-    body_end: int
-    closed: bool = True  # False when the text ended before the closing tag
-
-
-@dataclass(slots=True)
-class ToolCall:
-    name: str
-    arguments: Any  # dict when valid; whatever was there otherwise
-    raw: str  # the body between the tags, as written
-    valid: bool
-    error: str | None
-    segment: int  # index into Turn.segments
-    response: int | None = None  # index into Trace.responses, once paired
-
-
-@dataclass(slots=True)
-class ToolResponse:
-    tool_call_id: str | None
-    name: str | None
-    content: Any  # decoded JSON, or the raw string
-    raw: str
-    error: str | None  # parse problem, not the tool's own failure
-    segment: int
-    call: int | None = None  # index into Trace.calls, once paired
-
-
-@dataclass(slots=True)
-class Turn:
-    role: str  # system / user / assistant / tool
-    text: str
-    segments: list[Segment]
-    thoughts: list[str] = field(default_factory=list)
-    tool_calls: list[ToolCall] = field(default_factory=list)
-    answer: str = ""
-    tool_responses: list[ToolResponse] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -13,7 +13,8 @@ from typing import Any, Iterable, Iterator
 import orjson
 
 from .outcomes import classify
-from .records import REASONING, TEXT, TOOL_CALL, ToolCall, ToolResponse, Trace, Turn
+from .records import Trace
+from .turns import REASONING, TEXT, TOOL_CALL, ToolCall, ToolResponse, Turn
 
 # Line styles, each with its ANSI colour.
 HEADER, LABEL_USER, LABEL_THINK, LABEL_CALL, LABEL_OK, LABEL_ERROR, LABEL_ANSWER = (

@@ -27,7 +27,8 @@ import orjson
 from .fileio import atomic_path
 from .parse import parse_trace
 from .pipeline import Tally
-from .records import REASONING, TEXT, Trace
+from .records import Trace
+from .turns import REASONING, TEXT
 from .render import assistant_blocks, clip_values, shorten, status
 from .sources import Shard, good_rows
 from .workers import map_shards

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from streamproc.parse import parse_trace, parse_turn
-from streamproc.records import REASONING
+from streamproc.turns import REASONING
 
 _CLOSED_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
 

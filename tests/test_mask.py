@@ -17,7 +17,8 @@ from streamproc.mask import (
     load_tokenizer,
 )
 from streamproc.parse import parse_turn
-from streamproc.records import REASONING, Location, RowError, row_from_dict
+from streamproc.records import Location, RowError, row_from_dict
+from streamproc.turns import REASONING
 from streamproc.workers import map_shards
 from streamproc.sources import plan, good_rows
 

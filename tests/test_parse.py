@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from streamproc.parse import parse_trace, parse_turn, trace_to_record
-from streamproc.records import REASONING, TEXT, TOOL_CALL, TOOL_RESPONSE, Turn
+from streamproc.turns import REASONING, TEXT, TOOL_CALL, TOOL_RESPONSE, Turn
 
 
 def kinds(turn: Turn) -> list[str]:

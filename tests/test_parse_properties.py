@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamproc.parse import parse_turn
-from streamproc.records import REASONING, TOOL_CALL, TOOL_RESPONSE
+from streamproc.turns import REASONING, TOOL_CALL, TOOL_RESPONSE
 
 TAGS = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
 PROFILE = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,0 +1,88 @@
+"""The mypyc build of the parser against its own Python source: same records for every text,
+and a build older than its source is not used."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import streamproc
+from streamproc._compiled import MODULES, parser_build
+from streamproc.parse import parse_turn
+from streamproc.sources import SAMPLE, iter_rows
+
+TAGS = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
+PIECES = TAGS + [
+    "<", ">", "\n", " ", "x", "🚀", "错误", '"', "{", "}", '{"name": "t", "arguments": {"a": 1}}',
+    '{"name": "t", "arguments": "{\\"a\\": 1}"}', '{"tool_call_id": "functions.t:0", "name": "t", "content": {"ok": true}}',
+    '{"name": "</tool_call>", "arguments": {}}', "[1, 2]", '"just a string"', "{bad json",
+]
+PURE = """
+import json, sys
+from streamproc._compiled import parser_build
+from streamproc.parse import parse_turn
+assert parser_build() == "python", parser_build()
+for role, text in json.load(sys.stdin):
+    print(repr(parse_turn(role, text)))
+"""
+
+compiled_only = pytest.mark.skipif(
+    parser_build() != "mypyc",
+    reason="the parser is not compiled in this install (no C compiler or mypyc, or STREAMPROC_PURE_PYTHON=1)",
+)
+
+
+def tag_soup(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Random texts made of tags, JSON bodies and noise: every state of the parser and its
+    fallbacks, many times over."""
+    rnd = random.Random(seed)
+    roles = ["gpt", "tool", "human", "system"]
+    return [(rnd.choice(roles), "".join(rnd.choices(PIECES, k=rnd.randint(0, 24)))) for _ in range(n)]
+
+
+def pure_python(turns: list[tuple[str, str]]) -> list[str]:
+    env = {**os.environ, "STREAMPROC_PURE_PYTHON": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", PURE], input=json.dumps(turns), env=env, capture_output=True, text=True, check=True
+    )
+    return out.stdout.splitlines()
+
+
+def assert_same_records(turns: list[tuple[str, str]]) -> None:
+    compiled = [repr(parse_turn(role, text)) for role, text in turns]
+    python = pure_python(turns)
+    assert len(python) == len(turns)
+    for (role, text), c, p in zip(turns, compiled, python):
+        assert c == p, (role, text)
+
+
+@compiled_only
+def test_compiled_parser_equals_its_source():
+    assert_same_records(tag_soup(20_000) + [(f, v) for row in iter_rows([SAMPLE]) for f, v in row.conversations])
+
+
+@compiled_only
+def test_compiled_parser_equals_its_source_on_real_traces(real_rows, kimi_fragments):
+    turns = [(t["from"], t["value"]) for row in real_rows for t in row["conversations"]]
+    assert_same_records(turns + [(f["from"], f["value"]) for f in kimi_fragments])
+
+
+@compiled_only
+def test_a_build_older_than_its_source_is_not_used(tmp_path):
+    pkg = Path(streamproc.__file__).parent
+    copy = tmp_path / "streamproc"
+    shutil.copytree(pkg, copy, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    source = copy / (MODULES[1].rpartition(".")[2] + ".py")
+    os.utime(source, (source.stat().st_atime, source.stat().st_mtime + 60))  # edited after the build
+    probe = "from streamproc._compiled import parser_build; print(parser_build())"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert run.stdout.strip() == "python"
+    assert "older than its source" in run.stderr
