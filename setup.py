@@ -21,7 +21,13 @@ def ext_modules():
     except ImportError:
         print("streamproc: mypyc is not installed; the parser runs as Python")
         return []
-    exts = mypycify(["--ignore-missing-imports", "--follow-imports=silent", *COMPILED], opt_level="3", group_name="streamproc.parser")
+    try:
+        exts = mypycify(
+            ["--ignore-missing-imports", "--follow-imports=silent", *COMPILED], opt_level="3", group_name="streamproc.parser"
+        )
+    except SystemExit:  # mypyc prints what it could not compile (a type error) and exits
+        print("streamproc: mypyc could not compile the parser (see above); it runs as Python")
+        return []
     for ext in exts:
         ext.optional = True  # no C compiler: install anyway, as Python
     return exts

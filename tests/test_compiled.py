@@ -86,3 +86,11 @@ def test_a_build_older_than_its_source_is_not_used(tmp_path):
     run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True, cwd=tmp_path)
     assert run.stdout.strip() == "python"
     assert "older than its source" in run.stderr
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler here, so pip installs the parser as Python")
+@pytest.mark.skipif(os.environ.get("STREAMPROC_PURE_PYTHON") == "1", reason="STREAMPROC_PURE_PYTHON=1 asks for the source")
+def test_an_install_with_a_compiler_runs_the_compiled_parser():
+    # The README's speed figures are the compiled parser's; an install that quietly fell back to
+    # Python (a type error mypyc refused, a stale build) should not pass for it.
+    assert parser_build() == "mypyc"
