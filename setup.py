@@ -1,16 +1,23 @@
 """Compiles the parser (parse.py and the records it builds, turns.py) to C with mypyc.
 
 The same modules run as plain Python wherever they are not compiled: where mypyc or a C
-compiler is missing, with STREAMPROC_PURE_PYTHON=1 at install time, or at run time when the
-build is older than the source (see streamproc/_compiled.py). Everything else is in
+compiler is missing, with STREAMPROC_PURE_PYTHON=1 at install time, or at run time when their
+source has changed since the build (see streamproc/_compiled.py). Everything else is in
 pyproject.toml.
 """
 
+import importlib.util
+import json
 import os
+from pathlib import Path
 
 from setuptools import setup
 
-COMPILED = ["streamproc/turns.py", "streamproc/parse.py"]
+PACKAGE = Path(__file__).parent / "streamproc"
+_spec = importlib.util.spec_from_file_location("_compiled", PACKAGE / "_compiled.py")
+compiled = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(compiled)
+COMPILED = [f"streamproc/{m.rpartition('.')[2]}.py" for m in compiled.MODULES]
 
 
 def ext_modules():
@@ -30,6 +37,7 @@ def ext_modules():
         return []
     for ext in exts:
         ext.optional = True  # no C compiler: install anyway, as Python
+    (PACKAGE / compiled.BUILT_FROM).write_text(json.dumps(compiled.source_hashes(PACKAGE), indent=1))
     return exts
 
 

@@ -1,22 +1,28 @@
 """Which parser runs: the mypyc build of parse.py and turns.py, or their Python source.
 
-setup.py compiles both where it can; the build sits beside the source (in the package directory
-of an editable install too), and Python imports a build before a source of the same name. A
-build older than its source would run stale code, so then, and whenever STREAMPROC_PURE_PYTHON=1,
-both are imported from source. It must run before either module is imported:
-streamproc/__init__.py calls it first.
+setup.py compiles both where it can and writes the sha256 of the sources it compiled to
+BUILT_FROM. The build sits beside the source (in the package directory of an editable install
+too), and Python imports a build before a source of the same name; a build whose sources have
+changed since (an edited checkout) would run stale code, so then, and whenever
+STREAMPROC_PURE_PYTHON=1, both are imported from source. Content, not file times, decides: an
+installer writes files in any order. `choose` must run before either module is imported:
+streamproc/__init__.py calls it first. This module uses only the standard library, so setup.py
+can load it before anything is installed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
 import importlib.util
+import json
 import os
 import sys
 import warnings
 from pathlib import Path
 
 MODULES = ("streamproc.turns", "streamproc.parse")
+BUILT_FROM = "_built_from.json"
 _HERE = Path(__file__).parent
 
 
@@ -40,18 +46,28 @@ class _FromSource:
         return importlib.util.spec_from_file_location(fullname, _source(fullname)) if fullname in MODULES else None
 
 
+def source_hashes(package_dir: Path = _HERE) -> dict[str, str]:
+    """sha256 of each compiled module's source, by module name."""
+    return {m: hashlib.sha256((package_dir / _source(m).name).read_bytes()).hexdigest() for m in MODULES}
+
+
 def choose() -> None:
-    builds = {m: b for m in MODULES if (b := _build(m)) is not None}
-    if not builds:
+    if not any(_build(m) for m in MODULES):
         return
-    stale = [m for m, b in builds.items() if _source(m).stat().st_mtime > b.stat().st_mtime]
-    if stale:
+    if os.environ.get("STREAMPROC_PURE_PYTHON") == "1":
+        sys.meta_path.insert(0, _FromSource)
+        return
+    try:
+        built = json.loads((_HERE / BUILT_FROM).read_text())
+    except (OSError, ValueError):
+        built = {}
+    changed = [m for m, h in source_hashes().items() if built.get(m) != h]
+    if changed:
         warnings.warn(
-            f"streamproc: the compiled {', '.join(stale)} is older than its source, so the source runs "
+            f"streamproc: {', '.join(changed)} changed since it was compiled, so its source runs "
             "(slower); rebuild with: pip install -e .",
             stacklevel=3,
         )
-    if stale or os.environ.get("STREAMPROC_PURE_PYTHON") == "1":
         sys.meta_path.insert(0, _FromSource)
 
 
