@@ -61,10 +61,13 @@ def choose() -> None:
         built = json.loads((_HERE / BUILT_FROM).read_text())
     except (OSError, ValueError):
         built = {}
-    changed = [m for m, h in source_hashes().items() if built.get(m) != h]
+    try:
+        changed = [m for m, h in source_hashes().items() if built.get(m) != h]
+    except OSError:  # an install without the sources: the build is all there is
+        return
     if changed:
         warnings.warn(
-            f"streamproc: {', '.join(changed)} changed since it was compiled, so its source runs "
+            f"streamproc: the source of {', '.join(changed)} changed since the build, so the source runs "
             "(slower); rebuild with: pip install -e .",
             stacklevel=3,
         )
