@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamproc.benchmarks.pack import lower_bound_rows
 from streamproc.pack import IGNORE, Packer, pack_lengths, pack_order
 
 
@@ -79,6 +80,43 @@ def test_bounds_on_the_number_of_rows(inst):
     assert sum(2 * load <= capacity for load in loads) <= 1
     # BFD and FFD both stay within 11/9 OPT + 6/9, and OPT <= FFD.
     assert len(rows) <= 11 / 9 * first_fit_decreasing(lengths, capacity) + 6 / 9
+
+
+def optimal_rows(lengths: list[int], capacity: int) -> int:
+    """The fewest rows any packing needs, by exhaustive search (small inputs only)."""
+    items = sorted(lengths, reverse=True)
+    best = len(items)
+
+    def place(i: int, loads: list[int]) -> None:
+        nonlocal best
+        if len(loads) >= best:
+            return
+        if i == len(items):
+            best = len(loads)
+            return
+        for r in {load: r for r, load in enumerate(loads) if load + items[i] <= capacity}.values():
+            loads[r] += items[i]
+            place(i + 1, loads)
+            loads[r] -= items[i]
+        place(i + 1, loads + [items[i]])
+
+    place(0, [])
+    return best
+
+
+@settings(max_examples=300, deadline=None)
+@given(instances(max_size=9))
+def test_the_lower_bound_is_never_above_an_optimal_packing(inst):
+    # The bound `streamproc bench` quotes as "no packing can beat": it must hold for every packing,
+    # and it is at least the plain volume bound.
+    lengths, capacity = inst
+    bound = lower_bound_rows(np.array(lengths, np.int64), capacity)
+    assert math.ceil(sum(lengths) / capacity) <= bound <= optimal_rows(lengths, capacity) <= len(pack_lengths(lengths, capacity))
+
+
+def test_the_lower_bound_counts_sequences_that_cannot_share_a_row():
+    assert lower_bound_rows(np.array([6, 6, 6]), 10) == 3  # the volume bound says 2
+    assert lower_bound_rows(np.array([6, 6, 3, 3, 3, 3]), 10) == 3  # 8 left beside the 6s, 12 to place
 
 
 @settings(max_examples=100, deadline=None)

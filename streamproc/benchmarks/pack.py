@@ -98,10 +98,23 @@ def efficiency(lens: np.ndarray, seq_len: int, batch: int) -> float:
 
 
 def lower_bound_rows(lens: np.ndarray, seq_len: int) -> int:
-    """Rows any packing needs: a sequence too long to share a row with the shortest one sits
-    alone; the rest need at least their total over seq_len (a Martello-Toth style bound)."""
-    alone = lens > seq_len - lens.min()
-    return int(alone.sum() + np.ceil(lens[~alone].sum() / seq_len))
+    """Rows any packing of `lens` into rows of `seq_len` needs: Martello and Toth's L2 bound for
+    bin packing. For a threshold k <= seq_len/2: sequences longer than seq_len - k sit alone; those
+    longer than seq_len/2 can never share a row with each other; the sequences from k to seq_len/2
+    fill what room those leave, the rest of them need whole rows. Every k gives a valid bound, and
+    the largest is taken (k runs over the lengths up to seq_len/2, and 0). O(N log N)."""
+    s = np.sort(np.asarray(lens, np.int64))
+    c = seq_len
+    prefix = np.concatenate([[0], np.cumsum(s)])
+    half_count = int(np.searchsorted(s, c // 2, "right"))  # s <= c/2 (integers: c // 2 is the same cut)
+    ks = np.concatenate([[0], np.unique(s[:half_count])])
+    alone = len(s) - np.searchsorted(s, c - ks, "right")  # longer than c - k
+    big = len(s) - half_count - alone  # in (c/2, c - k]: one each, never two together
+    big_sum = prefix[len(s) - alone] - prefix[half_count]
+    lo = np.searchsorted(s, ks, "left")  # the small ones: [k, c/2]
+    small_sum = prefix[half_count] - prefix[lo]
+    spill = np.maximum(0, -(-(small_sum - (big * c - big_sum)) // c))  # ceil, in integers
+    return int((alone + big + spill).max())
 
 
 def tightness(ctx: Context, overflow: str, seq_len: int = SEQ_LEN) -> list[Result]:
