@@ -12,6 +12,10 @@ JSON string argument is told apart from the real closing tag. The parser never r
 string; problems are reported on the records.
 
 Segments tile the turn's text exactly, so `"".join(text[s.start:s.end] for s in segments) == text`.
+
+This module and turns.py are compiled to C by mypyc where the install can (setup.py), so the code
+is written for that: `text.find(...)` and `type(x) is T` are direct C calls there, where a bound
+method held in a local (`find = text.find`, faster as plain Python) would be a generic call.
 """
 
 from __future__ import annotations
