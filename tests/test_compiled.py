@@ -101,3 +101,12 @@ def test_an_install_with_a_compiler_runs_the_compiled_parser():
     # The README's speed figures are the compiled parser's; an install that quietly fell back to
     # Python (a type error mypyc refused, a stale build) should not pass for it.
     assert parser_build() == "mypyc"
+
+
+def test_version_names_the_parser_build(capsys):
+    from streamproc.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"streamproc {streamproc.__version__} (parser: {parser_build()})"

@@ -6,6 +6,9 @@ import argparse
 import importlib
 import sys
 
+from .. import __version__
+from .._compiled import parser_build
+
 # Command modules in the order `--help` lists them. Each defines add(subparsers), which
 # registers its parser with set_defaults(func=...); func(args) returns an exit code.
 COMMANDS = ["run", "parse", "synth", "stats", "report", "show", "replay", "pack", "export", "train", "bench"]
@@ -16,15 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="streamproc",
         description="Streaming processor for agent reasoning-trace datasets (ShareGPT with <think>/<tool_call>).",
     )
+    p.add_argument("--version", action="version", version=f"streamproc {__version__} (parser: {parser_build()})")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"streamproc.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"streamproc.cli.{name}":
-                raise
-            continue  # not built yet
-        mod.add(sub)
+        importlib.import_module(f"streamproc.cli.{name}").add(sub)
     return p
 
 
