@@ -30,12 +30,9 @@ def _source(name: str) -> Path:
     return _HERE / (name.rpartition(".")[2] + ".py")
 
 
-def _build(name: str) -> Path | None:
+def _is_built(name: str) -> bool:
     stem = name.rpartition(".")[2]
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        if (p := _HERE / (stem + suffix)).exists():
-            return p
-    return None
+    return any((_HERE / (stem + suffix)).exists() for suffix in importlib.machinery.EXTENSION_SUFFIXES)
 
 
 class _FromSource:
@@ -52,7 +49,7 @@ def source_hashes(package_dir: Path = _HERE) -> dict[str, str]:
 
 
 def choose() -> None:
-    if not any(_build(m) for m in MODULES):
+    if not any(_is_built(m) for m in MODULES):
         return
     if os.environ.get("STREAMPROC_PURE_PYTHON") == "1":
         sys.meta_path.insert(0, _FromSource)
