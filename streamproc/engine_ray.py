@@ -1,10 +1,12 @@
 """The Ray engine: `stats` and `pack` on a Ray cluster (Ray Data) instead of local processes.
 
 Ray reads the inputs: Parquet with `read_parquet`, JSONL as whole files (`read_binary_files`, so
-gzip / zstd and any pyarrow filesystem work) cut into lines. Each `map_batches` call folds one
-Arrow batch with the very code a local worker runs on a shard (a stage's `fold`), and returns it
-pickled. Batches come back in input order (`preserve_order`), so the driver merges them in the
-order the local engine merges its shards, and the result is the same.
+gzip / zstd and any pyarrow filesystem work) cut into lines, decoded and validated by the local
+reader's own functions (sources.decode_line, sources.validate_row). Each `map_batches` call folds
+one Arrow batch with the very code a local worker runs on a split (runner.fold_items with the same
+public stages), and returns the `runner.Folded` pickled. Batches come back in input order
+(`preserve_order`), so the jobs merge them in the order the local engine gives its splits, and
+the result is the same.
 
 JSONL lines carry their line numbers, but a Parquet batch does not know where in its file it
 starts: a worker numbers its rows from 0 per file and reports how many it saw, and the driver adds
@@ -18,11 +20,11 @@ import pickle
 from collections import Counter
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Callable, Iterator, Protocol, Sequence, TypeVar
+from typing import Iterator, Sequence
 
-from .pipeline import Tally
 from .records import BadRow, Location, Row, RowError
-from .sources import SAMPLE, SourceError, decode_line, expand, file_kind, keep_good, source_label, validate_row
+from .runner import Folded, Job, Stage, feed, fold_items
+from .sources import SAMPLE, SourceError, decode_line, expand, file_kind, source_label, validate_row
 
 INSTALL = 'the Ray engine needs Ray Data: pip install "streamproc[ray]"'
 BATCH_ROWS = 256  # rows per map_batches call: big enough to amortise a task, small enough to spread
@@ -30,15 +32,6 @@ BATCH_ROWS = 256  # rows per map_batches call: big enough to amortise a task, sm
 
 class RayUnavailable(RuntimeError):
     """`--engine ray` without Ray installed."""
-
-
-class HasTally(Protocol):
-    tally: Tally
-
-
-R = TypeVar("R", bound=HasTally)
-Fold = Callable[[Iterator[Row], Tally], R]
-"""A stage's per-shard work: fold good rows (rejects already in the Tally) into a partial result."""
 
 
 def require_ray():
@@ -129,17 +122,17 @@ def _lines(batch):
 
 class _Fold:
     """Picklable `map_batches` function: one Arrow batch -> one row holding the pickled
-    (partial result, rows seen per file)."""
+    (runner.Folded, rows seen per file). Bad rows are kept (`skip`): the driver applies the
+    error policy once their locations are final."""
 
-    def __init__(self, fold: Fold, kind: str, files: Sequence[InputFile]):
-        self.fold = fold
+    def __init__(self, stages: Sequence[Stage], kind: str, files: Sequence[InputFile]):
+        self.stages = list(stages)
         self.kind = kind
         self.files = {f.key: f for f in files}
 
     def __call__(self, batch) -> dict[str, list[bytes]]:
-        tally = Tally()
         seen: Counter = Counter()
-        result = self.fold(keep_good(self._items(batch, seen), "skip", tally.rejected), tally)
+        result = fold_items(self._items(batch, seen), self.stages, "skip")
         return {"result": [pickle.dumps((result, seen), protocol=5)]}
 
     def _items(self, batch, seen: Counter) -> Iterator[Row | BadRow]:
@@ -162,16 +155,17 @@ class _Fold:
 
 def run(
     inputs: Sequence[str | os.PathLike],
-    fold: Fold,
+    stages: Sequence[Stage],
     *,
     source: str | None = None,
     limit: int | None = None,
     on_error: str = "skip",
     address: str | None = None,
     batch_rows: int = BATCH_ROWS,
-) -> Iterator[R]:
-    """Yield fold(batch) for every batch of the inputs, in input order, rejected rows numbered
-    as the local engine numbers them. `on_error="fail"` raises at the first one, in order."""
+) -> Iterator[Folded]:
+    """Yield each batch of the inputs folded by `stages` (runner.fold_items), in input order,
+    rejected rows numbered as the local engine numbers them. `on_error="fail"` raises at the
+    first one, in order."""
     ray = connect(address)
     offsets: Counter = Counter()
     left = limit
@@ -182,16 +176,21 @@ def run(
         ds = _read(ray, kind, [f.uri for f in group])
         if left is not None:
             ds = ds.limit(left)
-        ds = ds.map_batches(_Fold(fold, kind, group), batch_format="pyarrow", batch_size=batch_rows)
+        ds = ds.map_batches(_Fold(stages, kind, group), batch_format="pyarrow", batch_size=batch_rows)
         for out in ds.iter_rows():
             result, seen = pickle.loads(out["result"])
-            for bad in result.tally.rejected:
-                bad.loc = Location(bad.loc.file, bad.loc.row + offsets[bad.loc.file])
+            moved = set()  # stages share their BadRows: each is renumbered once
+            for tally in result.tallies:
+                for bad in tally.rejected:
+                    if id(bad) not in moved:
+                        moved.add(id(bad))
+                        bad.loc = Location(bad.loc.file, bad.loc.row + offsets[bad.loc.file])
             offsets.update(seen)
-            if on_error == "fail" and result.tally.rejected:
-                raise RowError(result.tally.rejected[0])
-            if left is not None:
-                left -= result.tally.read
+            first = next((t.rejected[0] for t in result.tallies if t.rejected), None)
+            if on_error == "fail" and first is not None:
+                raise RowError(first)
+            if left is not None and result.tallies:
+                left -= result.tallies[0].read
             yield result
 
 
@@ -211,23 +210,33 @@ def _read(ray, kind: str, uris: list[str]):
     return ds
 
 
-# ----------------------------------------------------------------------------- stages
+# ----------------------------------------------------------------------------- jobs
+
+
+def run_jobs(inputs: Sequence[str | os.PathLike], jobs: Sequence[Job], **read) -> None:
+    """runner.run_jobs on Ray: every job from one pass. `read`: run()'s source, limit, on_error,
+    address and batch_rows."""
+    feed(run(inputs, [s for job in jobs for s in job.stages], **read), jobs)
 
 
 def collect(inputs: Sequence[str | os.PathLike], *, tokenizer: str | None = None, **read):
-    """`metrics.collect` on Ray: the same (Stats, Tally) for the same input. `read`: run()'s
-    source, limit, on_error and address."""
-    from . import metrics
+    """`metrics.collect` on Ray: the same (Stats, Tally) for the same input."""
+    from .stats_job import StatsJob
 
-    return metrics.merge(run(inputs, metrics._StatsShard("skip", tokenizer).fold, **read), tokenizer)
+    job = StatsJob(tokenizer)
+    run_jobs(inputs, [job], **read)
+    stats, _, tally = job.result()
+    return stats, tally
 
 
 def collect_with_browser(inputs: Sequence[str | os.PathLike], *, tokenizer: str | None = None, **read):
-    """`metrics.collect_with_browser` on Ray: (Stats, Browser, Tally); the browser's compressed
+    """`stats_job.collect_with_browser` on Ray: (Stats, Browser, Tally); the browser's compressed
     trace bodies come back to this process, which writes the page."""
-    from . import metrics
+    from .stats_job import StatsJob
 
-    return metrics.merge_with_browser(run(inputs, metrics._StatsShard("skip", tokenizer, view=True).fold, **read), tokenizer)
+    job = StatsJob(tokenizer, browser=True)
+    run_jobs(inputs, [job], **read)
+    return job.result()
 
 
 def pack(
@@ -243,13 +252,11 @@ def pack(
 ):
     """`prepare.pack_to_dir` on Ray: shards holding the same sequences and labels for the same
     input (possibly packed together otherwise). An interrupted Ray run starts over (`restart`)."""
-    from . import prepare
-
-    def engine(work, consumed: int):
-        if consumed:
-            raise prepare.PackError(f"{out_dir} holds an interrupted Ray run, which cannot resume; pass --restart")
-        fold = prepare._MaskShard(work.tokenizer, work.options, work.eval_fraction, "skip").fold
-        return run(inputs, fold, source=source, limit=limit, on_error=on_error, address=address)
+    from .prepare import PackError, PackJob
 
     plan = ["ray", *(f.uri for f in input_files(inputs, source)), f"limit={limit}"]
-    return prepare.pack_results(engine, plan, out_dir, options, on_error=on_error, restart=restart)
+    with PackJob(out_dir, options, plan, on_error=on_error, restart=restart) as job:
+        if job.resumed_after:
+            raise PackError(f"{out_dir} holds an interrupted Ray run, which cannot resume; pass --restart")
+        run_jobs(inputs, [job], source=source, limit=limit, on_error=on_error, address=address)
+        return job.finish()

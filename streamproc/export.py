@@ -11,7 +11,6 @@ tags themselves, like Qwen's) or `user` (a user message with `tool_prefix` in fr
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -19,10 +18,9 @@ import orjson
 
 from .chat import TOOL_FALLBACK, to_messages
 from .fileio import atomic_path
-from .pipeline import Tally
-from .records import Row
-from .sources import Shard, good_rows
-from .workers import map_shards
+from .records import Row, Tally, Trace
+from .runner import Folded, Stage, run
+from .sources import Split
 
 FORMATS = ("messages", "pairs")
 TOOL_ROLES = ("keep", "unwrap", "user")
@@ -41,29 +39,24 @@ def row_records(row: Row, fmt: str = "messages", tool_role: str = "keep", tool_p
     ]
 
 
-@dataclass(slots=True)
-class _Exported:
-    records: list[dict]
-    tally: Tally
+class ExportStage(Stage):
+    """Export records of a split's rows (the Row's turns: no parse needed)."""
 
+    name = "export"
+    trace = False
 
-class _ExportShard:
-    """Picklable callable for the worker pool."""
+    def __init__(self, fmt: str, tool_role: str, tool_prefix: str):
+        self.fmt, self.tool_role, self.tool_prefix = fmt, tool_role, tool_prefix
 
-    def __init__(self, fmt: str, tool_role: str, tool_prefix: str, on_error: str):
-        self.fmt, self.tool_role, self.tool_prefix, self.on_error = fmt, tool_role, tool_prefix, on_error
+    def start(self) -> list[dict]:
+        return []
 
-    def __call__(self, shard: Shard) -> _Exported:
-        tally, out = Tally(), []
-        for row in good_rows(shard, self.on_error, tally.rejected):
-            out.extend(row_records(row, self.fmt, self.tool_role, self.tool_prefix))
-            tally.parsed += 1
-        tally.read = tally.parsed + len(tally.rejected)
-        return _Exported(out, tally)
+    def fold(self, acc: list[dict], row: Row, trace: Trace | None) -> None:
+        acc.extend(row_records(row, self.fmt, self.tool_role, self.tool_prefix))
 
 
 def export(
-    shards: Sequence[Shard],
+    splits: Sequence[Split],
     out: str | os.PathLike,
     *,
     fmt: str = "messages",
@@ -79,28 +72,28 @@ def export(
         raise ValueError(f"tool role {tool_role!r}: expected one of {', '.join(TOOL_ROLES)}")
     out = Path(out)
     tally = Tally()
-    results = map_shards(_ExportShard(fmt, tool_role, tool_prefix, on_error), shards, workers, progress="export", rows_of=lambda r: r.tally.read)
+    results = run(splits, [ExportStage(fmt, tool_role, tool_prefix)], workers=workers, on_error=on_error, progress="export")
     with atomic_path(out) as tmp:
         if out.suffix == ".parquet":
             _write_parquet(tmp, results, tally, fmt)
         else:
             with open(tmp, "wb") as f:
                 for r in results:
-                    tally.add(r.tally)
-                    f.writelines(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE) for rec in r.records)
+                    tally.add(r.tallies[0])
+                    f.writelines(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE) for rec in r.partials[0])
     return tally
 
 
-def _write_parquet(tmp: Path, results: Iterable[_Exported], tally: Tally, fmt: str) -> None:
+def _write_parquet(tmp: Path, results: Iterable[Folded], tally: Tally, fmt: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = _schema(fmt)
     with pq.ParquetWriter(tmp, schema) as writer:
         for r in results:
-            tally.add(r.tally)
-            if r.records:
-                writer.write_table(pa.Table.from_pylist(r.records, schema=schema))
+            tally.add(r.tallies[0])
+            if r.partials[0]:
+                writer.write_table(pa.Table.from_pylist(r.partials[0], schema=schema))
 
 
 def _schema(fmt: str):

@@ -13,12 +13,20 @@ import orjson
 from .records import BadRow
 
 
+class OutputError(RuntimeError):
+    """An output path that cannot be written: it names the path and the reason."""
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the target's directory; rename it to `path` on success only."""
+    """Yield a temporary path in the target's directory; rename it to `path` on success only.
+
+    The temporary name, `.NAME.PID.XXXX.tmp`, holds the writer's process id: the temporary
+    file a killed run left behind is removed by the next write of the same output."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     # mkstemp makes the file private (0600); outputs get the usual permissions instead.
     umask = os.umask(0)
@@ -31,6 +39,88 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete `.NAME.*.tmp` files beside `path` whose writer is no longer running."""
+    prefix = f".{path.name}."
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix) and name.endswith(".tmp"):
+            pid = name[len(prefix) :].split(".", 1)[0]
+            if not (pid.isdigit() and pid_alive(int(pid))):
+                with contextlib.suppress(OSError):
+                    os.unlink(path.parent / name)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def dir_lock(directory: Path, name: str) -> Iterator[None]:
+    """Hold DIR/NAME, holding this process's id, while the block runs; refuse when a running
+    process holds it (a lock left by a killed one is taken over)."""
+    path = Path(directory) / name
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                pid = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and pid_alive(pid):
+                raise OutputError(f"{directory}: another run (pid {pid}) is writing here; wait for it to end, or stop it") from None
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def check_output_file(path: str | os.PathLike) -> None:
+    """Raise OutputError, naming the path and the reason, when a file cannot be written there;
+    checked before the work starts."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{p}: is a directory, not a file")
+    _check_creatable(p.parent, p)
+
+
+def check_output_dir(path: str | os.PathLike) -> None:
+    """Raise OutputError when `path` cannot be (or become) a writable directory."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{p}: is a file, not a directory")
+    _check_creatable(p, p)
+
+
+def _check_creatable(directory: Path, target: Path) -> None:
+    """`directory` exists and is writable, or its nearest existing ancestor is."""
+    d = directory if str(directory) else Path(".")
+    while not d.exists():
+        if d.is_symlink() or d.parent == d:
+            raise OutputError(f"{target}: {d} cannot be created")
+        d = d.parent
+    if not d.is_dir():
+        raise OutputError(f"{target}: {d} is a file, not a directory")
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise OutputError(f"{target}: {d} is not writable")
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -1,6 +1,6 @@
 """Agent-behaviour metrics as a mergeable aggregate.
 
-Each worker folds one shard into `Stats` (counters and fixed-bin histograms, never lists of raw
+Each worker folds one input split into `Stats` (counters and fixed-bin histograms, never lists of raw
 values), the parent merges them in plan order: memory stays bounded as the input grows, and the
 result is the same for any number of workers. Every figure is kept per `source`, so configs can
 be compared side by side; `Stats.total()` merges the sources.
@@ -13,17 +13,14 @@ from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from .outcomes import check_call, classify, guide_flags, parse_tools
-from .parse import parse_trace
-from .pipeline import Tally
-from .records import BadRow, Row, RowError, Trace
-from .sources import Shard, good_rows
-from .webview import Browser, ViewFold, ViewPart, merge as merge_views
-from .workers import map_shards
+from .records import Row, Tally, Trace
+from .runner import Stage, run_merged
+from .sources import Split
 
 # Small integer quantities (turns, calls): one bin per value up to 1023, then one overflow bin,
 # so their percentiles are exact below 1024.
@@ -279,89 +276,40 @@ def _add_responses(c: Counts, trace: Trace) -> None:
     c.guide_flagged_traces += flagged
 
 
-# ----------------------------------------------------------------------------- shards and jobs
+# ----------------------------------------------------------------------------- stage and job
 
 
-@dataclass(slots=True)
-class _Partial:
-    stats: Stats
-    tally: Tally
-    view: ViewPart | None = None
+class StatsStage(Stage):
+    """A split's Stats. `tokenizer` (see token_counter) adds reasoning lengths in tokens; each
+    worker loads it once, itself."""
 
+    name = "metrics"
 
-class _StatsShard:
-    """Picklable callable for the worker pool: one shard -> its partial Stats and Tally, and with
-    `view` the trace viewer's part of the same traces."""
-
-    def __init__(self, on_error: str, tokenizer: str | None, view: bool = False):
-        self.on_error = on_error
+    def __init__(self, tokenizer: str | None = None):
         self.tokenizer = tokenizer
-        self.view = view
 
-    def __call__(self, shard: Shard) -> _Partial:
-        tally = Tally()
-        return self.fold(good_rows(shard, self.on_error, tally.rejected), tally)
+    def start(self) -> Stats:
+        return Stats(tokenizer=self.tokenizer)
 
-    def fold(self, rows: Iterable[Row], tally: Tally) -> _Partial:
-        """Aggregate good rows; `tally` already holds the rows rejected on the way (the Ray
-        engine calls this on Arrow batches)."""
-        tokens = token_counter(self.tokenizer) if self.tokenizer else None
-        stats = Stats(tokenizer=self.tokenizer)
-        view = ViewFold() if self.view else None
-        for row in rows:
-            try:
-                trace = parse_trace(row)
-                add_trace(stats.source(row.source), trace, tokens)
-                tally.parsed += 1
-            except Exception as e:  # a bug must not end a long run: the row is set aside, named
-                bad = BadRow(row.loc, "<metrics>", f"{type(e).__name__}: {e}")
-                if self.on_error == "fail":
-                    raise RowError(bad) from e
-                tally.rejected.append(bad)
-                continue
-            if view is not None:
-                view.add(trace)
-        tally.read = tally.parsed + len(tally.rejected)
-        return _Partial(stats, tally, view.part() if view is not None else None)
+    def fold(self, acc: Stats, row: Row, trace: Trace | None) -> None:
+        add_trace(acc.source(row.source), trace, token_counter(self.tokenizer) if self.tokenizer else None)
+
+
+def merge(partials: Iterable[Stats], tokenizer: str | None = None) -> Stats:
+    """Merge partial Stats in the order given (the input order, for a reproducible JSON)."""
+    stats = Stats(tokenizer=tokenizer)
+    for part in partials:
+        stats.merge(part)
+    return stats
 
 
 def collect(
-    shards: Sequence[Shard], workers: int = 1, on_error: str = "skip", tokenizer: str | None = None
+    splits: Sequence[Split], workers: int = 1, on_error: str = "skip", tokenizer: str | None = None
 ) -> tuple[Stats, Tally]:
-    """Aggregate every row of `shards` in `workers` processes. `tokenizer` (see token_counter)
+    """Aggregate every row of `splits` in `workers` processes. `tokenizer` (see token_counter)
     adds reasoning lengths in tokens."""
-    results = map_shards(_StatsShard(on_error, tokenizer), shards, workers, progress="stats", rows_of=lambda r: r.tally.read)
-    return merge(results, tokenizer)
-
-
-def collect_with_browser(
-    shards: Sequence[Shard], workers: int = 1, on_error: str = "skip", tokenizer: str | None = None
-) -> tuple[Stats, Browser, Tally]:
-    """collect() and webview.collect() in one pass: each trace is read and parsed once."""
-    results = map_shards(_StatsShard(on_error, tokenizer, view=True), shards, workers, progress="stats", rows_of=lambda r: r.tally.read)
-    return merge_with_browser(results, tokenizer)
-
-
-def merge_with_browser(partials: Iterable[_Partial], tokenizer: str | None = None) -> tuple[Stats, Browser, Tally]:
-    """merge() of partials made with `view`, and the trace browser of their views."""
-    views: list[ViewPart] = []
-
-    def tee() -> Iterator[_Partial]:
-        for r in partials:
-            views.append(r.view)
-            yield r
-
-    stats, tally = merge(tee(), tokenizer)
-    return stats, merge_views(views)[0], tally
-
-
-def merge(partials: Iterable[_Partial], tokenizer: str | None = None) -> tuple[Stats, Tally]:
-    """Merge partial results in the order given (the input order, for a reproducible JSON)."""
-    stats, tally = Stats(tokenizer=tokenizer), Tally()
-    for r in partials:
-        stats.merge(r.stats)
-        tally.add(r.tally)
-    return stats, tally
+    (parts,), (tally,) = run_merged(splits, [StatsStage(tokenizer)], workers=workers, on_error=on_error, progress="stats")
+    return merge(parts, tokenizer), tally
 
 
 @lru_cache(maxsize=4)

@@ -1,9 +1,9 @@
 """The pack job: source -> mask (worker processes) -> pack -> Arrow shards + manifest.json.
 
-Deterministic: workers return masked sequences per input shard in plan order, and the packers
-are flushed only at input-shard boundaries once they hold `buffer_size` sequences (and at the
+Deterministic: workers return masked sequences per input split in plan order, and the packers
+are flushed only at input-split boundaries once they hold `buffer_size` sequences (and at the
 end), so flush points depend on the data alone, never on `workers`. Each flush is a checkpoint:
-its shards are written atomically, then `progress.json` (also atomic) records the input shards
+its shards are written atomically, then `progress.json` (also atomic) records the input splits
 consumed, the shards written and the running counts. A rerun with the same inputs and options
 skips what was consumed and ends with the same bytes as an uninterrupted run.
 """
@@ -13,24 +13,25 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Sequence
 
 import orjson
 
-from .fileio import write_json
+from .fileio import dir_lock, write_json
 from .mask import DEFAULT_TOKENIZER_NAME, Masker, MaskOptions, MaskedSeq, load_tokenizer, tokenizer_hash
 from .pack import Packer
-from .pipeline import Tally
-from .records import BadRow, Location, Row, RowError
+from .records import BadRow, Location, Row, RowError, Tally, Trace
+from .runner import Stage, run_jobs
 from .shards import MANIFEST, SPLITS, ShardInfo, write_shards
-from .sources import Shard, good_rows
-from .workers import map_shards
+from .sources import Split
 
 PROGRESS = "progress.json"
 TOKENIZER_DIR = "tokenizer"
+LOCK = ".pack.lock"
 FORMAT = "streamproc-packed/1"
 
 
@@ -96,8 +97,7 @@ class SplitCounts:
 # ----------------------------------------------------------------------------- workers
 
 _MASKERS: dict[tuple, Masker] = {}
-"""Maskers by (tokenizer, options). The parent fills it before the pool forks, so workers inherit
-the loaded tokenizer; a spawned worker builds its own once."""
+"""Maskers by (tokenizer, options): one per process, built on first use (a worker builds its own)."""
 
 
 def _masker(tokenizer: str, options: MaskOptions) -> Masker:
@@ -108,42 +108,40 @@ def _masker(tokenizer: str, options: MaskOptions) -> Masker:
 
 
 @dataclass(slots=True)
-class _MaskedShard:
+class MaskedSplit:
+    """A split's masked sequences and trace counts, per output split (train, eval)."""
+
     seqs: dict[str, list[MaskedSeq]]
     counts: dict[str, SplitCounts]
-    tally: Tally
 
 
-class _MaskShard:
-    """Picklable callable for the worker pool: one input shard -> masked sequences per split."""
+class MaskStage(Stage):
+    """Masked sequences of a split's rows, train or eval by trace id. Each worker loads the
+    tokenizer (by name or directory) once, itself."""
 
-    def __init__(self, tokenizer: str, options: MaskOptions, eval_fraction: float, on_error: str):
-        self.tokenizer, self.options, self.eval_fraction, self.on_error = tokenizer, options, eval_fraction, on_error
+    name = "mask"
+    trace = False  # the masker renders the row's turns
 
-    def __call__(self, shard: Shard) -> _MaskedShard:
-        tally = Tally()
-        return self.fold(good_rows(shard, self.on_error, tally.rejected), tally)
+    def __init__(self, tokenizer: str, options: MaskOptions, eval_fraction: float):
+        self.tokenizer, self.options, self.eval_fraction = tokenizer, options, eval_fraction
 
-    def fold(self, rows: Iterable[Row], tally: Tally) -> _MaskedShard:
-        """Mask good rows; `tally` already holds the rows rejected on the way (the Ray engine
-        calls this on Arrow batches)."""
+    def start(self) -> MaskedSplit:
+        return MaskedSplit({s: [] for s in SPLITS}, {s: SplitCounts() for s in SPLITS})
+
+    def fold_batch(self, acc: MaskedSplit, rows: list[tuple[Row, Trace | None]]) -> list[tuple[int, BadRow]]:
+        bad = []
         masker = _masker(self.tokenizer, self.options)
-        out = _MaskedShard({s: [] for s in SPLITS}, {s: SplitCounts() for s in SPLITS}, tally)
-        for row, res in masker.mask_many(rows):
+        for i, (row, res) in enumerate(masker.mask_many([row for row, _ in rows], batch=len(rows) or 1)):
             if isinstance(res, RowError):
-                if self.on_error == "fail":
-                    raise res
-                tally.rejected.append(res.bad)
+                bad.append((i, res.bad))
                 continue
-            tally.parsed += 1
             split = "eval" if is_eval(row.id, self.eval_fraction) else "train"
-            c = out.counts[split]
+            c = acc.counts[split]
             c.traces += not res.dropped
             c.dropped += res.dropped
             c.tokens_cut += res.tokens_cut
-            out.seqs[split].extend(res.seqs)
-        tally.read = tally.parsed + len(tally.rejected)
-        return out
+            acc.seqs[split].extend(res.seqs)
+        return bad
 
 
 # ----------------------------------------------------------------------------- job
@@ -154,7 +152,7 @@ class _State:
     """What a checkpoint records; progress.json holds it between runs."""
 
     fingerprint: str
-    consumed: int = 0  # input shards fully packed and written
+    consumed: int = 0  # input splits fully packed and written
     tally: Tally = field(default_factory=Tally)
     counts: dict[str, SplitCounts] = field(default_factory=lambda: {s: SplitCounts() for s in SPLITS})
     shards: list[ShardInfo] = field(default_factory=list)
@@ -186,11 +184,102 @@ class _State:
 class PackResult:
     manifest: dict
     tally: Tally
-    resumed_after: int  # input shards a previous run had already packed
+    resumed_after: int  # input splits a previous run had already packed
+
+
+class PackJob:
+    """Masked sequences packed into shards in DIR, checkpointed at split boundaries.
+
+    Used as a context manager: entering loads the tokenizer, locks DIR (a second run into it is
+    refused) and finds where an unfinished run with the same inputs and options stopped
+    (`resumed_after` splits); `add` takes each later split's partial in plan order; `finish`
+    writes the manifest. Leaving on an error keeps the last checkpoint, so a rerun resumes
+    (after Ctrl-C and SIGTERM as after SIGKILL); under --on-error fail a bad row discards the
+    run instead, so nothing in DIR looks like one.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, options: PackOptions | None, plan: list[str], *, on_error: str = "skip", restart: bool = False):
+        self.opts = options or PackOptions()
+        self.out = Path(out_dir)
+        self.plan, self.on_error, self.restart = plan, on_error, restart
+        self._lock = dir_lock(self.out, LOCK)
+
+    def __enter__(self) -> "PackJob":
+        opts, out = self.opts, self.out
+        out.mkdir(parents=True, exist_ok=True)
+        self._lock.__enter__()
+        try:
+            tok, tok_ref, added = _tokenizer(opts, out)
+            # Built here, so an unusable template fails before any work starts.
+            self.masker = _MASKERS[(tok_ref, repr(opts.mask))] = Masker(tok, opts.mask)
+            self.tok_info = {
+                "name": opts.tokenizer,
+                "hash": tokenizer_hash(tok),
+                "vocab_size": len(tok),
+                "pad_token_id": tok.pad_token_id,
+                "eos_token_id": tok.eos_token_id,
+                "added_tokens": added,
+                "dir": TOKENIZER_DIR if added else None,
+            }
+            self.options_json = _options_json(opts)
+            fingerprint = _digest(
+                {"options": self.options_json, "tokenizer": self.tok_info, "template": self.masker.chat_template_hash, "plan": self.plan}
+            )
+            self.state = _start(out, fingerprint, self.restart)
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        self.resumed_after = self.skip = self.state.consumed
+        self.stages: list[Stage] = [MaskStage(tok_ref, opts.mask, opts.eval_fraction)]
+        self.packers = {s: Packer(opts.seq_len, opts.buffer_size) for s in SPLITS}
+        return self
+
+    def add(self, partials: list, tally: Tally) -> None:
+        """One split's MaskedSplit, in plan order; the first `skip` ones (packed by an earlier
+        run) are passed over."""
+        if self.skip:
+            self.skip -= 1
+            return
+        (r,) = partials
+        state = self.state
+        state.tally.add(tally)
+        for s in SPLITS:
+            state.counts[s].add(r.counts[s])
+            self.packers[s].add(r.seqs[s])
+        state.consumed += 1
+        if sum(len(p) for p in self.packers.values()) >= self.opts.buffer_size:
+            _checkpoint(self.out, state, self.packers, self.opts.shard_rows)
+
+    def finish(self) -> PackResult:
+        opts, state, out = self.opts, self.state, self.out
+        _checkpoint(out, state, self.packers, opts.shard_rows)
+        manifest = {
+            "format": FORMAT,
+            "tokenizer": self.tok_info,
+            "chat_template_hash": self.masker.chat_template_hash,
+            "seq_len": opts.seq_len,
+            "options": self.options_json,
+            "counts": {
+                "rows_read": state.tally.read,
+                "rows_rejected": len(state.tally.rejected),
+                **{s: state.counts[s].summary(opts.seq_len) for s in SPLITS},
+            },
+            "shards": [asdict(s) for s in state.shards],
+        }
+        write_json(out / MANIFEST, manifest)
+        (out / PROGRESS).unlink()
+        return PackResult(manifest, state.tally, self.resumed_after)
+
+    def __exit__(self, kind, e, tb) -> None:
+        try:
+            if isinstance(e, RowError) and self.on_error == "fail":
+                _discard(self.out, self.state)
+        finally:
+            self._lock.__exit__(None, None, None)
 
 
 def pack_to_dir(
-    shards: Sequence[Shard],
+    splits: Sequence[Split],
     out_dir: str | os.PathLike,
     options: PackOptions | None = None,
     *,
@@ -198,74 +287,12 @@ def pack_to_dir(
     on_error: str = "skip",
     restart: bool = False,
 ) -> PackResult:
-    """Mask, pack and write every row of `shards` into `out_dir`; resume an unfinished run there
+    """Mask, pack and write every row of `splits` into `out_dir`; resume an unfinished run there
     with the same inputs and options unless `restart`."""
-
-    def engine(work: _MaskShard, consumed: int) -> Iterator[_MaskedShard]:
-        return map_shards(work, shards[consumed:], workers, progress="pack", rows_of=lambda r: r.tally.read)
-
-    return pack_results(engine, [repr(s) for s in shards], out_dir, options, on_error=on_error, restart=restart)
-
-
-Engine = Callable[[_MaskShard, int], Iterator[_MaskedShard]]
-"""engine(work, consumed): work's result for each unit of the input after the first `consumed`, in order."""
-
-
-def pack_results(
-    engine: Engine,
-    plan: list[str],
-    out_dir: str | os.PathLike,
-    options: PackOptions | None = None,
-    *,
-    on_error: str = "skip",
-    restart: bool = False,
-) -> PackResult:
-    """The pack job on any engine; `plan` names the input units, for the resume fingerprint."""
-    opts = options or PackOptions()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tok, tok_ref, added = _tokenizer(opts, out)
-    # Built here, so an unusable template fails before any work, and forked workers inherit it.
-    masker = _MASKERS[(tok_ref, repr(opts.mask))] = Masker(tok, opts.mask)
-    tok_info = {
-        "name": opts.tokenizer,
-        "hash": tokenizer_hash(tok),
-        "vocab_size": len(tok),
-        "pad_token_id": tok.pad_token_id,
-        "eos_token_id": tok.eos_token_id,
-        "added_tokens": added,
-        "dir": TOKENIZER_DIR if added else None,
-    }
-    options_json = _options_json(opts)
-    fingerprint = _digest({"options": options_json, "tokenizer": tok_info, "template": masker.chat_template_hash, "plan": plan})
-    state = _start(out, fingerprint, restart)
-    resumed_after = state.consumed
-    packers = {s: Packer(opts.seq_len, opts.buffer_size) for s in SPLITS}
-    for r in engine(_MaskShard(tok_ref, opts.mask, opts.eval_fraction, on_error), state.consumed):
-        state.tally.add(r.tally)
-        for s in SPLITS:
-            state.counts[s].add(r.counts[s])
-            packers[s].add(r.seqs[s])
-        state.consumed += 1
-        if sum(len(p) for p in packers.values()) >= opts.buffer_size:
-            _checkpoint(out, state, packers, opts.shard_rows)
-    _checkpoint(out, state, packers, opts.shard_rows)
-    manifest = {
-        "format": FORMAT,
-        "tokenizer": tok_info,
-        "chat_template_hash": masker.chat_template_hash,
-        "seq_len": opts.seq_len,
-        "options": options_json,
-        "counts": {
-            "rows_read": state.tally.read,
-            "rows_rejected": len(state.tally.rejected),
-            **{s: state.counts[s].summary(opts.seq_len) for s in SPLITS},
-        },
-        "shards": [asdict(s) for s in state.shards],
-    }
-    write_json(out / MANIFEST, manifest)
-    (out / PROGRESS).unlink()
-    return PackResult(manifest, state.tally, resumed_after)
+    with PackJob(out_dir, options, [repr(s) for s in splits], on_error=on_error, restart=restart) as job:
+        job.skip = 0  # the splits already packed are not read at all
+        run_jobs(splits[job.resumed_after :], [job], workers=workers, on_error=on_error, progress="pack")
+        return job.finish()
 
 
 cached_tokenizer = functools.lru_cache(maxsize=4)(load_tokenizer)
@@ -314,7 +341,7 @@ def _start(out: Path, fingerprint: str, restart: bool) -> _State:
                 f"{out} holds an unfinished run with other inputs or options ({progress}); "
                 f"rerun it with the same ones to resume, or pass --restart to start over"
             )
-        print(f"resuming: {state.consumed} input shard(s) and {len(state.shards)} output shard(s) already done", file=sys.stderr)
+        print(f"resuming: {state.consumed} input split(s) and {len(state.shards)} output shard(s) already done", file=sys.stderr)
     keep = {s.file for s in state.shards} if state else set()
     for p in out.iterdir():
         ours = p.suffix == ".arrow" and p.name.split("-")[0] in SPLITS
@@ -324,6 +351,16 @@ def _start(out: Path, fingerprint: str, restart: bool) -> _State:
     state = state or _State(fingerprint)
     write_json(progress, state.to_json())
     return state
+
+
+def _discard(out: Path, state: _State) -> None:
+    """Remove every file this run and the runs it resumed wrote: a failed run leaves no output."""
+    for info in state.shards:
+        (out / info.file).unlink(missing_ok=True)
+    for name in (PROGRESS, MANIFEST):
+        (out / name).unlink(missing_ok=True)
+    if (out / TOKENIZER_DIR).is_dir():
+        shutil.rmtree(out / TOKENIZER_DIR)
 
 
 def _checkpoint(out: Path, state: _State, packers: dict[str, Packer], shard_rows: int) -> None:

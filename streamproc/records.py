@@ -145,3 +145,20 @@ def row_from_dict(d: Any, loc: Location | None = None, source: str = "") -> Row:
 
 
 _KNOWN = {"id", "conversations", "source", *_STR_FIELDS}
+
+
+@dataclass(slots=True)
+class Tally:
+    """Rows read, parsed and rejected, plus the rejected rows themselves."""
+
+    read: int = 0
+    parsed: int = 0
+    rejected: list[BadRow] = field(default_factory=list)
+
+    def add(self, other: "Tally") -> None:
+        self.read += other.read
+        self.parsed += other.parsed
+        self.rejected.extend(other.rejected)
+
+    def summary(self) -> str:
+        return f"{self.read:,} rows read, {self.parsed:,} parsed, {len(self.rejected):,} rejected"

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from .fileio import write_bytes, write_json
 from .metrics import POSITION_CAP, Counts, Hist, Stats
-from .pipeline import Tally
+from .records import Tally
 
 # ----------------------------------------------------------------------------- figures as text
 

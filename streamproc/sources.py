@@ -49,8 +49,9 @@ class Part:
 
 
 @dataclass(slots=True, frozen=True)
-class Shard:
-    """A unit of work for one worker: parts read in order, at most `limit` rows."""
+class Split:
+    """An input split, the unit of work of one worker: parts read in order, at most `limit` rows.
+    (Not an output shard: those are the Arrow files pack writes, see shards.py.)"""
 
     parts: tuple[Part, ...]
     limit: int | None = None
@@ -58,6 +59,9 @@ class Shard:
     @property
     def nbytes(self) -> int:
         return sum(p.nbytes for p in self.parts)
+
+
+Shard = Split  # its old name: output files are shards (shards.py), input work units are splits
 
 
 class SourceError(RuntimeError):
@@ -110,7 +114,7 @@ def plan(
     limit: int | None = None,
     shard_bytes: int = SHARD_BYTES,
     hub_shards: int = 8,
-) -> list[Shard]:
+) -> list[Split]:
     """Plan shards for local inputs or a Hub dataset. With no input at all: the built-in sample.
 
     With `limit`, everything becomes one shard read in order, so the first N rows are exactly
@@ -122,8 +126,8 @@ def plan(
         files = expand(inputs) if inputs else [str(SAMPLE)]
         parts = [p for f in files for p in _file_parts(f, source, shard_bytes)]
     if limit is not None:
-        return [Shard(tuple(parts), limit)]
-    return [Shard((p,)) for p in parts]
+        return [Split(tuple(parts), limit)]
+    return [Split((p,)) for p in parts]
 
 
 def source_label(path: str, source: str | None) -> str:
@@ -213,7 +217,7 @@ def _load_streaming(dataset: str, config: str | None, split: str, data_files: tu
 # ----------------------------------------------------------------------------- reading
 
 
-def read(shard: Shard) -> Iterator[Row | BadRow]:
+def read(shard: Split) -> Iterator[Row | BadRow]:
     """Rows of a shard in order: validated Rows, or BadRows for what does not fit."""
     left = shard.limit
     for part in shard.parts:
@@ -387,7 +391,7 @@ def _read_hub(part: Part) -> Iterator[Row | BadRow]:
 ON_ERROR = ("skip", "fail")
 
 
-def good_rows(shard: Shard, on_error: str, rejects: list[BadRow]) -> Iterator[Row]:
+def good_rows(shard: Split, on_error: str, rejects: list[BadRow]) -> Iterator[Row]:
     """Rows of a shard under an error policy: `skip` sets bad rows aside in `rejects` and goes
     on; `fail` raises RowError at the first one."""
     return keep_good(read(shard), on_error, rejects)

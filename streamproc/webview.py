@@ -25,13 +25,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import orjson
 
 from .fileio import atomic_path
-from .parse import parse_trace
-from .pipeline import Tally
-from .records import Trace
+from .records import Row, Tally, Trace
 from .turns import REASONING, TEXT
 from .render import assistant_blocks, clip_values, shorten, status
-from .sources import Shard, good_rows
-from .workers import map_shards
+from .runner import Stage, run_merged
+from .sources import Split
 
 CHUNK = 200  # traces per compressed chunk: one inflate is a few MB at most
 LIMIT = 2000  # characters of any one value kept in the page (the full length is noted)
@@ -142,20 +140,19 @@ class ViewFold:
         return ViewPart(self.entries, self.chunks, tally or Tally())
 
 
-class _ViewShard:
-    """Picklable: one shard's index entries and compressed body chunks."""
+class ViewStage(Stage):
+    """The trace browser's part of a split: index entries and compressed body chunks."""
 
-    def __init__(self, on_error: str):
-        self.on_error = on_error
+    name = "browser"
 
-    def __call__(self, shard: Shard) -> ViewPart:
-        tally = Tally()
-        view = ViewFold()
-        for row in good_rows(shard, self.on_error, tally.rejected):
-            view.add(parse_trace(row))
-        tally.parsed = len(view.entries)
-        tally.read = tally.parsed + len(tally.rejected)
-        return view.part(tally)
+    def start(self) -> ViewFold:
+        return ViewFold()
+
+    def fold(self, acc: ViewFold, row: Row, trace: Trace | None) -> None:
+        acc.add(trace)
+
+    def end(self, acc: ViewFold) -> ViewPart:
+        return acc.part()
 
 
 def _compress(bodies: list[dict]) -> bytes:
@@ -163,9 +160,10 @@ def _compress(bodies: list[dict]) -> bytes:
     return zlib.compress(orjson.dumps(bodies), 6)
 
 
-def collect(shards: Sequence[Shard], workers: int = 1, on_error: str = "skip") -> tuple[Browser, Tally]:
+def collect(splits: Sequence[Split], workers: int = 1, on_error: str = "skip") -> tuple[Browser, Tally]:
     """Index and body chunks of every trace, in input order, made in worker processes."""
-    return merge(map_shards(_ViewShard(on_error), shards, workers, progress="index traces", rows_of=lambda p: p.tally.read))
+    (parts,), (tally,) = run_merged(splits, [ViewStage()], workers=workers, on_error=on_error, progress="index traces")
+    return merge(parts)[0], tally
 
 
 def merge(parts: Iterable[ViewPart]) -> tuple[Browser, Tally]:

@@ -19,7 +19,7 @@ from streamproc.mask import (
 from streamproc.parse import parse_turn
 from streamproc.records import Location, RowError, row_from_dict
 from streamproc.turns import REASONING
-from streamproc.workers import map_shards
+from streamproc.runner import map_ordered
 from streamproc.sources import plan, good_rows
 
 
@@ -187,8 +187,8 @@ def test_masker_pickles_into_workers(tok, real_row_files):
     assert len(pickle.loads(pickle.dumps(m))._cache.d) == 0  # the cache stays home
     shards = plan(real_row_files)  # one per file: the masker is pickled once per shard
     assert len(shards) == 2
-    one = list(map_shards(_MaskShard(m), shards, 1))
-    two = list(map_shards(_MaskShard(m), shards, 2))
+    one = list(map_ordered(_MaskShard(m), shards, 1))
+    two = list(map_ordered(_MaskShard(m), shards, 2))
     assert one == two and sum(map(len, one)) > 0
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from .. import __version__
 from .._compiled import parser_build
@@ -26,22 +28,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so the same cleanup
+    runs: workers killed, temporary files removed, the last checkpoint kept."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..chat import TemplateError
     from ..engine_ray import RayUnavailable
+    from ..fileio import OutputError
     from ..prepare import PackError
     from ..records import RowError
     from ..sources import SourceError
 
     args = build_parser().parse_args(argv)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         return int(args.func(args) or 0)
-    except (SourceError, RowError, RayUnavailable, PackError, TemplateError) as e:
+    except (SourceError, RowError, RayUnavailable, PackError, TemplateError, OutputError) as e:
         print(f"streamproc {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"streamproc {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # workers and temporary files are gone by now (finally blocks)
+        terminated = isinstance(e, Terminated)
+        print(f"streamproc {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

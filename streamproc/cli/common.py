@@ -6,9 +6,12 @@ import argparse
 import os
 import sys
 
-from ..fileio import write_rejects
-from ..pipeline import Tally
-from ..sources import HUB_DATASET, ON_ERROR, Shard, SourceError, plan
+from typing import Sequence
+
+from ..fileio import check_output_file, write_rejects
+from ..records import Tally
+from ..runner import Job
+from ..sources import HUB_DATASET, ON_ERROR, SourceError, Split, plan
 
 
 def add_input_args(p: argparse.ArgumentParser, *, workers: bool = True) -> None:
@@ -42,17 +45,39 @@ def ray_inputs(args: argparse.Namespace) -> dict:
     return dict(inputs=args.inputs, source=args.source, limit=args.limit, on_error=args.on_error, address=args.address)
 
 
-def shards_from(args: argparse.Namespace) -> list[Shard]:
+def shards_from(args: argparse.Namespace) -> list[Split]:
     return plan(
         args.inputs, dataset=args.dataset, configs=args.config, split=args.split, source=args.source, limit=args.limit
     )
 
 
-def finish(args: argparse.Namespace, tally: Tally, default_rejects: str) -> None:
-    """Print the row count line and write rejected rows, so nothing is silently lost."""
+def run_jobs(args: argparse.Namespace, jobs: Sequence[Job], progress: str) -> None:
+    """Every job from one pass over the input, on the engine asked for (`--engine`)."""
+    if getattr(args, "engine", "local") == "ray":
+        from .. import engine_ray
+
+        engine_ray.run_jobs(jobs=jobs, **ray_inputs(args))
+    else:
+        from .. import runner
+
+        runner.run_jobs(shards_from(args), jobs, workers=args.workers, on_error=args.on_error, progress=progress)
+
+
+def check_rejects(args: argparse.Namespace) -> None:
+    """--rejects FILE is checked with the other outputs, before the work starts."""
+    if getattr(args, "rejects", None):
+        check_output_file(args.rejects)
+
+
+def finish(args: argparse.Namespace, tally: Tally, default_rejects: str | None) -> None:
+    """Print the row count line and write rejected rows (to --rejects, else beside the output:
+    `default_rejects`; a command with no output file writes them only where asked)."""
     msg = tally.summary()
     if tally.rejected:
         path = args.rejects or default_rejects
-        write_rejects(path, tally.rejected)
-        msg += f" (set aside in {path}; first: {tally.rejected[0]})"
+        if path:
+            write_rejects(path, tally.rejected)
+            msg += f" (set aside in {path}; first: {tally.rejected[0]})"
+        else:
+            msg += f" (first: {tally.rejected[0]}; pass --rejects FILE to keep them all)"
     print(msg, file=sys.stderr)

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from ..chat import TOOL_FALLBACK
 from ..export import FORMATS, TOOL_ROLES, export
-from .common import add_input_args, finish, shards_from
+from ..fileio import check_output_file
+from .common import add_input_args, check_rejects, finish, shards_from
 
 
 def add(sub) -> None:
@@ -19,6 +20,8 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
+    check_output_file(args.output)
+    check_rejects(args)
     tally = export(
         shards_from(args), args.output, fmt=args.format, tool_role=args.tool_role, tool_prefix=args.tool_prefix,
         workers=args.workers, on_error=args.on_error,

@@ -6,7 +6,8 @@ from pathlib import Path
 from ..mask import DEFAULT_TOKENIZER_NAME, OVERFLOWS, MaskOptions
 from ..prepare import PackOptions, PackResult, pack_to_dir
 from .. import engine_ray
-from .common import add_engine_args, add_input_args, finish, ray_inputs, shards_from
+from ..fileio import check_output_dir
+from .common import add_engine_args, add_input_args, check_rejects, finish, ray_inputs, shards_from
 
 
 def add(sub) -> None:
@@ -57,6 +58,8 @@ def pack_options(args) -> PackOptions:
 
 
 def run(args) -> int:
+    check_output_dir(args.output)
+    check_rejects(args)
     if args.engine == "ray":
         res = engine_ray.pack(out_dir=args.output, options=pack_options(args), restart=args.restart, **ray_inputs(args))
     else:

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from ..pipeline import parse_to_file
-from .common import add_input_args, finish, shards_from
+from ..parse_job import parse_to_file
+from ..fileio import check_output_file
+from .common import add_input_args, check_rejects, finish, shards_from
 
 
 def add(sub) -> None:
@@ -12,6 +13,8 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
+    check_output_file(args.output)
+    check_rejects(args)
     tally = parse_to_file(shards_from(args), args.output, workers=args.workers, on_error=args.on_error)
     finish(args, tally, f"{args.output}.rejects.jsonl")
     print(f"wrote {args.output}")

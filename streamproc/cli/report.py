@@ -3,9 +3,10 @@ from __future__ import annotations
 import sys
 
 from .. import report
-from ..metrics import collect_with_browser
+from ..fileio import check_output_file
+from ..stats_job import StatsJob
 from ..webview import write_page
-from .common import add_input_args, finish, shards_from
+from .common import add_input_args, check_rejects, finish, run_jobs
 
 
 def add(sub) -> None:
@@ -18,7 +19,11 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    stats, browser, tally = collect_with_browser(shards_from(args), args.workers, args.on_error)
+    check_output_file(args.output)
+    check_rejects(args)
+    job = StatsJob(browser=True)
+    run_jobs(args, [job], progress="stats")
+    stats, browser, tally = job.result()
     plots = report.pngs(stats, dpi=100)
     write_page(args.output, browser, tables=report.tables(stats, args.top), plots=plots, note=tally.summary(), title=args.title)
     finish(args, tally, f"{args.output}.rejects.jsonl")

@@ -3,14 +3,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass
 
 from ..fileio import write_rejects
 from ..parse import parse_trace
 from ..records import BadRow, Row, RowError, Trace
 from ..render import DEFAULT, to_text, trace_lines
-from ..sources import Shard, good_rows, read
-from ..workers import map_shards
+from ..runner import Stage, run
+from ..sources import Split, read
 from .common import add_input_args, shards_from
 
 
@@ -62,7 +61,7 @@ def trace_from(args) -> Trace | None:
 
 
 def find_row(
-    shards: list[Shard], *, id: str | None = None, index: int | None = None, on_error: str = "skip",
+    shards: list[Split], *, id: str | None = None, index: int | None = None, on_error: str = "skip",
     workers: int = 1, rejects: list[BadRow] | None = None,
 ) -> Row:
     """The row with this id (shards searched in parallel, first in input order wins) or at this
@@ -77,26 +76,25 @@ def find_row(
                 return item
             n += 1
         raise LookupError(f"no row {index}: the input has {n:,} rows")
-    for found in map_shards(_FindId(id, on_error), shards, workers):
-        rejects.extend(found.rejects)
-        if found.row is not None:
-            return found.row
+    for folded in run(shards, [FindStage(id)], workers=workers, on_error=on_error):
+        rejects.extend(folded.tallies[0].rejected)
+        if folded.partials[0]:
+            return folded.partials[0][0]
     raise LookupError(f"no trace with id {id!r} in the input")
 
 
-@dataclass(slots=True)
-class _Found:
-    row: Row | None
-    rejects: list[BadRow]
+class FindStage(Stage):
+    """The rows of a split with one id."""
 
+    name = "find"
+    trace = False
 
-class _FindId:
-    """Picklable search of one shard for the worker pool."""
+    def __init__(self, id: str):
+        self.id = id
 
-    def __init__(self, id: str, on_error: str):
-        self.id, self.on_error = id, on_error
+    def start(self) -> list[Row]:
+        return []
 
-    def __call__(self, shard: Shard) -> _Found:
-        rejects: list[BadRow] = []
-        row = next((r for r in good_rows(shard, self.on_error, rejects) if r.id == self.id), None)
-        return _Found(row, rejects)
+    def fold(self, acc: list[Row], row: Row, trace: Trace | None) -> None:
+        if row.id == self.id:
+            acc.append(row)

@@ -3,11 +3,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .. import engine_ray
-from ..fileio import write_json
-from ..metrics import collect, collect_with_browser
+from ..fileio import check_output_dir, check_output_file, write_json
 from ..report import stats_document, summary_text, write_report
-from .common import add_engine_args, add_input_args, finish, ray_inputs, shards_from
+from ..stats_job import StatsJob
+from .common import add_engine_args, add_input_args, check_rejects, finish, run_jobs
 
 
 def add(sub) -> None:
@@ -29,17 +28,14 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    browser = None
-    with_browser = bool(args.report) and not args.no_browser
-    if args.engine == "ray":  # Ray reads the inputs itself
-        if with_browser:
-            stats, browser, tally = engine_ray.collect_with_browser(**ray_inputs(args), tokenizer=args.tokenizer)
-        else:
-            stats, tally = engine_ray.collect(**ray_inputs(args), tokenizer=args.tokenizer)
-    elif with_browser:
-        stats, browser, tally = collect_with_browser(shards_from(args), args.workers, args.on_error, args.tokenizer)
-    else:
-        stats, tally = collect(shards_from(args), args.workers, args.on_error, args.tokenizer)
+    if args.json:
+        check_output_file(args.json)
+    if args.report:
+        check_output_dir(args.report)
+    check_rejects(args)
+    job = StatsJob(args.tokenizer, browser=bool(args.report) and not args.no_browser)
+    run_jobs(args, [job], progress="stats")
+    stats, browser, tally = job.result()
     print(summary_text(stats, top=args.top))
     if args.json:
         write_json(args.json, stats_document(stats, tally))
@@ -47,6 +43,6 @@ def run(args) -> int:
     if args.report:
         write_report(stats, args.report, tally, args.top, browser)
         print(f"wrote {args.report}/ (summary.md, stats.json, plots{'' if browser is None else ', index.html'})", file=sys.stderr)
-    where = args.json or (str(Path(args.report) / "stats") if args.report else "stats")
-    finish(args, tally, f"{where}.rejects.jsonl")
+    where = args.json or (str(Path(args.report) / "stats") if args.report else None)
+    finish(args, tally, f"{where}.rejects.jsonl" if where else None)
     return 0

@@ -1,0 +1,136 @@
+"""The parse job: every row parsed into one record per trace, written as JSONL or Parquet."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import orjson
+
+from .fileio import atomic_path
+from .parse import trace_to_record
+from .records import Row, Tally, Trace
+from .runner import Stage, run_jobs
+from .sources import Split
+
+
+class ParseStage(Stage):
+    """Parsed records of a split, each encoded as one JSON line. A record the encoder refuses
+    (orjson stops at 255 levels of nesting) sets its row aside, with the reason."""
+
+    name = "parse"
+
+    def start(self) -> list[bytes]:
+        return []
+
+    def fold(self, acc: list[bytes], row: Row, trace: Trace | None) -> None:
+        acc.append(orjson.dumps(trace_to_record(trace), option=orjson.OPT_APPEND_NEWLINE))
+
+
+@contextlib.contextmanager
+def record_writer(out: str | os.PathLike) -> Iterator[Callable[[list[bytes]], None]]:
+    """A function that appends a split's encoded records to OUT.jsonl, or OUT.parquet; the file
+    appears complete under its name on leaving the block, or not at all (atomic_path)."""
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        if out.suffix == ".parquet":
+            writer = _ParquetRecords(tmp)
+            try:
+                yield writer.add
+            finally:
+                writer.close()
+        else:
+            with open(tmp, "wb") as f:
+                yield f.writelines
+
+
+class ParseJob:
+    """Parsed records of every row into OUT, in input order; the file is complete on leaving the
+    `with` block without an error, or absent."""
+
+    def __init__(self, out: str | os.PathLike):
+        self.stages: list[Stage] = [ParseStage()]
+        self.tally = Tally()
+        self._writer = record_writer(out)
+
+    def __enter__(self) -> "ParseJob":
+        self._write = self._writer.__enter__()
+        return self
+
+    def add(self, partials: list, tally: Tally) -> None:
+        self._write(partials[0])
+        self.tally.add(tally)
+
+    def __exit__(self, *exc):
+        return self._writer.__exit__(*exc)
+
+
+def parse_to_file(splits: Sequence[Split], out: str | os.PathLike, *, workers: int = 1, on_error: str = "skip") -> Tally:
+    """Parse every row and write one record per trace: JSONL, or Parquet when `out` ends in .parquet."""
+    with ParseJob(out) as job:
+        run_jobs(splits, [job], workers=workers, on_error=on_error, progress="parse")
+    return job.tally
+
+
+class _ParquetRecords:
+    """Parquet needs one schema: tool arguments and response content vary by tool, so they are
+    stored as JSON text (`arguments_json`, `content_json`)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.writer = None
+
+    def add(self, records: list[bytes]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not records:
+            return
+        recs = [_flatten_json(orjson.loads(b)) for b in records]
+        table = pa.Table.from_pylist(recs, schema=self.writer.schema if self.writer else PARQUET_SCHEMA)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema)
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            pq.write_table(PARQUET_SCHEMA.empty_table(), self.path)
+        else:
+            self.writer.close()
+
+
+def _flatten_json(rec: dict) -> dict:
+    for t in rec["turns"]:
+        for c in t.get("tool_calls", ()):
+            c["arguments_json"] = orjson.dumps(c.pop("arguments")).decode()
+        for r in t.get("tool_responses", ()):
+            r["content_json"] = orjson.dumps(r.pop("content")).decode()
+    return rec
+
+
+def _parquet_schema():
+    import pyarrow as pa
+
+    s = pa.string()
+    call = pa.struct([("name", s), ("arguments_json", s), ("valid", pa.bool_()), ("error", s)])
+    resp = pa.struct([("tool_call_id", s), ("name", s), ("content_json", s), ("error", s)])
+    turn = pa.struct(
+        [
+            ("role", s),
+            ("text", s),
+            ("thoughts", pa.list_(s)),
+            ("tool_calls", pa.list_(call)),
+            ("answer", s),
+            ("tool_responses", pa.list_(resp)),
+        ]
+    )
+    return pa.schema(
+        [("id", s), ("source", s), ("category", s), ("subcategory", s), ("task", s), ("turns", pa.list_(turn))]
+    )
+
+
+PARQUET_SCHEMA = _parquet_schema()
