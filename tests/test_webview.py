@@ -212,6 +212,7 @@ def test_stats_and_browser_in_one_pass_equal_the_two_passes(real_row_files, tmp_
     a rejected row included, for 1 and 2 workers."""
     from streamproc import metrics
     from streamproc.sources import plan
+    from streamproc.stats_job import collect_with_browser
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "b", "conversations": [{"from": "robot", "value": "x"}]}\n', encoding="utf-8")
@@ -219,7 +220,7 @@ def test_stats_and_browser_in_one_pass_equal_the_two_passes(real_row_files, tmp_
     stats, tally = metrics.collect(shards)
     browser, _ = webview.collect(shards)
     for workers in (1, 2):
-        s1, b1, t1 = metrics.collect_with_browser(shards, workers=workers)
+        s1, b1, t1 = collect_with_browser(shards, workers=workers)
         assert s1.to_json() == stats.to_json()
         assert b1.entries == browser.entries and b1.chunks == browser.chunks
         assert (t1.read, t1.parsed, [r.loc for r in t1.rejected]) == (tally.read, tally.parsed, [r.loc for r in tally.rejected])
