@@ -146,7 +146,7 @@ def test_pack_stops_promptly_on_a_signal_and_resumes_to_the_same_bytes(tmp_path,
     assert proc.returncode == code
     assert err.strip().splitlines()[-1] == f"streamproc pack: {word}"
     assert "Traceback" not in err and "BrokenPipeError" not in err
-    assert not any(p.name.endswith(".tmp") for p in out.iterdir())
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
     assert (out / "progress.json").exists() and not (out / "manifest.json").exists()
 
     resumed = streamproc("pack", *many, "-o", str(out), *args)

@@ -156,7 +156,7 @@ def test_resume_after_kill_ends_with_the_same_bytes(tmp_path):
     done = _consumed(out)
     assert 2 <= done < len(inputs) and (out / "train-00000.arrow").exists()
     again = subprocess.run([*cmd, "--workers", "2"], stderr=subprocess.PIPE, text=True, check=True)
-    assert f"resuming: {done} input shard(s)" in again.stderr
+    assert f"resuming: {done} input split(s)" in again.stderr
     assert _files(out) == _files(whole)
 
 
