@@ -38,6 +38,23 @@ def _terminate(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    name = "streamproc"
+    try:
+        args = build_parser().parse_args(argv)
+        name = f"streamproc {args.command}"
+        return _run(args, name)
+    except KeyboardInterrupt as e:  # workers and temporary files are gone by now (finally blocks)
+        terminated = isinstance(e, Terminated)
+        print(f"{name}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace, name: str) -> int:
     from ..chat import TemplateError
     from ..engine_ray import RayUnavailable
     from ..fileio import OutputError
@@ -45,21 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     from ..records import RowError
     from ..sources import SourceError
 
-    args = build_parser().parse_args(argv)
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         return int(args.func(args) or 0)
     except (SourceError, RowError, RayUnavailable, PackError, TemplateError, OutputError) as e:
-        print(f"streamproc {args.command}: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:  # workers and temporary files are gone by now (finally blocks)
-        terminated = isinstance(e, Terminated)
-        print(f"streamproc {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-        return 143 if terminated else 130
-    finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
