@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from streamproc import engine_ray, metrics, synth
-from streamproc.prepare import PackOptions, pack_to_dir
+from streamproc.pack_job import PackOptions, pack_to_dir
 from streamproc.sources import plan
 
 ray = pytest.importorskip("ray")

@@ -15,7 +15,7 @@ import pytest
 
 from streamproc.benchmarks.pack import SEQ_LEN, lengths, sequences, streamproc_pack, trl_pack, trl_table
 from streamproc.pack import pack_order
-from streamproc.prepare import PackOptions, cached_tokenizer, pack_to_dir
+from streamproc.pack_job import PackOptions, cached_tokenizer, pack_to_dir
 from streamproc.sources import SAMPLE, plan
 
 N = int(os.environ.get("STREAMPROC_BENCH_SEQS", "20000"))

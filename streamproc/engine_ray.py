@@ -250,9 +250,9 @@ def pack(
     limit: int | None = None,
     address: str | None = None,
 ):
-    """`prepare.pack_to_dir` on Ray: shards holding the same sequences and labels for the same
+    """`pack_job.pack_to_dir` on Ray: shards holding the same sequences and labels for the same
     input (possibly packed together otherwise). An interrupted Ray run starts over (`restart`)."""
-    from .prepare import PackError, PackJob
+    from .pack_job import PackError, PackJob
 
     plan = ["ray", *(f.uri for f in input_files(inputs, source)), f"limit={limit}"]
     with PackJob(out_dir, options, plan, on_error=on_error, restart=restart) as job:

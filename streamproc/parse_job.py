@@ -59,9 +59,9 @@ class ParseJob:
         self._write = self._writer.__enter__()
         return self
 
-    def add(self, partials: list, tally: Tally) -> None:
+    def add(self, partials: list, tallies: list[Tally]) -> None:
         self._write(partials[0])
-        self.tally.add(tally)
+        self.tally.add(tallies[0])
 
     def __exit__(self, *exc):
         return self._writer.__exit__(*exc)

@@ -185,13 +185,26 @@ def run_merged(splits: Sequence[Split], stages: Sequence[Stage], **kw) -> tuple[
     return partials, tallies
 
 
+def union(tallies: Sequence[Tally]) -> Tally:
+    """One tally for stages that ran over the same rows: a row any of them set aside is rejected."""
+    seen: set[int] = set()
+    rejected = []
+    for t in tallies:
+        for bad in t.rejected:
+            if id(bad) not in seen:
+                seen.add(id(bad))
+                rejected.append(bad)
+    read = tallies[0].read if tallies else 0
+    return Tally(read, read - len(rejected), rejected)
+
+
 class Job(Protocol):
     """What consumes stages' partials: a command's output, merged split by split in plan order."""
 
     stages: list[Stage]
 
-    def add(self, partials: list[Any], tally: Tally) -> None:
-        """One split's partials of `stages`, and the row tally of the first of them."""
+    def add(self, partials: list[Any], tallies: list[Tally]) -> None:
+        """One split's partials of `stages`, and their row tallies."""
 
 
 def feed(results: Iterable[Folded], jobs: Sequence[Job]) -> None:
@@ -200,7 +213,7 @@ def feed(results: Iterable[Folded], jobs: Sequence[Job]) -> None:
         k = 0
         for job in jobs:
             n = len(job.stages)
-            job.add(folded.partials[k : k + n], folded.tallies[k])
+            job.add(folded.partials[k : k + n], folded.tallies[k : k + n])
             k += n
 
 

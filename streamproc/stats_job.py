@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from .metrics import Stats, StatsStage
 from .records import Tally
-from .runner import run_jobs
+from .runner import run_jobs, union
 from .sources import Split
 from .webview import Browser, ViewPart, ViewStage, merge as merge_views
 
@@ -21,9 +21,9 @@ class StatsJob:
         self.tally = Tally()
         self.browser = browser
 
-    def add(self, partials: list[Any], tally: Tally) -> None:
+    def add(self, partials: list[Any], tallies: list[Tally]) -> None:
         self.stats.merge(partials[0])
-        self.tally.add(tally)
+        self.tally.add(union(tallies))
         if self.browser:
             self.views.append(partials[1])
 

@@ -17,11 +17,12 @@ import pytest
 
 from streamproc import engine_ray, metrics
 from streamproc.cli import main
-from streamproc.prepare import PackOptions, pack_to_dir
+from streamproc.pack_job import PackOptions, pack_to_dir
 from streamproc.records import RowError
 from streamproc.report import stats_document
 from streamproc.shards import SPLITS, read_shards
 from streamproc.sources import plan
+from streamproc.stats_job import collect_with_browser
 
 ray = pytest.importorskip("ray")
 
@@ -63,15 +64,13 @@ def _rejects(tally) -> list[str]:
 def test_stats_and_rejects_equal_local_in_small_batches(cluster, inputs):
     local = metrics.collect(plan(inputs), workers=1)
     # Batches of 3 rows split every file, so row numbers depend on the driver's offsets.
-    partials = engine_ray.run(inputs, metrics._StatsShard("skip", None).fold, batch_rows=3)
-    on_ray = metrics.merge(partials)
+    on_ray = engine_ray.collect(inputs, batch_rows=3)
     assert len(local[1].rejected) == 5
     assert _rejects(on_ray[1]) == _rejects(local[1])
     assert _doc(*on_ray) == _doc(*local)
     # The trace browser of stats --report, made in the same pass, in batches on Ray.
-    stats, browser, tally = metrics.collect_with_browser(plan(inputs), workers=1)
-    partials = engine_ray.run(inputs, metrics._StatsShard("skip", None, view=True).fold, batch_rows=3)
-    r_stats, r_browser, r_tally = metrics.merge_with_browser(partials)
+    stats, browser, tally = collect_with_browser(plan(inputs), workers=1)
+    r_stats, r_browser, r_tally = engine_ray.collect_with_browser(inputs, batch_rows=3)
     assert _doc(r_stats, r_tally) == _doc(stats, tally) == _doc(*local)
     assert [e.id for e in r_browser.entries] == [e.id for e in browser.entries] and len(browser.entries) == tally.parsed
     bodies = lambda b: [x for c in b.chunks for x in orjson.loads(zlib.decompress(c))]  # noqa: E731

@@ -290,3 +290,12 @@ def test_pack_on_error_fail_leaves_nothing_that_looks_like_a_run(tmp_path, split
 def test_tally_lives_with_the_records():
     t = Tally(3, 2)
     assert t.summary() == "3 rows read, 2 parsed, 0 rejected"
+
+
+def test_a_trace_the_browser_cannot_encode_is_set_aside_and_the_report_is_written(tmp_path, with_deep_row):
+    p = streamproc("stats", *with_deep_row, "--report", str(tmp_path / "rep"), "--workers", "2")
+    assert p.returncode == 0, p.stderr
+    assert "31 rows read, 30 parsed, 1 rejected" in p.stderr
+    (reject,) = [json.loads(line) for line in (tmp_path / "rep" / "stats.rejects.jsonl").open()]
+    assert reject["field"] == "<browser>" and "Recursion limit" in reject["error"]
+    assert (tmp_path / "rep" / "index.html").exists()

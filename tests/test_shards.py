@@ -21,7 +21,7 @@ import pytest
 from streamproc.mask import Masker, MaskOptions, load_tokenizer
 from streamproc.pack import IGNORE
 from streamproc.records import row_from_dict
-from streamproc.prepare import PROGRESS, PackError, PackOptions, is_eval, pack_to_dir
+from streamproc.pack_job import PROGRESS, PackError, PackOptions, is_eval, pack_to_dir
 from streamproc.shards import MANIFEST, SCHEMA, read_shard, read_shards, sha256
 from streamproc.sources import SAMPLE, plan
 

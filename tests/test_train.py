@@ -71,7 +71,7 @@ QWEN = "hermes_harness__neurareport_qwen.jsonl"  # long system prompts, tool cal
 
 
 def pack(tmp_path_factory, name: str, files: list, tokenizer, seq_len: int, limit=None, shard_rows=2048) -> str:
-    from streamproc.prepare import PackOptions, pack_to_dir
+    from streamproc.pack_job import PackOptions, pack_to_dir
     from streamproc.sources import plan
 
     out = tmp_path_factory.mktemp(name)

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..mask import Masker, MaskedSeq, MaskOptions
 from ..pack import IGNORE, Packer, pack_order
-from ..prepare import PackOptions, cached_tokenizer, pack_to_dir
+from ..pack_job import PackOptions, cached_tokenizer, pack_to_dir
 from ..sources import plan
 from . import Context, Result, best_times
 

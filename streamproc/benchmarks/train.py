@@ -167,7 +167,7 @@ def compare(shards: str, *, shape: str, rows_per_step: int, steps: int, attn: st
 def run(ctx: Context) -> list[Result]:
     import torch
 
-    from ..prepare import PackOptions, pack_to_dir
+    from ..pack_job import PackOptions, pack_to_dir
 
     gpu = torch.cuda.is_available()
     # A CPU run is a smoke test of the code path (8192-token attention on CPU takes seconds a step).

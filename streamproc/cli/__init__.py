@@ -58,7 +58,7 @@ def _run(args: argparse.Namespace, name: str) -> int:
     from ..chat import TemplateError
     from ..engine_ray import RayUnavailable
     from ..fileio import OutputError
-    from ..prepare import PackError
+    from ..pack_job import PackError
     from ..records import RowError
     from ..sources import SourceError
 

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from ..mask import DEFAULT_TOKENIZER_NAME, OVERFLOWS, MaskOptions
-from ..prepare import PackOptions, PackResult, pack_to_dir
+from ..pack_job import PackOptions, PackResult, pack_to_dir
 from .. import engine_ray
 from ..fileio import check_output_dir
 from .common import add_engine_args, add_input_args, check_rejects, finish, ray_inputs, shards_from

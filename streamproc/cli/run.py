@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..fileio import check_output_dir, write_rejects
 from ..parse_job import ParseJob
-from ..prepare import PackJob
+from ..pack_job import PackJob
 from ..report import summary_text, write_report
 from ..runner import run_jobs
 from ..stats_job import StatsJob

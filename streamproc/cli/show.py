@@ -8,7 +8,8 @@ from ..fileio import write_rejects
 from ..parse import parse_trace
 from ..records import BadRow, Row, RowError, Trace
 from ..render import DEFAULT, to_text, trace_lines
-from ..runner import Stage, run
+from .. import runner
+from ..runner import Stage
 from ..sources import Split, read
 from .common import add_input_args, shards_from
 
@@ -76,7 +77,7 @@ def find_row(
                 return item
             n += 1
         raise LookupError(f"no row {index}: the input has {n:,} rows")
-    for folded in run(shards, [FindStage(id)], workers=workers, on_error=on_error):
+    for folded in runner.run(shards, [FindStage(id)], workers=workers, on_error=on_error):
         rejects.extend(folded.tallies[0].rejected)
         if folded.partials[0]:
             return folded.partials[0][0]

@@ -234,7 +234,7 @@ class PackJob:
         self.packers = {s: Packer(opts.seq_len, opts.buffer_size) for s in SPLITS}
         return self
 
-    def add(self, partials: list, tally: Tally) -> None:
+    def add(self, partials: list, tallies: list[Tally]) -> None:
         """One split's MaskedSplit, in plan order; the first `skip` ones (packed by an earlier
         run) are passed over."""
         if self.skip:
@@ -242,7 +242,7 @@ class PackJob:
             return
         (r,) = partials
         state = self.state
-        state.tally.add(tally)
+        state.tally.add(tallies[0])
         for s in SPLITS:
             state.counts[s].add(r.counts[s])
             self.packers[s].add(r.seqs[s])
