@@ -17,7 +17,7 @@ def add(sub) -> None:
     )
     add_input_args(p)
     add_engine_args(p)
-    p.add_argument("--json", metavar="OUT.json", help="write every figure as JSON (keys documented in the README)")
+    p.add_argument("--json", metavar="OUT.json", help="write every figure as JSON (keys documented in docs/stats.md)")
     p.add_argument("--report", metavar="DIR", help="write DIR/*.png plots, DIR/summary.md, DIR/stats.json and the viewer page DIR/index.html")
     p.add_argument(
         "--tokenizer", metavar="TOK", nargs="?", const="default",
