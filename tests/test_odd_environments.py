@@ -77,3 +77,32 @@ def test_read_only_install_and_home(tmp_path, home):
         for dirpath, _, _ in os.walk(site):
             os.chmod(dirpath, 0o755)
         os.chmod(ro_home, 0o755)
+
+
+def test_unreadable_files_and_directories(tmp_path):
+    """An unreadable JSONL file is a file-level reject and an unreadable sub-directory is listed
+    as not read; the readable files' rows are all kept."""
+    prefix = _unprivileged_prefix()
+    rows = list(synth.rows(6, seed=5))
+    data = tmp_path / "data"
+    (data / "locked-dir").mkdir(parents=True)
+    (data / "a.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows[:3]))
+    (data / "b-locked.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows[3:]))
+    (data / "c.json").write_bytes(orjson.dumps(rows[3:]))
+    (data / "locked-dir" / "d.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    os.chmod(data / "b-locked.jsonl", 0)
+    os.chmod(data / "locked-dir", 0)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    try:
+        for inputs in (["data"], ["data/a.jsonl", "data/b-locked.jsonl", "data/c.json"]):
+            res = _run(prefix, ["parse", *inputs, "-o", "out.jsonl", "--workers", "2"], env, tmp_path)
+            assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+            ids = [orjson.loads(line)["id"] for line in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+            assert ids == [r["id"] for r in rows]
+            rejects = [orjson.loads(line) for line in (tmp_path / "out.jsonl.rejects.jsonl").read_bytes().splitlines()]
+            assert [(r["file"], r["field"], r["error"]) for r in rejects] == [("data/b-locked.jsonl", "<file>", "cannot open: Permission denied")]
+            assert "7 rows read, 6 parsed, 1 rejected" in res.stderr
+            if inputs == ["data"]:
+                assert "1 path not read: data/locked-dir (unreadable directory: Permission denied)" in res.stderr
+    finally:
+        os.chmod(data / "locked-dir", 0o755)

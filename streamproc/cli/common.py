@@ -43,9 +43,11 @@ def ray_inputs(args: argparse.Namespace) -> dict:
 
 
 def shards_from(args: argparse.Namespace) -> list[Shard]:
-    return plan(
+    shards = plan(
         args.inputs, dataset=args.dataset, configs=args.config, split=args.split, source=args.source, limit=args.limit
     )
+    args.unread = shards.unread  # for finish's count line
+    return shards
 
 
 def finish(args: argparse.Namespace, tally: Tally, default_rejects: str) -> None:
@@ -55,4 +57,8 @@ def finish(args: argparse.Namespace, tally: Tally, default_rejects: str) -> None
         path = args.rejects or default_rejects
         write_rejects(path, tally.rejected)
         msg += f" (set aside in {path}; first: {tally.rejected[0]})"
+    unread = getattr(args, "unread", ())
+    if unread:
+        more = f", and {len(unread) - 5} more" if len(unread) > 5 else ""
+        msg += f"; {len(unread)} {'path' if len(unread) == 1 else 'paths'} not read: {', '.join(map(str, unread[:5]))}{more}"
     print(msg, file=sys.stderr)
