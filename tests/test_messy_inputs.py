@@ -168,3 +168,37 @@ def test_count_line_lists_what_was_not_read(tree):
     line = res.stderr.strip().splitlines()[-1]
     assert line.startswith("5 rows read, 5 parsed, 0 rejected; 4 paths not read: data/dangling.jsonl (broken link), data/notes.txt")
     assert "data/x.jsonl.bz2 (unsupported type)" in line
+
+
+# ----------------------------------------------------------------------------- rows without an id
+
+
+def test_rows_without_an_id_are_named_by_their_data(tmp_path, monkeypatch):
+    """However the path is spelled and whatever the format, an id-less row gets the same id;
+    rows with different conversations get different ones."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bare = [{k: v for k, v in r.items() if k != "id"} for r in ROWS] + [ROWS[0] | {"id": ""}]
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "in.jsonl").write_bytes(jsonl(bare))
+    pq.write_table(pa.Table.from_pylist(bare), tmp_path / "other.parquet")
+    monkeypatch.chdir(tmp_path)
+    spellings = ["sub/in.jsonl", "./sub/in.jsonl", "sub/../sub/in.jsonl", str(tmp_path / "sub" / "in.jsonl"), "other.parquet"]
+    got = [read_all([s])[0] for s in spellings]
+    assert all(ids == got[0] for ids in got)
+    assert len(set(got[0][:-1])) == len(ROWS) and got[0][-1] == got[0][0]
+    assert all(i.startswith("sha-") and len(i) == 20 for i in got[0])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["system", "human", "gpt", "tool"]), st.text(max_size=20)), min_size=1, max_size=4), st.data())
+def test_content_id_depends_on_the_conversation_only(conv, data):
+    from streamproc.records import Location, row_from_dict
+
+    d = {"conversations": [{"from": f, "value": v} for f, v in conv]}
+    here = row_from_dict(d, Location(data.draw(st.text(max_size=10)), data.draw(st.integers(-1, 99))))
+    there = row_from_dict(dict(d, category="x"), Location("elsewhere.jsonl", 0, 123))
+    assert here.id == there.id
+    changed = [{"from": f, "value": v + "!"} for f, v in conv]
+    assert row_from_dict({"conversations": changed}).id != here.id
