@@ -112,7 +112,7 @@ def _parquet_schema():
     import pyarrow as pa
 
     s = pa.string()
-    call = pa.struct([("name", s), ("arguments_json", s), ("valid", pa.bool_()), ("error", s)])
+    call = pa.struct([("name", s), ("arguments_json", s), ("valid", pa.bool_()), ("error", s), ("raw", s)])
     resp = pa.struct([("tool_call_id", s), ("name", s), ("content_json", s), ("error", s)])
     turn = pa.struct(
         [
