@@ -202,3 +202,65 @@ def test_content_id_depends_on_the_conversation_only(conv, data):
     assert here.id == there.id
     changed = [{"from": f, "value": v + "!"} for f, v in conv]
     assert row_from_dict({"conversations": changed}).id != here.id
+
+
+# ----------------------------------------------------------------------------- output extensions
+
+
+def decoded_lines(path: Path) -> list[dict]:
+    data = path.read_bytes()
+    if path.name.endswith(".gz"):
+        data = gzip.decompress(data)
+    elif path.name.endswith((".zst", ".zstd")):
+        data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    return [orjson.loads(line) for line in data.splitlines()]
+
+
+def table_rows(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+@pytest.mark.parametrize("ext", ["jsonl", "ndjson", "jsonl.gz", "jsonl.zst", "jsonl.zstd", "parquet", "pq"])
+def test_every_writer_honours_the_output_extension(tmp_path, ext):
+    """synth, parse and export write what the extension says, and streamproc reads it back."""
+    from streamproc.export import export
+    from streamproc.pipeline import parse_to_file
+
+    load = table_rows if ext in ("parquet", "pq") else decoded_lines
+    want = [r["id"] for r in synth.rows(4, seed=2)]
+    synth.write(tmp_path / f"rows.{ext}", 4, seed=2)
+    assert read_all([tmp_path / f"rows.{ext}"]) == (want, [])
+    parse_to_file(plan([tmp_path / f"rows.{ext}"]), tmp_path / f"parsed.{ext}")
+    assert [r["id"] for r in load(tmp_path / f"parsed.{ext}")] == want
+    export(plan([tmp_path / f"rows.{ext}"]), tmp_path / f"exported.{ext}")
+    assert [r["id"] for r in load(tmp_path / f"exported.{ext}")] == want
+
+
+def test_writing_commands_take_the_extension(tmp_path):
+    assert cli("synth", "--rows", "3", "-o", "rows.jsonl.gz", cwd=tmp_path).returncode == 0
+    for cmd, out in (("parse", "p.pq"), ("export", "e.jsonl.zst")):
+        res = cli(cmd, "rows.jsonl.gz", "-o", out, "--workers", "1", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+    assert len(table_rows(tmp_path / "p.pq")) == len(decoded_lines(tmp_path / "e.jsonl.zst")) == 3
+
+
+@pytest.mark.parametrize("cmd, name", [(["synth", "--rows", "1"], "out.jsonl.bz2"), (["parse"], "out.txt"), (["export"], "out.json"), (["parse"], ".jsonl")])
+def test_an_output_extension_streamproc_does_not_write_is_a_usage_error(tmp_path, cmd, name):
+    from streamproc.fileio import output_format
+
+    for other in ("out", "x.csv", "x.jsonl.gz.bak", "x.parquet.zst"):
+        with pytest.raises(ValueError, match="unknown output type"):
+            output_format(other)
+    res = cli(*cmd, "-o", name, cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"argument -o/--output: {name}: unknown output type (expected a name ending in .jsonl, .ndjson, .jsonl.gz" in res.stderr
+    assert ".parquet, .pq)" in res.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_rejects_file_is_compressed_as_its_name_says(tmp_path):
+    (tmp_path / "in.jsonl").write_bytes(jsonl(ROWS[:2]) + b"{broken\n")
+    res = cli("parse", "in.jsonl", "-o", "out.jsonl", "--rejects", "bad.jsonl.gz", "--workers", "1", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert [r["row"] for r in decoded_lines(tmp_path / "bad.jsonl.gz")] == [2]

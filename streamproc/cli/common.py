@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from ..fileio import write_rejects
+from ..fileio import output_format, write_rejects
 from ..pipeline import Tally
 from ..sources import HUB_DATASET, ON_ERROR, Shard, SourceError, plan
 
@@ -25,6 +25,15 @@ def add_input_args(p: argparse.ArgumentParser, *, workers: bool = True) -> None:
     p.add_argument("--rejects", metavar="FILE", help="where rejected rows go (default: OUTPUT.rejects.jsonl beside the output)")
     if workers:
         p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+
+
+def rows_output(path: str) -> str:
+    """argparse type of an output file of rows or records: an extension streamproc writes."""
+    try:
+        output_format(path)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return path
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
