@@ -8,7 +8,7 @@ import sys
 
 from ..fileio import output_format, write_rejects
 from ..pipeline import Tally
-from ..sources import HUB_DATASET, ON_ERROR, Shard, SourceError, plan
+from ..sources import HUB_DATASET, ON_ERROR, Shard, SourceError, plan, scan
 
 
 def add_input_args(p: argparse.ArgumentParser, *, workers: bool = True) -> None:
@@ -48,6 +48,7 @@ def ray_inputs(args: argparse.Namespace) -> dict:
     """The input options as keyword arguments of the Ray engine's stage functions."""
     if args.dataset:
         raise SourceError("--engine ray reads files or URIs; download the dataset's Parquet files and pass them as INPUT")
+    args.unread = scan([i for i in args.inputs if "://" not in i])[1]  # for finish's count line
     return dict(inputs=args.inputs, source=args.source, limit=args.limit, on_error=args.on_error, address=args.address)
 
 
