@@ -60,7 +60,9 @@ def test_read_only_install_and_home(tmp_path, home):
     env["PYTHONPATH"] = str(site)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     if home == "unset":
-        env.pop("HOME", None)  # numba then asks the password database: /root here, unwritable too
+        # numba then finds the home in the password database; its cache directory is read-only.
+        env.pop("HOME", None)
+        env["XDG_CACHE_HOME"] = str(ro_home)
     else:
         env["HOME"] = str(ro_home)
     try:
