@@ -115,6 +115,8 @@ def scan(inputs: Sequence[str | os.PathLike]) -> tuple[list[str], list[Unread]]:
             out.extend(found)
         elif os.path.isfile(s):
             out.append(s)
+        elif os.path.exists(s):
+            raise SourceError(f"{s}: not a regular file")
         else:
             raise SourceError(f"{s}: no such file or directory")
     return out, unread
@@ -134,6 +136,8 @@ def _collect(paths: list[str], unread: list[Unread]) -> list[str]:
         seen.add(real)
         if not os.path.exists(path):
             unread.append(Unread(path, "broken link"))
+        elif not os.path.isfile(path):  # a FIFO or device: opening it could wait forever
+            unread.append(Unread(path, "not a regular file"))
         elif file_kind(path) is None:
             unread.append(Unread(path, "unsupported type"))
         elif path.endswith(".rejects.jsonl"):

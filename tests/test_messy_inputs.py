@@ -114,7 +114,7 @@ def test_the_one_list_of_rows_is_found_wherever_it_is(keys, where, other):
 @pytest.fixture()
 def tree(tmp_path) -> Path:
     """data/ with: a.jsonl, sub/b.jsonl, linked -> ../elsewhere (c.jsonl), loop -> . (a cycle),
-    x.jsonl.bz2, notes.txt, old.jsonl.rejects.jsonl, dangling.jsonl -> nowhere."""
+    x.jsonl.bz2, notes.txt, old.jsonl.rejects.jsonl, dangling.jsonl -> nowhere, a FIFO pipe.jsonl."""
     d = tmp_path / "data"
     (d / "sub").mkdir(parents=True)
     (tmp_path / "elsewhere").mkdir()
@@ -127,6 +127,7 @@ def tree(tmp_path) -> Path:
     (d / "notes.txt").write_text("not data")
     (d / "old.jsonl.rejects.jsonl").write_text('{"file": "x", "row": 1}\n')
     (d / "dangling.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
+    os.mkfifo(d / "pipe.jsonl")  # opening it would wait for a writer
     return d
 
 
@@ -141,8 +142,11 @@ def test_directory_follows_links_once_and_names_what_it_does_not_read(tree):
         f"{tree}/dangling.jsonl (broken link)",
         f"{tree}/notes.txt (unsupported type)",
         f"{tree}/old.jsonl.rejects.jsonl (a rejects file streamproc wrote)",
+        f"{tree}/pipe.jsonl (not a regular file)",
         f"{tree}/x.jsonl.bz2 (unsupported type)",
     ]
+    with pytest.raises(SourceError, match="pipe.jsonl: not a regular file"):
+        plan([tree / "pipe.jsonl"])
 
 
 def test_glob_of_a_directory_reads_what_the_directory_reads(tree):
@@ -166,7 +170,7 @@ def test_count_line_lists_what_was_not_read(tree):
     res = cli("parse", "data", "-o", "out.jsonl", "--workers", "1", cwd=tree.parent)
     assert res.returncode == 0, res.stderr
     line = res.stderr.strip().splitlines()[-1]
-    assert line.startswith("5 rows read, 5 parsed, 0 rejected; 4 paths not read: data/dangling.jsonl (broken link), data/notes.txt")
+    assert line.startswith("5 rows read, 5 parsed, 0 rejected; 5 paths not read: data/dangling.jsonl (broken link), data/notes.txt")
     assert "data/x.jsonl.bz2 (unsupported type)" in line
 
 
