@@ -96,7 +96,7 @@ def scan(inputs: Sequence[str | os.PathLike]) -> tuple[list[str], list[Unread]]:
     links to directories, each directory once) and globs (a matched directory as if named),
     each directory's or glob's files in sorted order. A named file of an unknown type is read as
     a file-level reject; inside a directory or glob it is listed as unread, with unreadable
-    directories, broken links and streamproc's own rejects files."""
+    directories, broken links, FIFOs and streamproc's own rejects files."""
     out: list[str] = []
     unread: list[Unread] = []
     for item in inputs:
