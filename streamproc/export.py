@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 import orjson
 
 from .chat import TOOL_FALLBACK, to_messages
-from .fileio import atomic_path
+from .fileio import atomic_path, jsonl_writer, output_format
 from .pipeline import Tally
 from .records import Row
 from .sources import Shard, good_rows
@@ -72,19 +72,20 @@ def export(
     workers: int = 1,
     on_error: str = "skip",
 ) -> Tally:
-    """Write the records of every row to OUT.jsonl or OUT.parquet, atomically."""
+    """Write the records of every row to OUT as JSONL (.gz, .zst) or Parquet by its extension, atomically."""
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if tool_role not in TOOL_ROLES:
         raise ValueError(f"tool role {tool_role!r}: expected one of {', '.join(TOOL_ROLES)}")
     out = Path(out)
+    kind = output_format(out)
     tally = Tally()
     results = map_shards(_ExportShard(fmt, tool_role, tool_prefix, on_error), shards, workers, progress="export", rows_of=lambda r: r.tally.read)
     with atomic_path(out) as tmp:
-        if out.suffix == ".parquet":
+        if kind.kind == "parquet":
             _write_parquet(tmp, results, tally, fmt)
         else:
-            with open(tmp, "wb") as f:
+            with jsonl_writer(tmp, kind.compression) as f:
                 for r in results:
                     tally.add(r.tally)
                     f.writelines(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE) for rec in r.records)

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import orjson
 
-from .fileio import atomic_path
+from .fileio import atomic_path, jsonl_writer, output_format
 from .parse import parse_trace, trace_to_record
 from .records import BadRow
 from .sources import Shard, good_rows
@@ -60,15 +60,16 @@ class _ParseShard:
 
 
 def parse_to_file(shards: Sequence[Shard], out: str | os.PathLike, *, workers: int = 1, on_error: str = "skip") -> Tally:
-    """Parse every row and write one record per trace: JSONL, or Parquet when `out` ends in .parquet."""
+    """Parse every row and write one record per trace: JSONL (.gz, .zst) or Parquet, by `out`'s extension."""
     out = Path(out)
+    fmt = output_format(out)
     tally = Tally()
     results = map_shards(_ParseShard(on_error), shards, workers, progress="parse", rows_of=lambda r: r.tally.read)
     with atomic_path(out) as tmp:
-        if out.suffix == ".parquet":
+        if fmt.kind == "parquet":
             _write_parquet(tmp, results, tally)
         else:
-            with open(tmp, "wb") as f:
+            with jsonl_writer(tmp, fmt.compression) as f:
                 for r in results:
                     f.writelines(r.records)
                     tally.add(r.tally)
@@ -112,7 +113,7 @@ def _parquet_schema():
     import pyarrow as pa
 
     s = pa.string()
-    call = pa.struct([("name", s), ("arguments_json", s), ("valid", pa.bool_()), ("error", s)])
+    call = pa.struct([("name", s), ("arguments_json", s), ("valid", pa.bool_()), ("error", s), ("raw", s)])
     resp = pa.struct([("tool_call_id", s), ("name", s), ("content_json", s), ("error", s)])
     turn = pa.struct(
         [

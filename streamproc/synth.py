@@ -12,7 +12,6 @@ card's proportion (kimi 7,646 : glm-5.1 7,055), so every row group holds both.
 from __future__ import annotations
 
 import functools
-import gzip
 import json
 import os
 import random
@@ -23,7 +22,7 @@ from typing import Any, Iterator, Sequence
 
 import orjson
 
-from .fileio import atomic_path
+from .fileio import atomic_path, jsonl_writer, output_format
 
 DATA = Path(__file__).parent / "data"
 
@@ -352,16 +351,16 @@ def write(
     """Write n rows to Parquet (zstd, `row_group` rows per group) or JSONL (.gz/.zst by
     extension), atomically. Returns the number of bytes written."""
     path = Path(path)
-    name = path.name.lower()
     if n < 0 or row_group < 1:
         raise ValueError(f"rows must be >= 0 and row_group >= 1 (got {n}, {row_group})")
-    if not name.endswith((".parquet", ".pq", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".ndjson")):
-        raise ValueError(f"{path}: unknown output type (expected .parquet, .jsonl, .jsonl.gz or .jsonl.zst)")
+    fmt = output_format(path)
     with atomic_path(path) as tmp:
-        if name.endswith((".parquet", ".pq")):
+        if fmt.kind == "parquet":
             _write_parquet(tmp, n, seed, configs, row_group)
         else:
-            _write_jsonl(tmp, name, n, seed, configs)
+            with jsonl_writer(tmp, fmt.compression) as f:
+                for rec in rows(n, seed, configs):
+                    f.write(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE))
     return path.stat().st_size
 
 
@@ -397,17 +396,3 @@ def _write_parquet(tmp: Path, n: int, seed: int, configs: Sequence[str], row_gro
             cols += [pa.array([rec[f] for rec in batch], s) for f in SCHEMA_FIELDS[2:]]
             w.write_table(pa.Table.from_arrays(cols, schema=schema))
 
-
-def _write_jsonl(tmp: Path, name: str, n: int, seed: int, configs: Sequence[str]) -> None:
-    raw = open(tmp, "wb")
-    if name.endswith(".gz"):
-        f = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0)  # mtime=0: same bytes each run
-    elif name.endswith(".zst"):
-        import zstandard
-
-        f = zstandard.ZstdCompressor().stream_writer(raw)
-    else:
-        f = raw
-    with raw, f:
-        for rec in rows(n, seed, configs):
-            f.write(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE))

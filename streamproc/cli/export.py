@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from ..chat import TOOL_FALLBACK
 from ..export import FORMATS, TOOL_ROLES, export
-from .common import add_input_args, finish, shards_from
+from .common import add_input_args, finish, rows_output, shards_from
 
 
 def add(sub) -> None:
     p = sub.add_parser("export", help="write normalized chat messages or prompt/completion pairs (JSONL or Parquet)")
     add_input_args(p)
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.jsonl, or OUT.parquet")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", type=rows_output, help="OUT.jsonl (.gz, .zst) or OUT.parquet")
     p.add_argument("--format", choices=FORMATS, default="messages", help="messages: one conversation per row; pairs: one prompt/completion per assistant turn")
     p.add_argument(
         "--tool-role", choices=TOOL_ROLES, default="keep",

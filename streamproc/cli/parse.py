@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 from ..pipeline import parse_to_file
-from .common import add_input_args, finish, shards_from
+from .common import add_input_args, finish, rows_output, shards_from
 
 
 def add(sub) -> None:
     p = sub.add_parser("parse", help="parse traces into one structured record per trace (JSONL or Parquet)")
     add_input_args(p)
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.jsonl, or OUT.parquet")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", type=rows_output, help="OUT.jsonl (.gz, .zst) or OUT.parquet")
     p.set_defaults(func=run)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import sys
 
 from ..synth import CONFIG_CHOICES, configs_of, write
+from .common import rows_output
 
 
 def add(sub) -> None:
@@ -11,7 +12,7 @@ def add(sub) -> None:
         help="write seeded synthetic traces in the dataset's layout (Parquet, or JSONL .gz/.zst), any size",
     )
     p.add_argument("--rows", type=int, required=True, metavar="N")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.parquet, FILE.jsonl, FILE.jsonl.gz or FILE.jsonl.zst")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", type=rows_output, help="FILE.parquet, FILE.jsonl, FILE.jsonl.gz or FILE.jsonl.zst")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--config", choices=CONFIG_CHOICES, default="both",
