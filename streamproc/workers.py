@@ -28,7 +28,7 @@ def map_shards(
 
     `progress` names a tqdm bar sized in input bytes (so it shows MB/s); `rows_of` reads a row
     count off each result for the rows/s figure. The bar is hidden when stderr is not a terminal
-    unless STREAMPROC_PROGRESS=1.
+    unless STREAMPROC_PROGRESS=1; STREAMPROC_PROGRESS=0 (--quiet) hides it always.
     """
     bar = _bar(progress, sum(s.nbytes for s in shards)) if progress else None
     rows = 0
@@ -62,8 +62,13 @@ def _pooled(pool, fn, shards) -> Iterator:
         pool.join()
 
 
+def progress_shown() -> bool:
+    env = os.environ.get("STREAMPROC_PROGRESS")
+    return env != "0" and (sys.stderr.isatty() or env == "1")
+
+
 def _bar(desc: str, total: int):
     from tqdm.auto import tqdm
 
-    show = sys.stderr.isatty() or os.environ.get("STREAMPROC_PROGRESS") == "1"
+    show = progress_shown()
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1000, disable=not show, smoothing=0.1)
