@@ -19,7 +19,7 @@ import random
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import orjson
 
@@ -348,9 +348,11 @@ def write(
     seed: int = 0,
     configs: Sequence[str] = tuple(PROFILES),
     row_group: int = 128,
+    on_rows: Callable[[int], None] | None = None,
 ) -> int:
     """Write n rows to Parquet (zstd, `row_group` rows per group) or JSONL (.gz/.zst by
-    extension), atomically. Returns the number of bytes written."""
+    extension), atomically. Returns the number of bytes written. `on_rows(k)` is told of every
+    k rows written (a progress bar)."""
     path = Path(path)
     name = path.name.lower()
     if n < 0 or row_group < 1:
@@ -359,16 +361,20 @@ def write(
         raise ValueError(f"{path}: unknown output type (expected .parquet, .jsonl, .jsonl.gz or .jsonl.zst)")
     with atomic_path(path) as tmp:
         if name.endswith((".parquet", ".pq")):
-            _write_parquet(tmp, n, seed, configs, row_group)
+            _write_parquet(tmp, n, seed, configs, row_group, on_rows or _ignore)
         else:
-            _write_jsonl(tmp, name, n, seed, configs)
+            _write_jsonl(tmp, name, n, seed, configs, on_rows or _ignore)
     return path.stat().st_size
 
 
 SCHEMA_FIELDS = ("id", "conversations", "tools", "category", "subcategory", "task", "source")
 
 
-def _write_parquet(tmp: Path, n: int, seed: int, configs: Sequence[str], row_group: int) -> None:
+def _ignore(k: int) -> None:
+    pass
+
+
+def _write_parquet(tmp: Path, n: int, seed: int, configs: Sequence[str], row_group: int, on_rows: Callable[[int], None]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -396,9 +402,10 @@ def _write_parquet(tmp: Path, n: int, seed: int, configs: Sequence[str], row_gro
             cols = [pa.array([rec["id"] for rec in batch], s), conv]
             cols += [pa.array([rec[f] for rec in batch], s) for f in SCHEMA_FIELDS[2:]]
             w.write_table(pa.Table.from_arrays(cols, schema=schema))
+            on_rows(len(batch))
 
 
-def _write_jsonl(tmp: Path, name: str, n: int, seed: int, configs: Sequence[str]) -> None:
+def _write_jsonl(tmp: Path, name: str, n: int, seed: int, configs: Sequence[str], on_rows: Callable[[int], None]) -> None:
     raw = open(tmp, "wb")
     if name.endswith(".gz"):
         f = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0)  # mtime=0: same bytes each run
@@ -409,5 +416,7 @@ def _write_jsonl(tmp: Path, name: str, n: int, seed: int, configs: Sequence[str]
     else:
         f = raw
     with raw, f:
-        for rec in rows(n, seed, configs):
+        for i, rec in enumerate(rows(n, seed, configs), 1):
             f.write(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE))
+            if i % 256 == 0 or i == n:
+                on_rows(256 if i % 256 == 0 else i % 256)

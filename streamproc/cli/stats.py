@@ -7,6 +7,7 @@ from ..fileio import write_json
 from ..metrics import collect, collect_with_browser
 from ..report import stats_document, write_report
 from ..terminal import print_tables
+from .argtypes import positive_int
 from .common import add_engine_args, add_input_args, finish, ray_inputs, say, shards_from
 from .manners import RAW, output_path, to_stdout
 
@@ -34,7 +35,7 @@ def add(sub) -> None:
         help="also count reasoning in tokens: a tokenizer directory or name; alone: the shipped Qwen2.5 tokenizer",
     )
     p.add_argument("--no-browser", action="store_true", help="--report without index.html (its trace browser)")
-    p.add_argument("--top", type=int, default=10, metavar="N", help="tools listed in the summary (default 10)")
+    p.add_argument("--top", type=positive_int, default=10, metavar="N", help="tools listed in the summary (default %(default)s)")
     add_input_args(p)
     add_engine_args(p)
     p.set_defaults(func=run)
