@@ -48,7 +48,7 @@ def steps(trace: Trace) -> list[Step]:
 
 
 def step_lines(trace: Trace, step: Step, total: int, limits: Limits | None = DEFAULT) -> list[Line]:
-    out = [Line(HEADER, f"━━ STEP {step.number}/{total}  (turn {step.turn})  {trace.id}")]
+    out = [Line(HEADER, f"━━ STEP {step.number}/{total}  (turn {step.turn + 1})  {trace.id}")]
     out.extend(_side_lines(trace, step.before, limits))
     out.extend(assistant_lines(trace, step.turn, limits, with_responses=True))
     out.extend(_side_lines(trace, step.after, limits))
@@ -67,7 +67,7 @@ def _side_lines(trace: Trace, turns: Iterable[int], limits: Limits | None) -> li
             if resp.call is None:
                 out.extend(response_lines(resp, None, limits))
         if not turn.tool_responses and turn.text:
-            out.append(Line(NOTE, f"── tool turn {ti} holds no <tool_response>: {turn.text[:200]!r}"))
+            out.append(Line(NOTE, f"── tool turn {ti + 1} holds no <tool_response>: {turn.text[:200]!r}"))
     return out
 
 

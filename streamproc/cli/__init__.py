@@ -12,7 +12,7 @@ from .manners import command_error, quiet_progress
 
 # Command modules in the order `--help` lists them. Each defines add(subparsers), which
 # registers its parser with set_defaults(func=...); func(args) returns an exit code.
-COMMANDS = ["run", "parse", "synth", "stats", "report", "show", "replay", "pack", "export", "train", "bench"]
+COMMANDS = ["run", "parse", "synth", "stats", "report", "ls", "show", "replay", "pack", "export", "train", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
