@@ -13,15 +13,15 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .metrics import Stats
-from .report import tables
+if TYPE_CHECKING:
+    from .metrics import Stats
 
 QUALITY = (
     "malformed tool calls",
@@ -66,6 +66,8 @@ def _zero(value: str) -> bool:
 def print_tables(stats: Stats, top: int, file: TextIO | None = None) -> None:
     """The summary tables of `stats`, each fitted to the width: a Figures table with more
     sources than fit is printed as several tables of a few sources each."""
+    from .report import tables  # matplotlib: only for the commands that print stats
+
     file = file or sys.stdout
     color = use_color(file)
     console = Console(file=file, width=width_of(file), force_terminal=color, color_system="auto" if color else None,
