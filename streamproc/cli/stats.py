@@ -14,7 +14,7 @@ from .manners import RAW, output_path, to_stdout
 EXAMPLES = """examples:
   streamproc stats                                  the built-in sample
   streamproc stats data/ --report rep/              plus plots, summary.md and the trace browser rep/index.html
-  streamproc stats data/ --json - | jq .total       every figure as JSON on stdout
+  streamproc stats data/ --json - | jq .by_source   every figure as JSON on stdout
   streamproc stats data/ --tokenizer                reasoning length in tokens too
 """
 
