@@ -18,7 +18,7 @@ from .render import DEFAULT, HEADER, NOTE, Limits, Line, assistant_lines, respon
 from .terminal import wrap
 
 HELP = "n/Enter/Right: next  p/Left: previous  <number>Enter: jump to step  q: quit"
-KEYS = "→/n next  ←/p previous  ↑↓ PgUp PgDn scroll  <number>Enter jump  q quit"
+KEYS = "←/→ or p/n: step  ↑/↓ PgUp/PgDn: scroll  N Enter: jump  q: quit"
 
 
 @dataclass(slots=True, frozen=True)
@@ -105,16 +105,16 @@ class Screen:
     size: Callable[[], tuple[int, int]]  # (columns, lines), asked again at every redraw
     offset: int = 0
 
-    def draw(self, out: TextIO, lines: list[Line], status: str, color: bool) -> None:
+    def draw(self, out: TextIO, lines: list[Line], where: str, note: str, color: bool) -> None:
         width, height = self.size()
         head, *body = lines
         body = [Line(b.style, part) for b in body for part in wrap(b.text, width).split("\n")]
         room = max(height - 2, 1)
         self.offset = min(max(self.offset, 0), max(len(body) - room, 0))
         shown = body[self.offset : self.offset + room]
-        more = f"  lines {self.offset + 1}-{self.offset + len(shown)} of {len(body)}" if len(body) > room else ""
+        more = f" lines {self.offset + 1}-{self.offset + len(shown)} of {len(body)}" if len(body) > room else ""
         text = to_text([Line(head.style, head.text[:width]), *shown], color)
-        tail = to_text([Line(NOTE, (status + more)[: width - 1])], color).rstrip("\n")
+        tail = to_text([Line(NOTE, f"[{where}{more}] {note}"[: width - 1])], color).rstrip("\n")
         # home, clear, draw; the status line goes on the last row whatever the step's length
         out.write(f"\x1b[H\x1b[2J{text}\x1b[{height};1H{tail}")
         out.flush()
@@ -149,7 +149,7 @@ def play(
     def show(k: int, note: str = "") -> None:
         lines = step_lines(trace, all_steps[k], total, limits)
         if screen is not None:
-            screen.draw(out, lines, note or f"[step {k + 1}/{total}] {KEYS}", color)
+            screen.draw(out, lines, f"step {k + 1}/{total}", note or KEYS, color)
             return
         out.write(to_text(lines, color))
         out.write(f"[step {k + 1}/{total}] {HELP}\n")
@@ -169,7 +169,7 @@ def play(
                 break
             if isinstance(where, str):
                 if screen is not None:
-                    show(i, f"[step {i + 1}/{total}] {where}")
+                    show(i, where)
                 else:
                     out.write(f"{where}\n{HELP}\n")
                     out.flush()

@@ -8,6 +8,7 @@ and FORCE_COLOR, itself); `--color always|never` overrides where a command offer
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -56,6 +57,15 @@ def width_of(stream: TextIO) -> int:
     return shutil.get_terminal_size((80, 24)).columns
 
 
+_TRAILING = re.compile(r" +((?:\x1b\[[0-9;]*m)*)$", re.M)
+
+
+def trimmed(text: str) -> str:
+    """rich pads every line to the table's width (before the closing colour code): trailing
+    blanks are noise in a file or a diff."""
+    return _TRAILING.sub(r"\1", text.rstrip("\n")) + "\n"
+
+
 def _zero(value: str) -> bool:
     return value.split(" ", 1)[0] in ("0", "-", "0.0%")
 
@@ -85,8 +95,7 @@ def print_tables(stats: Stats, top: int, file: TextIO | None = None) -> None:
             else:
                 console.print(_table(title, header, rows, console.width))
             console.print()
-    # rich pads every line to the table's width: trailing blanks are noise in a file or a diff
-    file.write("\n".join(line.rstrip(" ") for line in captured.get().rstrip("\n").split("\n")) + "\n")
+    file.write(trimmed(captured.get()))
     file.flush()
 
 

@@ -10,7 +10,7 @@ from rich.text import Text
 
 from ..listing import Filters, Summary, scan, unique_prefix_length
 from ..outcomes import ERROR_CLASSES
-from ..terminal import page, use_color, width_of
+from ..terminal import page, trimmed, use_color, width_of
 from .common import add_input_args, shards_from
 from .manners import RAW
 
@@ -90,4 +90,4 @@ def table_text(matches: list[Summary], prefix: int, width: int, color: bool) -> 
         t.add_row(*r[:5], Text(r[5], style="red" if r[5] != "0" else ""), r[6])
     with console.capture() as captured:
         console.print(t)
-    return "\n".join(line.rstrip(" ") for line in captured.get().rstrip("\n").split("\n")) + "\n"
+    return trimmed(captured.get())
