@@ -124,3 +124,14 @@ def test_limit_makes_the_progress_bar_count_rows(tmp_path):
     assert p.returncode == 0
     err = p.stderr.decode()
     assert "50/50" in err and "rows/s" in err and "MB" not in err.split("rejected")[0]
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`streamproc ls | head -1`: the reader goes away early; no BrokenPipeError traceback."""
+    p = subprocess.Popen([sys.executable, "-m", "streamproc", "ls", "-q", "--workers", "1"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    first = p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 0 and first.count(b"\t") == 7
+    assert b"Traceback" not in err and b"Broken" not in err

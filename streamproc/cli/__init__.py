@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .. import __version__
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SourceError, RowError, RayUnavailable, PackError, TemplateError) as e:
         print(f"streamproc {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `| head` has read what it wanted: not an error, and nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"streamproc {args.command}: interrupted", file=sys.stderr)
         return 130
