@@ -1,8 +1,8 @@
 """Terminal output: summary tables that fit the width, colour only where a person reads it,
 long lines wrapped at word boundaries, and a pager for output taller than the screen.
 
-Colour follows the usual rules: on a terminal only, never with NO_COLOR set (rich honours it,
-and FORCE_COLOR, itself); `--color always|never` overrides where a command offers it.
+Colour follows the usual rules: on a terminal only, never with NO_COLOR set; `--color
+always|never` overrides where a command offers it.
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ import sys
 import textwrap
 from typing import TYPE_CHECKING, TextIO
 
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:  # rich and matplotlib load only for the commands that print tables
+    from rich.console import Console
+    from rich.table import Table
 
-if TYPE_CHECKING:
     from .metrics import Stats
 
 QUALITY = (
@@ -76,7 +74,10 @@ def _zero(value: str) -> bool:
 def print_tables(stats: Stats, top: int, file: TextIO | None = None) -> None:
     """The summary tables of `stats`, each fitted to the width: a Figures table with more
     sources than fit is printed as several tables of a few sources each."""
-    from .report import tables  # matplotlib: only for the commands that print stats
+    from rich.console import Console
+    from rich.text import Text
+
+    from .report import tables
 
     file = file or sys.stdout
     color = use_color(file)
@@ -110,6 +111,10 @@ def _quality_folded(rows: list[list[str]]) -> tuple[list[list[str]], str]:
 
 
 def _table(title: str, header: list[str], rows: list[list[str]], width: int) -> Table:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     t = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, show_edge=False,
               pad_edge=False, header_style="bold")
     fit = width < PIPE_WIDTH  # off a terminal, names are never wrapped

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from streamproc.cli import main
-from streamproc.listing import Filters, scan, summarize, unique_prefix_length
+from streamproc.listing import summarize, unique_prefix_length
 from streamproc.parse import parse_trace
 from streamproc.render import status, to_text, trace_lines
 from streamproc.report import FIGURES

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
 from ..listing import Filters, Summary, scan, unique_prefix_length
 from ..outcomes import ERROR_CLASSES
 from ..terminal import page, trimmed, use_color, width_of
@@ -73,6 +69,10 @@ def tsv_line(s: Summary) -> str:
 def table_text(matches: list[Summary], prefix: int, width: int, color: bool) -> str:
     """The matches as a table fitted to `width`: the task takes what the other columns leave,
     one line each."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     console = Console(width=width, force_terminal=color, color_system="auto" if color else None, highlight=False,
                       emoji=False)
     t = Table(box=None, pad_edge=False, header_style="bold underline")
