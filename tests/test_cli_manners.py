@@ -135,3 +135,15 @@ def test_a_closed_pipe_ends_quietly():
     err = p.stderr.read()
     assert p.wait(timeout=120) == 0 and first.count(b"\t") == 7
     assert b"Traceback" not in err and b"Broken" not in err
+
+
+def test_stats_without_an_output_writes_no_rejects_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "in.jsonl"
+    bad.write_text('{"id": 1}\n')
+    assert main(["stats", str(bad), "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "1 rejected" in err and "--rejects FILE keeps them all" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+    assert main(["stats", str(bad), "--rejects", "r.jsonl"]) == 0
+    assert json.loads((tmp_path / "r.jsonl").read_text())["row"] == 0

@@ -64,7 +64,7 @@ def run(args) -> int:
         say(args, f"writing {args.report}/: plots and pages ...")
         write_report(stats, args.report, tally, args.top, browser)
         say(args, f"wrote {args.report}/ (summary.md, stats.json, plots{'' if browser is None else ', index.html'})")
-    where = None if to_stdout(args.json) else args.json
-    where = where or (str(Path(args.report) / "stats") if args.report else "stats")
-    finish(args, tally, f"{where}.rejects.jsonl")
+    # Rejects go beside a file output; with none (tables, or JSON on stdout) only where --rejects says.
+    beside = str(Path(args.report) / "stats") if args.report else None if to_stdout(args.json) else args.json
+    finish(args, tally, f"{beside}.rejects.jsonl" if beside else None)
     return 0
