@@ -18,7 +18,7 @@ import random
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import orjson
 
@@ -347,27 +347,35 @@ def write(
     seed: int = 0,
     configs: Sequence[str] = tuple(PROFILES),
     row_group: int = 128,
+    on_rows: Callable[[int], None] | None = None,
 ) -> int:
     """Write n rows to Parquet (zstd, `row_group` rows per group) or JSONL (.gz/.zst by
-    extension), atomically. Returns the number of bytes written."""
+    extension), atomically. Returns the number of bytes written. `on_rows(k)` is told of every
+    k rows written (a progress bar)."""
     path = Path(path)
     if n < 0 or row_group < 1:
         raise ValueError(f"rows must be >= 0 and row_group >= 1 (got {n}, {row_group})")
     fmt = output_format(path)
     with atomic_path(path) as tmp:
         if fmt.kind == "parquet":
-            _write_parquet(tmp, n, seed, configs, row_group)
+            _write_parquet(tmp, n, seed, configs, row_group, on_rows or _ignore)
         else:
             with jsonl_writer(tmp, fmt.compression) as f:
-                for rec in rows(n, seed, configs):
+                for i, rec in enumerate(rows(n, seed, configs), 1):
                     f.write(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE))
+                    if on_rows and (i % 256 == 0 or i == n):
+                        on_rows(256 if i % 256 == 0 else i % 256)
     return path.stat().st_size
 
 
 SCHEMA_FIELDS = ("id", "conversations", "tools", "category", "subcategory", "task", "source")
 
 
-def _write_parquet(tmp: Path, n: int, seed: int, configs: Sequence[str], row_group: int) -> None:
+def _ignore(k: int) -> None:
+    pass
+
+
+def _write_parquet(tmp: Path, n: int, seed: int, configs: Sequence[str], row_group: int, on_rows: Callable[[int], None]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -395,4 +403,13 @@ def _write_parquet(tmp: Path, n: int, seed: int, configs: Sequence[str], row_gro
             cols = [pa.array([rec["id"] for rec in batch], s), conv]
             cols += [pa.array([rec[f] for rec in batch], s) for f in SCHEMA_FIELDS[2:]]
             w.write_table(pa.Table.from_arrays(cols, schema=schema))
+            on_rows(len(batch))
 
+        if fmt.kind == "parquet":
+            _write_parquet(tmp, n, seed, configs, row_group, on_rows or _ignore)
+        else:
+            with jsonl_writer(tmp, fmt.compression) as f:
+                for i, rec in enumerate(rows(n, seed, configs), 1):
+                    f.write(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE))
+                    if on_rows and (i % 256 == 0 or i == n):
+                        on_rows(256 if i % 256 == 0 else i % 256)

@@ -28,9 +28,12 @@ def map_shards(
 
     `progress` names a tqdm bar sized in input bytes (so it shows MB/s); `rows_of` reads a row
     count off each result for the rows/s figure. The bar is hidden when stderr is not a terminal
-    unless STREAMPROC_PROGRESS=1.
+    unless STREAMPROC_PROGRESS=1; STREAMPROC_PROGRESS=0 (--quiet) hides it always.
     """
-    bar = _bar(progress, sum(s.nbytes for s in shards)) if progress else None
+    # With --limit the input is read only in part: count rows of the limit, not bytes of the files.
+    by_rows = bool(shards) and rows_of is not None and all(s.limit is not None for s in shards)
+    total = sum(s.limit or 0 for s in shards) if by_rows else sum(s.nbytes for s in shards)
+    bar = _bar(progress, total, "rows" if by_rows else "B") if progress else None
     rows = 0
     try:
         if workers <= 1 or len(shards) <= 1:
@@ -44,9 +47,11 @@ def map_shards(
         for shard, r in zip(shards, results):
             if bar is not None:
                 if rows_of is not None:
-                    rows += rows_of(r)
-                    bar.set_postfix_str(f"{rows / max(bar.format_dict['elapsed'], 1e-9):,.0f} rows/s", refresh=False)
-                bar.update(shard.nbytes)
+                    n = rows_of(r)
+                    rows += n
+                    if not by_rows:
+                        bar.set_postfix_str(f"{rows / max(bar.format_dict['elapsed'], 1e-9):,.0f} rows/s", refresh=False)
+                bar.update(n if by_rows else shard.nbytes)
             yield r
     finally:
         if bar is not None:
@@ -62,8 +67,13 @@ def _pooled(pool, fn, shards) -> Iterator:
         pool.join()
 
 
-def _bar(desc: str, total: int):
+def progress_shown() -> bool:
+    env = os.environ.get("STREAMPROC_PROGRESS")
+    return env != "0" and (sys.stderr.isatty() or env == "1")
+
+
+def _bar(desc: str, total: int, unit: str = "B"):
     from tqdm.auto import tqdm
 
-    show = sys.stderr.isatty() or os.environ.get("STREAMPROC_PROGRESS") == "1"
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1000, disable=not show, smoothing=0.1)
+    scale = unit == "B"
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=scale, unit_divisor=1000, disable=not progress_shown(), smoothing=0.1)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .. import __version__
 from .._compiled import parser_build
+from .manners import command_error, quiet_progress
 
 # Command modules in the order `--help` lists them. Each defines add(subparsers), which
 # registers its parser with set_defaults(func=...); func(args) returns an exit code.
-COMMANDS = ["run", "parse", "synth", "stats", "report", "show", "replay", "pack", "export", "train", "bench"]
+COMMANDS = ["run", "parse", "synth", "stats", "report", "ls", "show", "replay", "pack", "export", "train", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,12 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     from ..records import RowError
     from ..sources import SourceError
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    early = command_error(parser, argv, COMMANDS)
+    if early is not None:
+        return early
+    args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with quiet_progress(getattr(args, "quiet", False)):
+            return int(args.func(args) or 0)
     except (SourceError, RowError, RayUnavailable, PackError, TemplateError) as e:
         print(f"streamproc {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `| head` has read what it wanted: not an error, and nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"streamproc {args.command}: interrupted", file=sys.stderr)
         return 130
