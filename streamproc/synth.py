@@ -404,12 +404,3 @@ def _write_parquet(tmp: Path, n: int, seed: int, configs: Sequence[str], row_gro
             cols += [pa.array([rec[f] for rec in batch], s) for f in SCHEMA_FIELDS[2:]]
             w.write_table(pa.Table.from_arrays(cols, schema=schema))
             on_rows(len(batch))
-
-        if fmt.kind == "parquet":
-            _write_parquet(tmp, n, seed, configs, row_group, on_rows or _ignore)
-        else:
-            with jsonl_writer(tmp, fmt.compression) as f:
-                for i, rec in enumerate(rows(n, seed, configs), 1):
-                    f.write(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE))
-                    if on_rows and (i % 256 == 0 or i == n):
-                        on_rows(256 if i % 256 == 0 else i % 256)
