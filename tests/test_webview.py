@@ -412,9 +412,11 @@ def test_layout_holds_at_both_widths(chromium, sample_report, width, height, tmp
     page.locator("#traces tbody tr").nth(2).click()
     page.wait_for_selector("#tracebar h2")
     heads = page.eval_on_selector_all(
-        "#traces th button", "bs => bs.map(b => [b.getBoundingClientRect().left, b.getBoundingClientRect().right, b.scrollWidth <= b.clientWidth])")
-    for (l1, r1, fits), (l2, _, _) in zip(heads, heads[1:]):
-        assert fits and r1 <= l2 + 0.5, f"column headers overlap or are cut at {width}px"
+        "#traces th button", "bs => bs.map(b => { const s = getComputedStyle(b), c = document.createElement('canvas').getContext('2d');"
+        " c.font = s.font; const need = c.measureText(b.textContent).width + parseFloat(s.paddingLeft) + parseFloat(s.paddingRight);"
+        " return [b.getBoundingClientRect().left, b.getBoundingClientRect().right, need <= b.clientWidth, b.textContent]; })")
+    for (l1, r1, fits, text), (l2, *_) in zip(heads, heads[1:] + [[1e9]]):
+        assert fits and r1 <= l2 + 0.5, f"column header {text!r} overlaps or is cut at {width}px"
     task = page.locator("#traces tbody tr td:first-child .clamp").first.bounding_box()
     assert task["width"] > 220, f"the task column is {task['width']:.0f}px wide at {width}px"
     assert page.evaluate("document.documentElement.scrollWidth") <= width, "the page scrolls sideways"
