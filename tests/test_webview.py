@@ -11,6 +11,7 @@ import time
 import zlib
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
@@ -444,6 +445,9 @@ def test_every_plot_table_and_the_page_cope_with_odd_inputs(case, tmp_path, real
     stats, browser, tally = metrics.collect_with_browser(plan(files))
     for stem, fig in report.plots(stats).items():  # each plot function, drawn and saved
         assert report.png(fig)[:8] == b"\x89PNG\r\n\x1a\n", stem
+    lengths = {"empty": [], "single trace": [4096], "no tool calls": [7, 7, 7]}[case]
+    training = report.Training({"seq_len": 4096}, {"train": np.array(lengths, dtype=np.int64)})
+    assert report.png(report.sequence_lengths(training))[:8] == b"\x89PNG\r\n\x1a\n"
     report.summary_text(stats, tally)
     out = tmp_path / "rep"
     assert main(["stats", *map(str, files), "--report", str(out)]) == 0
