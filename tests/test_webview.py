@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from streamproc import webview
 from streamproc.cli import main
@@ -511,3 +512,24 @@ def test_training_section_reads_what_pack_wrote(page, real_row_files, tmp_path):
 def test_a_report_without_training_data_hides_its_tab(page, report):
     _open(page, report)
     assert not page.is_visible("nav button[data-view=training]")
+
+
+def test_plots_draw_any_subset_of_real_traces_split_among_sources(real_rows):
+    """Hypothesis picks which real traces (none, one, a few) go to which of up to three sources:
+    every plot draws, whatever is empty or single-valued."""
+    from streamproc import metrics, report
+
+    traces = [parse_trace(r) for r in real_rows]
+
+    @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(st.tuples(st.integers(0, len(traces) - 1), st.sampled_from(["a", "b", "c"])), max_size=4))
+    def draw(picked):
+        stats = metrics.Stats()
+        for i, source in picked:
+            metrics.add_trace(stats.source(source), traces[i])
+        for stem, fig in report.plots(stats).items():
+            assert report.png(fig, dpi=40)[:4] == b"\x89PNG", stem
+        for title, header, rows in report.tables(stats, 10):
+            assert all(len(r) == len(header) for r in rows), title
+
+    draw()
