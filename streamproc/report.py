@@ -155,6 +155,11 @@ def _groups(data: Stats | Counts) -> list[tuple[str, Counts]]:
     return sorted(data.by_source.items())
 
 
+def _palette(groups: list[tuple[str, Counts]]) -> dict[str, str]:
+    """A colour per source, fixed before any source is left out of a plot, so it matches across plots."""
+    return {name: f"C{i}" for i, (name, _) in enumerate(groups)}
+
+
 def _merged(groups: list[tuple[str, Counts]]) -> Counts:
     out = Counts()
     for _, c in groups:
@@ -162,9 +167,18 @@ def _merged(groups: list[tuple[str, Counts]]) -> Counts:
     return out
 
 
-def _legend(ax, groups) -> None:
-    if len(groups) > 1:
-        ax.legend(fontsize="small", title="source", title_fontsize="small")
+def _legend(ax, groups=None, handles=None, labels=None, title: str | None = "source") -> None:
+    """The legend under the plot when the plot has its figure to itself, so it never covers the
+    data; inside the axes otherwise. With `groups`, only when there are several."""
+    if groups is not None and len(groups) < 2:
+        return
+    args = (handles, labels) if handles is not None else ()
+    if len(ax.figure.axes) == 1:
+        longest = max(map(len, labels if labels is not None else ax.get_legend_handles_labels()[1]), default=0)
+        ax.figure.legend(*args, loc="outside lower center", ncols=2 if longest < 45 else 1, fontsize="small", title=title,
+                         title_fontsize="small", frameon=False)
+    else:
+        ax.legend(*args, fontsize="small", title=title, title_fontsize="small")
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -195,11 +209,13 @@ def top_tools(data: Stats | Counts, ax=None, top: int = 15) -> Figure:
     names = [k for k, _ in _merged(groups).tool_counts.most_common(top)][::-1]
     if not names:
         return _nothing(ax, title, "no tool was called in these traces")
+    colours = _palette(groups)
+    groups = [(s, c) for s, c in groups if c.tool_calls]
     height = 0.8 / len(groups)
     y = np.arange(len(names))
     for i, (source, c) in enumerate(groups):
         bars = ax.barh(y + (len(groups) - 1 - i) * height - 0.4 + height / 2, [c.tool_counts[t] for t in names],
-                       height, label=source, color=f"C{i}")
+                       height, label=source, color=colours[source])
         ax.bar_label(bars, [f"{c.tool_counts[t]:,}" if c.tool_counts[t] else "" for t in names], padding=2, fontsize=7)
     ax.set_yticks(y, names)
     ax.margins(x=0.12)
@@ -217,12 +233,14 @@ def parallel_widths(data: Stats | Counts, ax=None) -> Figure:
     widths = sorted(_merged(groups).parallel_widths)
     if not widths:
         return _nothing(ax, title, "no assistant turn called a tool")
+    colours = _palette(groups)
+    groups = [(s, c) for s, c in groups if c.parallel_widths]
     width = 0.8 / len(groups)
     x = np.arange(len(widths))
     for i, (source, c) in enumerate(groups):
         n = sum(c.parallel_widths.values())
         shares = [c.parallel_widths[w] / n if n else 0 for w in widths]
-        bars = ax.bar(x + i * width - 0.4 + width / 2, shares, width, label=f"{source} ({n:,} turns)", color=f"C{i}")
+        bars = ax.bar(x + i * width - 0.4 + width / 2, shares, width, label=f"{source} ({n:,} turns)", color=colours[source])
         ax.bar_label(bars, [f"{c.parallel_widths[w]:,}" if c.parallel_widths[w] else "" for w in widths], fontsize=7)
     ax.set_xticks(x, [str(w) for w in widths])
     ax.set_yscale("log")
@@ -231,8 +249,7 @@ def parallel_widths(data: Stats | Counts, ax=None) -> Figure:
     ax.set_title(title)
     ax.set_xlabel("Calls in one turn (bars labelled with turns)")
     ax.set_ylabel("Share of the source's turns with calls (log)")
-    if len(groups) > 1:
-        ax.legend(fontsize="small", title="source", title_fontsize="small")
+    _legend(ax, groups)
     return ax.figure
 
 
@@ -258,7 +275,7 @@ def conversation_length(data: Stats | Counts, ax=None, bars: int = 40) -> Figure
     ax.set_title(title)
     ax.set_xlabel("Turns per trace" + (f" (bins of {width})" if width > 1 else ""))
     ax.set_ylabel("Share of the source's traces")
-    ax.legend(fontsize="small")
+    _legend(ax, title=None)
     return ax.figure
 
 
@@ -383,7 +400,7 @@ def reasoning_length(stats: Stats | Counts, ax=None) -> Figure:
     ax.set_title(title)
     ax.set_xlabel(f"Reasoning {unit} in the turn (log scale)")
     ax.set_ylabel(f"Turns with at most this many {unit}")
-    ax.legend(fontsize="small", loc="upper left")
+    _legend(ax, title=None)
     return ax.figure
 
 
@@ -396,6 +413,8 @@ def error_rate(data: Stats | Counts, ax=None, top: int = 15) -> Figure:
     title = "Failure rate per tool, with 95% interval"
     if not names:
         return _nothing(ax, title, "no tool responses in these traces")
+    colours = _palette(groups)
+    groups = [(s, c) for s, c in groups if c.tool_responses]
     step = 0.7 / len(groups)
     for i, (source, c) in enumerate(groups):
         for j, t in enumerate(names):
@@ -404,8 +423,8 @@ def error_rate(data: Stats | Counts, ax=None, top: int = 15) -> Figure:
                 continue
             y = j + (len(groups) - 1 - i) * step - 0.35 + step / 2
             lo, hi = wilson(k, n)
-            ax.plot([lo, hi], [y, y], color=f"C{i}", linewidth=2, alpha=0.6, solid_capstyle="butt")
-            ax.plot([k / n], [y], "o", color=f"C{i}", markerfacecolor=f"C{i}" if n >= FEW else "white")
+            ax.plot([lo, hi], [y, y], color=colours[source], linewidth=2, alpha=0.6, solid_capstyle="butt")
+            ax.plot([k / n], [y], "o", color=colours[source], markerfacecolor=colours[source] if n >= FEW else "white")
             ax.text(hi + 0.01, y, f"{k:,}/{n:,}", va="center", fontsize=7, color="0.2")
     ax.set_yticks(range(len(names)), names)
     ax.set_xlim(0, 1.12)
@@ -414,9 +433,8 @@ def error_rate(data: Stats | Counts, ax=None, top: int = 15) -> Figure:
     ax.grid(True, axis="x", alpha=0.3)
     ax.set_title(title)
     ax.set_xlabel(f"Failed responses / responses (hollow: fewer than {FEW} responses)")
-    if len(groups) > 1:
-        ax.legend([Line2D([], [], color=f"C{i}", marker="o", linewidth=2) for i in range(len(groups))],
-                  [name for name, _ in groups], fontsize="small", title="source", title_fontsize="small")
+    _legend(ax, groups, [Line2D([], [], color=colours[name], marker="o", linewidth=2) for name, _ in groups],
+            [name for name, _ in groups])
     return ax.figure
 
 
@@ -470,7 +488,7 @@ def sequence_lengths(training: "Training", ax=None) -> Figure:
     ax.set_title(title)
     ax.set_xlabel("Tokens in the sequence")
     ax.set_ylabel("Sequences")
-    ax.legend(fontsize="small")
+    _legend(ax, title=None)
     return ax.figure
 
 
