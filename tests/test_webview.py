@@ -400,8 +400,9 @@ def test_summary_rows_filter_the_list_and_plots_open_full_size(page, sample_repo
     shown = thumb.bounding_box()["width"]
     thumb.click()
     assert page.is_visible("dialog#zoom")
-    full = page.eval_on_selector("dialog#zoom img", "i => [i.naturalWidth, i.getBoundingClientRect().width]")
-    assert full[0] == full[1] > shown
+    natural, width, height = page.eval_on_selector(
+        "dialog#zoom img", "i => [i.naturalWidth, i.getBoundingClientRect().width, i.getBoundingClientRect().height]")
+    assert width > shown * 1.5 and (width == natural or width >= 0.95 * 1400 or height >= 0.95 * 1000)
     page.keyboard.press("Escape")
     assert not page.is_visible("dialog#zoom")
 
