@@ -42,7 +42,7 @@ def test_json_report_and_summary(tmp_path, synthetic, capsys):
 
     pngs = sorted(rep.glob("*.png"))
     assert {p.stem for p in pngs} >= {"overview", "top_tools", "parallel_widths", "conversation_length", "categories",
-                                      "tools_by_category", "tools_by_position", "reasoning_length", "error_rate", "sources"}
+                                      "tools_by_category", "tools_by_position", "reasoning_length", "error_rate"}
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
     md = (rep / "summary.md").read_text()

@@ -1,6 +1,6 @@
 """`streamproc run`: the main job, end to end, on the built-in sample unless told otherwise.
 
-source -> parse (DIR/parsed.jsonl) -> stats report (DIR/report/) -> packed shards (DIR/packed/).
+source -> parse (DIR/parsed.jsonl) -> packed shards (DIR/packed/) -> stats report (DIR/report/).
 """
 
 from __future__ import annotations
@@ -47,15 +47,16 @@ def run(args) -> int:
     finish(args, tally, str(out / "rejects.jsonl"))
     print(f"[1/3] parsed traces: {parsed}", file=sys.stderr)
 
-    stats, browser, stally = collect_with_browser(shards, args.workers, args.on_error)
-    print("writing the report: plots and pages ...", file=sys.stderr)
-    write_report(stats, out / "report", stally, 10, browser)
-    print_tables(stats, top=10)
-    print(f"[2/3] stats report: {out / 'report'}/index.html (summary.md, stats.json, plots)", file=sys.stderr)
-
     packed = pack_to_dir(shards, out / "packed", pack_options(args), workers=args.workers, on_error=args.on_error, restart=args.restart)
     if packed.tally.rejected:  # the bad rows above, plus any the chat template could not render
         write_rejects(out / "packed" / "rejects.jsonl", packed.tally.rejected)
     print_counts(packed)
-    print(f"[3/3] packed shards: {out / 'packed'} (manifest.json)", file=sys.stderr)
+    print(f"[2/3] packed shards: {out / 'packed'} (manifest.json)", file=sys.stderr)
+
+    # After the pack, so the report's training-data section reads what it wrote.
+    stats, browser, stally = collect_with_browser(shards, args.workers, args.on_error)
+    print("writing the report: plots and pages ...", file=sys.stderr)
+    write_report(stats, out / "report", stally, 10, browser, packed=out / "packed")
+    print_tables(stats, top=10)
+    print(f"[3/3] stats report: {out / 'report'}/index.html (summary.md, stats.json, plots)", file=sys.stderr)
     return 0
