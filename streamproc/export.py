@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import orjson
 
 from .chat import TOOL_FALLBACK, to_messages
-from .fileio import atomic_path
+from .fileio import atomic_path, jsonl_writer, output_format
 from .records import Row, Tally, Trace
 from .runner import Folded, Stage, run
 from .sources import Split
@@ -65,19 +65,20 @@ def export(
     workers: int = 1,
     on_error: str = "skip",
 ) -> Tally:
-    """Write the records of every row to OUT.jsonl or OUT.parquet, atomically."""
+    """Write the records of every row to OUT as JSONL (.gz, .zst) or Parquet by its extension, atomically."""
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if tool_role not in TOOL_ROLES:
         raise ValueError(f"tool role {tool_role!r}: expected one of {', '.join(TOOL_ROLES)}")
     out = Path(out)
+    kind = output_format(out)
     tally = Tally()
     results = run(splits, [ExportStage(fmt, tool_role, tool_prefix)], workers=workers, on_error=on_error, progress="export")
     with atomic_path(out) as tmp:
-        if out.suffix == ".parquet":
+        if kind.kind == "parquet":
             _write_parquet(tmp, results, tally, fmt)
         else:
-            with open(tmp, "wb") as f:
+            with jsonl_writer(tmp, kind.compression) as f:
                 for r in results:
                     tally.add(r.tallies[0])
                     f.writelines(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE) for rec in r.partials[0])

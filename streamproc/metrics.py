@@ -347,7 +347,7 @@ def _share(counter: Counter) -> dict[str, float]:
 
 
 def counts_to_json(c: Counts) -> dict[str, Any]:
-    """One source's (or the total's) figures; every key is documented in the README."""
+    """One source's (or the total's) figures; every key is documented in docs/stats.md."""
     by_position = {
         name: {str(p): n for p, n in sorted(pos.items())} for name, pos in _nested(c.calls_by_position).items()
     }

@@ -20,7 +20,17 @@ IGNORE = -100
 """Label of a position that carries no loss."""
 
 
-@numba.njit(cache=True)
+def _njit(fn):
+    """numba.njit with its on-disk cache where numba finds a writable place for one
+    (NUMBA_CACHE_DIR, the package's __pycache__, the user's cache directory), else uncached:
+    a read-only install under a read-only or missing HOME still runs, compiling at first use."""
+    try:
+        return numba.njit(cache=True)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(fn)
+
+
+@_njit
 def _longest_first(lengths: np.ndarray, capacity: int) -> np.ndarray:
     """Counting sort of the indices by length, longest first, ties in input order: O(N + capacity)."""
     start = np.zeros(capacity + 2, np.int64)
@@ -36,7 +46,7 @@ def _longest_first(lengths: np.ndarray, capacity: int) -> np.ndarray:
     return order
 
 
-@numba.njit(cache=True)
+@_njit
 def _place(lengths: np.ndarray, order: np.ndarray, capacity: int) -> tuple[np.ndarray, int]:
     """Row number of every sequence, placing them in `order` (longest first); and the row count."""
     n = len(order)
@@ -79,7 +89,7 @@ def _place(lengths: np.ndarray, order: np.ndarray, capacity: int) -> tuple[np.nd
     return row_of, rows
 
 
-@numba.njit(cache=True)
+@_njit
 def _set(tree: np.ndarray, size: int, leaf: int, value: int) -> None:
     node = leaf + size
     tree[node] = value
@@ -89,7 +99,7 @@ def _set(tree: np.ndarray, size: int, leaf: int, value: int) -> None:
         node //= 2
 
 
-@numba.njit(cache=True)
+@_njit
 def _by_row(order: np.ndarray, row_of: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices grouped by row, each row in placement order, and the row bounds (counting sort)."""
     bounds = np.zeros(rows + 1, np.int64)

@@ -370,8 +370,10 @@ def trace_to_record(trace: Trace) -> dict[str, Any]:
         d: dict[str, Any] = {"role": t.role}
         if t.role == "assistant":
             d["thoughts"] = t.thoughts
+            # An invalid call keeps its body as written (`raw`): a malformed one decodes to nothing.
             d["tool_calls"] = [
-                {"name": c.name, "arguments": c.arguments, "valid": c.valid, "error": c.error} for c in t.tool_calls
+                {"name": c.name, "arguments": c.arguments, "valid": c.valid, "error": c.error, "raw": None if c.valid else c.raw}
+                for c in t.tool_calls
             ]
             d["answer"] = t.answer
         elif t.role == "tool":
@@ -379,6 +381,8 @@ def trace_to_record(trace: Trace) -> dict[str, Any]:
                 {"tool_call_id": r.tool_call_id, "name": r.name, "content": r.content, "error": r.error}
                 for r in t.tool_responses
             ]
+            # The text outside <tool_response> blocks: all of it where a harness writes plain output.
+            d["text"] = "".join([t.text[g.start : g.end] for g in t.segments if g.kind == TEXT])
         else:
             d["text"] = t.text
         turns.append(d)

@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Sequence
 
 import orjson
 
-from .fileio import atomic_path
+from .fileio import atomic_path, jsonl_writer, output_format
 from .parse import trace_to_record
 from .records import Row, Tally, Trace
 from .runner import Stage, run_jobs
@@ -31,18 +31,20 @@ class ParseStage(Stage):
 
 @contextlib.contextmanager
 def record_writer(out: str | os.PathLike) -> Iterator[Callable[[list[bytes]], None]]:
-    """A function that appends a split's encoded records to OUT.jsonl, or OUT.parquet; the file
+    """A function that appends a split's encoded records to OUT: JSONL (.gz, .zst) or Parquet,
+    by its extension; the file
     appears complete under its name on leaving the block, or not at all (atomic_path)."""
     out = Path(out)
+    fmt = output_format(out)
     with atomic_path(out) as tmp:
-        if out.suffix == ".parquet":
+        if fmt.kind == "parquet":
             writer = _ParquetRecords(tmp)
             try:
                 yield writer.add
             finally:
                 writer.close()
         else:
-            with open(tmp, "wb") as f:
+            with jsonl_writer(tmp, fmt.compression) as f:
                 yield f.writelines
 
 
@@ -68,7 +70,7 @@ class ParseJob:
 
 
 def parse_to_file(splits: Sequence[Split], out: str | os.PathLike, *, workers: int = 1, on_error: str = "skip") -> Tally:
-    """Parse every row and write one record per trace: JSONL, or Parquet when `out` ends in .parquet."""
+    """Parse every row and write one record per trace: JSONL (.gz, .zst) or Parquet, by `out`'s extension."""
     with ParseJob(out) as job:
         run_jobs(splits, [job], workers=workers, on_error=on_error, progress="parse")
     return job.tally
@@ -116,7 +118,7 @@ def _parquet_schema():
     import pyarrow as pa
 
     s = pa.string()
-    call = pa.struct([("name", s), ("arguments_json", s), ("valid", pa.bool_()), ("error", s)])
+    call = pa.struct([("name", s), ("arguments_json", s), ("valid", pa.bool_()), ("error", s), ("raw", s)])
     resp = pa.struct([("tool_call_id", s), ("name", s), ("content_json", s), ("error", s)])
     turn = pa.struct(
         [

@@ -6,13 +6,19 @@ records of one parsed turn (segments, tool calls, tool responses) are in turns.p
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from .turns import ToolCall, ToolResponse, Turn
 
 ROLES = {"system": "system", "human": "user", "gpt": "assistant", "tool": "tool"}
 """ShareGPT `from` values and the chat role each one maps to."""
+
+SPLITS = ("train", "eval")
+"""The output splits of packed data (mask_stage.is_eval decides a trace's)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -90,6 +96,12 @@ class RowError(ValueError):
 _STR_FIELDS = ("tools", "category", "subcategory", "task")
 
 
+def content_id(conversations: list[tuple[str, str]]) -> str:
+    """The id of a row that has none: a hash of its conversation, so it depends on the data
+    alone (not on the file's name or the row's place), the same in every format and run."""
+    return "sha-" + hashlib.sha256(orjson.dumps(conversations)).hexdigest()[:16]
+
+
 def row_from_dict(d: Any, loc: Location | None = None, source: str = "") -> Row:
     """Validate one row in the dataset schema. Raises RowError naming the row and field."""
     loc = loc or Location("<memory>", 0)
@@ -115,8 +127,8 @@ def row_from_dict(d: Any, loc: Location | None = None, source: str = "") -> Row:
             raise bad(f"conversations[{i}].value", f"is a {type(value).__name__}, not a string")
         turns.append((frm, value))
     rid = d.get("id")
-    if rid is None:
-        rid = f"{loc.file}:{loc.row}" if loc.row >= 0 else f"{loc.file}@{loc.byte}"
+    if rid is None or rid == "":
+        rid = content_id(turns)
     elif not isinstance(rid, str):
         rid = str(rid)
     strs = {}
@@ -126,8 +138,6 @@ def row_from_dict(d: Any, loc: Location | None = None, source: str = "") -> Row:
             v = ""
         elif not isinstance(v, str):
             if f == "tools" and isinstance(v, list):
-                import orjson
-
                 v = orjson.dumps(v).decode()
             else:
                 raise bad(f, f"is a {type(v).__name__}, not a string")

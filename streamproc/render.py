@@ -141,7 +141,8 @@ def _pretty(value: Any) -> str:
 
 
 def user_lines(text: str, turn: int, limits: Limits | None) -> list[Line]:
-    return [Line(LABEL_USER, f"── USER (turn {turn})"), *_body(shorten(text, limits and limits.user))]
+    """A user turn, `turn` its 0-based index (shown from 1)."""
+    return [Line(LABEL_USER, f"── USER (turn {turn + 1})"), *_body(shorten(text, limits and limits.user))]
 
 
 def thought_lines(thoughts: Iterable[str], limits: Limits | None) -> list[Line]:
@@ -154,7 +155,8 @@ def thought_lines(thoughts: Iterable[str], limits: Limits | None) -> list[Line]:
 
 
 def call_lines(call: ToolCall, number: int | None, limits: Limits | None) -> list[Line]:
-    tag = f"#{number} " if number is not None else ""
+    """A call, `number` its 0-based place in the conversation (shown from 1, as turns are)."""
+    tag = f"#{number + 1} " if number is not None else ""
     if not call.valid:
         head = Line(LABEL_ERROR, f"── CALL {tag}{call.name or '?'}  malformed: {call.error}")
         return [head, *_body(shorten(call.raw.strip(), limits and limits.value))]
@@ -163,16 +165,25 @@ def call_lines(call: ToolCall, number: int | None, limits: Limits | None) -> lis
 
 
 def response_lines(resp: ToolResponse, number: int | None, limits: Limits | None) -> list[Line]:
-    tag = f"#{number} " if number is not None else ""
+    """A response, `number` the 0-based place of its call (shown from 1). A null `error` field,
+    which most good results carry, is left out: it says nothing."""
+    tag = f"#{number + 1} " if number is not None else ""
     err = status(resp)
     name = resp.name or "?"
     if resp.call is None:
         name += "  (answers no call)"
     head = Line(LABEL_ERROR, f"── RESULT {tag}{name}  error: {err}") if err else Line(LABEL_OK, f"── RESULT {tag}{name}  ok")
-    out = [head, *value_lines(resp.content, limits and limits.value)]
+    out = [head, *value_lines(_without_null_error(resp.content), limits and limits.value)]
     if resp.error:
         out.append(Line(NOTE, f"{INDENT}(not JSON: {resp.error})"))
     return out
+
+
+def _without_null_error(content: Any) -> Any:
+    value = _json_in_string(content) if isinstance(content, str) else content
+    if isinstance(value, dict) and "error" in value and value["error"] in (None, ""):
+        return {k: v for k, v in value.items() if k != "error"}
+    return content
 
 
 def text_lines(text: str, final: bool, limits: Limits | None) -> list[Line]:
@@ -213,7 +224,7 @@ def assistant_lines(trace: Trace, ti: int, limits: Limits | None, with_responses
             out.extend(call_lines(value, number, limits))
             if with_responses:
                 out.extend(response_lines(trace.response(value.response), number, limits) if value.response is not None
-                           else [Line(LABEL_ERROR, f"── RESULT #{number}  no response")])
+                           else [Line(LABEL_ERROR, f"── RESULT #{number + 1}  no response")])
     return out
 
 
@@ -222,7 +233,7 @@ def header_lines(trace: Trace) -> list[Line]:
     return [
         Line(HEADER, f"━━ TASK [{where}]  source: {trace.source or '-'}  id: {trace.id}"),
         *_body(trace.task or "(no task)"),
-        Line(NOTE, f"{INDENT}{len(trace.turns)} turns, {len(trace.calls)} tool calls"),
+        Line(NOTE, f"{INDENT}{len(trace.turns)} turns, {len(trace.calls)} tool calls (turns, calls and steps are numbered from 1)"),
     ]
 
 
@@ -242,13 +253,13 @@ def trace_lines(trace: Trace, limits: Limits | None = DEFAULT) -> list[Line]:
 def _turn_lines(trace: Trace, ti: int, turn: Turn, limits: Limits | None) -> list[Line]:
     if turn.role == "system":
         if limits is None:
-            return [Line(HEADER, f"── SYSTEM (turn {ti})"), *_body(turn.text, DIM_BODY)]
+            return [Line(HEADER, f"── SYSTEM (turn {ti + 1})"), *_body(turn.text, DIM_BODY)]
         return [Line(NOTE, f"── system prompt: {len(turn.text):,} chars (--full shows it)")]
     if turn.role == "user":
         return user_lines(turn.text, ti, limits)
     if turn.role == "assistant":
-        return [Line(NOTE, f"── assistant (turn {ti})"), *assistant_lines(trace, ti, limits)]
-    out = [Line(NOTE, f"── tool (turn {ti})")]
+        return [Line(NOTE, f"── assistant (turn {ti + 1})"), *assistant_lines(trace, ti, limits)]
+    out = [Line(NOTE, f"── tool (turn {ti + 1})")]
     for resp in turn.tool_responses:
         out.extend(response_lines(resp, resp.call, limits))
     if not turn.tool_responses and turn.text:

@@ -8,16 +8,20 @@ writing files needs no display and leaves the notebook's backend alone.
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, NullFormatter, PercentFormatter
 
 from .fileio import write_bytes, write_json
-from .metrics import POSITION_CAP, Counts, Hist, Stats
+from .metrics import COUNT_EDGES, POSITION_CAP, Counts, Hist, Stats
 from .records import Tally
 
 # ----------------------------------------------------------------------------- figures as text
@@ -48,7 +52,7 @@ FIGURES: list[tuple[str, Callable[[Counts], str]]] = [
     ("distinct tools called", lambda c: f"{len(c.tool_counts):,}"),
     ("failed tool responses", lambda c: f"{sum(c.error_classes.values()):,} of {c.tool_responses:,} ({_pct(sum(c.error_classes.values()), c.tool_responses)})"),
     ("traces with a failed response", lambda c: f"{c.traces_with_errors:,} ({_pct(c.traces_with_errors, c.traces)})"),
-    ("guide's \"error\" substring flags (responses / traces)", lambda c: f"{c.guide_flagged_responses:,} / {c.guide_flagged_traces:,}"),
+    ("\"error\" substring heuristic flags (responses / traces)", lambda c: f"{c.guide_flagged_responses:,} / {c.guide_flagged_traces:,}"),
     ("reasoning chars per assistant turn (mean / p50 / p90 / max)", lambda c: _dist(c.reasoning_chars_per_turn)),
     ("reasoning chars per trace (mean / p50 / p90 / max)", lambda c: _dist(c.reasoning_chars_per_trace)),
     ("reasoning tokens per assistant turn (mean / p50 / p90 / max)", lambda c: _dist(c.reasoning_tokens_per_turn)),
@@ -106,14 +110,14 @@ def summary_text(stats: Stats, tally: Tally | None = None, top: int = 10) -> str
     return "\n".join(out)
 
 
-def summary_markdown(stats: Stats, tally: Tally | None = None, top: int = 10, plots: list[str] = ()) -> str:
-    """`summary.md`: the same tables in Markdown, followed by the plots."""
+def summary_markdown(stats: Stats, tally: Tally | None = None, top: int = 10, plots: list[str] = (), extra=()) -> str:
+    """`summary.md`: the same tables (and any `extra` ones) in Markdown, followed by the plots."""
     out = ["# Trace statistics", ""]
     if tally:
         out += [tally.summary() + ".", ""]
     if stats.tokenizer:
         out += [f"Tokens counted with `{stats.tokenizer}`.", ""]
-    for title, header, rows in tables(stats, top):
+    for title, header, rows in [*tables(stats, top), *extra]:
         if not rows:
             continue
         out += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -126,6 +130,8 @@ def summary_markdown(stats: Stats, tally: Tally | None = None, top: int = 10, pl
 
 # ----------------------------------------------------------------------------- plots
 
+FEW = 30  # a share resting on fewer samples than this is drawn faded or hollow, its count shown
+
 
 def _axes(ax, size=(7, 4.5)):
     if ax is None:
@@ -133,134 +139,302 @@ def _axes(ax, size=(7, 4.5)):
     return ax
 
 
-def top_tools(c: Counts, ax=None, top: int = 15) -> Figure:
-    """The guide's "Top tools by call volume"."""
-    ax = _axes(ax)
-    items = c.tool_counts.most_common(top)[::-1]
-    ax.barh([k for k, _ in items], [n for _, n in items])
-    ax.set_title(f"Top {len(items)} tools by call volume")
+def _nothing(ax, title: str, why: str) -> Figure:
+    """A plot with nothing to draw says why (no traces, no tool calls) instead of failing."""
+    ax.set_title(title)
+    ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, color="0.35")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax.figure
+
+
+def _groups(data: Stats | Counts) -> list[tuple[str, Counts]]:
+    """What to draw side by side: each source of a Stats (sorted), or one Counts as "all"."""
+    if isinstance(data, Counts):
+        return [("all", data)]
+    return sorted(data.by_source.items())
+
+
+def _palette(groups: list[tuple[str, Counts]]) -> dict[str, str]:
+    """A colour per source, fixed before any source is left out of a plot, so it matches across plots."""
+    return {name: f"C{i}" for i, (name, _) in enumerate(groups)}
+
+
+def _merged(groups: list[tuple[str, Counts]]) -> Counts:
+    out = Counts()
+    for _, c in groups:
+        out.merge(c)
+    return out
+
+
+def _legend(ax, groups=None, handles=None, labels=None, title: str | None = "source") -> None:
+    """The legend under the plot when the plot has its figure to itself, so it never covers the
+    data; inside the axes otherwise. With `groups`, only when there are several."""
+    if groups is not None and len(groups) < 2:
+        return
+    args = (handles, labels) if handles is not None else ()
+    if len(ax.figure.axes) == 1:
+        longest = max(map(len, labels if labels is not None else ax.get_legend_handles_labels()[1]), default=0)
+        ax.figure.legend(*args, loc="outside lower center", ncols=2 if longest < 45 else 1, fontsize="small", title=title,
+                         title_fontsize="small", frameon=False)
+    else:
+        ax.legend(*args, fontsize="small", title=title, title_fontsize="small")
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a rate k/n (95% by default): honest for small n and for
+    rates of 0 or 1, where the normal approximation collapses to a point."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _lengths(v: float, _pos=None) -> str:
+    """Tick labels of a log axis of lengths: 1, 10, 100, 1k, 10k, 1M."""
+    for div, suffix in ((1e6, "M"), (1e3, "k")):
+        if v >= div:
+            return f"{v / div:.3g}{suffix}"
+    return f"{v:.3g}"
+
+
+def top_tools(data: Stats | Counts, ax=None, top: int = 15) -> Figure:
+    """Calls of the most-called tools, one bar per source when there are several."""
+    groups = _groups(data)
+    ax = _axes(ax, (7.5, 5.5))
+    title = "Top tools by call volume"
+    names = [k for k, _ in _merged(groups).tool_counts.most_common(top)][::-1]
+    if not names:
+        return _nothing(ax, title, "no tool was called in these traces")
+    colours = _palette(groups)
+    groups = [(s, c) for s, c in groups if c.tool_calls]
+    height = 0.8 / len(groups)
+    y = np.arange(len(names))
+    for i, (source, c) in enumerate(groups):
+        bars = ax.barh(y + (len(groups) - 1 - i) * height - 0.4 + height / 2, [c.tool_counts[t] for t in names],
+                       height, label=source, color=colours[source])
+        ax.bar_label(bars, [f"{c.tool_counts[t]:,}" if c.tool_counts[t] else "" for t in names], padding=2, fontsize=7)
+    ax.set_yticks(y, names)
+    ax.margins(x=0.12)
+    ax.set_title(f"{title} (top {len(names)})")
     ax.set_xlabel("Calls")
+    _legend(ax, groups)
     return ax.figure
 
 
-def parallel_widths(c: Counts, ax=None) -> Figure:
-    """The guide's "Tool calls per assistant turn", on a log scale."""
+def parallel_widths(data: Stats | Counts, ax=None) -> Figure:
+    """How many calls an assistant turn makes at once: share of the turns with calls, per source."""
+    groups = _groups(data)
     ax = _axes(ax)
-    widths = sorted(c.parallel_widths)
-    ax.bar([str(w) for w in widths], [c.parallel_widths[w] for w in widths])
+    title = "Tool calls per assistant turn (turns with calls)"
+    widths = sorted(_merged(groups).parallel_widths)
+    if not widths:
+        return _nothing(ax, title, "no assistant turn called a tool")
+    colours = _palette(groups)
+    groups = [(s, c) for s, c in groups if c.parallel_widths]
+    width = 0.8 / len(groups)
+    x = np.arange(len(widths))
+    for i, (source, c) in enumerate(groups):
+        n = sum(c.parallel_widths.values())
+        shares = [c.parallel_widths[w] / n if n else 0 for w in widths]
+        bars = ax.bar(x + i * width - 0.4 + width / 2, shares, width, label=f"{source} ({n:,} turns)", color=colours[source])
+        ax.bar_label(bars, [f"{c.parallel_widths[w]:,}" if c.parallel_widths[w] else "" for w in widths], fontsize=7)
+    ax.set_xticks(x, [str(w) for w in widths])
     ax.set_yscale("log")
-    ax.set_title("Tool calls per assistant turn (turns with calls)")
-    ax.set_xlabel("Calls in one turn")
-    ax.set_ylabel("Assistant turns (log)")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
+    ax.margins(y=0.15)
+    ax.set_title(title)
+    ax.set_xlabel("Calls in one turn (bars labelled with turns)")
+    ax.set_ylabel("Share of the source's turns with calls (log)")
+    _legend(ax, groups)
     return ax.figure
 
 
-def conversation_length(c: Counts, ax=None, bars: int = 40) -> Figure:
-    """The guide's "Conversation length": turns per trace, regrouped into at most `bars` bars."""
+def conversation_length(data: Stats | Counts, ax=None, bars: int = 40) -> Figure:
+    """Turns per trace as a share of each source's traces, regrouped into at most `bars` bins."""
+    groups = _groups(data)
     ax = _axes(ax)
-    h = c.turns_per_trace
-    top = min(h.max + 1, len(h.edges))
+    title = "Conversation length"
+    if not _merged(groups).traces:
+        return _nothing(ax, title, "no traces")
+    last = max(c.turns_per_trace.max for _, c in groups)
+    top = min(last + 1, len(COUNT_EDGES))
     width = max(1, -(-top // bars))
-    counts = np.add.reduceat(h.counts[:top], np.arange(0, top, width)) if top else np.zeros(0)
-    ax.bar(np.arange(0, top, width), counts, width=width, align="edge")
-    ax.set_title("Conversation length")
-    ax.set_xlabel("Turns per trace")
-    ax.set_ylabel("Traces")
+    starts = np.arange(0, top, width)
+    for i, (source, c) in enumerate(groups):
+        h = c.turns_per_trace
+        if not h.n:
+            continue
+        counts = np.add.reduceat(h.counts[:top], starts) / h.n
+        ax.stairs(counts, np.append(starts, top), label=f"{source}: {h.n:,} traces, mean {h.mean():.1f}",
+                  color=f"C{i}", fill=len(groups) == 1, alpha=0.85 if len(groups) == 1 else 1, linewidth=1.6)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.set_title(title)
+    ax.set_xlabel("Turns per trace" + (f" (bins of {width})" if width > 1 else ""))
+    ax.set_ylabel("Share of the source's traces")
+    _legend(ax, title=None)
     return ax.figure
 
 
-def categories(c: Counts, ax=None) -> Figure:
-    """The guide's "Category distribution"."""
-    ax = _axes(ax, (6, 6))
-    items = c.categories.most_common()
-    ax.pie([n for _, n in items], labels=[k or "(none)" for k, _ in items], autopct="%1.0f%%", startangle=90)
-    ax.set_title("Category distribution")
+def categories(data: Stats | Counts, ax=None) -> Figure:
+    """Traces per category, stacked by source, each bar labelled with its count and share."""
+    groups = _groups(data)
+    total = _merged(groups)
+    ax = _axes(ax, (7.5, 0.9 + 0.38 * max(3, len(total.categories))))
+    title = "Traces per category"
+    if not total.traces:
+        return _nothing(ax, title, "no traces")
+    cats = [k for k, _ in total.categories.most_common()][::-1]
+    y = np.arange(len(cats))
+    left = np.zeros(len(cats))
+    for i, (source, c) in enumerate(groups):
+        n = np.array([c.categories[k] for k in cats], dtype=float)
+        ax.barh(y, n, left=left, label=source, color=f"C{i}", height=0.7)
+        left += n
+    for yi, k in zip(y, cats):
+        ax.text(left[yi], yi, f" {total.categories[k]:,} ({_pct(total.categories[k], total.traces)})", va="center", fontsize=8)
+    ax.set_yticks(y, [k or "(none)" for k in cats])
+    ax.margins(x=0.2)
+    ax.set_title(title)
+    ax.set_xlabel("Traces")
+    _legend(ax, groups)
     return ax.figure
 
 
-def tools_by_category(c: Counts, ax=None, top: int = 12) -> Figure:
-    """Heat map: the share of each category's calls that go to each of the top tools."""
+def tools_by_category(c: Counts | Stats, ax=None, top: int = 12) -> Figure:
+    """Heat map: the share of each category's calls that go to each of the top tools, each cell
+    labelled with its calls."""
+    c = c.total() if isinstance(c, Stats) else c
     tools = [k for k, _ in c.tool_counts.most_common(top)]
     cats = [k for k, _ in c.categories.most_common()]
-    grid = np.array([[c.tools_by_category[(cat, t)] for t in tools] for cat in cats], dtype=float)
-    ax = _heat(_axes(ax, (10, 5)), grid / np.maximum(grid.sum(axis=1, keepdims=True), 1), tools, [k or "(none)" for k in cats], "share of the category's calls")
-    ax.set_xticks(range(len(tools)), tools, rotation=45, ha="right")
-    ax.set_title(f"Tool usage by category (top {len(tools)} tools)")
+    ax = _axes(ax, (10, 1.8 + 0.4 * max(3, len(cats))))
+    title = f"Tool usage by category (top {len(tools)} tools)"
+    if not tools or not cats:
+        return _nothing(ax, "Tool usage by category", "no tool was called in these traces")
+    calls = np.array([[c.tools_by_category[(cat, t)] for t in tools] for cat in cats], dtype=float)
+    per_cat = calls.sum(axis=1, keepdims=True)
+    _heat(ax, calls / np.maximum(per_cat, 1), calls, per_cat[:, 0],
+          tools, [f"{k or '(none)'} ({int(n):,})" for k, n in zip(cats, per_cat[:, 0])], "share of the category's calls")
+    ax.set_xticks(range(len(tools)), tools, rotation=40, ha="right")
+    ax.set_title(title)
     return ax.figure
 
 
-def tools_by_position(c: Counts, ax=None, top: int = 12) -> Figure:
+def tools_by_position(c: Counts | Stats, ax=None, top: int = 12) -> Figure:
     """Heat map: the share of the calls made at each assistant-turn number that go to each of
-    the top tools (what the agent reaches for first, and later)."""
+    the top tools (what the agent reaches for first, and later). Cells carry their calls; turn
+    numbers with fewer than FEW calls are faded, since their shares are noise."""
+    c = c.total() if isinstance(c, Stats) else c
     tools = [k for k, _ in c.tool_counts.most_common(top)]
     last = max((p for _, p in c.calls_by_position), default=0)
+    ax = _axes(ax, (13, 1.8 + 0.42 * max(3, len(tools))))
+    if not tools or not last:
+        return _nothing(ax, "Tool usage by turn position", "no tool was called in these traces")
     at = Counter()  # calls at each turn number, every tool
     for (_, p), n in c.calls_by_position.items():
         at[p] += n
-    grid = np.array([[c.calls_by_position[(t, p)] / max(at[p], 1) for p in range(1, last + 1)] for t in tools], dtype=float)
-    cols = [str(p) for p in range(1, last + 1)]
+    positions = range(1, last + 1)
+    calls = np.array([[c.calls_by_position[(t, p)] for p in positions] for t in tools], dtype=float)
+    totals = np.array([at[p] for p in positions], dtype=float)
+    cols = [str(p) for p in positions]
     if last == POSITION_CAP:
         cols[-1] += "+"
-    ax = _heat(_axes(ax, (11, 5)), grid, cols, tools, "share of the calls at that turn")
-    ax.set_xlabel("Assistant turn number")
+    _heat(ax, calls / np.maximum(totals, 1), calls, totals, cols, tools, "share of the calls at that turn", by_column=True)
+    ax.set_xlabel(f"Assistant turn number (faded: fewer than {FEW} calls at that turn; top: calls at that turn)")
     ax.set_title(f"Tool usage by turn position (top {len(tools)} tools)")
     return ax.figure
 
 
-def _heat(ax, grid: np.ndarray, cols: list[str], rows: list[str], label: str):
-    im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0)
+def _heat(ax, share: np.ndarray, calls: np.ndarray, support: np.ndarray, cols: list[str], rows: list[str], label: str,
+          by_column: bool = False):
+    """`share` coloured; each non-empty cell labelled with its `calls`; rows (or columns) whose
+    `support` is under FEW veiled in white, in proportion."""
+    im = ax.imshow(share, aspect="auto", cmap="viridis", vmin=0, vmax=max(float(share.max()), 1e-9))
+    veil = np.clip(1 - support / FEW, 0, 1) * 0.75
+    veil = np.broadcast_to(veil[None, :] if by_column else veil[:, None], share.shape)
+    white = np.ones(share.shape + (4,))
+    white[..., 3] = veil
+    ax.imshow(white, aspect="auto")
+    small = 6 if share.shape[1] > 16 else 7.5
+    for (r, k), n in np.ndenumerate(calls):
+        if n:
+            dark = share[r, k] > 0.55 * share.max() and veil[r, k] < 0.4
+            ax.text(k, r, f"{int(n):,}", ha="center", va="center", fontsize=small, color="black" if dark else "white"
+                    if veil[r, k] < 0.4 else "0.25")
     ax.set_xticks(range(len(cols)), cols)
     ax.set_yticks(range(len(rows)), rows)
-    ax.figure.colorbar(im, ax=ax, label=label)
+    if by_column:
+        top = ax.secondary_xaxis("top")
+        top.set_xticks(range(len(cols)), [f"{int(n):,}" for n in support], fontsize=6)
+    ax.figure.colorbar(im, ax=ax, label=label, format=PercentFormatter(1.0, decimals=0), pad=0.01)
     return ax
 
 
-def reasoning_length(stats: Stats, ax=None) -> Figure:
-    """Reasoning per assistant turn, one line per source: tokens when counted, else characters."""
-    from matplotlib.ticker import NullFormatter
-
+def reasoning_length(stats: Stats | Counts, ax=None) -> Figure:
+    """Reasoning per assistant turn as a cumulative share of turns, one line per source: tokens
+    when counted, else characters."""
+    groups = _groups(stats)
     ax = _axes(ax)
-    unit = "tokens" if any(c.reasoning_tokens_per_turn.n for c in stats.by_source.values()) else "chars"
-    for name, c in sorted(stats.by_source.items()):
-        h = getattr(c, f"reasoning_{unit}_per_turn")
-        x, y = _coarse_density(h)
-        if len(y):
-            ax.stairs(y, x, label=f"{name} ({_pct(int(h.counts[0]), h.n)} without reasoning)")
+    unit = "tokens" if any(c.reasoning_tokens_per_turn.n for _, c in groups) else "chars"
+    title = f"Reasoning length per assistant turn ({unit})"
+    hists = [(name, getattr(c, f"reasoning_{unit}_per_turn"), i) for i, (name, c) in enumerate(groups)]
+    hists = [(name, h, i) for name, h, i in hists if h.n]
+    if not any(h.max for _, h, _ in hists):
+        return _nothing(ax, title, "no assistant turn has reasoning" if hists else "no assistant turns")
+    for name, h, i in hists:
+        bins = h.nonzero()
+        without = bins[0][2] if bins and bins[0][0] == 0 else 0
+        x = [1.0] + [lo for lo, _, _ in bins if lo > 0] + [h.max + 1]
+        y = np.cumsum([without] + [n for lo, _, n in bins if lo > 0]) / h.n
+        ax.step(x, np.append(y, 1.0), where="post", color=f"C{i}", linewidth=1.8,
+                label=f"{name}: median {_lengths(h.percentile(50))}, {_pct(without, h.n)} of {h.n:,} turns without")
     ax.set_xscale("log")
-    ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(_lengths))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_title(f"Reasoning length per assistant turn ({unit})")
-    ax.set_xlabel(f"Reasoning {unit} (log)")
-    ax.set_ylabel(f"Share of turns per {unit[:-1]} (log)")
-    ax.legend(fontsize="small")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.set_title(title)
+    ax.set_xlabel(f"Reasoning {unit} in the turn (log scale)")
+    ax.set_ylabel(f"Turns with at most this many {unit}")
+    _legend(ax, title=None)
     return ax.figure
 
 
-_COARSE = {round(10 ** (k / 10)) for k in range(81)}  # 10 bins per decade: every 4th length bin
-
-
-def _coarse_density(h: Hist) -> tuple[np.ndarray, np.ndarray]:
-    """Non-zero lengths regrouped to 10 bins per decade, as share of all turns per unit length,
-    so that log-width bins do not distort the shape."""
-    starts = [i for i, e in enumerate(h.edges) if e in _COARSE and e <= h.max]
-    if not starts or not h.n:
-        return np.zeros(1), np.zeros(0)
-    counts = np.add.reduceat(h.counts, starts)
-    x = np.array([h.edges[i] for i in starts] + [h.max + 1], dtype=float)
-    first = int(np.flatnonzero(counts)[0]) if counts.any() else len(counts)
-    return x[first:], (counts / np.diff(x) / h.n)[first:]
-
-
-def error_rate(c: Counts, ax=None, top: int = 15) -> Figure:
-    """Failure rate per tool for the most-answered tools, labelled with failed / responses."""
-    ax = _axes(ax)
-    items = c.responses_by_tool.most_common(top)[::-1]
-    rates = [c.errors_by_tool[k] / n for k, n in items]
-    bars = ax.barh([k for k, _ in items], rates, color="tab:red")
-    ax.bar_label(bars, [f"{c.errors_by_tool[k]:,}/{n:,}" for k, n in items], padding=2, fontsize="small")
-    ax.set_xlim(0, min(1.15, max(rates, default=0) * 1.3 + 0.05))  # room for the labels
-    ax.set_title("Failure rate per tool (classified from the response)")
-    ax.set_xlabel("Failed responses / responses")
+def error_rate(data: Stats | Counts, ax=None, top: int = 15) -> Figure:
+    """Failure rate of the most-answered tools with its 95% Wilson interval, one mark per source,
+    labelled failed/responses: a rate on 9 responses shows as the wide interval it is."""
+    groups = _groups(data)
+    names = [k for k, _ in _merged(groups).responses_by_tool.most_common(top)][::-1]
+    ax = _axes(ax, (8, 1.4 + 0.3 * max(3, len(names)) * (1 + 0.4 * (len(groups) > 1))))
+    title = "Failure rate per tool, with 95% interval"
+    if not names:
+        return _nothing(ax, title, "no tool responses in these traces")
+    colours = _palette(groups)
+    groups = [(s, c) for s, c in groups if c.tool_responses]
+    step = 0.7 / len(groups)
+    for i, (source, c) in enumerate(groups):
+        for j, t in enumerate(names):
+            k, n = c.errors_by_tool[t], c.responses_by_tool[t]
+            if not n:
+                continue
+            y = j + (len(groups) - 1 - i) * step - 0.35 + step / 2
+            lo, hi = wilson(k, n)
+            ax.plot([lo, hi], [y, y], color=colours[source], linewidth=2, alpha=0.6, solid_capstyle="butt")
+            ax.plot([k / n], [y], "o", color=colours[source], markerfacecolor=colours[source] if n >= FEW else "white")
+            ax.text(hi + 0.01, y, f"{k:,}/{n:,}", va="center", fontsize=7, color="0.2")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlim(0, 1.12)
+    ax.set_xticks(np.linspace(0, 1, 6))
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.set_title(title)
+    ax.set_xlabel(f"Failed responses / responses (hollow: fewer than {FEW} responses)")
+    _legend(ax, groups, [Line2D([], [], color=colours[name], marker="o", linewidth=2) for name, _ in groups],
+            [name for name, _ in groups])
     return ax.figure
 
 
@@ -274,71 +448,153 @@ _COMPARED: list[tuple[str, Callable[[Counts], float]]] = [
 ]
 
 
-def sources(stats: Stats, fig: Figure | None = None) -> Figure:
-    """Side-by-side comparison of the sources on a few headline figures."""
-    fig = fig or Figure(figsize=(12, 6), layout="constrained")
-    names = sorted(stats.by_source)
-    axes = fig.subplots(2, 3).ravel()
-    for ax, (label, fn) in zip(axes, _COMPARED):
-        values = [fn(stats.by_source[n]) for n in names]
-        bars = ax.bar(names, values, color=[f"C{i}" for i in range(len(names))])
-        ax.bar_label(bars, [f"{v:,.1f}" for v in values], fontsize="small")
+def overview(data: Stats | Counts, fig: Figure | None = None) -> Figure:
+    """The headline figures, side by side per source, each source's traces under its name."""
+    groups = _groups(data)
+    fig = fig or Figure(figsize=(12, 6.5), layout="constrained")
+    if not _merged(groups).traces:
+        _nothing(fig.add_subplot(), "Overview", "no traces")
+        return fig
+    names = [f"{name}\n{c.traces:,} traces" for name, c in groups]
+    for ax, (label, fn) in zip(fig.subplots(2, 3).ravel(), _COMPARED):
+        values = [fn(c) for _, c in groups]
+        bars = ax.bar(names, values, color=[f"C{i}" for i in range(len(groups))], width=0.6)
+        ax.bar_label(bars, [f"{v:,.1f}" for v in values], fontsize="small", padding=2)
+        ax.set_ylim(0, max(values) * 1.18 or 1)  # room for the labels; all zero stays a flat, readable axis
         ax.set_title(label, fontsize="medium")
-        ax.tick_params(axis="x", rotation=20)
-    fig.suptitle("Sources compared")
+        ax.tick_params(axis="x", labelsize="small")
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.suptitle("Overview" + (", sources compared" if len(groups) > 1 else ""))
     return fig
 
 
-def overview(c: Counts, fig: Figure | None = None) -> Figure:
-    """The guide's four charts in one 2x2 figure."""
-    fig = fig or Figure(figsize=(13, 9), layout="constrained")
-    axes = fig.subplots(2, 2)
-    top_tools(c, axes[0, 0])
-    parallel_widths(c, axes[0, 1])
-    conversation_length(c, axes[1, 0])
-    categories(c, axes[1, 1])
-    return fig
+def sequence_lengths(training: "Training", ax=None) -> Figure:
+    """Lengths of the packed sequences (tokens) per split, against the row length."""
+    ax = _axes(ax)
+    seq_len = training.manifest.get("seq_len") or 0
+    title = f"Packed sequence lengths (rows of {seq_len:,} tokens)"
+    drawn = {s: v for s, v in training.lengths.items() if len(v)}
+    if not drawn:
+        return _nothing(ax, title, "no sequences were written" if training.lengths else "the shards were not at hand")
+    hi = max(seq_len, max(int(v.max()) for v in drawn.values()))
+    edges = np.linspace(0, hi, 41)
+    for i, (split, v) in enumerate(drawn.items()):
+        counts, _ = np.histogram(v, edges)
+        ax.stairs(counts, edges, label=f"{split}: {len(v):,} sequences, median {int(np.median(v)):,}", color=f"C{i}",
+                  fill=len(drawn) == 1, alpha=0.85 if len(drawn) == 1 else 1)
+    if seq_len:
+        ax.axvline(seq_len, color="0.3", linestyle="--", linewidth=1)
+    ax.xaxis.set_major_formatter(FuncFormatter(_lengths))
+    ax.set_title(title)
+    ax.set_xlabel("Tokens in the sequence")
+    ax.set_ylabel("Sequences")
+    _legend(ax, title=None)
+    return ax.figure
 
 
 def plots(stats: Stats) -> dict[str, Figure]:
     """Every report plot by file stem."""
-    total = stats.total()
     return {
-        "overview": overview(total),
-        "top_tools": top_tools(total),
-        "parallel_widths": parallel_widths(total),
-        "conversation_length": conversation_length(total),
-        "categories": categories(total),
-        "tools_by_category": tools_by_category(total),
-        "tools_by_position": tools_by_position(total),
+        "overview": overview(stats),
+        "top_tools": top_tools(stats),
+        "error_rate": error_rate(stats),
+        "conversation_length": conversation_length(stats),
         "reasoning_length": reasoning_length(stats),
-        "error_rate": error_rate(total),
-        "sources": sources(stats),
+        "parallel_widths": parallel_widths(stats),
+        "categories": categories(stats),
+        "tools_by_category": tools_by_category(stats),
+        "tools_by_position": tools_by_position(stats),
     }
+
+
+def png(fig: Figure, dpi: int = 110) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
 
 
 def pngs(stats: Stats, dpi: int = 110) -> dict[str, bytes]:
     """Every report plot as PNG bytes, by file stem."""
-    out = {}
-    for stem, fig in plots(stats).items():
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=dpi)
-        out[stem] = buf.getvalue()
-    return out
+    return {stem: png(fig, dpi) for stem, fig in plots(stats).items()}
+
+
+# ----------------------------------------------------------------------------- the training data
+
+
+@dataclass(slots=True)
+class Training:
+    """What a pack run wrote, for the report: its manifest, and the packed sequence lengths per
+    split when the shards are at hand."""
+
+    manifest: dict
+    lengths: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def training(packed: str | os.PathLike | Mapping) -> Training:
+    """A pack run's manifest (a dict) or its output directory (or manifest.json path); from a
+    directory, the sequence lengths are read from its shards too."""
+    if isinstance(packed, Mapping):
+        return Training(dict(packed))
+    from .shards import MANIFEST, SPLITS, read_manifest, read_shards
+
+    out = Path(packed)
+    out = out.parent if out.name == MANIFEST else out
+    manifest = read_manifest(out)
+    lengths = {s: read_shards(out, s).column("seq_lens").combine_chunks().flatten().to_numpy() for s in SPLITS
+               if manifest["counts"].get(s, {}).get("sequences")}
+    return Training(manifest, lengths)
+
+
+def training_table(t: Training) -> tuple[str, list[str], list[list[str]]]:
+    """(title, header, rows): the pack run's figures per split (eval only when it has traces)."""
+    counts = t.manifest.get("counts", {})
+    splits = [s for s in ("train", "eval") if s in counts and (s == "train" or counts[s].get("traces"))]
+
+    def row(label: str, fn: Callable[[dict], str]) -> list[str]:
+        return [label] + [fn(counts[s]) for s in splits]
+
+    def eff(c: dict) -> str:
+        return "-" if c.get("packing_efficiency") is None else f"{100 * c['packing_efficiency']:.1f}%"
+
+    rows = [
+        row("traces written / dropped", lambda c: f"{c['traces']:,} / {c['dropped']:,}"),
+        row("sequences", lambda c: f"{c['sequences']:,}"),
+        row("tokens written", lambda c: f"{c['tokens']:,}"),
+        row("trained tokens (share of written)", lambda c: f"{c['trainable']:,} ({_pct(c['trainable'], c['tokens'])})"),
+        row("tokens cut to fit (share of tokenized)", lambda c: f"{c['tokens_cut']:,} ({_pct(c['tokens_cut'], c['tokens'] + c['tokens_cut'])})"),
+        row(f"rows of {t.manifest.get('seq_len', 0):,} tokens", lambda c: f"{c['rows']:,}"),
+        row("packing efficiency (padding)", lambda c: f"{eff(c)} ({c['padding']:,})"),
+    ]
+    for split, v in t.lengths.items():
+        if len(v) and split in splits:
+            rows[1][1 + splits.index(split)] += f" (median {int(np.median(v)):,} tokens)"
+    tok = t.manifest.get("tokenizer", {}).get("name") or "?"
+    return (f"Training data ({tok}, {counts.get('rows_read', 0):,} rows read)", ["figure", *splits], rows)
+
 
 
 def write_report(
-    stats: Stats, out_dir: str | os.PathLike, tally: Tally | None = None, top: int = 10, browser=None
+    stats: Stats,
+    out_dir: str | os.PathLike,
+    tally: Tally | None = None,
+    top: int = 10,
+    browser=None,
+    packed: str | os.PathLike | Mapping | None = None,
 ) -> list[Path]:
     """Write DIR/*.png, DIR/summary.md and DIR/stats.json (each atomically), and DIR/index.html
-    when a `webview.Browser` of the same traces is given; return the paths."""
+    when a `webview.Browser` of the same traces is given; return the paths. `packed`, a pack
+    run's manifest or output directory, adds its training-data figures (and, from a directory,
+    sequence_lengths.png)."""
     out_dir = Path(out_dir)
     images = pngs(stats)
-    for stem, png in images.items():
-        write_bytes(out_dir / f"{stem}.png", png)
-    written = [out_dir / f"{stem}.png" for stem in images]
+    train = training(packed) if packed is not None else None
+    extra = [training_table(train)] if train else []
+    train_images = {"sequence_lengths": png(sequence_lengths(train))} if train and train.lengths else {}
+    for stem, data in {**images, **train_images}.items():
+        write_bytes(out_dir / f"{stem}.png", data)
+    written = [out_dir / f"{stem}.png" for stem in {**images, **train_images}]
     md = out_dir / "summary.md"
-    write_bytes(md, summary_markdown(stats, tally, top, [str(p) for p in written]).encode())
+    write_bytes(md, summary_markdown(stats, tally, top, [str(p) for p in written], extra).encode())
     js = out_dir / "stats.json"
     write_json(js, stats_document(stats, tally))
     written += [md, js]
@@ -346,7 +602,8 @@ def write_report(
         from .webview import write_page
 
         page = out_dir / "index.html"
-        write_page(page, browser, tables=tables(stats, top), plots=images, note=tally.summary() if tally else "")
+        write_page(page, browser, tables=tables(stats, top), plots=images, note=tally.summary() if tally else "",
+                   training=extra, training_plots=train_images)
         written.append(page)
     return written
 

@@ -158,16 +158,21 @@ def run(
 ) -> Iterator[Folded]:
     """Each split folded by `stages`, in plan order, in `workers` processes (1: this one).
 
-    `progress` names a progress bar sized in input bytes, with a rows/s figure; it shows on a
-    terminal, or anywhere with STREAMPROC_PROGRESS=1."""
-    bar = _bar(progress, sum(s.nbytes for s in splits)) if progress else None
+    `progress` names a progress bar sized in input bytes, with a rows/s figure (with --limit:
+    in rows of the limit, since the input is read only in part); it shows on a terminal, or
+    anywhere with STREAMPROC_PROGRESS=1, and never with STREAMPROC_PROGRESS=0 (--quiet)."""
+    by_rows = bool(splits) and all(s.limit is not None for s in splits)
+    total = sum(s.limit or 0 for s in splits) if by_rows else sum(s.nbytes for s in splits)
+    bar = _bar(progress, total, "rows" if by_rows else "B") if progress else None
     rows = 0
     try:
         for split, folded in zip(splits, map_ordered(_FoldSplit(stages, on_error), splits, workers)):
             if bar is not None:
-                rows += folded.tallies[0].read if folded.tallies else 0
-                bar.set_postfix_str(f"{rows / max(bar.format_dict['elapsed'], 1e-9):,.0f} rows/s", refresh=False)
-                bar.update(split.nbytes)
+                n = folded.tallies[0].read if folded.tallies else 0
+                rows += n
+                if not by_rows:
+                    bar.set_postfix_str(f"{rows / max(bar.format_dict['elapsed'], 1e-9):,.0f} rows/s", refresh=False)
+                bar.update(n if by_rows else split.nbytes)
             yield folded
     finally:
         if bar is not None:
@@ -222,11 +227,16 @@ def run_jobs(splits: Sequence[Split], jobs: Sequence[Job], **kw) -> None:
     feed(run(splits, [s for job in jobs for s in job.stages], **kw), jobs)
 
 
-def _bar(desc: str, total: int):
+def progress_shown() -> bool:
+    env = os.environ.get("STREAMPROC_PROGRESS")
+    return env != "0" and (sys.stderr.isatty() or env == "1")
+
+
+def _bar(desc: str, total: int, unit: str = "B"):
     from tqdm.auto import tqdm
 
-    show = sys.stderr.isatty() or os.environ.get("STREAMPROC_PROGRESS") == "1"
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1000, disable=not show, smoothing=0.1)
+    scale = unit == "B"
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=scale, unit_divisor=1000, disable=not progress_shown(), smoothing=0.1)
 
 
 # ----------------------------------------------------------------------------- worker pool

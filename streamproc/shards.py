@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from .fileio import atomic_path
 from .pack import IGNORE, Packed
+from .records import SPLITS
 
 SCHEMA = pa.schema(
     [
@@ -27,7 +28,6 @@ SCHEMA = pa.schema(
         ("trace_ids", pa.list_(pa.string())),  # the trace each sequence came from
     ]
 )
-SPLITS = ("train", "eval")
 MANIFEST = "manifest.json"
 
 

@@ -14,7 +14,7 @@ import io
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import orjson
 
@@ -27,6 +27,8 @@ SHARD_BYTES = 32 << 20  # fixed target, so the plan (and every result) is the sa
 _PARQUET = (".parquet", ".pq")
 _JSONL = (".jsonl", ".ndjson", ".jsonl.gz", ".jsonl.zst", ".jsonl.zstd", ".ndjson.gz", ".ndjson.zst")
 _JSON = (".json", ".json.gz", ".json.zst")
+BOM = b"\xef\xbb\xbf"
+ROW_KEYS = ("data", "rows", "train")  # where a .json object usually keeps its list of rows
 
 
 @dataclass(slots=True, frozen=True)
@@ -68,28 +70,102 @@ class SourceError(RuntimeError):
     """An input that cannot be used at all (missing file, unreachable hub)."""
 
 
+@dataclass(slots=True, frozen=True)
+class Unread:
+    """Something an input named that is not read, and why (listed in the count line)."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.reason})"
+
+
+class Plan(list):
+    """The splits of a run (a plain list of Split), and `unread`: what the inputs named that
+    is not read, so a run can say so."""
+
+    def __init__(self, shards: Iterable[Split] = (), unread: Iterable[Unread] = ()):
+        super().__init__(shards)
+        self.unread: tuple[Unread, ...] = tuple(unread)
+
+
 def expand(inputs: Sequence[str | os.PathLike]) -> list[str]:
-    """Files, directories (recursively, known extensions only) and globs, in sorted order."""
+    """The files `scan` reads."""
+    return scan(inputs)[0]
+
+
+def scan(inputs: Sequence[str | os.PathLike]) -> tuple[list[str], list[Unread]]:
+    """Files to read, and what is not read. Files as named, directories (recursively, through
+    links to directories, each directory once) and globs (a matched directory as if named),
+    each directory's or glob's files in sorted order. A named file of an unknown type is read as
+    a file-level reject; inside a directory or glob it is listed as unread, with unreadable
+    directories, broken links, FIFOs and streamproc's own rejects files."""
     out: list[str] = []
+    unread: list[Unread] = []
     for item in inputs:
         s = str(item)
         if any(c in s for c in "*?["):
             matches = sorted(glob.glob(s, recursive=True))
             if not matches:
                 raise SourceError(f"{s}: no file matches this pattern")
-            out.extend(m for m in matches if os.path.isfile(m))
+            out.extend(_collect(matches, unread))
         elif os.path.isdir(s):
-            found = sorted(
-                str(p) for p in Path(s).rglob("*") if p.is_file() and file_kind(str(p)) is not None
-            )
+            before = len(unread)
+            found = _collect([s], unread)
             if not found:
-                raise SourceError(f"{s}: directory holds no .parquet, .jsonl or .json file")
+                why = "".join(f"; not read: {u}" for u in unread[before:before + 5])
+                raise SourceError(f"{s}: directory holds no .parquet, .jsonl or .json file{why}")
             out.extend(found)
         elif os.path.isfile(s):
             out.append(s)
+        elif os.path.exists(s):
+            raise SourceError(f"{s}: not a regular file")
         else:
             raise SourceError(f"{s}: no such file or directory")
-    return out
+    return out, unread
+
+
+def _collect(paths: list[str], unread: list[Unread]) -> list[str]:
+    """The readable-kind files under `paths` (files, or directories walked), sorted; the rest
+    appended to `unread`. A file or directory reached twice (overlapping matches, links) once."""
+    files: dict[str, str] = {}  # real path -> path as reached
+    seen: set[str] = set()  # real paths of the files met
+    dirs: set[tuple[int, int]] = set()
+
+    def add_file(path: str) -> None:
+        real = os.path.realpath(path)
+        if real in seen:
+            return
+        seen.add(real)
+        if not os.path.exists(path):
+            unread.append(Unread(path, "broken link"))
+        elif not os.path.isfile(path):  # a FIFO or device: opening it could wait forever
+            unread.append(Unread(path, "not a regular file"))
+        elif file_kind(path) is None:
+            unread.append(Unread(path, "unsupported type"))
+        elif path.endswith(".rejects.jsonl"):
+            unread.append(Unread(path, "a rejects file streamproc wrote"))
+        else:
+            files[real] = path
+
+    def unreadable(e: OSError) -> None:
+        unread.append(Unread(str(e.filename), f"unreadable directory: {e.strerror}"))
+
+    for top in paths:  # files first: a link inside a matched directory may lead back to them
+        if not os.path.isdir(top):
+            add_file(top)
+    for top in filter(os.path.isdir, paths):
+        for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable, followlinks=True):
+            st = os.stat(dirpath)
+            if (st.st_dev, st.st_ino) in dirs:  # a link back to a directory already walked
+                dirnames[:] = []
+                continue
+            dirs.add((st.st_dev, st.st_ino))
+            dirnames.sort()
+            for name in sorted(filenames):
+                add_file(os.path.join(dirpath, name))
+    return sorted(files.values())
 
 
 def file_kind(path: str) -> str | None:
@@ -114,20 +190,21 @@ def plan(
     limit: int | None = None,
     shard_bytes: int = SHARD_BYTES,
     hub_shards: int = 8,
-) -> list[Split]:
+) -> Plan:
     """Plan shards for local inputs or a Hub dataset. With no input at all: the built-in sample.
 
     With `limit`, everything becomes one shard read in order, so the first N rows are exactly
     those of a sequential read.
     """
+    unread: list[Unread] = []
     if dataset:
         parts = _hub_parts(dataset, list(configs) or [None], split, hub_shards)
     else:
-        files = expand(inputs) if inputs else [str(SAMPLE)]
+        files, unread = scan(inputs) if inputs else ([str(SAMPLE)], [])
         parts = [p for f in files for p in _file_parts(f, source, shard_bytes)]
     if limit is not None:
-        return [Split(tuple(parts), limit)]
-    return [Split((p,)) for p in parts]
+        return Plan([Split(tuple(parts), limit)], unread)
+    return Plan((Split((p,)) for p in parts), unread)
 
 
 def source_label(path: str, source: str | None) -> str:
@@ -144,9 +221,13 @@ def source_label(path: str, source: str | None) -> str:
 def _file_parts(path: str, source: str | None, shard_bytes: int) -> list[Part]:
     kind = file_kind(path)
     label = source_label(path, source)
-    size = os.path.getsize(path)
     if kind is None:
         return [Part("error", path, label, error="unknown file type (expected .parquet, .jsonl[.gz|.zst] or .json)")]
+    try:
+        with open(path, "rb"):  # an unreadable file is a file-level reject, not the end of the run
+            size = os.path.getsize(path)
+    except OSError as e:
+        return [Part("error", path, label, error=f"cannot open: {e.strerror or e}")]
     if kind == "parquet":
         import pyarrow.parquet as pq
 
@@ -292,7 +373,12 @@ def _open_text(path: str) -> io.BufferedIOBase:
 
 
 def _read_jsonl(part: Part) -> Iterator[Row | BadRow]:
-    with _open_text(part.path) as f:
+    try:
+        f = _open_text(part.path)
+    except OSError as e:  # unreadable since plan() opened it
+        yield BadRow(Location(part.path, -1), "<file>", f"cannot open: {e.strerror or e}")
+        return
+    with f:
         base: int | None = 0  # line number of the range's first line; counted only when an error needs it
         first = 0
         end = None
@@ -329,7 +415,10 @@ def _read_jsonl(part: Part) -> Iterator[Row | BadRow]:
 
 
 def decode_line(line: bytes, loc: Location, source: str) -> Row | BadRow | None:
-    """One JSONL line as a row, a BadRow, or None when it is blank."""
+    """One JSONL line as a row, a BadRow, or None when it is blank. A UTF-8 byte-order mark
+    (which some editors write at the start of a file) is dropped."""
+    if line.startswith(BOM):
+        line = line[3:]
     if not line.strip():
         return None
     try:
@@ -362,19 +451,38 @@ def _read_json(part: Part) -> Iterator[Row | BadRow]:
         yield BadRow(Location(part.path, -1), "<file>", f"unreadable: {type(e).__name__}: {e}")
         return
     try:
-        obj = orjson.loads(data)
+        obj = orjson.loads(data[3:] if data.startswith(BOM) else data)
     except orjson.JSONDecodeError as e:
         yield BadRow(Location(part.path, -1), "<file>", f"broken JSON: {e}")
         return
-    if isinstance(obj, dict):
-        rows = next((v for v in obj.values() if isinstance(v, list)), None) if "conversations" not in obj else [obj]
-    else:
-        rows = obj
-    if not isinstance(rows, list):
-        yield BadRow(Location(part.path, -1), "<file>", "expected a JSON array of rows")
+    rows = rows_in(obj)
+    if isinstance(rows, str):
+        yield BadRow(Location(part.path, -1), "<file>", rows)
         return
     for i, r in enumerate(rows):
         yield validate_row(r, Location(part.path, i), part.source)
+
+
+def rows_in(obj: Any) -> list | str:
+    """The rows of a decoded .json file, or why they cannot be told: an array of rows, one row,
+    or an object whose one list of rows (objects with `conversations`) holds them, else the list
+    under a well-known key (data, rows, train)."""
+    if isinstance(obj, list):
+        return obj
+    if not isinstance(obj, dict):
+        return f"expected a JSON array of rows, found a {type(obj).__name__}"
+    if "conversations" in obj:
+        return [obj]
+    lists = {k: v for k, v in obj.items() if isinstance(v, list)}
+    holding = [k for k, v in lists.items() if any(isinstance(r, dict) and "conversations" in r for r in v)]
+    if len(holding) == 1:
+        return lists[holding[0]]
+    known = [k for k in lists if k in ROW_KEYS]
+    if not holding and len(known) == 1:
+        return lists[known[0]]
+    if not lists:
+        return f"expected a JSON array of rows, or an object holding one; the object's keys: {', '.join(obj) or 'none'}"
+    return f"cannot tell which list holds the rows: {', '.join(holding or lists)} (keep the rows under one key, e.g. \"data\")"
 
 
 def _read_hub(part: Part) -> Iterator[Row | BadRow]:

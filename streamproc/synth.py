@@ -12,18 +12,17 @@ card's proportion (kimi 7,646 : glm-5.1 7,055), so every row group holds both.
 from __future__ import annotations
 
 import functools
-import gzip
 import json
 import os
 import random
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import orjson
 
-from .fileio import atomic_path
+from .fileio import atomic_path, jsonl_writer, output_format
 
 DATA = Path(__file__).parent / "data"
 
@@ -348,27 +347,35 @@ def write(
     seed: int = 0,
     configs: Sequence[str] = tuple(PROFILES),
     row_group: int = 128,
+    on_rows: Callable[[int], None] | None = None,
 ) -> int:
     """Write n rows to Parquet (zstd, `row_group` rows per group) or JSONL (.gz/.zst by
-    extension), atomically. Returns the number of bytes written."""
+    extension), atomically. Returns the number of bytes written. `on_rows(k)` is told of every
+    k rows written (a progress bar)."""
     path = Path(path)
-    name = path.name.lower()
     if n < 0 or row_group < 1:
         raise ValueError(f"rows must be >= 0 and row_group >= 1 (got {n}, {row_group})")
-    if not name.endswith((".parquet", ".pq", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".ndjson")):
-        raise ValueError(f"{path}: unknown output type (expected .parquet, .jsonl, .jsonl.gz or .jsonl.zst)")
+    fmt = output_format(path)
     with atomic_path(path) as tmp:
-        if name.endswith((".parquet", ".pq")):
-            _write_parquet(tmp, n, seed, configs, row_group)
+        if fmt.kind == "parquet":
+            _write_parquet(tmp, n, seed, configs, row_group, on_rows or _ignore)
         else:
-            _write_jsonl(tmp, name, n, seed, configs)
+            with jsonl_writer(tmp, fmt.compression) as f:
+                for i, rec in enumerate(rows(n, seed, configs), 1):
+                    f.write(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE))
+                    if on_rows and (i % 256 == 0 or i == n):
+                        on_rows(256 if i % 256 == 0 else i % 256)
     return path.stat().st_size
 
 
 SCHEMA_FIELDS = ("id", "conversations", "tools", "category", "subcategory", "task", "source")
 
 
-def _write_parquet(tmp: Path, n: int, seed: int, configs: Sequence[str], row_group: int) -> None:
+def _ignore(k: int) -> None:
+    pass
+
+
+def _write_parquet(tmp: Path, n: int, seed: int, configs: Sequence[str], row_group: int, on_rows: Callable[[int], None]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -396,18 +403,4 @@ def _write_parquet(tmp: Path, n: int, seed: int, configs: Sequence[str], row_gro
             cols = [pa.array([rec["id"] for rec in batch], s), conv]
             cols += [pa.array([rec[f] for rec in batch], s) for f in SCHEMA_FIELDS[2:]]
             w.write_table(pa.Table.from_arrays(cols, schema=schema))
-
-
-def _write_jsonl(tmp: Path, name: str, n: int, seed: int, configs: Sequence[str]) -> None:
-    raw = open(tmp, "wb")
-    if name.endswith(".gz"):
-        f = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0)  # mtime=0: same bytes each run
-    elif name.endswith(".zst"):
-        import zstandard
-
-        f = zstandard.ZstdCompressor().stream_writer(raw)
-    else:
-        f = raw
-    with raw, f:
-        for rec in rows(n, seed, configs):
-            f.write(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE))
+            on_rows(len(batch))

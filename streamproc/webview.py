@@ -7,7 +7,7 @@ base64 in inert <script> tags. The browser inflates a chunk with DecompressionSt
 trace in it is opened, so the page opens fast, needs no network and stays a single file.
 
 Index rows and compressed chunks are made per shard in worker processes (`collect`, or
-`metrics.collect_with_browser` in the same pass as the statistics);
+`stats_job.collect_with_browser` in the same pass as the statistics);
 `write_page` streams them into the template `data/viewer.html`.
 """
 
@@ -49,6 +49,8 @@ class Entry:
     errors: int  # failed tool responses plus malformed calls
     turns: int
     calls: int
+    failed: list[str] = field(default_factory=list)  # distinct tools with a failed response or a malformed call
+    classes: list[str] = field(default_factory=list)  # distinct failure classes (status), "malformed call" too
     chunk: int = 0
     pos: int = 0
 
@@ -64,16 +66,30 @@ class Browser:
 # ----------------------------------------------------------------------------- per trace (pure)
 
 
+MALFORMED_CALL = "malformed call"  # the failure class the page gives a call whose JSON did not parse
+
+
 def entry(trace: Trace) -> Entry:
     tools: dict[str, None] = {}
+    failed: dict[str, None] = {}
+    classes: dict[str, None] = {}
     errors = 0
     for i in range(len(trace.calls)):
         call = trace.call(i)
         tools.setdefault(call.name or "?")
-        errors += not call.valid
-    errors += sum(status(trace.response(i)) is not None for i in range(len(trace.responses)))
+        if not call.valid:
+            errors += 1
+            failed.setdefault(call.name or "?")
+            classes.setdefault(MALFORMED_CALL)
+    for i in range(len(trace.responses)):
+        response = trace.response(i)
+        cls = status(response)
+        if cls is not None:
+            errors += 1
+            classes.setdefault(cls)
+            failed.setdefault((trace.call(response.call).name if response.call is not None else response.name) or "?")
     return Entry(trace.id, trace.source, trace.category, trace.subcategory, shorten(trace.task, 300),
-                 list(tools), errors, len(trace.turns), len(trace.calls))
+                 list(tools), errors, len(trace.turns), len(trace.calls), list(failed), list(classes))
 
 
 def body(trace: Trace) -> dict[str, Any]:
@@ -194,14 +210,21 @@ def write_page(
     plots: Mapping[str, bytes] | None = None,
     note: str = "",
     title: str = "streamproc report",
+    training: Sequence[Table] = (),
+    training_plots: Mapping[str, bytes] | None = None,
 ) -> None:
-    """Write the page atomically: summary `tables` (report.tables gives them), `plots` (PNG
-    bytes by caption), a `note` line under the title, and the trace browser."""
+    """Write the page atomically: the trace browser first, then summary `tables` (report.tables
+    gives them), `plots` (PNG bytes by caption) and, when a pack run's figures are given,
+    `training` tables and `training_plots`, each a tab away; `note` goes under the title."""
     values = {
         "title": html.escape(title),
         "note": html.escape(note),
-        "summary": "".join(_table_html(t) for t in tables if t[2]) or "<p>No summary was collected.</p>",
-        "plots": "".join(_img(caption, png) for caption, png in (plots or {}).items()),
+        "summary": "".join(_table_html(t) for t in tables if t[2]) or "<p class=\"hint\">No summary was collected.</p>",
+        "plots": "".join(_img(caption, png) for caption, png in (plots or {}).items())
+        or "<p class=\"hint\">No plots were drawn.</p>",
+        "training": "".join(_table_html(t) for t in training if t[2])
+        + "".join(_img(caption, png) for caption, png in (training_plots or {}).items()),
+        "has_training": "" if training else "hidden",
         "index": _script_json(_index(browser)),
     }
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
@@ -220,14 +243,15 @@ def write_page(
 
 def _index(browser: Browser) -> dict[str, Any]:
     """Columnar and dictionary-coded: 15,000 rows of repeated names stay small."""
-    names: dict[str, dict[str, int]] = {"source": {}, "category": {}, "subcategory": {}, "tool": {}}
+    names: dict[str, dict[str, int]] = {"source": {}, "category": {}, "subcategory": {}, "tool": {}, "class": {}}
 
     def code(kind: str, value: str) -> int:
         return names[kind].setdefault(value, len(names[kind]))
 
     rows = [
         [e.id, code("source", e.source), code("category", e.category), code("subcategory", e.subcategory), e.task,
-         [code("tool", t) for t in e.tools], e.errors, e.turns, e.calls, e.chunk, e.pos]
+         [code("tool", t) for t in e.tools], e.errors, e.turns, e.calls, e.chunk, e.pos,
+         [code("tool", t) for t in e.failed], [code("class", k) for k in e.classes]]
         for e in browser.entries
     ]
     return {"names": {k: list(v) for k, v in names.items()}, "rows": rows}
@@ -241,11 +265,27 @@ def _script_json(obj: Any) -> str:
 def _img(caption: str, png: bytes) -> str:
     alt = html.escape(caption.replace("_", " "))
     data = base64.b64encode(png).decode("ascii")
-    return f'<figure><img alt="{alt}" src="data:image/png;base64,{data}"><figcaption>{alt}</figcaption></figure>'
+    return (f'<figure><button class="zoom" title="open full size"><img alt="{alt}" src="data:image/png;base64,{data}">'
+            f'</button><figcaption>{alt}</figcaption></figure>')
+
+
+# A summary table whose first column names one of these filters gets rows that filter the list.
+_ROW_FILTERS = {"tool": "tool", "class": "class", "category": "category", "source": "source"}
 
 
 def _table_html(table: Table) -> str:
     title, header, rows = table
+    key = _ROW_FILTERS.get(header[0]) if header else None
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<h3>{html.escape(title)}</h3><table class=\"summary\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    body = []
+    for row in rows:
+        attrs = f' data-filter="{key}" data-value="{html.escape(row[0])}" title="list the traces with this {key}"' if key else ""
+        cells = "".join(
+            f'<td data-err="yes" title="list the traces where this tool failed">{html.escape(v)}</td>'
+            if key == "tool" and header[k] == "failed" else f"<td>{html.escape(v)}</td>"
+            for k, v in enumerate(row)
+        )
+        body.append(f"<tr{attrs}>{cells}</tr>")
+    cls = "summary wide" if len(header) > 5 or not key else "summary"
+    return (f'<div class="{cls}"><h3>{html.escape(title)}</h3><table><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>")

@@ -30,13 +30,13 @@ def test_bench_cli_prints_and_writes_json(tmp_path, capsys):
     src.write_text(json.dumps(ROW) + "\n" + "{broken\n" + json.dumps({**ROW, "id": "s"}) + "\n")
     out = tmp_path / "bench.json"
     assert main(["bench", "--quick", "--section", "parse", str(src), "--json", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "streamproc parse_turn" in printed and "1 bad rows skipped" in printed
+    printed = capsys.readouterr()
+    assert "streamproc parse_turn" in printed.out and "1 bad rows skipped" in printed.err
     results = json.loads(out.read_text())
     ours = f"streamproc parse_turn ({parser_build()})"
-    assert [r["name"] for r in results] == ["guide regex + json.loads", "str.find scan of the tags", ours, ours]
+    assert [r["name"] for r in results] == ["a regex parser + json.loads", "str.find scan of the tags", ours, ours]
     assert all(r["value"] > 0 and r["unit"] == "MB/s" and "6 turns" in r["data"] for r in results)
-    assert [r["baseline"] for r in results[2:]] == ["guide regex + json.loads", "str.find scan of the tags"]
+    assert [r["baseline"] for r in results[2:]] == ["a regex parser + json.loads", "str.find scan of the tags"]
     assert all(r["ratio"] > 0 for r in results[2:])
 
 

@@ -252,7 +252,7 @@ def test_trace_record_schema():
     assert rec["turns"] == [
         {"role": "system", "text": "sys"},
         {"role": "user", "text": "hi"},
-        {"role": "assistant", "thoughts": ["p"], "tool_calls": [{"name": "a", "arguments": {"k": "v"}, "valid": True, "error": None}], "answer": ""},
-        {"role": "tool", "tool_responses": [{"tool_call_id": "functions.a:0", "name": "a", "content": {"ok": True}, "error": None}]},
+        {"role": "assistant", "thoughts": ["p"], "tool_calls": [{"name": "a", "arguments": {"k": "v"}, "valid": True, "error": None, "raw": None}], "answer": ""},
+        {"role": "tool", "tool_responses": [{"tool_call_id": "functions.a:0", "name": "a", "content": {"ok": True}, "error": None}], "text": ""},
         {"role": "assistant", "thoughts": [""], "tool_calls": [], "answer": "bye"},
     ]

@@ -117,3 +117,66 @@ def test_well_formed_turns_round_trip(parts):
     assert [(c.name, c.arguments) for c in turn.tool_calls] == calls
     assert all(c.valid for c in turn.tool_calls)
     assert turn.answer == answer.strip()
+
+
+# ----------------------------------------------------------------------------- the record holds the text
+
+
+def check_record_holds_the_text(role: str, text: str) -> None:
+    """Whatever the turn's text, what `streamproc parse` writes for it holds every piece: text
+    outside blocks (stripped in an assistant's answer), reasoning (stripped), a call's name and
+    arguments or, when invalid, its body as written, a response's content or its stripped text."""
+    import orjson
+
+    from streamproc.parse import parse_trace, trace_to_record
+    from streamproc.turns import TEXT
+
+    turn = parse_turn(role, text)
+    assert "".join(text[s.start : s.end] for s in turn.segments) == text
+    (rec,) = trace_to_record(parse_trace({"id": "x", "conversations": [{"from": role, "value": text}]}))["turns"]
+    orjson.dumps(rec)  # the record is writable as it is
+    calls = iter(rec.get("tool_calls", ()))
+    responses = iter(rec.get("tool_responses", ()))
+    outside = ""
+    for s in turn.segments:
+        piece, body = text[s.start : s.end], text[s.body_start : s.body_end]
+        if s.kind == TEXT:
+            outside += piece
+            assert (piece.strip() in rec["answer"]) if role == "gpt" else (piece in rec["text"])
+        elif s.kind == REASONING:
+            assert body.strip() in rec["thoughts"]
+        elif s.kind == TOOL_CALL:
+            c = next(calls)
+            if c["valid"]:
+                value = json.loads(body)
+                assert (value["name"], value["arguments"]) == (c["name"], c["arguments"]) and c["raw"] is None
+            else:
+                assert c["raw"] == body and c["error"]
+        else:
+            r = next(responses)
+            if r["error"]:
+                assert r["content"] == body.strip()
+            else:
+                value = json.loads(body)
+                want = value.get("content", value) if isinstance(value, dict) else value
+                assert orjson.dumps(r["content"]) == orjson.dumps(want)
+    if role == "tool":
+        assert rec["text"] == outside
+
+
+@PROFILE
+@given(texts)
+def test_any_assistant_text_is_in_the_record(text):
+    check_record_holds_the_text("gpt", text)
+
+
+@PROFILE
+@given(texts)
+def test_any_tool_text_is_in_the_record(text):
+    check_record_holds_the_text("tool", text)
+
+
+def test_plain_tool_output_is_in_the_record():
+    """Some harnesses write a tool's output with no <tool_response> tags at all."""
+    for text in ("total 0\ndrwxr-xr-x 2 root root 40 .\n", "Error: file not found", "<b>html</b> and <tool_response"):
+        check_record_holds_the_text("tool", text)

@@ -31,13 +31,13 @@ def test_every_block_is_shown_marked_and_in_order(traces):
         pos = 0
         for ti, turn in enumerate(trace.turns):
             if turn.role == "user":
-                pos = text.index(f"── USER (turn {ti})", pos)
+                pos = text.index(f"── USER (turn {ti + 1})", pos)
             for k, call in enumerate(turn.tool_calls):
-                pos = text.index(f"── CALL #{trace.calls.index((ti, k))} {call.name}", pos)
+                pos = text.index(f"── CALL #{trace.calls.index((ti, k)) + 1} {call.name}", pos)
             for resp in turn.tool_responses:
                 err = status(resp)
                 mark = f"error: {err}" if err else "ok"
-                pos = text.index(f"── RESULT #{resp.call} {resp.name}  {mark}", pos)
+                pos = text.index(f"── RESULT #{resp.call + 1} {resp.name}  {mark}", pos)
             if turn.role == "assistant" and turn.answer and not turn.tool_calls:
                 pos = text.index("── ANSWER", pos)
 
@@ -65,7 +65,7 @@ def test_long_values_are_shortened_with_their_length_and_full_shows_them(traces)
     assert "\n".join("    " + line for line in longest.split("\n")) in full
     system = trace.turns[0].text
     assert f"system prompt: {len(system):,} chars" in short
-    assert "    " + system.split("\n")[-1] in full and "── SYSTEM (turn 0)" in full
+    assert "    " + system.split("\n")[-1] in full and "── SYSTEM (turn 1)" in full
 
 
 def test_colour_is_only_decoration(traces):
@@ -123,5 +123,5 @@ def test_malformed_tool_call_is_marked_not_hidden(real_rows):
     k = next(i for i, t in enumerate(convs) if calls(t))
     convs[k]["value"] = convs[k]["value"].replace('"arguments": {', '"arguments": {{', 1)
     text = to_text(trace_lines(parse_trace({**row, "conversations": convs})))
-    assert re.search(r"── CALL #0 \S+  malformed: ", text)
+    assert re.search(r"── CALL #1 \S+  malformed: ", text)
     assert '"arguments": {{' in text

@@ -47,12 +47,12 @@ def test_a_step_shows_each_call_followed_by_its_response(busy):
         pos = 0
         for k, call in enumerate(turn.tool_calls):
             n = busy.calls.index((step.turn, k))
-            pos = text.index(f"── CALL #{n} {call.name}", pos)
+            pos = text.index(f"── CALL #{n + 1} {call.name}", pos)
             if call.response is not None:
-                pos = text.index(f"── RESULT #{n} ", pos)
+                pos = text.index(f"── RESULT #{n + 1} ", pos)
         for ti in step.before:
             if busy.turns[ti].role == "user":
-                assert f"── USER (turn {ti})" in text
+                assert f"── USER (turn {ti + 1})" in text
 
 
 def _shown(out: str) -> list[int]:

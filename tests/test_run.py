@@ -38,3 +38,7 @@ def test_run_writes_parse_report_and_shards(tmp_path, real_row_files):
     ids = set(table.column("trace_ids").combine_chunks().flatten().to_pylist())
     assert ids <= {r["id"] for r in parsed} and len(ids) > 0
     assert table.num_rows == sum(s["rows"] for s in manifest["shards"] if s["split"] == "train")
+    # the report, written after the pack, shows what it wrote
+    page = (out / "report" / "index.html").read_text(encoding="utf-8")
+    assert "Training data" in page and f"{c['trainable']:,} ({100 * c['trainable'] / c['tokens']:.1f}%)" in page
+    assert (out / "report" / "sequence_lengths.png").exists()

@@ -13,7 +13,7 @@ from streamproc import synth
 from streamproc.cli import main
 from streamproc.metrics import Counts, counts_to_json
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+STATS_DOC = Path(__file__).resolve().parents[1] / "docs" / "stats.md"
 REQUIRED = ["traces", "turns", "tool_calls", "tool_counts", "parallel_widths", "traces_with_errors", "categories"]
 
 
@@ -42,7 +42,7 @@ def test_json_report_and_summary(tmp_path, synthetic, capsys):
 
     pngs = sorted(rep.glob("*.png"))
     assert {p.stem for p in pngs} >= {"overview", "top_tools", "parallel_widths", "conversation_length", "categories",
-                                      "tools_by_category", "tools_by_position", "reasoning_length", "error_rate", "sources"}
+                                      "tools_by_category", "tools_by_position", "reasoning_length", "error_rate"}
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
     md = (rep / "summary.md").read_text()
@@ -75,7 +75,7 @@ def test_bad_rows_are_reported_not_fatal(tmp_path, real_row_files, capsys):
 
 
 def test_every_json_key_is_documented():
-    section = README.read_text(encoding="utf-8").split("## Statistics and reports", 1)[1].split("\n## ", 1)[0]
+    section = STATS_DOC.read_text(encoding="utf-8").split("\n## ", 1)[0]
     documented = set(re.findall(r"`([a-z_]+)`", section))
     keys = set(counts_to_json(Counts())) | {"tokenizer", "by_source", "rows"}
     assert keys - documented == set()

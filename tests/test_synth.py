@@ -188,7 +188,7 @@ def test_cli_writes_one_config(tmp_path):
     out = tmp_path / "glm.jsonl.gz"
     p = _cli("--rows", "20", "-o", str(out), "--config", "glm-5.1", "--seed", "2")
     assert p.returncode == 0, p.stderr
-    assert "wrote 20 rows" in p.stdout
+    assert "wrote 20 rows" in p.stderr
     assert [r.source for r in iter_rows([out])] == ["glm-5.1"] * 20
     bad = _cli("--rows", "2", "-o", str(tmp_path / "x.txt"))
     assert bad.returncode == 2 and "unknown output type" in bad.stderr and not (tmp_path / "x.txt").exists()

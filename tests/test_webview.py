@@ -11,14 +11,17 @@ import time
 import zlib
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from streamproc import webview
 from streamproc.cli import main
 from streamproc.parse import parse_trace
 from streamproc.render import status
 from streamproc.sources import plan
+from streamproc.stats_job import collect_with_browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -124,8 +127,9 @@ def _count(page) -> tuple[int, int]:
 def test_page_loads_with_summary_plots_and_every_trace(page, report, real_rows):
     _open(page, report)
     assert _count(page) == (len(real_rows), len(real_rows))
-    assert "Figures" in page.text_content("#summary")
-    widths = page.eval_on_selector_all("#plots img", "imgs => imgs.map(i => i.naturalWidth)")
+    assert page.is_visible("#traces") and not page.is_visible("#view-summary")  # the list is the first screen
+    assert "Figures" in page.text_content("#view-summary")
+    widths = page.eval_on_selector_all("#view-plots img", "imgs => imgs.map(i => i.naturalWidth)")
     assert widths and all(w > 100 for w in widths)
     shot = page.screenshot()
     from PIL import Image
@@ -137,27 +141,40 @@ def test_page_loads_with_summary_plots_and_every_trace(page, report, real_rows):
     assert dark > 2000, "no text or header drawn"
 
 
-def test_filtering_by_a_tool_narrows_the_list(page, report, real_rows):
+def _tool_failed(trace, tool: str) -> bool:
+    for i in range(len(trace.responses)):
+        r = trace.response(i)
+        name = trace.call(r.call).name if r.call is not None else r.name
+        if status(r) is not None and name == tool:
+            return True
+    return any(not trace.call(i).valid and trace.call(i).name == tool for i in range(len(trace.calls)))
+
+
+def test_filtering_by_a_tool_narrows_the_list_and_with_errors_means_that_tool_failed(page, report, real_rows):
     _open(page, report)
     options = page.eval_on_selector_all("#filter-tool option", "os => os.map(o => [o.value, o.textContent])")
-    value, label = options[3]
-    tool, count = re.match(r"(.*) \(([\d,]+)\)$", label).groups()
+    tool, label = options[3]
+    count = re.match(r".* \(([\d,]+)\)$", label).group(1)
     traces = [parse_trace(r) for r in real_rows]
-    expected = sum(any(t.call(i).name == tool for i in range(len(t.calls))) for t in traces)
-    assert 0 < expected < len(real_rows) and int(count) == expected
-    page.select_option("#filter-tool", value)
-    assert _count(page) == (expected, len(real_rows))
-    cells = page.eval_on_selector_all("#traces tbody tr td:nth-child(4)", "tds => tds.map(td => td.textContent)")
-    assert len(cells) == expected and all(tool in c.split(", ") for c in cells)
-    page.select_option("#filter-error", "yes")
-    with_errors = sum(any(status(t.response(i)) for i in range(len(t.responses))) and
-                      any(t.call(i).name == tool for i in range(len(t.calls))) for t in traces)
-    assert _count(page)[0] == with_errors
+    expected = [t.id for t in traces if any(t.call(i).name == tool for i in range(len(t.calls)))]
+    assert 0 < len(expected) < len(real_rows) and int(count) == len(expected)
+    page.select_option("#filter-tool", tool)
+    assert _count(page) == (len(expected), len(real_rows))
+    assert _listed(page) == expected
+    page.select_option("#filter-err", "yes")
+    failed = [t.id for t in traces if _tool_failed(t, tool)]
+    other = [t.id for t in traces if t.id in expected and t.id not in failed and webview.entry(t).errors]
+    assert _listed(page) == failed and other, "a trace where only another tool failed must not be listed"
+    assert f"tool={tool}" in page.url and "err=yes" in page.url
+
+
+def _listed(page) -> list[str]:
+    return page.eval_on_selector_all("#traces tbody tr[data-index]", "trs => trs.map(tr => tr.title)")
 
 
 def test_opening_a_trace_shows_its_calls_reasoning_and_highlighted_errors(page, report, real_rows):
     _open(page, report)
-    page.select_option("#filter-error", "yes")
+    page.select_option("#filter-err", "yes")
     row = page.locator("#traces tbody tr").first
     trace = next(parse_trace(r) for r in real_rows if r["id"] == row.get_attribute("title"))
     row.click()
@@ -225,3 +242,297 @@ def test_stats_and_browser_in_one_pass_equal_the_two_passes(real_row_files, tmp_
         assert b1.entries == browser.entries and b1.chunks == browser.chunks
         assert (t1.read, t1.parsed, [r.loc for r in t1.rejected]) == (tally.read, tally.parsed, [r.loc for r in tally.rejected])
     assert tally.rejected and len(browser.entries) == tally.parsed
+
+
+# ----------------------------------------------------------------------------- the list: sort, filter, link, keys
+
+
+SAMPLE = Path(webview.__file__).parent / "data" / "sample.parquet"
+
+
+@pytest.fixture(scope="module")
+def sample_report(tmp_path_factory) -> Path:
+    """The built-in sample's page: 300 traces of two sources, three pages of the list."""
+    out = tmp_path_factory.mktemp("sample") / "sample.html"
+    assert main(["report", str(SAMPLE), "-o", str(out), "--workers", "1"]) == 0
+    return out
+
+
+def _rows(path: Path) -> list[list]:
+    return _index(path.read_text(encoding="utf-8"))["rows"]
+
+
+def _cells(page, col: int) -> list[str]:
+    return page.eval_on_selector_all(f"#traces tbody tr[data-index] td:nth-child({col})", "tds => tds.map(t => t.textContent)")
+
+
+def test_sorting_by_a_column_and_back_to_input_order(page, sample_report):
+    rows = _rows(sample_report)
+    _open(page, sample_report)
+    page.click("#traces th[data-sort=errors] button")
+    errors = [int(v or 0) for v in _cells(page, 5)]
+    assert errors == sorted((r[6] for r in rows), reverse=True)[:100] and "sort=-errors" in page.url
+    page.click("#traces th[data-sort=errors] button")
+    assert [int(v or 0) for v in _cells(page, 5)] == sorted(r[6] for r in rows)[:100]
+    page.click("#traces th[data-sort=errors] button")
+    assert _listed(page) == [r[0] for r in rows[:100]] and "sort" not in page.url
+    page.click("#traces th[data-sort=turns] button")
+    assert [int(v) for v in _cells(page, 3)] == sorted((r[7] for r in rows), reverse=True)[:100]
+    assert page.get_attribute("#traces th[data-sort=turns]", "aria-sort") == "descending"
+
+
+def test_filter_by_failure_class_and_source_lists_exactly_those_traces(page, sample_report):
+    index = _index(sample_report.read_text(encoding="utf-8"))
+    names, rows = index["names"], index["rows"]
+    cls = max(names["class"], key=lambda k: sum(names["class"].index(k) in r[12] for r in rows))
+    src = names["source"][0]
+    _open(page, sample_report)
+    page.select_option("#filter-class", cls)
+    page.select_option("#filter-source", src)
+    want = [r[0] for r in rows if names["class"].index(cls) in r[12] and names["source"][r[1]] == src]
+    assert 0 < len(want) < len(rows) and _count(page)[0] == len(want)
+    assert _listed(page) == want[:100]
+
+
+def test_a_linked_view_comes_back_whole_and_an_empty_one_says_so(page, chromium, sample_report):
+    rows = _rows(sample_report)
+    _open(page, sample_report)
+    page.select_option("#filter-err", "no")
+    page.click("#traces th[data-sort=calls] button")
+    page.fill("#search", "a")
+    listed, count, url = _listed(page), _count(page), page.url
+    other = chromium.new_page(viewport={"width": 1400, "height": 1000})
+    other.goto(url)
+    other.wait_for_selector("#traces tbody tr")
+    assert (_listed(other), _count(other)) == (listed, count)
+    assert other.input_value("#search") == "a" and other.input_value("#filter-err") == "no"
+    other.close()
+    page.fill("#search", "no trace has this text anywhere")
+    assert _count(page)[0] == 0 and "No trace matches these filters" in page.text_content("#traces tbody")
+    page.click("#traces tbody button")  # clear the filters
+    assert _count(page) == (len(rows), len(rows))
+
+
+def test_a_trace_link_selects_scrolls_and_pages_to_it_and_an_unknown_id_says_so(page, sample_report):
+    rows = _rows(sample_report)
+    target = rows[250]  # on page 3 of the unfiltered list
+    page.goto(sample_report.as_uri() + "#trace=" + target[0])
+    page.wait_for_selector("#tracebar h2")
+    assert page.text_content("#tracebar h2") == (target[4] or "(no task)")[:len(page.text_content("#tracebar h2"))]
+    assert page.text_content("#pager button[aria-current=page]") == "3"
+    row = page.locator("#traces tr.selected")
+    assert row.get_attribute("title") == target[0]
+    box, tbl = row.bounding_box(), page.locator("#tablebox").bounding_box()
+    assert tbl["y"] <= box["y"] and box["y"] + box["height"] <= tbl["y"] + tbl["height"] + 1, "the selected row is out of view"
+    # a hash changed on the open page is followed
+    page.evaluate(f"location.hash = '#trace={rows[5][0]}'")
+    page.wait_for_function(f"document.querySelector('#traces tr.selected')?.title === '{rows[5][0]}'")
+    assert page.text_content("#pager button[aria-current=page]") == "1"
+    page.evaluate("location.hash = '#trace=no-such-trace'")
+    page.wait_for_selector("#trace .notice")
+    assert "no-such-trace" in page.text_content("#trace .notice")
+
+
+def test_back_and_forward_step_through_opened_traces(page, sample_report):
+    _open(page, sample_report)
+    ids = _listed(page)
+    for k in (0, 3, 7):
+        page.locator("#traces tbody tr").nth(k).click()
+        page.wait_for_function(f"document.querySelector('#traces tr.selected')?.title === '{ids[k]}'")
+    for k in (3, 0):
+        page.go_back()
+        page.wait_for_function(f"document.querySelector('#traces tr.selected')?.title === '{ids[k]}'")
+        assert f"trace={ids[k]}" in page.url
+    page.go_forward()
+    page.wait_for_function(f"document.querySelector('#traces tr.selected')?.title === '{ids[3]}'")
+
+
+def test_keyboard_moves_through_traces_pages_and_errors(page, sample_report):
+    rows = _rows(sample_report)
+    _open(page, sample_report)
+    ids = _listed(page)
+    selected = "document.querySelector('#traces tr.selected')?.title"
+    for key, k in (("j", 0), ("j", 1), ("ArrowDown", 2), ("k", 1), ("ArrowUp", 0)):
+        page.keyboard.press(key)
+        page.wait_for_function(f"{selected} === '{ids[k]}'")
+    page.keyboard.press("ArrowRight")
+    assert page.text_content("#pager button[aria-current=page]") == "2"
+    assert _listed(page) == [r[0] for r in rows[100:200]]
+    page.keyboard.press("ArrowLeft")
+    # the trace with the most errors: n walks its errors in order, wrapping round
+    worst = max(rows, key=lambda r: r[6])
+    page.fill("#search", worst[0])
+    page.keyboard.press("Escape")
+    page.keyboard.press("j")
+    page.wait_for_selector("#tracebar .errnav")
+    errs = page.locator("#trace .turn .err")
+    assert errs.count() == worst[6]
+    tops = []
+    for _ in range(worst[6] + 1):
+        page.keyboard.press("n")
+        current = page.locator("#trace .turn .err.current")
+        assert current.count() == 1
+        box, pane = current.bounding_box(), page.locator("#trace").bounding_box()
+        assert pane["y"] < box["y"] < pane["y"] + pane["height"], "the current error is not in view"
+        tops.append(page.evaluate("[...document.querySelectorAll('#trace .turn .err')].findIndex(e => e.classList.contains('current'))"))
+    assert tops == [*range(worst[6]), 0]
+
+
+def test_summary_rows_filter_the_list_and_plots_open_full_size(page, sample_report):
+    rows = _rows(sample_report)
+    index = _index(sample_report.read_text(encoding="utf-8"))
+    _open(page, sample_report)
+    page.click("nav button[data-view=summary]")
+    assert page.is_visible("#view-summary") and not page.is_visible("#traces") and "view=summary" in page.url
+    row = page.locator("div.summary tr[data-filter=tool]").nth(1)
+    tool = row.get_attribute("data-value")
+    row.locator("td").first.click()
+    assert page.is_visible("#traces") and page.input_value("#filter-tool") == tool
+    code = index["names"]["tool"].index(tool)
+    assert _count(page)[0] == sum(code in r[5] for r in rows)
+    page.go_back()
+    page.locator("div.summary tr[data-filter=tool]").nth(1).locator("td[data-err]").click()
+    assert page.input_value("#filter-err") == "yes" and _count(page)[0] == sum(code in r[11] for r in rows)
+    page.click("nav button[data-view=summary]")
+    page.locator("div.summary tr[data-filter=class]").first.click()
+    cls = page.input_value("#filter-class")
+    assert _count(page)[0] == sum(index["names"]["class"].index(cls) in r[12] for r in rows) > 0
+    page.click("nav button[data-view=plots]")
+    thumb = page.locator("#view-plots figure img").first
+    shown = thumb.bounding_box()["width"]
+    thumb.click()
+    assert page.is_visible("dialog#zoom")
+    natural, width, height = page.eval_on_selector(
+        "dialog#zoom img", "i => [i.naturalWidth, i.getBoundingClientRect().width, i.getBoundingClientRect().height]")
+    assert width > shown * 1.5 and (width == natural or width >= 0.95 * 1400 or height >= 0.95 * 1000)
+    page.keyboard.press("Escape")
+    assert not page.is_visible("dialog#zoom")
+
+
+@pytest.mark.parametrize("width,height", [(1400, 1000), (1024, 700)])
+def test_layout_holds_at_both_widths(chromium, sample_report, width, height, tmp_path):
+    page = chromium.new_page(viewport={"width": width, "height": height})
+    _open(page, sample_report)
+    page.click("#traces th[data-sort=errors] button")  # its arrow must fit too
+    page.locator("#traces tbody tr").nth(2).click()
+    page.wait_for_selector("#tracebar h2")
+    heads = page.eval_on_selector_all(
+        "#traces th button", "bs => bs.map(b => { const s = getComputedStyle(b), c = document.createElement('canvas').getContext('2d');"
+        " c.font = s.font; const need = c.measureText(b.textContent).width + parseFloat(s.paddingLeft) + parseFloat(s.paddingRight);"
+        " return [b.getBoundingClientRect().left, b.getBoundingClientRect().right, need <= b.clientWidth, b.textContent]; })")
+    for (l1, r1, fits, text), (l2, *_) in zip(heads, heads[1:] + [[1e9]]):
+        assert fits and r1 <= l2 + 0.5, f"column header {text!r} overlaps or is cut at {width}px"
+    task = page.locator("#traces tbody tr td:first-child .clamp").first.bounding_box()
+    assert task["width"] > 220, f"the task column is {task['width']:.0f}px wide at {width}px"
+    assert page.evaluate("document.documentElement.scrollWidth") <= width, "the page scrolls sideways"
+    page.screenshot(path=str(tmp_path / f"traces-{width}.png"))  # to look at: pytest --basetemp=DIR
+    page.close()
+
+
+# ----------------------------------------------------------------------------- odd inputs and the training data
+
+
+def _odd_inputs(tmp_path: Path, real_dir: Path) -> dict[str, list[Path]]:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    qwen = real_dir / "hermes_harness__neurareport_qwen.jsonl"
+    one = tmp_path / "one.jsonl"
+    one.write_text(qwen.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
+    return {"empty": [empty], "single trace": [one], "no tool calls": [real_dir / "hermes_harness__hermeswith_kimi.jsonl"]}
+
+
+@pytest.mark.parametrize("case", ["empty", "single trace", "no tool calls"])
+def test_every_plot_table_and_the_page_cope_with_odd_inputs(case, tmp_path, real_dir, chromium):
+    from streamproc import metrics, report
+
+    files = _odd_inputs(tmp_path, real_dir)[case]
+    stats, browser, tally = collect_with_browser(plan(files))
+    for stem, fig in report.plots(stats).items():  # each plot function, drawn and saved
+        assert report.png(fig)[:8] == b"\x89PNG\r\n\x1a\n", stem
+    lengths = {"empty": [], "single trace": [4096], "no tool calls": [7, 7, 7]}[case]
+    training = report.Training({"seq_len": 4096}, {"train": np.array(lengths, dtype=np.int64)})
+    assert report.png(report.sequence_lengths(training))[:8] == b"\x89PNG\r\n\x1a\n"
+    report.summary_text(stats, tally)
+    out = tmp_path / "rep"
+    assert main(["stats", *map(str, files), "--report", str(out)]) == 0
+    page = chromium.new_page(viewport={"width": 1024, "height": 700})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((out / "index.html").as_uri())
+    page.wait_for_selector("#traces tbody tr")
+    assert _count(page) == (tally.parsed, tally.parsed)
+    if not tally.parsed:
+        assert "holds no traces" in page.text_content("#traces tbody")
+    else:
+        page.keyboard.press("j")
+        page.wait_for_selector("#tracebar h2")
+    page.keyboard.press("n")  # no errors to go to: nothing happens
+    page.click("nav button[data-view=plots]")
+    assert page.locator("#view-plots img").count() == len(report.plots(stats))
+    assert not errors, errors
+    page.close()
+
+
+def test_wilson_interval_brackets_the_rate_and_narrows_with_more_samples():
+    from streamproc.report import wilson
+
+    for k, n in [(0, 1), (1, 1), (2, 9), (285, 1865), (0, 1000)]:
+        lo, hi = wilson(k, n)
+        assert 0 <= lo <= k / n <= hi <= 1
+    assert wilson(2, 9)[1] - wilson(2, 9)[0] > wilson(285, 1865)[1] - wilson(285, 1865)[0] * 3
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_training_section_reads_what_pack_wrote(page, real_row_files, tmp_path):
+    from streamproc import metrics, report
+    from streamproc.pack_job import PackOptions, pack_to_dir
+
+    shards = plan(real_row_files)
+    packed = pack_to_dir(shards, tmp_path / "packed", PackOptions(seq_len=4096))
+    train = packed.manifest["counts"]["train"]
+    t = report.training(tmp_path / "packed")
+    assert len(t.lengths["train"]) == train["sequences"] and int(t.lengths["train"].sum()) == train["tokens"]
+    title, header, rows = report.training_table(t)
+    figures = dict((r[0], r[1]) for r in rows)
+    assert figures["tokens written"] == f"{train['tokens']:,}"
+    share = f"{100 * train['trainable'] / train['tokens']:.1f}%"
+    assert share in figures["trained tokens (share of written)"]
+    assert f"{100 * train['packing_efficiency']:.1f}%" in figures["packing efficiency (padding)"]
+    stats, browser, tally = collect_with_browser(shards)
+    written = report.write_report(stats, tmp_path / "rep", tally, 10, browser, packed=tmp_path / "packed")
+    assert tmp_path / "rep" / "sequence_lengths.png" in written
+    assert "## Training data" in (tmp_path / "rep" / "summary.md").read_text()
+    _open(page, tmp_path / "rep" / "index.html")
+    page.click("nav button[data-view=training]")
+    text = page.text_content("#view-training")
+    assert share in text and f"{train['tokens']:,}" in text and page.locator("#view-training img").count() == 1
+    # from the manifest alone (no shards at hand): the figures, no lengths plot
+    report.write_report(stats, tmp_path / "rep2", tally, 10, browser, packed=packed.manifest)
+    assert not (tmp_path / "rep2" / "sequence_lengths.png").exists()
+    assert "Training data" in (tmp_path / "rep2" / "index.html").read_text()
+
+
+def test_a_report_without_training_data_hides_its_tab(page, report):
+    _open(page, report)
+    assert not page.is_visible("nav button[data-view=training]")
+
+
+def test_plots_draw_any_subset_of_real_traces_split_among_sources(real_rows):
+    """Hypothesis picks which real traces (none, one, a few) go to which of up to three sources:
+    every plot draws, whatever is empty or single-valued."""
+    from streamproc import metrics, report
+
+    traces = [parse_trace(r) for r in real_rows]
+
+    @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(st.tuples(st.integers(0, len(traces) - 1), st.sampled_from(["a", "b", "c"])), max_size=4))
+    def draw(picked):
+        stats = metrics.Stats()
+        for i, source in picked:
+            metrics.add_trace(stats.source(source), traces[i])
+        for stem, fig in report.plots(stats).items():
+            assert report.png(fig, dpi=40)[:4] == b"\x89PNG", stem
+        for title, header, rows in report.tables(stats, 10):
+            assert all(len(r) == len(header) for r in rows), title
+
+    draw()

@@ -17,7 +17,7 @@ from ..records import Row
 from . import Context, Result, best_times
 from .guide import build_masked_example
 
-GUIDE = "guide Step 7 per-message recipe"
+GUIDE = "the per-message recipe"
 BARE = "bare encode_batch of rendered text"
 OURS = "streamproc Masker.mask_many"
 

@@ -28,7 +28,7 @@ ASSISTANT_TAGS = (THINK_OPEN, THINK_CLOSE, CALL_OPEN, CALL_CLOSE)
 TOOL_TAGS = (RESP_OPEN, RESP_CLOSE)
 
 STREAMPROC = "streamproc parse_turn"
-GUIDE = "guide regex + json.loads"
+GUIDE = "a regex parser + json.loads"
 SCAN = "str.find scan of the tags"
 
 

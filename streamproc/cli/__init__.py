@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
 
 from .. import __version__
 from .._compiled import parser_build
+from .manners import command_error, quiet_progress
 
 # Command modules in the order `--help` lists them. Each defines add(subparsers), which
 # registers its parser with set_defaults(func=...); func(args) returns an exit code.
-COMMANDS = ["run", "parse", "synth", "stats", "report", "show", "replay", "pack", "export", "train", "bench"]
+COMMANDS = ["run", "parse", "synth", "stats", "report", "ls", "show", "replay", "pack", "export", "train", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     name = "streamproc"
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else argv
+        parser = build_parser()
+        early = command_error(parser, argv, COMMANDS)
+        if early is not None:
+            return early
+        args = parser.parse_args(argv)
         name = f"streamproc {args.command}"
         return _run(args, name)
     except KeyboardInterrupt as e:  # workers and temporary files are gone by now (finally blocks)
@@ -63,10 +70,14 @@ def _run(args: argparse.Namespace, name: str) -> int:
     from ..sources import SourceError
 
     try:
-        return int(args.func(args) or 0)
+        with quiet_progress(getattr(args, "quiet", False)):
+            return int(args.func(args) or 0)
     except (SourceError, RowError, RayUnavailable, PackError, TemplateError, OutputError) as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `| head` has read what it wanted: not an error, and nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

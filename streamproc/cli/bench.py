@@ -2,23 +2,32 @@ from __future__ import annotations
 
 from .. import benchmarks
 from ..fileio import write_json
-from .common import add_input_args
+from .common import add_input_args, say
+from .manners import RAW, output_path, to_stdout
+from .progress import bar
+
+EXAMPLES = """examples:
+  streamproc bench --quick                         a smoke run on the first 300 rows of the built-in sample
+  streamproc bench data/ --section parse --section stats --json bench.json
+"""
 
 
 def add(sub) -> None:
     p = sub.add_parser(
         "bench",
-        help="measure each stage against the baseline it replaces (the guide's code), same run, same data",
-        description="Measure each stage against the baseline it replaces, in the same run on the same data. "
-        "With no INPUT: the built-in sample.",
+        help="measure each stage against the baseline it replaces (a regex parser, the per-message recipe), same run, same data",
+        description="Measure each stage against the baseline it replaces, in the same run on the same data: "
+        "parsing against a regex parser, masking against the per-message recipe, packing against one sequence "
+        "per row. With no INPUT: the built-in sample.",
+        epilog=EXAMPLES, formatter_class=RAW,
     )
-    add_input_args(p)
     p.add_argument(
         "--section", action="append", choices=benchmarks.SECTIONS, metavar="NAME",
         help=f"run only this section (repeatable): {', '.join(benchmarks.SECTIONS)}; default: all",
     )
     p.add_argument("--quick", action="store_true", help="fewer repetitions on the first 300 rows: a smoke run")
-    p.add_argument("--json", metavar="OUT", help="also write the results as a JSON list to OUT")
+    p.add_argument("--json", metavar="OUT", help="also write the results as a JSON list to OUT (-: to stdout, instead of the table)")
+    add_input_args(p)
     p.set_defaults(func=run)
 
 
@@ -27,11 +36,20 @@ def run(args) -> int:
         args.inputs, quick=args.quick, workers=args.workers,
         dataset=args.dataset, configs=args.config, split=args.split, source=args.source, limit=args.limit,
     )
-    results = benchmarks.run(args.section or benchmarks.SECTIONS, ctx)
-    print(benchmarks.format_table(results))
+    sections = args.section or benchmarks.SECTIONS
+    results = []
+    with bar("bench", len(sections), "sections") as progress:
+        for name in sections:
+            progress.set_description(f"bench {name}")
+            results += benchmarks.run([name], ctx)
+            progress.update()
+    if not to_stdout(args.json):
+        print(benchmarks.format_table(results))
     if ctx.rejected:
-        print(f"{len(ctx.rejected):,} bad rows skipped (first: {ctx.rejected[0]})")
+        say(args, f"{len(ctx.rejected):,} bad rows skipped (first: {ctx.rejected[0]})")
     if args.json:
-        write_json(args.json, benchmarks.to_json(results))
-        print(f"wrote {args.json}")
+        with output_path(args.json, ".json") as out:
+            write_json(out, benchmarks.to_json(results))
+        if not to_stdout(args.json):
+            say(args, f"wrote {args.json}")
     return 0

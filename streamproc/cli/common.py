@@ -8,26 +8,44 @@ import sys
 
 from typing import Sequence
 
-from ..fileio import check_output_file, write_rejects
+from ..fileio import check_output_file, output_format, write_rejects
 from ..records import Tally
 from ..runner import Job
-from ..sources import HUB_DATASET, ON_ERROR, SourceError, Split, plan
+from ..sources import HUB_DATASET, ON_ERROR, SourceError, Split, plan, scan
+from .argtypes import positive_int
 
 
 def add_input_args(p: argparse.ArgumentParser, *, workers: bool = True) -> None:
-    p.add_argument(
+    # A group of its own: --help lists it after the command's own options.
+    g = p.add_argument_group("input options")
+    g.add_argument(
         "inputs", nargs="*", metavar="INPUT",
         help="Parquet / JSONL (.gz, .zst) / JSON files, directories or globs; none: the built-in sample",
     )
-    p.add_argument("--dataset", help=f"a Hugging Face dataset to stream instead, e.g. {HUB_DATASET}")
-    p.add_argument("--config", action="append", default=[], help="dataset config (repeatable: combined, with a source column)")
-    p.add_argument("--split", default="train")
-    p.add_argument("--source", help="source label for local inputs (default: the file name)")
-    p.add_argument("--limit", type=int, help="read at most N rows, in order")
-    p.add_argument("--on-error", choices=ON_ERROR, default="skip", help="skip: count bad rows and set them aside; fail: stop at the first")
-    p.add_argument("--rejects", metavar="FILE", help="where rejected rows go (default: OUTPUT.rejects.jsonl beside the output)")
+    g.add_argument("--dataset", help=f"a Hugging Face dataset to stream instead, e.g. {HUB_DATASET}")
+    g.add_argument("--config", action="append", default=[], help="dataset config (repeatable: combined, with a source column)")
+    g.add_argument("--split", default="train", help="--dataset split to read (default: %(default)s)")
+    g.add_argument("--source", help="source label for local inputs (default: the file name)")
+    g.add_argument("--limit", type=positive_int, metavar="N", help="read at most N rows, in order")
+    g.add_argument("--on-error", choices=ON_ERROR, default="skip", help="skip: count bad rows and set them aside; fail: stop at the first")
+    g.add_argument("--rejects", metavar="FILE", help="where rejected rows go (default: OUTPUT.rejects.jsonl beside the output)")
     if workers:
-        p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+        g.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, metavar="N", help="worker processes (default: all cores, %(default)s here)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no count line (errors are still printed)")
+
+
+def rows_file(path: str) -> str:
+    """argparse type of an output file of rows or records: an extension streamproc writes."""
+    try:
+        output_format(path)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return path
+
+
+def rows_output(path: str) -> str:
+    """rows_file, or `-` for JSONL on stdout."""
+    return path if path == "-" else rows_file(path)
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -42,13 +60,16 @@ def ray_inputs(args: argparse.Namespace) -> dict:
     """The input options as keyword arguments of the Ray engine's stage functions."""
     if args.dataset:
         raise SourceError("--engine ray reads files or URIs; download the dataset's Parquet files and pass them as INPUT")
+    args.unread = scan([i for i in args.inputs if "://" not in i])[1]  # for finish's count line
     return dict(inputs=args.inputs, source=args.source, limit=args.limit, on_error=args.on_error, address=args.address)
 
 
 def shards_from(args: argparse.Namespace) -> list[Split]:
-    return plan(
+    shards = plan(
         args.inputs, dataset=args.dataset, configs=args.config, split=args.split, source=args.source, limit=args.limit
     )
+    args.unread = shards.unread  # for finish's count line
+    return shards
 
 
 def run_jobs(args: argparse.Namespace, jobs: Sequence[Job], progress: str) -> None:
@@ -70,8 +91,9 @@ def check_rejects(args: argparse.Namespace) -> None:
 
 
 def finish(args: argparse.Namespace, tally: Tally, default_rejects: str | None) -> None:
-    """Print the row count line and write rejected rows (to --rejects, else beside the output:
-    `default_rejects`; a command with no output file writes them only where asked)."""
+    """Print the row count line and write rejected rows, so nothing is silently lost. With no
+    default place (no output file, or the output went to stdout) rejects are written only where
+    --rejects says."""
     msg = tally.summary()
     if tally.rejected:
         path = args.rejects or default_rejects
@@ -79,5 +101,16 @@ def finish(args: argparse.Namespace, tally: Tally, default_rejects: str | None) 
             write_rejects(path, tally.rejected)
             msg += f" (set aside in {path}; first: {tally.rejected[0]})"
         else:
-            msg += f" (first: {tally.rejected[0]}; pass --rejects FILE to keep them all)"
-    print(msg, file=sys.stderr)
+            msg += f" (first: {tally.rejected[0]}; --rejects FILE keeps them all)"
+    unread = getattr(args, "unread", ())
+    if unread:
+        more = f", and {len(unread) - 5} more" if len(unread) > 5 else ""
+        msg += f"; {len(unread)} {'path' if len(unread) == 1 else 'paths'} not read: {', '.join(map(str, unread[:5]))}{more}"
+    if tally.rejected or unread or not getattr(args, "quiet", False):
+        print(msg, file=sys.stderr)
+
+
+def say(args: argparse.Namespace, msg: str) -> None:
+    """A progress or result note for people: on stderr, so stdout stays the data; not with --quiet."""
+    if not getattr(args, "quiet", False):
+        print(msg, file=sys.stderr)

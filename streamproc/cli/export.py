@@ -1,31 +1,59 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..chat import TOOL_FALLBACK
 from ..export import FORMATS, TOOL_ROLES, export
 from ..fileio import check_output_file
-from .common import add_input_args, check_rejects, finish, shards_from
+from .common import add_input_args, check_rejects, finish, rows_output, say, shards_from
+from .manners import RAW, output_path, to_stdout
+
+EXAMPLES = """examples:
+  streamproc export -o chats.jsonl                          one conversation per row
+  streamproc export data/ --format pairs -o pairs.parquet   one prompt/completion per assistant turn
+  streamproc export --tool-role unwrap -o - | head -c 2000  JSONL on stdout
+"""
 
 
 def add(sub) -> None:
-    p = sub.add_parser("export", help="write normalized chat messages or prompt/completion pairs (JSONL or Parquet)")
-    add_input_args(p)
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.jsonl, or OUT.parquet")
-    p.add_argument("--format", choices=FORMATS, default="messages", help="messages: one conversation per row; pairs: one prompt/completion per assistant turn")
+    p = sub.add_parser(
+        "export", help="write normalized chat messages or prompt/completion pairs (JSONL or Parquet)",
+        description="Write each trace as chat messages (role/content, the form chat templates read), or as "
+        "prompt/completion pairs, for training tools other than `streamproc train`.",
+        epilog=EXAMPLES, formatter_class=RAW,
+    )
+    p.add_argument("-o", "--output", required=True, metavar="OUT", type=rows_output, help="OUT.jsonl (.gz, .zst), OUT.parquet, or - for JSONL on stdout")
+    p.add_argument("--format", choices=FORMATS, default="messages", help="messages (default): one conversation per row; pairs: one prompt/completion per assistant turn")
     p.add_argument(
         "--tool-role", choices=TOOL_ROLES, default="keep",
-        help="keep: tool role, text as in the data; unwrap: one tool message per response without <tool_response> tags (for Qwen-style templates); user: user role with --tool-prefix",
+        help="keep (default): tool role, text as in the data; unwrap: one tool message per response without <tool_response> tags (for Qwen-style templates); user: user role with --tool-prefix",
     )
     p.add_argument("--tool-prefix", default=TOOL_FALLBACK, help="prefix of tool turns written as user messages (default %(default)r)")
+    add_input_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    check_output_file(args.output)
+    if not to_stdout(args.output):
+        check_output_file(args.output)
     check_rejects(args)
-    tally = export(
-        shards_from(args), args.output, fmt=args.format, tool_role=args.tool_role, tool_prefix=args.tool_prefix,
-        workers=args.workers, on_error=args.on_error,
-    )
-    finish(args, tally, f"{args.output}.rejects.jsonl")
-    print(f"wrote {args.output}")
+    with output_path(args.output) as out:
+        tally = export(
+            shards_from(args), out, fmt=args.format, tool_role=args.tool_role, tool_prefix=args.tool_prefix,
+            workers=args.workers, on_error=args.on_error,
+        )
+        written = records_in(out)
+    finish(args, tally, None if to_stdout(args.output) else f"{args.output}.rejects.jsonl")
+    where = "stdout" if to_stdout(args.output) else args.output
+    say(args, f"wrote {written:,} {args.format} records from {tally.parsed:,} traces to {where}")
     return 0
+
+
+def records_in(path: Path) -> int:
+    """Records in a file export wrote: Parquet rows from the footer, else JSON lines."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))

@@ -7,31 +7,45 @@ from ..mask import DEFAULT_TOKENIZER_NAME, OVERFLOWS, MaskOptions
 from ..pack_job import PackOptions, PackResult, pack_to_dir
 from .. import engine_ray
 from ..fileio import check_output_dir
-from .common import add_engine_args, add_input_args, check_rejects, finish, ray_inputs, shards_from
+from .argtypes import fraction, positive_int
+from .common import add_engine_args, add_input_args, check_rejects, finish, ray_inputs, say, shards_from
+from .manners import RAW
+
+EXAMPLES = """examples:
+  streamproc pack -o packed/                                  the built-in sample, shipped Qwen2.5 tokenizer
+  streamproc pack data/ -o packed/ --seq-len 4096 --eval-fraction 0.05
+  streamproc pack data/ -o packed/ --tokenizer Qwen/Qwen3-8B --no-reasoning-loss
+"""
 
 
 def add(sub) -> None:
-    p = sub.add_parser("pack", help="tokenize, mask and pack traces into Arrow shards for training (with manifest.json)")
-    add_input_args(p)
-    add_engine_args(p)
+    p = sub.add_parser(
+        "pack", help="tokenize, mask and pack traces into Arrow shards for training (with manifest.json)",
+        description="Render each trace with the chat template, tokenize it, mark the tokens to train on (assistant "
+        "reasoning, calls, answers) and pack the sequences into rows of --seq-len tokens: Arrow shards and a "
+        "manifest.json that `streamproc train` reads. An interrupted run resumes.",
+        epilog=EXAMPLES, formatter_class=RAW,
+    )
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
     add_pack_args(p)
+    add_input_args(p)
+    add_engine_args(p)
     p.set_defaults(func=run)
 
 
 def add_pack_args(p) -> None:
     """Tokenizer, masking and packing options (shared with `streamproc run`)."""
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER_NAME, metavar="NAME_OR_DIR", help="Hub id or local directory (default: %(default)s, shipped, works offline)")
-    p.add_argument("--seq-len", type=int, default=8192, metavar="N", help="tokens per packed row (default %(default)s)")
+    p.add_argument("--seq-len", type=positive_int, default=8192, metavar="N", help="tokens per packed row (default %(default)s)")
     p.add_argument("--overflow", choices=OVERFLOWS, default="split", help="a conversation longer than --seq-len: split into windows of whole steps (default), truncate, or drop")
     p.add_argument("--last-turn-only", action="store_true", help="train on the last assistant turn only")
     p.add_argument("--no-reasoning-loss", action="store_true", help="no loss on <think> blocks")
     p.add_argument("--no-tool-call-loss", action="store_true", help="no loss on assistant turns that call a tool")
     p.add_argument("--chat-template", default="auto", metavar="auto|chatml|FILE", help="auto: the tokenizer's (refused if it alters content); chatml: a faithful ChatML; or a Jinja file")
-    p.add_argument("--eval-fraction", type=float, default=0.0, metavar="F", help="hold out this share of traces (by id hash) as eval-*.arrow shards")
+    p.add_argument("--eval-fraction", type=fraction, default=0.0, metavar="F", help="hold out this share of traces (by id hash) as eval-*.arrow shards, 0 <= F < 1 (default %(default)s)")
     p.add_argument("--add-tokens", default="", metavar="T1,T2,...", help='add these as single special tokens if the tokenizer lacks them, e.g. "<think>,</think>" (the extended tokenizer is saved in DIR/tokenizer)')
-    p.add_argument("--buffer-size", type=int, default=100_000, metavar="N", help="sequences packed together (default %(default)s)")
-    p.add_argument("--shard-rows", type=int, default=2048, metavar="N", help="packed rows per shard (default %(default)s)")
+    p.add_argument("--buffer-size", type=positive_int, default=100_000, metavar="N", help="sequences packed together (default %(default)s)")
+    p.add_argument("--shard-rows", type=positive_int, default=2048, metavar="N", help="packed rows per shard (default %(default)s)")
     p.add_argument("--restart", action="store_true", help="discard an unfinished pack run in the output directory instead of resuming it")
 
 
@@ -66,7 +80,7 @@ def run(args) -> int:
         res = pack_to_dir(shards_from(args), args.output, pack_options(args), workers=args.workers, on_error=args.on_error, restart=args.restart)
     finish(args, res.tally, str(Path(args.output) / "rejects.jsonl"))
     print_counts(res)
-    print(f"wrote {args.output}")
+    say(args, f"wrote {args.output}")
     return 0
 
 

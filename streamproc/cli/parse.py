@@ -1,21 +1,36 @@
 from __future__ import annotations
 
-from ..parse_job import parse_to_file
 from ..fileio import check_output_file
-from .common import add_input_args, check_rejects, finish, shards_from
+from ..parse_job import parse_to_file
+from .common import add_input_args, check_rejects, finish, rows_output, say, shards_from
+from .manners import RAW, output_path, to_stdout
+
+EXAMPLES = """examples:
+  streamproc parse -o parsed.jsonl                  the built-in sample, one record per trace
+  streamproc parse data/*.parquet -o parsed.parquet
+  streamproc parse traces.jsonl.zst -o - | jq -r .id   records to stdout (JSONL), notes to stderr
+"""
 
 
 def add(sub) -> None:
-    p = sub.add_parser("parse", help="parse traces into one structured record per trace (JSONL or Parquet)")
+    p = sub.add_parser(
+        "parse", help="parse traces into one structured record per trace (JSONL or Parquet)",
+        description="Parse each trace into one record: turns with their reasoning, tool calls (arguments decoded) "
+        "and tool responses (content decoded, matched to their call). Bad rows are counted and set aside.",
+        epilog=EXAMPLES, formatter_class=RAW,
+    )
+    p.add_argument("-o", "--output", required=True, metavar="OUT", type=rows_output, help="OUT.jsonl (.gz, .zst), OUT.parquet, or - for JSONL on stdout")
     add_input_args(p)
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.jsonl, or OUT.parquet")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    check_output_file(args.output)
+    if not to_stdout(args.output):
+        check_output_file(args.output)
     check_rejects(args)
-    tally = parse_to_file(shards_from(args), args.output, workers=args.workers, on_error=args.on_error)
-    finish(args, tally, f"{args.output}.rejects.jsonl")
-    print(f"wrote {args.output}")
+    with output_path(args.output) as out:
+        tally = parse_to_file(shards_from(args), out, workers=args.workers, on_error=args.on_error)
+    finish(args, tally, None if to_stdout(args.output) else f"{args.output}.rejects.jsonl")
+    if not to_stdout(args.output):
+        say(args, f"wrote {tally.parsed:,} records to {args.output}")
     return 0

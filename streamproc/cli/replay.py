@@ -1,16 +1,31 @@
 from __future__ import annotations
 
+import shutil
 import sys
 
 from ..render import DEFAULT
-from ..replay import commands_from, play, step_lines, steps, to_text
+from ..replay import Screen, commands_from, play, step_lines, steps, to_text
+from .manners import RAW
 from .show import add_view_args, trace_from, use_color
+
+EXAMPLES = """examples:
+  streamproc replay --id 8c679f12                   keys: Right/n next, Left/p previous, Up/Down scroll, 12 Enter, q
+  streamproc replay --id 8c679f12 --step 3          print step 3 and exit
+  printf 'n\\nn\\n5\\nq\\n' | streamproc replay --index 0   commands from a pipe, one per line
+"""
 
 
 def add(sub) -> None:
-    p = sub.add_parser("replay", help="step through one trace an assistant turn at a time (n, p, number, q)")
-    add_view_args(p)
+    p = sub.add_parser(
+        "replay", help="step through one trace an assistant turn at a time (arrows, n, p, number, q)",
+        description="Step through one trace an assistant step at a time: what led to it, its reasoning, each "
+        "call with its result, its answer. On a terminal each step replaces the last (Right/Left or n/p move, "
+        "Up/Down and PgUp/PgDn scroll, a number and Enter jumps, q quits); from a pipe, one command per line. "
+        "Steps and turns are numbered from 1.",
+        epilog=EXAMPLES, formatter_class=RAW,
+    )
     p.add_argument("--step", type=int, metavar="K", help="print step K (from 1) and exit, without asking for keys")
+    add_view_args(p)
     p.set_defaults(func=run)
 
 
@@ -21,8 +36,9 @@ def run(args) -> int:
     limits = None if args.full else DEFAULT
     color = use_color(args)
     if args.step is None:
+        screen = Screen(_size) if sys.stdin.isatty() and sys.stdout.isatty() else None
         with commands_from(sys.stdin, sys.stdout) as commands:
-            play(trace, commands, sys.stdout, limits=limits, color=color)
+            play(trace, commands, sys.stdout, limits=limits, color=color, screen=screen)
         return 0
     all_steps = steps(trace)
     if not 1 <= args.step <= len(all_steps):
@@ -30,3 +46,8 @@ def run(args) -> int:
         return 2
     sys.stdout.write(to_text(step_lines(trace, all_steps[args.step - 1], len(all_steps), limits), color))
     return 0
+
+
+def _size() -> tuple[int, int]:
+    size = shutil.get_terminal_size((80, 24))
+    return size.columns, size.lines

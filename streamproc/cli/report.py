@@ -1,20 +1,30 @@
 from __future__ import annotations
 
-import sys
-
 from .. import report
 from ..fileio import check_output_file
 from ..stats_job import StatsJob
 from ..webview import write_page
-from .common import add_input_args, check_rejects, finish, run_jobs
+from .argtypes import positive_int
+from .common import add_input_args, check_rejects, finish, run_jobs, say
+from .manners import RAW
+
+EXAMPLES = """examples:
+  streamproc report -o report.html                        the built-in sample
+  streamproc report data/ -o report.html --title "March traces"
+"""
 
 
 def add(sub) -> None:
-    p = sub.add_parser("report", help="one self-contained HTML page: summary, plots and a browser of every trace")
+    p = sub.add_parser(
+        "report", help="one self-contained HTML page: summary, plots and a browser of every trace",
+        description="Write one HTML file that opens anywhere without a server: the trace browser (filter by "
+        "source, category, tool, failure), the summary tables and the plots.",
+        epilog=EXAMPLES, formatter_class=RAW,
+    )
+    p.add_argument("-o", "--output", required=True, metavar="FILE.html", help="the page to write")
+    p.add_argument("--title", default="streamproc report", help="the page's title (default: %(default)s)")
+    p.add_argument("--top", type=positive_int, default=10, metavar="N", help="tools listed in the summary (default %(default)s)")
     add_input_args(p)
-    p.add_argument("-o", "--output", required=True, metavar="FILE.html")
-    p.add_argument("--title", default="streamproc report")
-    p.add_argument("--top", type=int, default=10, metavar="N", help="tools listed in the summary (default 10)")
     p.set_defaults(func=run)
 
 
@@ -24,8 +34,9 @@ def run(args) -> int:
     job = StatsJob(browser=True)
     run_jobs(args, [job], progress="stats")
     stats, browser, tally = job.result()
+    say(args, f"drawing plots for {len(browser.entries):,} traces ...")
     plots = report.pngs(stats, dpi=100)
     write_page(args.output, browser, tables=report.tables(stats, args.top), plots=plots, note=tally.summary(), title=args.title)
     finish(args, tally, f"{args.output}.rejects.jsonl")
-    print(f"wrote {args.output} ({len(browser.entries):,} traces)", file=sys.stderr)
+    say(args, f"wrote {args.output} ({len(browser.entries):,} traces)")
     return 0

@@ -1,55 +1,84 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from ..fileio import write_rejects
+from ..listing import lookup
 from ..parse import parse_trace
 from ..records import BadRow, Row, RowError, Trace
-from ..render import DEFAULT, to_text, trace_lines
-from .. import runner
-from ..runner import Stage
+from ..render import DEFAULT, Line, to_text, trace_lines
 from ..sources import Split, read
+from ..terminal import page, use_color as color_for, width_of, wrap
 from .common import add_input_args, shards_from
+from .manners import RAW
+
+EXAMPLES = """examples:
+  streamproc ls --failed-tool terminal              find a trace first: ids to pass to --id
+  streamproc show --id 3f2a9c01                     a unique prefix of the id is enough
+  streamproc show data/ --id 3f2a9c01 --full | less -R
+  streamproc show --index 0 --color never > trace.txt
+"""
 
 
 def add(sub) -> None:
-    p = sub.add_parser("show", help="print one trace, readable: task, turns, reasoning, tool calls and results")
+    p = sub.add_parser(
+        "show", help="print one trace, readable: task, turns, reasoning, tool calls and results",
+        description="Print one trace: the task, then every turn in order, with reasoning, each tool call and "
+        "the result it got (failures marked). Turns and calls are numbered from 1. Long values are shortened "
+        "(--full shows them); on a terminal long lines wrap and a long trace opens in $PAGER (less -R).",
+        epilog=EXAMPLES, formatter_class=RAW,
+    )
     add_view_args(p)
+    p.add_argument("--no-pager", action="store_true", help="never page, even on a terminal")
     p.set_defaults(func=run)
 
 
 def add_view_args(p: argparse.ArgumentParser) -> None:
-    """Input, which trace, and how to print it: shared by `show` and `replay`."""
-    add_input_args(p)
+    """Which trace, and how to print it, then the input options: shared by `show` and `replay`."""
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--id", help="the trace with this id")
-    which.add_argument("--index", type=int, metavar="N", help="the N-th row of the input, from 0 (bad rows count too)")
+    which.add_argument("--id", help="the trace with this id, or the one whose id starts with it (see `streamproc ls`)")
+    which.add_argument("--index", type=int, metavar="N", help="the row at position N of the input, from 0 as in rejects files (bad rows count too)")
     p.add_argument("--full", action="store_true", help="show every value in full, and the system prompt")
-    p.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="auto: only on a terminal")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="auto (default): only on a terminal, and not with NO_COLOR set")
+    add_input_args(p)
 
 
 def run(args) -> int:
     trace = trace_from(args)
     if trace is None:
         return 2
-    sys.stdout.write(to_text(trace_lines(trace, None if args.full else DEFAULT), use_color(args)))
+    lines = trace_lines(trace, None if args.full else DEFAULT)
+    if not sys.stdout.isatty():
+        sys.stdout.write(to_text(lines, use_color(args)))
+        return 0
+    page(to_text(wrapped(lines, width_of(sys.stdout)), use_color(args)), pager=not args.no_pager)
     return 0
 
 
 def use_color(args) -> bool:
-    if args.color != "auto":
-        return args.color == "always"
-    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    return color_for(sys.stdout, args.color)
+
+
+def wrapped(lines: list[Line], width: int) -> list[Line]:
+    """Each line broken at word boundaries to fit `width`, in its own style."""
+    return [Line(line.style, part) for line in lines for part in wrap(line.text, width).split("\n")]
 
 
 def trace_from(args) -> Trace | None:
     """The selected trace, or None after saying on stderr why there is none."""
     rejects: list[BadRow] = []
+    shards = shards_from(args)
     try:
-        row = find_row(shards_from(args), id=args.id, index=args.index, on_error=args.on_error,
-                       workers=args.workers, rejects=rejects)
+        if args.index is not None:
+            row = row_at(shards, args.index)
+        else:
+            found = lookup(shards, args.id, workers=args.workers, on_error=args.on_error, rejects=rejects)
+            row = found.row
+            if found.others:
+                where = ", ".join(str(loc) for loc in found.others[:10]) + (" ..." if len(found.others) > 10 else "")
+                print(f"streamproc {args.command}: {len(found.others) + 1} rows have id {row.id!r}: showing {row.loc}; "
+                      f"the others: {where}", file=sys.stderr)
     except LookupError as e:
         print(f"streamproc {args.command}: {e}", file=sys.stderr)
         return None
@@ -61,41 +90,14 @@ def trace_from(args) -> Trace | None:
     return parse_trace(row)
 
 
-def find_row(
-    shards: list[Split], *, id: str | None = None, index: int | None = None, on_error: str = "skip",
-    workers: int = 1, rejects: list[BadRow] | None = None,
-) -> Row:
-    """The row with this id (shards searched in parallel, first in input order wins) or at this
-    position. Raises LookupError when there is none, RowError when the row asked for is bad."""
-    rejects = [] if rejects is None else rejects
-    if index is not None:
-        n = 0
-        for item in (item for shard in shards for item in read(shard)):
-            if n == index:
-                if isinstance(item, BadRow):
-                    raise RowError(item)
-                return item
-            n += 1
-        raise LookupError(f"no row {index}: the input has {n:,} rows")
-    for folded in runner.run(shards, [FindStage(id)], workers=workers, on_error=on_error):
-        rejects.extend(folded.tallies[0].rejected)
-        if folded.partials[0]:
-            return folded.partials[0][0]
-    raise LookupError(f"no trace with id {id!r} in the input")
-
-
-class FindStage(Stage):
-    """The rows of a split with one id."""
-
-    name = "find"
-    trace = False
-
-    def __init__(self, id: str):
-        self.id = id
-
-    def start(self) -> list[Row]:
-        return []
-
-    def fold(self, acc: list[Row], row: Row, trace: Trace | None) -> None:
-        if row.id == self.id:
-            acc.append(row)
+def row_at(shards: list[Split], index: int) -> Row:
+    """The row at this position (bad rows count). Raises LookupError when there is none,
+    RowError when it is bad."""
+    n = 0
+    for item in (item for shard in shards for item in read(shard)):
+        if n == index:
+            if isinstance(item, BadRow):
+                raise RowError(item)
+            return item
+        n += 1
+    raise LookupError(f"no row {index}: the input has {n:,} rows")

@@ -1,34 +1,47 @@
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from ..fileio import check_output_dir, check_output_file, write_json
-from ..report import stats_document, summary_text, write_report
+from ..report import stats_document, write_report
 from ..stats_job import StatsJob
-from .common import add_engine_args, add_input_args, check_rejects, finish, run_jobs
+from ..terminal import print_tables
+from .argtypes import positive_int
+from .common import add_engine_args, add_input_args, check_rejects, finish, run_jobs, say
+from .manners import RAW, output_path, to_stdout
+
+EXAMPLES = """examples:
+  streamproc stats                                  the built-in sample
+  streamproc stats data/ --report rep/              plus plots, summary.md and the trace browser rep/index.html
+  streamproc stats data/ --json - | jq .by_source   every figure as JSON on stdout
+  streamproc stats data/ --tokenizer                reasoning length in tokens too
+"""
 
 
 def add(sub) -> None:
     p = sub.add_parser(
         "stats",
         help="agent-behaviour metrics: tools, parallel calls, failures, reasoning length, data quality, per source",
+        description="Count what the agents did: tool calls and their failures by class, parallel calls, reasoning "
+        "length, data-quality problems; per source when there are several. Tables on the terminal; "
+        "--json and --report write files.",
+        epilog=EXAMPLES, formatter_class=RAW,
     )
-    add_input_args(p)
-    add_engine_args(p)
-    p.add_argument("--json", metavar="OUT.json", help="write every figure as JSON (keys documented in the README)")
+    p.add_argument("--json", metavar="OUT.json", help="write every figure as JSON (keys documented in docs/stats.md); -: to stdout, instead of the tables")
     p.add_argument("--report", metavar="DIR", help="write DIR/*.png plots, DIR/summary.md, DIR/stats.json and the viewer page DIR/index.html")
     p.add_argument(
         "--tokenizer", metavar="TOK", nargs="?", const="default",
         help="also count reasoning in tokens: a tokenizer directory or name; alone: the shipped Qwen2.5 tokenizer",
     )
     p.add_argument("--no-browser", action="store_true", help="--report without index.html (its trace browser)")
-    p.add_argument("--top", type=int, default=10, metavar="N", help="tools listed in the summary (default 10)")
+    p.add_argument("--top", type=positive_int, default=10, metavar="N", help="tools listed in the summary (default %(default)s)")
+    add_input_args(p)
+    add_engine_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    if args.json:
+    if args.json and not to_stdout(args.json):
         check_output_file(args.json)
     if args.report:
         check_output_dir(args.report)
@@ -36,13 +49,18 @@ def run(args) -> int:
     job = StatsJob(args.tokenizer, browser=bool(args.report) and not args.no_browser)
     run_jobs(args, [job], progress="stats")
     stats, browser, tally = job.result()
-    print(summary_text(stats, top=args.top))
+    if not to_stdout(args.json):  # `--json -`: stdout is the JSON alone
+        print_tables(stats, args.top)
     if args.json:
-        write_json(args.json, stats_document(stats, tally))
-        print(f"wrote {args.json}", file=sys.stderr)
+        with output_path(args.json, ".json") as out:
+            write_json(out, stats_document(stats, tally))
+        if not to_stdout(args.json):
+            say(args, f"wrote {args.json}")
     if args.report:
+        say(args, f"writing {args.report}/: plots and pages ...")
         write_report(stats, args.report, tally, args.top, browser)
-        print(f"wrote {args.report}/ (summary.md, stats.json, plots{'' if browser is None else ', index.html'})", file=sys.stderr)
-    where = args.json or (str(Path(args.report) / "stats") if args.report else None)
-    finish(args, tally, f"{where}.rejects.jsonl" if where else None)
+        say(args, f"wrote {args.report}/ (summary.md, stats.json, plots{'' if browser is None else ', index.html'})")
+    # Rejects go beside a file output; with none (tables, or JSON on stdout) only where --rejects says.
+    beside = str(Path(args.report) / "stats") if args.report else None if to_stdout(args.json) else args.json
+    finish(args, tally, f"{beside}.rejects.jsonl" if beside else None)
     return 0

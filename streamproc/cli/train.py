@@ -6,8 +6,14 @@ import os
 import sys
 
 from ..train import ShardMismatch, TrainConfig, train
+from .manners import RAW
 
 D = TrainConfig.__dataclass_fields__
+
+EXAMPLES = """examples:
+  streamproc train --shards packed/ --model HuggingFaceTB/SmolLM2-135M --output ckpt/ --max-steps 200
+  torchrun --nproc-per-node 2 -m streamproc train --shards packed/ --model MODEL_DIR --output ckpt/
+"""
 
 
 def add(sub) -> None:
@@ -16,6 +22,7 @@ def add(sub) -> None:
         help="fine-tune a causal LM on packed shards (padding-free, no attention across packed sequences)",
         description="Runs as is on one device, or under `torchrun` / `accelerate launch` with DDP "
         "(each rank reads its own shard files).",
+        epilog=EXAMPLES, formatter_class=RAW,
     )
     p.add_argument("--shards", required=True, metavar="DIR", help="output of `streamproc pack` (its train split)")
     p.add_argument("--model", required=True, metavar="NAME_OR_DIR", help="Hub id, local model directory, or a directory holding one .gguf")
@@ -32,7 +39,7 @@ def add(sub) -> None:
     p.add_argument("--save-steps", type=int, default=D["save_steps"].default, help="checkpoint every N steps")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT", help="resume from CHECKPOINT, or the latest one in --output")
     p.add_argument("--attn", help="attention implementation (default: flash_attention_2 where installed on a GPU, else sdpa)")
-    p.add_argument("--seed", type=int, default=D["seed"].default)
+    p.add_argument("--seed", type=int, default=D["seed"].default, help="random seed (default %(default)s)")
     p.add_argument("--tool-eval-max", type=int, default=D["tool_eval_max"].default, metavar="N", help="tool-selection prompts per evaluation (0: off)")
     p.add_argument("--tool-eval-new-tokens", type=int, default=D["tool_eval_new_tokens"].default, metavar="N", help="greedy tokens per prompt")
     p.add_argument("--gradient-checkpointing", action="store_true")

@@ -1,0 +1,101 @@
+"""The pack job's stage: masked sequences of a split's rows, train or eval by trace id.
+
+Apart from pack_job.py so that a worker, which unpickles this stage, imports the masker and
+not the packer, the shard writer or numba.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+
+from .mask import Masker, MaskOptions, MaskedSeq, load_tokenizer
+from .records import SPLITS, BadRow, Row, RowError, Trace
+from .runner import Stage
+
+
+def is_eval(trace_id: str, fraction: float) -> bool:
+    """The held-out split, by a hash of the trace id: stable across runs, machines and workers."""
+    h = int.from_bytes(hashlib.blake2b(trace_id.encode(), digest_size=8).digest(), "big")
+    return h < fraction * 2**64
+
+
+@dataclass(slots=True)
+class SplitCounts:
+    """Per-split counts. Workers fill the trace-level ones; shards give the token-level ones."""
+
+    traces: int = 0  # traces with at least one sequence written
+    dropped: int = 0  # traces with nothing written (too long for --overflow drop, or no trained token)
+    tokens_cut: int = 0  # tokens tokenized but not written
+    sequences: int = 0
+    tokens: int = 0
+    trainable: int = 0
+    rows: int = 0
+
+    def add(self, o: "SplitCounts") -> None:
+        for f in self.__slots__:
+            setattr(self, f, getattr(self, f) + getattr(o, f))
+
+    def add_shard(self, s: ShardInfo) -> None:
+        self.sequences += s.sequences
+        self.tokens += s.tokens
+        self.trainable += s.trainable
+        self.rows += s.rows
+
+    def summary(self, seq_len: int) -> dict:
+        capacity = self.rows * seq_len
+        return {
+            **asdict(self),
+            "padding": capacity - self.tokens,
+            "packing_efficiency": round(self.tokens / capacity, 6) if capacity else None,
+        }
+
+
+# ----------------------------------------------------------------------------- workers
+
+_MASKERS: dict[tuple, Masker] = {}
+"""Maskers by (tokenizer, options): one per process, built on first use (a worker builds its own)."""
+
+
+def _masker(tokenizer: str, options: MaskOptions) -> Masker:
+    key = (tokenizer, repr(options))
+    if key not in _MASKERS:
+        _MASKERS[key] = Masker(load_tokenizer(tokenizer), options)
+    return _MASKERS[key]
+
+
+@dataclass(slots=True)
+class MaskedSplit:
+    """A split's masked sequences and trace counts, per output split (train, eval)."""
+
+    seqs: dict[str, list[MaskedSeq]]
+    counts: dict[str, SplitCounts]
+
+
+class MaskStage(Stage):
+    """Masked sequences of a split's rows, train or eval by trace id. Each worker loads the
+    tokenizer (by name or directory) once, itself."""
+
+    name = "mask"
+    trace = False  # the masker renders the row's turns
+
+    def __init__(self, tokenizer: str, options: MaskOptions, eval_fraction: float):
+        self.tokenizer, self.options, self.eval_fraction = tokenizer, options, eval_fraction
+
+    def start(self) -> MaskedSplit:
+        return MaskedSplit({s: [] for s in SPLITS}, {s: SplitCounts() for s in SPLITS})
+
+    def fold_batch(self, acc: MaskedSplit, rows: list[tuple[Row, Trace | None]]) -> list[tuple[int, BadRow]]:
+        bad = []
+        masker = _masker(self.tokenizer, self.options)
+        for i, (row, res) in enumerate(masker.mask_many([row for row, _ in rows], batch=len(rows) or 1)):
+            if isinstance(res, RowError):
+                bad.append((i, res.bad))
+                continue
+            split = "eval" if is_eval(row.id, self.eval_fraction) else "train"
+            c = acc.counts[split]
+            c.traces += not res.dropped
+            c.dropped += res.dropped
+            c.tokens_cut += res.tokens_cut
+            acc.seqs[split].extend(res.seqs)
+        return bad
