@@ -290,7 +290,10 @@ class _Pool:
                     busy[w] = sent
                     sent += 1
             while next_out in done:
-                yield done.pop(next_out)
+                ok, value = done.pop(next_out)
+                if not ok:  # raised in plan order, as one process would: what came before is delivered
+                    raise value
+                yield value
                 next_out += 1
             if next_out >= len(items):
                 break
@@ -304,9 +307,7 @@ class _Pool:
                     except EOFError:
                         raise WorkerDied(f"worker {self.procs[w].pid} died (exit code {self.procs[w].exitcode})") from None
                     del busy[w]
-                    if not ok:
-                        raise value
-                    done[i] = value
+                    done[i] = (ok, value)
                 elif self.procs[w].sentinel in ready:
                     self.procs[w].join()
                     raise WorkerDied(f"worker {self.procs[w].pid} died (exit code {self.procs[w].exitcode})")
