@@ -236,7 +236,7 @@ def test_fail_stops_at_a_record_too_deep_to_encode(tmp_path, with_deep_row):
 @pytest.mark.parametrize(
     "args,why",
     [
-        (["parse", "-o", "{dir}"], "is a directory, not a file"),
+        (["parse", "-o", "{dir}/d.jsonl"], "is a directory, not a file"),
         (["stats", "--json", "{file}/s.json"], "is a file, not a directory"),
         (["stats", "--report", "{file}"], "is a file, not a directory"),
         (["pack", "-o", "{file}/out"], "is a file, not a directory"),
@@ -248,6 +248,7 @@ def test_fail_stops_at_a_record_too_deep_to_encode(tmp_path, with_deep_row):
 def test_an_unusable_output_path_is_named_before_any_work(tmp_path, args, why):
     f = tmp_path / "a-file"
     f.write_text("mine")
+    (tmp_path / "d.jsonl").mkdir()
     args = [a.format(dir=tmp_path, file=f) for a in args]
     p = streamproc(*args, "--workers", "1")
     assert p.returncode == 2, p.stderr
@@ -273,7 +274,7 @@ def test_plain_stats_writes_no_rejects_into_the_working_directory(tmp_path, with
     p = streamproc("stats", with_deep_row[0], str(bad), "--workers", "1", cwd=cwd)
     assert p.returncode == 0, p.stderr
     assert list(cwd.iterdir()) == []
-    assert "2 rejected (first: " in p.stderr and "pass --rejects FILE to keep them all" in p.stderr
+    assert "2 rejected (first: " in p.stderr and "--rejects FILE keeps them all" in p.stderr
     p = streamproc("stats", with_deep_row[0], str(bad), "--workers", "1", "--rejects", "r.jsonl", cwd=cwd)
     assert len((cwd / "r.jsonl").read_text().splitlines()) == 2
 
