@@ -36,6 +36,7 @@ from .chat import (
     to_messages,
 )
 from .records import BadRow, Location, Row, RowError, Trace
+from .tokenizer import Tokenizer, load
 
 DEFAULT_TOKENIZER = Path(__file__).parent / "data" / "tokenizers" / "qwen2.5-0.5b-instruct"
 DEFAULT_TOKENIZER_NAME = "Qwen/Qwen2.5-0.5B-Instruct"
@@ -44,21 +45,19 @@ SCOPES = ("all", "last")
 OVERFLOWS = ("split", "truncate", "drop")
 
 
-def load_tokenizer(name_or_dir: str | os.PathLike | None = None):
-    """A fast tokenizer: the shipped Qwen2.5-0.5B-Instruct one (offline) for None, `default` or
-    its Hub id; otherwise any local directory or Hub id."""
-    from transformers import AutoTokenizer
-
+def load_tokenizer(name_or_dir: str | os.PathLike | None = None) -> Tokenizer:
+    """A fast tokenizer, read with the `tokenizers` library (no transformers, no torch): the
+    shipped Qwen2.5-0.5B-Instruct one (offline) for None, `default` or its Hub id; otherwise any
+    local directory or Hub id. TokenizerError names a path or id that cannot be loaded."""
     if name_or_dir in (None, "", "default", DEFAULT_TOKENIZER_NAME):
         name_or_dir = DEFAULT_TOKENIZER
-    tok = AutoTokenizer.from_pretrained(str(name_or_dir))
-    if getattr(tok, "backend_tokenizer", None) is None:
-        raise ValueError(f"{name_or_dir}: masking needs a fast (Rust `tokenizers`) tokenizer")
-    return tok
+    return load(name_or_dir)
 
 
 def tokenizer_hash(tokenizer) -> str:
-    """sha256 of the tokenizer.json content (added tokens included)."""
+    """sha256 of the tokenizer.json content (added tokens included), as `tokenizers` writes it.
+    Compare hashes of tokenizers loaded alike: transformers rewrites parts of some tokenizers
+    (offset trimming, the decoder) that do not change ids."""
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
 
 
