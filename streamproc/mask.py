@@ -150,9 +150,9 @@ def _token_bytes(backend) -> np.ndarray | None:
     if not isinstance(backend.decoder, tokenizers.decoders.ByteLevel):
         return None
     vocab = backend.get_vocab(with_added_tokens=True)
-    out = np.zeros(max(vocab.values()) + 1, np.int64)
-    for token, i in vocab.items():
-        out[i] = len(token)
+    ids = np.fromiter(vocab.values(), np.int64, len(vocab))
+    out = np.zeros(int(ids.max()) + 1, np.int64)
+    out[ids] = np.fromiter(map(len, vocab), np.int64, len(vocab))
     return out
 
 
