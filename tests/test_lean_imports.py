@@ -42,7 +42,7 @@ def test_start_up_imports_nothing_heavy(argv, tmp_path):
 def test_pack_and_stats_with_a_tokenizer_never_import_torch_or_transformers(tmp_path):
     got = imported("pack", "--limit", "6", "--workers", "1", "--seq-len", "32768", "-o", str(tmp_path / "out"), cwd=tmp_path)
     assert got["rc"] == 0 and (tmp_path / "out" / "manifest.json").is_file()
-    assert not {"torch", "transformers"} & set(got["heavy"])
+    assert not {"torch", "transformers", "numba"} & set(got["heavy"])  # a small buffer packs in Python
     got = imported("stats", "--limit", "6", "--workers", "1", "--tokenizer", "default", "--json", str(tmp_path / "s.json"), cwd=tmp_path)
     assert got["rc"] == 0 and (tmp_path / "s.json").is_file()
     assert not {"torch", "transformers"} & set(got["heavy"])
