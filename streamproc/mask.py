@@ -36,29 +36,32 @@ from .chat import (
     to_messages,
 )
 from .records import BadRow, Location, Row, RowError, Trace
+from .tokenizer import Tokenizer, load
 
 DEFAULT_TOKENIZER = Path(__file__).parent / "data" / "tokenizers" / "qwen2.5-0.5b-instruct"
 DEFAULT_TOKENIZER_NAME = "Qwen/Qwen2.5-0.5B-Instruct"
 IGNORE = -100
+CHUNK_CHARS = 1 << 18
+"""Longest text the tokenizer is given at once (see Masker._encode_pieces)."""
+_BATCH_CHARS = 4 * CHUNK_CHARS
+"""Text tokenized in one call: the tokenizer spreads a call over its threads."""
 SCOPES = ("all", "last")
 OVERFLOWS = ("split", "truncate", "drop")
 
 
-def load_tokenizer(name_or_dir: str | os.PathLike | None = None):
-    """A fast tokenizer: the shipped Qwen2.5-0.5B-Instruct one (offline) for None, `default` or
-    its Hub id; otherwise any local directory or Hub id."""
-    from transformers import AutoTokenizer
-
+def load_tokenizer(name_or_dir: str | os.PathLike | None = None) -> Tokenizer:
+    """A fast tokenizer, read with the `tokenizers` library (no transformers, no torch): the
+    shipped Qwen2.5-0.5B-Instruct one (offline) for None, `default` or its Hub id; otherwise any
+    local directory or Hub id. TokenizerError names a path or id that cannot be loaded."""
     if name_or_dir in (None, "", "default", DEFAULT_TOKENIZER_NAME):
         name_or_dir = DEFAULT_TOKENIZER
-    tok = AutoTokenizer.from_pretrained(str(name_or_dir))
-    if getattr(tok, "backend_tokenizer", None) is None:
-        raise ValueError(f"{name_or_dir}: masking needs a fast (Rust `tokenizers`) tokenizer")
-    return tok
+    return load(name_or_dir)
 
 
 def tokenizer_hash(tokenizer) -> str:
-    """sha256 of the tokenizer.json content (added tokens included)."""
+    """sha256 of the tokenizer.json content (added tokens included), as `tokenizers` writes it.
+    Compare hashes of tokenizers loaded alike: transformers rewrites parts of some tokenizers
+    (offset trimming, the decoder) that do not change ids."""
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
 
 
@@ -127,6 +130,19 @@ def _arrays(enc) -> tuple[np.ndarray, np.ndarray]:
     return np.array(enc.ids, np.int32), np.array([o[0] for o in enc.offsets], np.int32)
 
 
+def _next_cut(text: str, start: int) -> int:
+    """The first place at or after `start` between a letter and a space followed by a letter;
+    -1 if there is none."""
+    for m in _CUT.finditer(text, max(start, 1)):
+        i = m.start()
+        if text[i - 1].isalpha() and text[i + 1].isalpha():
+            return i
+    return -1
+
+
+_CUT = re.compile(r" (?=\w)")
+
+
 def _token_bytes(backend) -> np.ndarray | None:
     """Bytes of text per token id, for byte-level BPE (each vocab character stands for one byte)."""
     import tokenizers
@@ -134,9 +150,9 @@ def _token_bytes(backend) -> np.ndarray | None:
     if not isinstance(backend.decoder, tokenizers.decoders.ByteLevel):
         return None
     vocab = backend.get_vocab(with_added_tokens=True)
-    out = np.zeros(max(vocab.values()) + 1, np.int64)
-    for token, i in vocab.items():
-        out[i] = len(token)
+    ids = np.fromiter(vocab.values(), np.int64, len(vocab))
+    out = np.zeros(int(ids.max()) + 1, np.int64)
+    out[ids] = np.fromiter(map(len, vocab), np.int64, len(vocab))
     return out
 
 
@@ -178,6 +194,8 @@ class Masker:
         self._form = type(norm).__name__ if type(norm).__name__ in ("NFC", "NFD", "NFKC", "NFKD") else None
         # Whitespace-absorbing added tokens make pieces depend on their neighbours.
         self._piecewise = bool(self._added) and not any(t.lstrip or t.rstrip or t.single_word for t in added.values())
+        self._chunked = True  # long pieces tokenized in chunks, if the probe agrees
+        self._chunked = self._chunks_agree()
         if self._piecewise and not self._pieces_agree():
             self._piecewise = False
 
@@ -262,8 +280,26 @@ class Masker:
         return np.where(np.cumsum(depth[:-1]) > 0, ids, IGNORE).astype(np.int32)
 
     def _encode_pieces(self, pieces: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Ids and start characters of text pieces holding no added token. Byte-level tokenizers
-        skip the costly offsets: starts follow from the tokens' byte lengths."""
+        """Ids and start characters of text pieces holding no added token. A long piece (a
+        20 MB tool output) is cut into chunks at pre-token boundaries and tokenized a few chunks
+        at a time: the tokenizer holds some 160 bytes per character while it works, and the ids
+        are the same (see _cuts). Byte-level tokenizers skip the costly offsets: starts follow
+        from the tokens' byte lengths."""
+        chunks = [(k, a, b) for k, p in enumerate(pieces) for a, b in self._cuts(p)]
+        parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in pieces]
+        i = 0
+        while i < len(chunks):
+            j, chars = i, 0  # chunks [i, j) go together: at most _BATCH_CHARS, one at least
+            while j < len(chunks) and (j == i or chars + chunks[j][2] - chunks[j][1] <= _BATCH_CHARS):
+                chars += chunks[j][2] - chunks[j][1]
+                j += 1
+            texts = [pieces[k] if b - a == len(pieces[k]) else pieces[k][a:b] for k, a, b in chunks[i:j]]
+            for (k, a, _), (ids, starts) in zip(chunks[i:j], self._encode_chunks(texts)):
+                parts[k].append((ids, starts + a if a else starts))
+            i = j
+        return [got[0] if len(got) == 1 else (np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])) for got in parts]
+
+    def _encode_chunks(self, pieces: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         if self._nbytes is None:
             return [_arrays(e) for e in self._backend.encode_batch(pieces, add_special_tokens=False)]
         out = []
@@ -274,6 +310,36 @@ class Masker:
             starts = _char_starts(p, ids, self._nbytes) if as_is else None
             out.append((ids, starts) if starts is not None else _arrays(self._backend.encode(p, add_special_tokens=False)))
         return out
+
+    def _cuts(self, piece: str, size: int = 0) -> list[tuple[int, int]]:
+        """[a, b) spans of a piece, about `size` characters each (CHUNK_CHARS), cut where every
+        regex pre-tokenizer in use (GPT-2's, Llama 3's, Qwen's) starts a new pre-token: between
+        a letter and a space followed by a letter (a letter run ends there, and ` word` starts a
+        new one; no lookahead sees past the cut). BPE never merges across pre-tokens, so the
+        chunks' ids are the piece's ids. Whether this tokenizer agrees is checked once, on a
+        probe (_chunks_agree); a piece with no such place is tokenized whole."""
+        size = size or CHUNK_CHARS
+        if len(piece) <= size or not self._chunked:
+            return [(0, len(piece))]
+        out, a = [], 0
+        while len(piece) - a > size:
+            b = _next_cut(piece, a + size)
+            if b < 0:
+                break
+            out.append((a, b))
+            a = b
+        out.append((a, len(piece)))
+        return out
+
+    def _chunks_agree(self) -> bool:
+        """Chunks cut at every possible place give the ids and starts of the whole text."""
+        probe = "Hello world  x\n\nnew line é é 数字 😀 12 ab\n  indented\n{\"k\": \"v w\"}\tend's it'S  a\u0301 b ² c Ⅻ d\r\nz" * 3
+        whole = _arrays(self._backend.encode(probe, add_special_tokens=False))
+        spans = self._cuts(probe, size=1)
+        got = self._encode_chunks([probe[a:b] for a, b in spans])
+        ids = np.concatenate([g[0] for g in got])
+        starts = np.concatenate([g[1] + a for g, (a, _) in zip(got, spans)])
+        return len(spans) > 10 and ids.tolist() == whole[0].tolist() and starts.tolist() == whole[1].tolist()
 
     def _tokens(self, msgs: list[Message]) -> tuple[np.ndarray, np.ndarray, Rendered]:
         r = render(self.tokenizer, msgs, self.info)

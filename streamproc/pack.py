@@ -10,27 +10,20 @@ buffer, the closer streaming gets to packing everything globally.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
-import numba
 import numpy as np
 
 IGNORE = -100
 """Label of a position that carries no loss."""
+COMPILED_FROM = 20_000
+"""Sequences from which the kernels below run compiled by numba. Below, they run as Python:
+importing numba and loading its cached machine code costs about 1 s of CPU (most of a small
+pack run), more than Python takes to place that many sequences. Same code, same result."""
 
 
-def _njit(fn):
-    """numba.njit with its on-disk cache where numba finds a writable place for one
-    (NUMBA_CACHE_DIR, the package's __pycache__, the user's cache directory), else uncached:
-    a read-only install under a read-only or missing HOME still runs, compiling at first use."""
-    try:
-        return numba.njit(cache=True)(fn)
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        return numba.njit(fn)
-
-
-@_njit
 def _longest_first(lengths: np.ndarray, capacity: int) -> np.ndarray:
     """Counting sort of the indices by length, longest first, ties in input order: O(N + capacity)."""
     start = np.zeros(capacity + 2, np.int64)
@@ -46,7 +39,6 @@ def _longest_first(lengths: np.ndarray, capacity: int) -> np.ndarray:
     return order
 
 
-@_njit
 def _place(lengths: np.ndarray, order: np.ndarray, capacity: int) -> tuple[np.ndarray, int]:
     """Row number of every sequence, placing them in `order` (longest first); and the row count."""
     n = len(order)
@@ -71,7 +63,12 @@ def _place(lengths: np.ndarray, order: np.ndarray, capacity: int) -> tuple[np.nd
             head[space] = nxt[r]
             if head[space] == -1:
                 tail[space] = -1
-                _set(tree, size, space, -1)
+                node = space + size  # the leaf leaves the tree: -1 up to the root
+                tree[node] = -1
+                node //= 2
+                while node >= 1:
+                    tree[node] = max(tree[2 * node], tree[2 * node + 1])
+                    node //= 2
         else:
             r = rows
             rows += 1
@@ -82,24 +79,18 @@ def _place(lengths: np.ndarray, order: np.ndarray, capacity: int) -> tuple[np.nd
             nxt[r] = -1
             if tail[space] == -1:
                 head[space] = r
-                _set(tree, size, space, space)
+                node = space + size  # the leaf joins the tree with its value
+                tree[node] = space
+                node //= 2
+                while node >= 1:
+                    tree[node] = max(tree[2 * node], tree[2 * node + 1])
+                    node //= 2
             else:
                 nxt[tail[space]] = r
             tail[space] = r
     return row_of, rows
 
 
-@_njit
-def _set(tree: np.ndarray, size: int, leaf: int, value: int) -> None:
-    node = leaf + size
-    tree[node] = value
-    node //= 2
-    while node >= 1:
-        tree[node] = max(tree[2 * node], tree[2 * node + 1])
-        node //= 2
-
-
-@_njit
 def _by_row(order: np.ndarray, row_of: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices grouped by row, each row in placement order, and the row bounds (counting sort)."""
     bounds = np.zeros(rows + 1, np.int64)
@@ -125,9 +116,29 @@ def pack_order(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarr
     if len(lengths) and (lengths.min() < 1 or lengths.max() > capacity):
         bad = int(np.flatnonzero((lengths < 1) | (lengths > capacity))[0])
         raise ValueError(f"sequence {bad} has length {lengths[bad]}, outside [1, {capacity}]")
-    order = _longest_first(lengths, capacity)
-    row_of, rows = _place(lengths, order, capacity)
-    return _by_row(order, row_of, rows)
+    longest_first, place, by_row = _kernels(len(lengths) >= COMPILED_FROM)
+    order = longest_first(lengths, capacity)
+    row_of, rows = place(lengths, order, capacity)
+    return by_row(order, row_of, rows)
+
+
+@functools.cache
+def _kernels(compiled: bool):
+    if not compiled:
+        return _longest_first, _place, _by_row
+    return tuple(_njit(f) for f in (_longest_first, _place, _by_row))
+
+
+def _njit(fn):
+    """numba.njit with its on-disk cache where numba finds a writable place for one
+    (NUMBA_CACHE_DIR, the package's __pycache__, the user's cache directory), else uncached:
+    a read-only install under a read-only or missing HOME still runs, compiling at first use."""
+    import numba
+
+    try:
+        return numba.njit(cache=True)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(fn)
 
 
 def pack_lengths(lengths, capacity: int) -> list[list[int]]:

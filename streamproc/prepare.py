@@ -276,8 +276,7 @@ def _tokenizer(opts: PackOptions, out: Path):
     """The tokenizer, extended with `add_tokens` it lacks (saved under out/tokenizer), and the
     name workers load it by."""
     tok = cached_tokenizer(opts.tokenizer)
-    vocab = tok.get_vocab()
-    added = [t for t in dict.fromkeys(opts.add_tokens) if t not in vocab]
+    added = [t for t in dict.fromkeys(opts.add_tokens) if tok.convert_tokens_to_ids(t) is None]
     if not added:
         return tok, opts.tokenizer, []
     from tokenizers import AddedToken

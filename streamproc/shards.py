@@ -49,15 +49,25 @@ def shard_name(split: str, index: int) -> str:
 
 
 def to_table(p: Packed) -> pa.Table:
-    def lists(values: pa.Array, bounds: np.ndarray) -> pa.Array:
-        return pa.ListArray.from_arrays(pa.array(bounds.astype(np.int32)), values)
+    # Arrays are made from their buffers: pa.array() would import pandas (0.2 s of CPU) to ask
+    # whether its argument is a pandas object.
+    def ints(a: np.ndarray) -> pa.Array:
+        a = np.ascontiguousarray(a, np.int32)
+        return pa.Array.from_buffers(pa.int32(), len(a), [None, pa.py_buffer(a)])
 
+    def lists(values: pa.Array, bounds: np.ndarray) -> pa.Array:
+        return pa.ListArray.from_arrays(ints(bounds), values)
+
+    raw = [t.encode() for t in p.trace_ids]
+    offsets = np.zeros(len(raw) + 1, np.int32)
+    np.cumsum([len(b) for b in raw], out=offsets[1:])
+    names = pa.Array.from_buffers(pa.string(), len(raw), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(raw))])
     return pa.Table.from_arrays(
         [
-            lists(pa.array(p.input_ids), p.row_bounds),
-            lists(pa.array(p.labels), p.row_bounds),
-            lists(pa.array(p.seq_lens), p.seq_bounds),
-            lists(pa.array(p.trace_ids, pa.string()), p.seq_bounds),
+            lists(ints(p.input_ids), p.row_bounds),
+            lists(ints(p.labels), p.row_bounds),
+            lists(ints(p.seq_lens), p.seq_bounds),
+            lists(names, p.seq_bounds),
         ],
         schema=SCHEMA,
     )

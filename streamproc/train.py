@@ -104,23 +104,28 @@ def load_model(model: str, *, init_random: bool = False, attn: str | None = None
 
 
 def shards_tokenizer(shards: str | os.PathLike, model: str):
-    """The model's tokenizer, extended with the tokens `pack --add-tokens` added, once it matches
-    the one the shards were made with; ShardMismatch otherwise."""
+    """The model's tokenizer (transformers', for the trainer), extended with the tokens `pack
+    --add-tokens` added, once it matches the one the shards were made with; ShardMismatch otherwise.
+    The hash is taken as pack takes it, from the files read with `tokenizers`."""
     from tokenizers import AddedToken
+    from transformers import AutoTokenizer
 
     from .mask import load_tokenizer, tokenizer_hash
 
     info = read_manifest(shards)["tokenizer"]
-    tokenizer = load_tokenizer(model)
-    if info.get("added_tokens"):
-        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in info["added_tokens"]], special_tokens=True)
-    have = tokenizer_hash(tokenizer)
+    files = load_tokenizer(model)
+    extra = [AddedToken(t, special=True, normalized=False) for t in info.get("added_tokens") or ()]
+    files.add_tokens(extra, special_tokens=True)
+    have = tokenizer_hash(files)
     if info["hash"] != have:
         raise ShardMismatch(
             f"{Path(shards) / MANIFEST}: the shards were tokenized with {info.get('name', '?')} (tokenizer hash "
             f"{info['hash'][:12]}...), but {model}'s tokenizer hashes to {have[:12]}...: the same ids would be other "
             f"tokens. Re-run `streamproc pack --tokenizer {model}`."
         )
+    tokenizer = AutoTokenizer.from_pretrained(str(files.source))
+    if extra:
+        tokenizer.add_tokens(extra, special_tokens=True)
     return tokenizer
 
 

@@ -192,3 +192,19 @@ def test_packer_refuses_a_sequence_longer_than_a_row():
     packer = Packer(seq_len=4)
     with pytest.raises(ValueError, match="trace x: sequence of 5 tokens"):
         packer.add([Seq("x", np.arange(5, dtype=np.int32), np.arange(5, dtype=np.int32))])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 300), st.lists(st.integers(1, 300), max_size=400))
+def test_python_and_numba_kernels_place_alike(capacity, lengths):
+    """Small buffers pack in Python (no numba start-up), large ones compiled: the same code, the
+    same rows."""
+    from streamproc.pack import _kernels
+
+    lengths = np.minimum(np.asarray(lengths, np.int64), capacity)
+    got = []
+    for compiled in (False, True):
+        longest_first, place, by_row = _kernels(compiled)
+        order = longest_first(lengths, capacity)
+        got.append([a.tolist() for a in by_row(order, *place(lengths, order, capacity))])
+    assert got[0] == got[1]

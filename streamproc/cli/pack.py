@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ..chat import TemplateError
 from ..mask import DEFAULT_TOKENIZER_NAME, OVERFLOWS, MaskOptions
-from ..prepare import PackOptions, PackResult, pack_to_dir
-from .. import engine_ray
 from .argtypes import fraction, positive_int
 from .common import add_engine_args, add_input_args, finish, ray_inputs, say, shards_from
 from .manners import RAW
@@ -15,6 +15,10 @@ EXAMPLES = """examples:
   streamproc pack data/ -o packed/ --seq-len 4096 --eval-fraction 0.05
   streamproc pack data/ -o packed/ --tokenizer Qwen/Qwen3-8B --no-reasoning-loss
 """
+
+
+if TYPE_CHECKING:  # imported where used: `pack --help` needs neither numba nor the engines
+    from ..prepare import PackOptions, PackResult
 
 
 def add(sub) -> None:
@@ -49,9 +53,14 @@ def add_pack_args(p) -> None:
 
 
 def pack_options(args) -> PackOptions:
+    from ..prepare import PackOptions
+
     template = args.chat_template
     if template not in ("auto", "chatml"):
-        template = Path(template).read_text(encoding="utf-8")
+        try:
+            template = Path(template).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise TemplateError(f"--chat-template {template}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     mask = MaskOptions(
         scope="last" if args.last_turn_only else "all",
         train_reasoning=not args.no_reasoning_loss,
@@ -71,6 +80,9 @@ def pack_options(args) -> PackOptions:
 
 
 def run(args) -> int:
+    from .. import engine_ray
+    from ..prepare import pack_to_dir
+
     if args.engine == "ray":
         res = engine_ray.pack(out_dir=args.output, options=pack_options(args), restart=args.restart, **ray_inputs(args))
     else:
