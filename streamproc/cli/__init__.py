@@ -11,7 +11,7 @@ from .._compiled import parser_build
 
 # Command modules in the order `--help` lists them. Each defines add(subparsers), which
 # registers its parser with set_defaults(func=...); func(args) returns an exit code.
-COMMANDS = ["run", "parse", "synth", "stats", "report", "show", "replay", "pack", "export", "train", "bench"]
+COMMANDS = ["run", "parse", "synth", "stats", "features", "filter", "report", "show", "replay", "pack", "export", "train", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from ..chat import TemplateError
+    from ..curate import ConditionError
     from ..engine_ray import RayUnavailable
     from ..prepare import PackError
     from ..records import RowError
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (SourceError, RowError, RayUnavailable, PackError, TemplateError) as e:
+    except (SourceError, RowError, RayUnavailable, PackError, TemplateError, ConditionError) as e:
         print(f"streamproc {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,12 +6,14 @@ import argparse
 import os
 import sys
 
+from ..curate import DEDUP_MODES, PRESET_HELP, PRESETS, Curator, conditions_of, view
 from ..fileio import write_rejects
 from ..pipeline import Tally
 from ..sources import HUB_DATASET, ON_ERROR, Shard, SourceError, plan
 
 
-def add_input_args(p: argparse.ArgumentParser, *, workers: bool = True) -> None:
+def add_input_args(p: argparse.ArgumentParser, *, workers: bool = True, view: bool = False) -> None:
+    """The input options; with `view`, also --where/--preset/--dedup, applied by shards_from."""
     p.add_argument(
         "inputs", nargs="*", metavar="INPUT",
         help="Parquet / JSONL (.gz, .zst) / JSON files, directories or globs; none: the built-in sample",
@@ -25,6 +27,25 @@ def add_input_args(p: argparse.ArgumentParser, *, workers: bool = True) -> None:
     p.add_argument("--rejects", metavar="FILE", help="where rejected rows go (default: OUTPUT.rejects.jsonl beside the output)")
     if workers:
         p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    if view:
+        add_curate_args(p, view=True)
+
+
+def add_curate_args(p: argparse.ArgumentParser, *, view: bool = False) -> None:
+    g = p.add_argument_group("curation" + (" (read only the rows kept, as `streamproc filter` would)" if view else ""))
+    g.add_argument("--where", metavar="SQL", help='a SQL condition over the per-trace features, e.g. "failed_responses = 0 AND tool_calls > 2"')
+    g.add_argument("--preset", choices=PRESETS, help="; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()))
+    g.add_argument("--dedup", choices=DEDUP_MODES, help="exact: same conversation text (whitespace normalized); near: MinHash LSH over user and assistant text; the first occurrence is kept")
+    g.add_argument("--threshold", type=float, default=0.8, metavar="J", help="--dedup near: Jaccard similarity that counts as a duplicate (default %(default)s)")
+    p.set_defaults(view=view)
+
+
+def curator_from(args: argparse.Namespace, tokens: bool = False) -> Curator | None:
+    """The Curator of --where/--preset/--dedup (checked before any data is read), or None when none is given."""
+    conditions = conditions_of(args.where, args.preset)
+    if not conditions and not args.dedup:
+        return None
+    return Curator(conditions, args.dedup, args.threshold, tokens=tokens)
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -37,15 +58,27 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 def ray_inputs(args: argparse.Namespace) -> dict:
     """The input options as keyword arguments of the Ray engine's stage functions."""
+    if getattr(args, "where", None) or getattr(args, "preset", None) or getattr(args, "dedup", None):
+        raise SourceError("--where/--preset/--dedup run on --engine local; with Ray, filter first (streamproc filter) and pass its output")
     if args.dataset:
         raise SourceError("--engine ray reads files or URIs; download the dataset's Parquet files and pass them as INPUT")
     return dict(inputs=args.inputs, source=args.source, limit=args.limit, on_error=args.on_error, address=args.address)
 
 
 def shards_from(args: argparse.Namespace) -> list[Shard]:
-    return plan(
+    """The planned shards; with --where/--preset/--dedup on a command that takes them, the rows
+    those remove are marked to be skipped (a first pass over the data decides which)."""
+    shards = plan(
         args.inputs, dataset=args.dataset, configs=args.config, split=args.split, source=args.source, limit=args.limit
     )
+    curator = curator_from(args) if getattr(args, "view", False) else None
+    if curator is None:
+        return shards
+    shards = view(shards, curator, args.workers, args.on_error)
+    doc = curator.acct.to_json()
+    by = ", ".join(f"{k} {v:,}" for k, v in doc["removed_by"].items() if v) or "none"
+    print(f"filtered view: {doc['kept']:,} of {doc['read']:,} rows kept (removed by {by}; {doc['rejected']:,} rejected)", file=sys.stderr)
+    return shards
 
 
 def finish(args: argparse.Namespace, tally: Tally, default_rejects: str) -> None:

@@ -7,7 +7,7 @@ from .common import add_input_args, finish, shards_from
 
 def add(sub) -> None:
     p = sub.add_parser("export", help="write normalized chat messages or prompt/completion pairs (JSONL or Parquet)")
-    add_input_args(p)
+    add_input_args(p, view=True)
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.jsonl, or OUT.parquet")
     p.add_argument("--format", choices=FORMATS, default="messages", help="messages: one conversation per row; pairs: one prompt/completion per assistant turn")
     p.add_argument(

@@ -11,7 +11,7 @@ from .common import add_engine_args, add_input_args, finish, ray_inputs, shards_
 
 def add(sub) -> None:
     p = sub.add_parser("pack", help="tokenize, mask and pack traces into Arrow shards for training (with manifest.json)")
-    add_input_args(p)
+    add_input_args(p, view=True)
     add_engine_args(p)
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
     add_pack_args(p)

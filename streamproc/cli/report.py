@@ -10,7 +10,7 @@ from .common import add_input_args, finish, shards_from
 
 def add(sub) -> None:
     p = sub.add_parser("report", help="one self-contained HTML page: summary, plots and a browser of every trace")
-    add_input_args(p)
+    add_input_args(p, view=True)
     p.add_argument("-o", "--output", required=True, metavar="FILE.html")
     p.add_argument("--title", default="streamproc report")
     p.add_argument("--top", type=int, default=10, metavar="N", help="tools listed in the summary (default 10)")

@@ -19,7 +19,7 @@ from .pack import add_pack_args, pack_options, print_counts
 
 def add(sub) -> None:
     p = sub.add_parser("run", help="the whole job: parse, stats report and packed shards (default: the built-in sample)")
-    add_input_args(p)
+    add_input_args(p, view=True)
     p.add_argument("-o", "--output", default="out", metavar="DIR", help="output directory (default: ./out)")
     add_pack_args(p)
     p.set_defaults(func=run)

@@ -15,7 +15,7 @@ def add(sub) -> None:
         "stats",
         help="agent-behaviour metrics: tools, parallel calls, failures, reasoning length, data quality, per source",
     )
-    add_input_args(p)
+    add_input_args(p, view=True)
     add_engine_args(p)
     p.add_argument("--json", metavar="OUT.json", help="write every figure as JSON (keys documented in the README)")
     p.add_argument("--report", metavar="DIR", help="write DIR/*.png plots, DIR/summary.md, DIR/stats.json and the viewer page DIR/index.html")
