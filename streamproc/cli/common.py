@@ -68,10 +68,10 @@ def ray_inputs(args: argparse.Namespace) -> dict:
 def shards_from(args: argparse.Namespace) -> list[Shard]:
     """The planned shards; with --where/--preset/--dedup on a command that takes them, the rows
     those remove are marked to be skipped (a first pass over the data decides which)."""
+    curator = curator_from(args) if getattr(args, "view", False) else None  # a bad condition fails before any read
     shards = plan(
         args.inputs, dataset=args.dataset, configs=args.config, split=args.split, source=args.source, limit=args.limit
     )
-    curator = curator_from(args) if getattr(args, "view", False) else None
     if curator is None:
         return shards
     shards = view(shards, curator, args.workers, args.on_error)
