@@ -50,17 +50,17 @@ FEATURES: tuple[tuple[str, pa.DataType, str], ...] = (
         "failed responses after which no later response in the trace from the same tool succeeds "
         "(the tool is the paired call's name, else the response's own name)",
     ),
-    ("malformed_calls", _I, "calls whose body is not a JSON object with a string `name` and object `arguments`"),
-    ("malformed_responses", _I, "responses whose body could not be read as the harness writes it"),
+    ("malformed_calls", _I, "calls the parser marks invalid: body not JSON (or never closed), not an object, no `name`, or `arguments` not an object"),
+    ("malformed_responses", _I, "tool responses the parser could not read: body not JSON, or never closed"),
     ("declared_tools", _I, "tools the row's `tools` column declares; NULL when that column is not readable JSON"),
     ("unknown_tool_calls", _I, "well-formed calls to a tool the row does not declare (0 when it declares none)"),
     ("missing_arguments", _I, "well-formed calls to a declared tool that lack one of its required arguments"),
     ("unknown_arguments", _I, "well-formed calls passing an argument the tool's schema does not list (closed schemas only)"),
     ("calls_without_response", _I, "calls no tool response was paired with"),
     ("responses_without_call", _I, "tool responses paired with no call"),
-    ("think_blocks", _I, "`<think>` blocks in assistant turns"),
-    ("empty_think_blocks", _I, "`<think>` blocks with nothing inside"),
-    ("reasoning_chars", _I, "characters inside `<think>` blocks"),
+    ("think_blocks", _I, "reasoning blocks in assistant turns as the parser reads them: `<think>...</think>`, and text closed by a stray `</think>`"),
+    ("empty_think_blocks", _I, "of those, blocks with only whitespace inside"),
+    ("reasoning_chars", _I, "characters of reasoning (inside those blocks, surrounding whitespace stripped)"),
     ("answer_chars", _I, "characters of assistant text outside `<think>` and `<tool_call>` blocks"),
     ("ends_with_answer", _B, "there is an assistant turn and the last one calls no tool"),
     ("longest_value_chars", _I, "characters of the longest `conversations` value"),
@@ -614,7 +614,13 @@ class RowSink:
         import pyarrow.parquet as pq
 
         if self._writer is None:
-            table = pa.Table.from_pylist(records)
+            # The dataset columns' types are known; inferring them too costs five times the write.
+            extra = list(dict.fromkeys(k for r in records for k in r if k not in DATASET_SCHEMA.names))
+            schema = DATASET_SCHEMA
+            if extra:
+                inferred = pa.Table.from_pylist([{k: r.get(k) for k in extra} for r in records]).schema
+                schema = pa.schema([*DATASET_SCHEMA, *inferred])
+            table = pa.Table.from_pylist(records, schema=schema)
             self._writer = pq.ParquetWriter(self._tmp, table.schema)
         else:
             names = set(self._writer.schema.names)
