@@ -13,7 +13,9 @@ commands) goes through it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import operator
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -210,17 +212,36 @@ def exact_key(trace: Trace) -> bytes:
 def near_key(trace: Trace, num_perm: int = NUM_PERM) -> np.ndarray:
     """MinHash signature (uint32[num_perm]) of the 5-word shingles of the user and assistant text.
 
-    The shingles are hashed with CRC-32 (deterministic in every process, unlike `hash`), then
-    permuted by datasketch (its affine32 scheme): the signature is a datasketch MinHash's `hashvalues`.
+    Each distinct word is hashed once with CRC-32 (deterministic in every process, unlike
+    `hash`); a shingle's hash combines its words' hashes with numpy, so no shingle string is
+    built. datasketch then permutes the distinct shingle hashes (its affine32 scheme) and keeps
+    the minima: the signature is a datasketch MinHash's `hashvalues`.
     """
     from datasketch import MinHash
 
     words = " ".join(t.text for t in trace.turns if t.role in ("user", "assistant")).split()
+    vocab = {w: zlib.crc32(w.encode()) for w in set(words)}
+    h = np.fromiter((vocab[w] for w in words), dtype=np.uint64, count=len(words))
     n = SHINGLE_WORDS
-    shingles = [" ".join(words[i : i + n]).encode() for i in range(max(1, len(words) - n + 1))]
-    m = MinHash(num_perm=num_perm, seed=1, hashfunc=zlib.crc32, scheme=MINHASH_SCHEME)
-    m.update_batch(shingles)
+    if len(h) > n:
+        shingles = h[: len(h) - n + 1].copy()
+        for k in range(1, n):  # polynomial combination, wrapping mod 2^64, of the n word hashes
+            shingles = shingles * np.uint64(_SHINGLE_MULTIPLIER) + h[k : len(h) - n + 1 + k]
+    else:
+        shingles = h[:1] if len(h) else np.zeros(1, np.uint64)
+    m = MinHash(num_perm=num_perm, seed=1, hashfunc=operator.index, permutations=_permutations(num_perm), scheme=MINHASH_SCHEME)
+    m.update_batch(np.unique(shingles & np.uint64(0xFFFFFFFF)).tolist())
     return m.hashvalues
+
+
+_SHINGLE_MULTIPLIER = 0x9E3779B1  # an odd constant (2^32 / golden ratio): spreads each word's bits
+
+
+@functools.lru_cache(maxsize=4)
+def _permutations(num_perm: int) -> np.ndarray:
+    from datasketch import MinHash
+
+    return MinHash(num_perm=num_perm, seed=1, scheme=MINHASH_SCHEME).permutations
 
 
 def dedup_key(trace: Trace, mode: str) -> bytes | np.ndarray:

@@ -332,3 +332,21 @@ def test_features_command(tmp_path, real_row_files):
 def test_ray_engine_refuses_the_view_clearly(capsys):
     assert main(["stats", "--engine", "ray", "--preset", "clean"]) == 2
     assert "filter first" in capsys.readouterr().err
+
+
+def test_docs_define_every_feature_and_preset():
+    from streamproc.curate import FEATURES, TOKEN_FEATURES
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "curate.md").read_text()
+    for name, _, definition in FEATURES + TOKEN_FEATURES:
+        assert f"| `{name}` |" in doc and definition in doc, name
+    for name, conds in PRESETS.items():
+        assert f"**{name}**" in doc and "\nAND ".join(c.sql for c in conds) in doc, name
+
+
+def test_bench_section_runs(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "in.jsonl", sample_rows(20))
+    assert main(["bench", "--quick", "--section", "filter", str(src), "--json", str(tmp_path / "b.json")]) == 0
+    got = {r["name"]: r for r in json.loads((tmp_path / "b.json").read_text())}
+    assert got["filter --preset clean"]["baseline"] == "stats pass (parse + aggregate)" and got["filter --preset clean"]["value"] > 0
+    assert got["near-dedup index"]["unit"] == "GiB per million rows" and got["near-dedup index"]["value"] > 0
