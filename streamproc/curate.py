@@ -430,13 +430,13 @@ class Curator:
     def _duplicate(self, key: Any, position: int) -> str | None:
         if self._lsh is None:
             first = self._seen.setdefault(key, position)
-            return None if first == position else f"dedup_exact (same text as input row {first})"
+            return None if first == position else f"dedup_exact (same text as good row {first} of the input, counted from 0)"
         from datasketch import MinHash
 
-        m = MinHash(num_perm=NUM_PERM, seed=1, hashvalues=key, scheme=MINHASH_SCHEME)
+        m = MinHash(num_perm=NUM_PERM, seed=1, hashvalues=key, permutations=_permutations(NUM_PERM), scheme=MINHASH_SCHEME)
         found = self._lsh.query(m)
         if found:
-            return f"dedup_near (similar to input row {min(found)})"
+            return f"dedup_near (similar to good row {min(found)} of the input, counted from 0)"
         self._lsh.insert(position, m, check_duplication=False)
         return None
 
