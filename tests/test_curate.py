@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -23,9 +24,10 @@ from streamproc.curate import (
     features,
     filter_to_file,
     near_key,
+    row_record,
 )
 from streamproc.parse import parse_trace
-from streamproc.sources import SAMPLE, plan
+from streamproc.sources import SAMPLE, iter_rows, plan
 
 
 def sample_rows(n: int = 40) -> list[dict]:
@@ -241,18 +243,12 @@ def test_kept_rows_are_unchanged_with_extra_columns(tmp_path):
         r["quality_score"] = i / 10
         r["meta"] = {"annotator": f"a{i}"}
     src = tmp_path / "in.parquet"
-    import pyarrow as pa
-
     pq.write_table(pa.Table.from_pylist(rows), src)
     for out in ("k.parquet", "k.jsonl", "k.jsonl.zst"):
         assert main(["filter", str(src), "-o", str(tmp_path / out), "--where", "true", "--workers", "1"]) == 0
-        back = pa.Table.from_pylist([]) if False else None
         if out.endswith(".parquet"):
             back = pq.read_table(tmp_path / out).to_pylist()
         else:
-            from streamproc.sources import iter_rows
-            from streamproc.curate import row_record
-
             back = [row_record(r) for r in iter_rows([tmp_path / out])]
         assert back == rows
     summary = json.loads((tmp_path / "k.parquet.summary.json").read_text())
