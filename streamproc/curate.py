@@ -639,7 +639,10 @@ class RowSink:
             return
         import pyarrow.parquet as pq
 
-        table = _rows_table(rows, reasons, None if self._writer is None else self._writer.schema)
+        try:
+            table = _rows_table(rows, reasons, None if self._writer is None else self._writer.schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:  # an extra column whose type changes between batches
+            raise ConditionError(f"{self.path}: rows after row {self.rows - len(rows)} do not fit the Parquet schema ({e}); write .jsonl instead") from None
         if self._writer is None:
             self._writer = pq.ParquetWriter(self._tmp, table.schema, compression="zstd")  # as synth writes: half the size of snappy, same CPU
         elif table.schema.names != self._writer.schema.names:
