@@ -450,7 +450,9 @@ class Curator:
         doc: dict[str, Any] = self.acct.to_json()
         doc["conditions"] = {c.name: c.sql for c in self.conditions}
         if self.dedup:
-            doc["dedup"] = {"mode": self.dedup, "index_bytes": self.index_bytes()}
+            size = self.index_bytes()
+            per_million = round(size / max(self.acct.kept, 1) * 1e6 / 2**20, 1)
+            doc["dedup"] = {"mode": self.dedup, "index_bytes": size, "index_mib_per_million_rows": per_million}
             if self.dedup == "near":
                 doc["dedup"].update(threshold=self.threshold, num_perm=NUM_PERM, shingle_words=SHINGLE_WORDS)
         return doc
