@@ -325,6 +325,8 @@ class ConditionEngine:
             kind = self._con.execute(f"DESCRIBE SELECT ({c.sql}) AS v FROM batch").fetchall()[0][1]
         except duckdb.Error as e:
             msg = str(e).split("\n\nLINE")[0].strip()
+            if any(f'"{name}" not found' in msg for name, _, _ in TOKEN_FEATURES):
+                msg += "\n(tokens, trained_tokens and system_prompt_tokens: `filter` and `features` with --tokenizer)"
             raise ConditionError(f"{_label(c)}: {msg}\n{self.columns_text()}") from None
         if kind != "BOOLEAN":
             raise ConditionError(f"{_label(c)}: is a {kind}, not a true/false condition\n{self.columns_text()}")
