@@ -56,6 +56,7 @@ class Shard:
 
     parts: tuple[Part, ...]
     limit: int | None = None
+    skip: frozenset[int] = frozenset()  # good rows (by their index among the shard's good rows) left out: a filtered view
 
     @property
     def nbytes(self) -> int:
@@ -497,8 +498,9 @@ ON_ERROR = ("skip", "fail")
 
 def good_rows(shard: Shard, on_error: str, rejects: list[BadRow]) -> Iterator[Row]:
     """Rows of a shard under an error policy: `skip` sets bad rows aside in `rejects` and goes
-    on; `fail` raises RowError at the first one."""
-    return keep_good(read(shard), on_error, rejects)
+    on; `fail` raises RowError at the first one. Rows in `shard.skip` are left out."""
+    rows = keep_good(read(shard), on_error, rejects)
+    return (r for i, r in enumerate(rows) if i not in shard.skip) if shard.skip else rows
 
 
 def keep_good(items: Iterable[Row | BadRow], on_error: str, rejects: list[BadRow]) -> Iterator[Row]:

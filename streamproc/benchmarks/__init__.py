@@ -22,6 +22,7 @@ SECTIONS = [
     "sources",
     "parse",
     "stats",
+    "filter",
     "mask",
     "pack",
     "pack-job",

@@ -20,6 +20,8 @@ COMMANDS = {
     "parse": "parse traces into one structured record per trace (JSONL or Parquet)",
     "synth": "write seeded synthetic traces in the dataset's layout (Parquet, or JSONL .gz/.zst), any size",
     "stats": "agent-behaviour metrics: tools, parallel calls, failures, reasoning length, data quality, per source",
+    "features": "one row of quality features per trace (calls, failures, schema problems, lengths) as Parquet, for SQL or dataframes",
+    "filter": "keep the traces worth training on: SQL conditions over per-trace features, presets, de-duplication",
     "report": "one self-contained HTML page: summary, plots and a browser of every trace",
     "ls": "list traces, filtered by source, category, tool, failure or text, with ids for show/replay",
     "show": "print one trace, readable: task, turns, reasoning, tool calls and results",
@@ -81,13 +83,14 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that a user's input or options cause: one line, exit 2. Imported once one is
     raised, so that a command does not load the modules of the others."""
     from ..chat import TemplateError
+    from ..curate import ConditionError
     from ..engine_ray import RayUnavailable
     from ..prepare import PackError
     from ..records import RowError
     from ..sources import SourceError
     from ..tokenizer import TokenizerError
 
-    return (SourceError, RowError, RayUnavailable, PackError, TemplateError, TokenizerError)
+    return (SourceError, RowError, RayUnavailable, PackError, TemplateError, TokenizerError, ConditionError)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def add(sub) -> None:
     )
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
     add_pack_args(p)
-    add_input_args(p)
+    add_input_args(p, view=True)
     add_engine_args(p)
     p.set_defaults(func=run)
 

@@ -33,7 +33,7 @@ def add(sub) -> None:
     )
     p.add_argument("-o", "--output", default="out", metavar="DIR", help="output directory (default: ./out)")
     add_pack_args(p)
-    add_input_args(p)
+    add_input_args(p, view=True)
     p.set_defaults(func=run)
 
 

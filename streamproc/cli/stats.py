@@ -36,7 +36,7 @@ def add(sub) -> None:
     )
     p.add_argument("--no-browser", action="store_true", help="--report without index.html (its trace browser)")
     p.add_argument("--top", type=positive_int, default=10, metavar="N", help="tools listed in the summary (default %(default)s)")
-    add_input_args(p)
+    add_input_args(p, view=True)
     add_engine_args(p)
     p.set_defaults(func=run)
 
