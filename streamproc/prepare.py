@@ -25,13 +25,12 @@ from .mask import DEFAULT_TOKENIZER_NAME, Masker, MaskOptions, MaskedSeq, load_t
 from .pack import Packer
 from .pipeline import Tally
 from .records import BadRow, Location, Row, RowError
-from .shards import MANIFEST, SPLITS, ShardInfo, write_shards
+from .shards import FORMAT, MANIFEST, SPLITS, ShardInfo, write_shards
 from .sources import Shard, good_rows
 from .workers import map_shards
 
 PROGRESS = "progress.json"
 TOKENIZER_DIR = "tokenizer"
-FORMAT = "streamproc-packed/1"
 
 
 class PackError(RuntimeError):
@@ -47,10 +46,16 @@ class PackOptions:
     shard_rows: int = 2048  # packed rows per output shard
     eval_fraction: float = 0.0  # share of traces (by id hash) held out in eval shards
     add_tokens: tuple[str, ...] = ()  # added to the tokenizer as single special tokens if missing
+    row_len: int | None = None  # tokens per packed row; None: seq_len
+    share_prefix: bool = False  # rows hold a shared system-turn prefix once (docs/shared-prefix.md)
 
     def __post_init__(self) -> None:
         if self.seq_len < 1 or self.buffer_size < 1 or self.shard_rows < 1:
             raise ValueError("seq_len, buffer_size and shard_rows must be at least 1")
+        if self.row_len is None:
+            self.row_len = self.seq_len
+        if self.row_len < self.seq_len:
+            raise ValueError(f"row_len {self.row_len} is below seq_len {self.seq_len}: a row must hold any sequence")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction {self.eval_fraction}: must be in [0, 1)")
         self.mask.max_len = self.seq_len
@@ -73,6 +78,8 @@ class SplitCounts:
     tokens: int = 0
     trainable: int = 0
     rows: int = 0
+    sequence_tokens: int = 0  # tokens the sequences hold whole; more than `tokens` where rows share a prefix
+    system_prompt_tokens: int = 0  # of those, in the system turns the sequences begin with
 
     def add(self, o: "SplitCounts") -> None:
         for f in self.__slots__:
@@ -83,13 +90,16 @@ class SplitCounts:
         self.tokens += s.tokens
         self.trainable += s.trainable
         self.rows += s.rows
+        self.sequence_tokens += s.sequence_tokens
 
-    def summary(self, seq_len: int) -> dict:
-        capacity = self.rows * seq_len
+    def summary(self, row_len: int) -> dict:
+        capacity = self.rows * row_len
         return {
             **asdict(self),
             "padding": capacity - self.tokens,
             "packing_efficiency": round(self.tokens / capacity, 6) if capacity else None,
+            "tokens_per_trained_token": round(self.tokens / self.trainable, 4) if self.trainable else None,
+            "prefix_tokens_saved": self.sequence_tokens - self.tokens,
         }
 
 
@@ -141,6 +151,7 @@ class _MaskShard:
             c.traces += not res.dropped
             c.dropped += res.dropped
             c.tokens_cut += res.tokens_cut
+            c.system_prompt_tokens += sum(s.prefix_len for s in res.seqs)
             out.seqs[split].extend(res.seqs)
         tally.read = tally.parsed + len(tally.rejected)
         return out
@@ -240,7 +251,7 @@ def pack_results(
     fingerprint = _digest({"options": options_json, "tokenizer": tok_info, "template": masker.chat_template_hash, "plan": plan})
     state = _start(out, fingerprint, restart)
     resumed_after = state.consumed
-    packers = {s: Packer(opts.seq_len, opts.buffer_size) for s in SPLITS}
+    packers = {s: Packer(opts.seq_len, opts.buffer_size, opts.row_len, opts.share_prefix) for s in SPLITS}
     for r in engine(_MaskShard(tok_ref, opts.mask, opts.eval_fraction, on_error), state.consumed):
         state.tally.add(r.tally)
         for s in SPLITS:
@@ -255,11 +266,13 @@ def pack_results(
         "tokenizer": tok_info,
         "chat_template_hash": masker.chat_template_hash,
         "seq_len": opts.seq_len,
+        "row_len": opts.row_len,
+        "share_prefix": opts.share_prefix,
         "options": options_json,
         "counts": {
             "rows_read": state.tally.read,
             "rows_rejected": len(state.tally.rejected),
-            **{s: state.counts[s].summary(opts.seq_len) for s in SPLITS},
+            **{s: state.counts[s].summary(opts.row_len) for s in SPLITS},
         },
         "shards": [asdict(s) for s in state.shards],
     }
