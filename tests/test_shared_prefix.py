@@ -174,3 +174,64 @@ def test_smollm2_real_weights_prefix_rows_equal_sequences_alone(models_dir):
     pool = np.array(tok("You are a helpful agent. Call tools with JSON arguments; think before answering.")["input_ids"])
     rows, alone = make_rows([(24, [9, 14, 6]), (0, [11])], model.config.vocab_size, seed=5, pool=pool)
     check_exact(model, rows, alone, atol=2e-4, rtol=2e-4)
+
+
+# ----------------------------------------------------------------------------- real shards
+
+
+def pack_real(out, files, tokenizer, seq_len, **kw):
+    from streamproc.prepare import PackOptions, pack_to_dir
+    from streamproc.sources import plan
+
+    return pack_to_dir(plan([str(f) for f in files]), out, PackOptions(seq_len=seq_len, tokenizer=str(tokenizer), **kw))
+
+
+@pytest.fixture(scope="module")
+def kimi_shared(tmp_path_factory, real_dir, models_dir) -> str:
+    from test_train import KIMI, SMOL
+
+    out = tmp_path_factory.mktemp("kimi-shared")
+    pack_real(out, [real_dir / KIMI], models_dir / SMOL, 1024, row_len=4096, share_prefix=True, eval_fraction=0.3)
+    return str(out)
+
+
+def test_shared_rows_hold_the_sequences_of_unshared_packing(tmp_path, kimi_shared, real_dir, models_dir):
+    # prefix + remainder is, id for id and label for label, the sequence the masker writes alone.
+    from streamproc.shards import read_manifest, read_shards, sequences
+    from test_train import KIMI, SMOL
+
+    plain = tmp_path / "plain"
+    pack_real(plain, [real_dir / KIMI], models_dir / SMOL, 1024, eval_fraction=0.3)
+
+    def seqs(d, split):
+        return sorted((tid, ids, labels) for row in read_shards(d, split).to_pylist() for tid, ids, labels in sequences(row))
+
+    for split in ("train", "eval"):
+        assert seqs(kimi_shared, split) == seqs(plain, split)
+    shared, m = read_shards(kimi_shared, "train"), read_manifest(kimi_shared)
+    assert m["format"] == "streamproc-packed/2" and m["share_prefix"] and m["row_len"] == 4096
+    assert any(p > 0 for p in shared.column("prefix_len").to_pylist())
+    c = m["counts"]["train"]
+    assert c["tokens"] < c["sequence_tokens"] == read_manifest(plain)["counts"]["train"]["tokens"]
+    assert c["prefix_tokens_saved"] == c["sequence_tokens"] - c["tokens"]
+
+
+def test_train_on_shared_prefix_shards(kimi_shared, models_dir, tmp_path):
+    from test_train import SMOL  # noqa: F401  (the tiny model beside SmolLM2's tokenizer)
+    from transformers import LlamaConfig
+    import shutil
+
+    from streamproc.train import TrainConfig, train
+
+    d = tmp_path / "tiny"
+    LlamaConfig(
+        vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=8192, tie_word_embeddings=True,
+    ).save_pretrained(d)
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(models_dir / "smollm2-135m-instruct-gguf" / f, d / f)
+    m = train(TrainConfig(shards=kimi_shared, model=str(d), output=str(tmp_path / "run"), init_random=True,
+                          max_steps=2, save_steps=1000, tool_eval_max=0))
+    assert m["attn_implementation"] == "sdpa" and m["steps"] == 2
+    assert all(np.isfinite(h["loss"]) for h in m["loss_history"])
+    assert np.isfinite(m["eval_after"]["loss"])
