@@ -100,6 +100,8 @@ class MaskResult:
     tokens_cut: int = 0  # tokens tokenized but not written (truncated, or in a dropped sequence)
     dropped: bool = False  # nothing of this trace was written
     windows: int = 0  # sequences written (more than one when split)
+    reason: str = ""  # why it was dropped
+    system_tokens: int = 0  # tokens of its system turn (0: none), what any sequence of it needs at least
 
 
 class _PieceCache:
@@ -353,15 +355,20 @@ class Masker:
         return {s.turn for s in spans}
 
     def _fit(self, tid: str, msgs, ids, starts, labels, full: Rendered, train: set[int]) -> MaskResult:
-        o = self.options
-        n = len(ids)
         system = self._system_turn(msgs)
         if system is not None and not full.text.startswith(system):
             system = None
+        res = self._fit_parts(tid, msgs, ids, starts, labels, full, train, system)
+        res.system_tokens = int(np.searchsorted(starts, len(system))) if system is not None else 0
+        return res
+
+    def _fit_parts(self, tid, msgs, ids, starts, labels, full: Rendered, train: set[int], system: str | None) -> MaskResult:
+        o = self.options
+        n = len(ids)
         if o.max_len is None or n <= o.max_len:
             return self._result(tid, [(ids, labels, starts)], 0, system)
         if o.overflow == "drop":
-            return MaskResult([], tokens_cut=n, dropped=True)
+            return MaskResult([], tokens_cut=n, dropped=True, reason=f"{n} tokens, longer than seq_len {o.max_len} (overflow drop)")
         if o.overflow == "truncate":
             m = o.max_len
             return self._result(tid, [(ids[:m], labels[:m], starts[:m])], n - m, system)
@@ -377,7 +384,8 @@ class Masker:
         steps = [i + 1 for i in range(head, len(msgs)) if msgs[i].role == "assistant"]  # step ends (exclusive)
         head_cost = int(end_tok[head - 1]) + 2 if head else 0
         if head_cost >= max_len:  # no window can hold the system prompt and a turn
-            return MaskResult([], tokens_cut=len(starts), dropped=True)
+            why = f"its system prompt alone takes about {head_cost} tokens, seq_len is {max_len}"
+            return MaskResult([], tokens_cut=len(starts), dropped=True, reason=why)
         out, cut, first, k = [], 0, head, 0
         while k < len(steps):
             base = int(end_tok[first - 1]) if first else 0
@@ -418,4 +426,5 @@ def _result(tid: str, seqs: list[tuple[np.ndarray, np.ndarray]], cut: int) -> Ma
             kept.append(MaskedSeq(tid, ids, labels))
         else:
             cut += len(ids)
-    return MaskResult(kept, tokens_cut=cut, dropped=not kept, windows=len(kept))
+    why = "" if kept else "no trained token in what fits (no assistant turn, or none the options train)"
+    return MaskResult(kept, tokens_cut=cut, dropped=not kept, windows=len(kept), reason=why)

@@ -116,7 +116,7 @@ def row_from_dict(d: Any, loc: Location | None = None, source: str = "") -> Row:
         turns.append((frm, value))
     rid = d.get("id")
     if rid is None:
-        rid = f"{loc.file}:{loc.row}" if loc.row >= 0 else f"{loc.file}@{loc.byte}"
+        rid = content_id(turns)
     elif not isinstance(rid, str):
         rid = str(rid)
     strs = {}
@@ -145,3 +145,14 @@ def row_from_dict(d: Any, loc: Location | None = None, source: str = "") -> Row:
 
 
 _KNOWN = {"id", "conversations", "source", *_STR_FIELDS}
+
+
+def content_id(turns: list[tuple[str, str]]) -> str:
+    """The id of a row that has none: a hash of its turns, so what depends on ids (the eval split,
+    names) depends on the data, never on how its path was spelled or where it sits in a file."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=10)
+    for frm, value in turns:
+        h.update(frm.encode() + b"\0" + value.encode("utf-8", "surrogatepass") + b"\0")
+    return "sha-" + h.hexdigest()

@@ -68,7 +68,15 @@ def run(args) -> int:
     finish(args, res.tally, str(Path(args.output) / "rejects.jsonl"))
     print_counts(res)
     print(f"wrote {args.output}")
-    return 0
+    return no_training_data(res)
+
+
+def no_training_data(res: PackResult) -> int:
+    """1, saying why and what would fit, when the run wrote no training data; else 0."""
+    if not res.nothing_written:
+        return 0
+    print(f"streamproc: error: {res.nothing_written}", file=sys.stderr)
+    return 1
 
 
 def print_counts(res: PackResult) -> None:

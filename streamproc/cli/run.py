@@ -14,7 +14,7 @@ from ..pipeline import parse_to_file
 from ..prepare import pack_to_dir
 from ..report import summary_text, write_report
 from .common import add_input_args, finish, shards_from
-from .pack import add_pack_args, pack_options, print_counts
+from .pack import add_pack_args, no_training_data, pack_options, print_counts
 
 
 def add(sub) -> None:
@@ -45,4 +45,4 @@ def run(args) -> int:
         write_rejects(out / "packed" / "rejects.jsonl", packed.tally.rejected)
     print_counts(packed)
     print(f"[3/3] packed shards: {out / 'packed'} (manifest.json)", file=sys.stderr)
-    return 0
+    return no_training_data(packed)
