@@ -132,3 +132,38 @@ def test_train_names_a_damaged_shard(kimi, models_dir, tmp_path, capsys, damage)
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert err.count("\n") == 0 and shard.name in err and "damaged" in err
+
+
+def test_a_manifest_of_another_format_is_refused(kimi, models_dir, tmp_path, capsys):
+    from streamproc.shards import ShardFormatError, read_manifest
+
+    out = tmp_path / "shards"
+    pack([kimi], out, models_dir)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["format"] == "streamproc-packed/2"
+    m["format"] = "streamproc-packed/9"
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ShardFormatError, match="streamproc-packed/9"):
+        read_manifest(out)
+    rc = main(["train", "--shards", str(out), "--model", str(models_dir / SMOL), "--output", str(tmp_path / "run"), "--init-random"])
+    assert rc == 2 and "shard format" in capsys.readouterr().err
+
+
+def test_version_1_shards_read_as_rows_without_prefix(kimi, models_dir, tmp_path):
+    import pyarrow as pa
+
+    from streamproc.shards import read_shards, sha256
+
+    out = tmp_path / "shards"
+    pack([kimi], out, models_dir)
+    m = json.loads((out / "manifest.json").read_text())
+    for s in m["shards"]:  # rewrite each shard as version 1 wrote it: no prefix_len column
+        path = out / s["file"]
+        table = pa.ipc.open_stream(pa.py_buffer(path.read_bytes())).read_all().drop(["prefix_len"])
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+            w.write_table(table)
+        s["sha256"] = sha256(path)
+    m["format"] = "streamproc-packed/1"
+    (out / "manifest.json").write_text(json.dumps(m))
+    t = read_shards(out)
+    assert set(t.column("prefix_len").to_pylist()) == {0}

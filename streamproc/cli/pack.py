@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from ..mask import DEFAULT_TOKENIZER_NAME, OVERFLOWS, MaskOptions
-from ..prepare import PackOptions, PackResult, pack_to_dir
+from ..prepare import PackError, PackOptions, PackResult, pack_to_dir
 from .. import engine_ray
 from .common import add_engine_args, add_input_args, finish, ray_inputs, shards_from
 
@@ -37,6 +37,8 @@ def add_pack_args(p) -> None:
 
 
 def pack_options(args) -> PackOptions:
+    if args.row_len is not None and args.row_len < args.seq_len:
+        raise PackError(f"--row-len {args.row_len} is below --seq-len {args.seq_len}: a row must hold any sequence")
     template = args.chat_template
     if template not in ("auto", "chatml"):
         template = Path(template).read_text(encoding="utf-8")
