@@ -413,7 +413,9 @@ def _prefix_len(system: str | None, ids: np.ndarray, starts: np.ndarray, labels:
     if system is None:
         return 0
     p = int(np.searchsorted(starts, len(system)))
-    if p >= len(ids) or starts[p] != len(system) or (labels[:p] != IGNORE).any():
+    # The token after it trains nothing either: it would be predicted at the prefix's last
+    # position, which all remainders of a row share.
+    if p >= len(ids) or starts[p] != len(system) or (labels[: p + 1] != IGNORE).any():
         return 0
     return p
 
