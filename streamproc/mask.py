@@ -94,6 +94,7 @@ class MaskedSeq:
     trace_id: str
     input_ids: np.ndarray  # int32
     labels: np.ndarray  # int32, -100 or the input id at the same position (unshifted)
+    prefix_len: int = 0  # leading ids that are the rendered system turn (untrained), 0 if none
 
 
 @dataclass(slots=True)
@@ -102,6 +103,8 @@ class MaskResult:
     tokens_cut: int = 0  # tokens tokenized but not written (truncated, or in a dropped sequence)
     dropped: bool = False  # nothing of this trace was written
     windows: int = 0  # sequences written (more than one when split)
+    reason: str = ""  # why it was dropped
+    system_tokens: int = 0  # tokens of its system turn (0: none), what any sequence of it needs at least
 
 
 class _PieceCache:
@@ -188,6 +191,7 @@ class Masker:
         self._added = {t.content: i for i, t in added.items()}
         self._special = re.compile("(" + "|".join(re.escape(t) for t in sorted(self._added, key=len, reverse=True)) + ")")
         self._cache = _PieceCache(self.options.cache_chars)
+        self._system_text: dict[str, str | None] = {}  # system content -> that turn rendered alone
         self._nbytes = _token_bytes(self._backend)
         # A Unicode normal form is checked with unicodedata's quick check, not by normalizing.
         norm = self._backend.normalizer
@@ -210,6 +214,7 @@ class Masker:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_cache"] = _PieceCache(self.options.cache_chars)  # rebuilt where it is used
+        state["_system_text"] = {}
         return state
 
     def clear_cache(self) -> None:
@@ -341,6 +346,30 @@ class Masker:
         starts = np.concatenate([g[1] + a for g, (a, _) in zip(got, spans)])
         return len(spans) > 10 and ids.tolist() == whole[0].tolist() and starts.tolist() == whole[1].tolist()
 
+    def _system_turn(self, msgs: list[Message]) -> str | None:
+        """The system message rendered alone (through its end-of-turn text), the text every
+        sequence of this conversation begins with; None without a system message."""
+        if not msgs or msgs[0].role != "system":
+            return None
+        key = msgs[0].content
+        if key not in self._system_text:
+            if len(self._system_text) > 64:  # a handful of distinct prompts per dataset
+                self._system_text.clear()
+            try:
+                self._system_text[key] = render(self.tokenizer, msgs[:1], self.info).text
+            except TemplateError:
+                self._system_text[key] = None
+        return self._system_text[key]
+
+    def _result(self, tid: str, seqs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], cut: int, system: str | None) -> MaskResult:
+        """Sequences (ids, labels, start characters) with at least one trained token, each with
+        the length of its system-turn prefix; the others count as cut."""
+        res = _result(tid, [(ids, labels) for ids, labels, _ in seqs], cut)
+        trained = [starts for ids, labels, starts in seqs if (labels != IGNORE).any()]
+        for s, starts in zip(res.seqs, trained):
+            s.prefix_len = _prefix_len(system, s.input_ids, starts, s.labels)
+        return res
+
     def _tokens(self, msgs: list[Message]) -> tuple[np.ndarray, np.ndarray, Rendered]:
         r = render(self.tokenizer, msgs, self.info)
         return (*self.encode(r.text), r)
@@ -392,17 +421,26 @@ class Masker:
         return {s.turn for s in spans}
 
     def _fit(self, tid: str, msgs, ids, starts, labels, full: Rendered, train: set[int]) -> MaskResult:
+        system = self._system_turn(msgs)
+        if system is not None and not full.text.startswith(system):
+            system = None
+        res = self._fit_parts(tid, msgs, ids, starts, labels, full, train, system)
+        res.system_tokens = int(np.searchsorted(starts, len(system))) if system is not None else 0
+        return res
+
+    def _fit_parts(self, tid, msgs, ids, starts, labels, full: Rendered, train: set[int], system: str | None) -> MaskResult:
         o = self.options
         n = len(ids)
         if o.max_len is None or n <= o.max_len:
-            return _result(tid, [(ids, labels)], 0)
+            return self._result(tid, [(ids, labels, starts)], 0, system)
         if o.overflow == "drop":
-            return MaskResult([], tokens_cut=n, dropped=True)
+            return MaskResult([], tokens_cut=n, dropped=True, reason=f"{n} tokens, longer than seq_len {o.max_len} (overflow drop)")
         if o.overflow == "truncate":
-            return _result(tid, [(ids[: o.max_len], labels[: o.max_len])], n - o.max_len)
-        return self._split(tid, msgs, starts, full, train)
+            m = o.max_len
+            return self._result(tid, [(ids[:m], labels[:m], starts[:m])], n - m, system)
+        return self._split(tid, msgs, starts, full, train, system)
 
-    def _split(self, tid: str, msgs: list[Message], starts: np.ndarray, full: Rendered, train: set[int]) -> MaskResult:
+    def _split(self, tid: str, msgs: list[Message], starts: np.ndarray, full: Rendered, train: set[int], system: str | None) -> MaskResult:
         """Windows of whole steps (messages up to and including an assistant turn), each starting
         with the system prompt, filled greedily; a window is re-rendered and tokenized exactly."""
         max_len = self.options.max_len
@@ -412,7 +450,8 @@ class Masker:
         steps = [i + 1 for i in range(head, len(msgs)) if msgs[i].role == "assistant"]  # step ends (exclusive)
         head_cost = int(end_tok[head - 1]) + 2 if head else 0
         if head_cost >= max_len:  # no window can hold the system prompt and a turn
-            return MaskResult([], tokens_cut=len(starts), dropped=True)
+            why = f"its system prompt alone takes about {head_cost} tokens, seq_len is {max_len}"
+            return MaskResult([], tokens_cut=len(starts), dropped=True, reason=why)
         out, cut, first, k = [], 0, head, 0
         while k < len(steps):
             base = int(end_tok[first - 1]) if first else 0
@@ -427,10 +466,24 @@ class Masker:
             w_labels = self._labels(w, w_ids, w_starts, train)
             if len(w_ids) > max_len:
                 cut += len(w_ids) - max_len
-                w_ids, w_labels = w_ids[:max_len], w_labels[:max_len]
-            out.append((w_ids, w_labels))
+                w_ids, w_labels, w_starts = w_ids[:max_len], w_labels[:max_len], w_starts[:max_len]
+            out.append((w_ids, w_labels, w_starts))
             first, k = steps[j], j + 1
-        return _result(tid, out, cut)
+        return self._result(tid, out, cut, system)
+
+
+def _prefix_len(system: str | None, ids: np.ndarray, starts: np.ndarray, labels: np.ndarray) -> int:
+    """Tokens of the system turn at the head of a sequence: its text must end on a token boundary
+    (so these ids are the tokenizer's own for it in every sequence) and carry no loss; 0
+    otherwise, or when nothing follows it."""
+    if system is None:
+        return 0
+    p = int(np.searchsorted(starts, len(system)))
+    # The token after it trains nothing either: it would be predicted at the prefix's last
+    # position, which all remainders of a row share.
+    if p >= len(ids) or starts[p] != len(system) or (labels[: p + 1] != IGNORE).any():
+        return 0
+    return p
 
 
 def _result(tid: str, seqs: list[tuple[np.ndarray, np.ndarray]], cut: int) -> MaskResult:
@@ -441,4 +494,5 @@ def _result(tid: str, seqs: list[tuple[np.ndarray, np.ndarray]], cut: int) -> Ma
             kept.append(MaskedSeq(tid, ids, labels))
         else:
             cut += len(ids)
-    return MaskResult(kept, tokens_cut=cut, dropped=not kept, windows=len(kept))
+    why = "" if kept else "no trained token in what fits (no assistant turn, or none the options train)"
+    return MaskResult(kept, tokens_cut=cut, dropped=not kept, windows=len(kept), reason=why)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,22 +21,26 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import orjson
 
-from .fileio import write_json
+from .fileio import atomic_path, write_json
 from .mask import DEFAULT_TOKENIZER_NAME, Masker, MaskOptions, MaskedSeq, load_tokenizer, tokenizer_hash
 from .pack import Packer
 from .pipeline import Tally
 from .records import BadRow, Location, Row, RowError
-from .shards import MANIFEST, SPLITS, ShardInfo, write_shards
+from .shards import FORMAT, MANIFEST, SPLITS, ShardInfo, write_shards
 from .sources import Shard, good_rows
 from .workers import map_shards
 
 PROGRESS = "progress.json"
 TOKENIZER_DIR = "tokenizer"
-FORMAT = "streamproc-packed/1"
+DROPPED = "dropped.jsonl"
+REJECTS = "rejects.jsonl"
+_SHARD_FILE = re.compile(r"(%s)-\d{5}\.arrow" % "|".join(SPLITS))
+_OURS = (MANIFEST, PROGRESS, DROPPED, REJECTS)
 
 
 class PackError(RuntimeError):
-    """An output directory that cannot be used as asked (an unfinished run with other options)."""
+    """An output directory that cannot be used as asked (an unfinished run with other options, or
+    files pack did not write), or a run that wrote no training data."""
 
 
 @dataclass(slots=True)
@@ -47,10 +52,16 @@ class PackOptions:
     shard_rows: int = 2048  # packed rows per output shard
     eval_fraction: float = 0.0  # share of traces (by id hash) held out in eval shards
     add_tokens: tuple[str, ...] = ()  # added to the tokenizer as single special tokens if missing
+    row_len: int | None = None  # tokens per packed row; None: seq_len
+    share_prefix: bool = False  # rows hold a shared system-turn prefix once (docs/shared-prefix.md)
 
     def __post_init__(self) -> None:
         if self.seq_len < 1 or self.buffer_size < 1 or self.shard_rows < 1:
             raise ValueError("seq_len, buffer_size and shard_rows must be at least 1")
+        if self.row_len is None:
+            self.row_len = self.seq_len
+        if self.row_len < self.seq_len:
+            raise ValueError(f"row_len {self.row_len} is below seq_len {self.seq_len}: a row must hold any sequence")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction {self.eval_fraction}: must be in [0, 1)")
         self.mask.max_len = self.seq_len
@@ -73,6 +84,8 @@ class SplitCounts:
     tokens: int = 0
     trainable: int = 0
     rows: int = 0
+    sequence_tokens: int = 0  # tokens the sequences hold whole; more than `tokens` where rows share a prefix
+    system_prompt_tokens: int = 0  # of those, in the system turns the sequences begin with
 
     def add(self, o: "SplitCounts") -> None:
         for f in self.__slots__:
@@ -83,13 +96,16 @@ class SplitCounts:
         self.tokens += s.tokens
         self.trainable += s.trainable
         self.rows += s.rows
+        self.sequence_tokens += s.sequence_tokens
 
-    def summary(self, seq_len: int) -> dict:
-        capacity = self.rows * seq_len
+    def summary(self, row_len: int) -> dict:
+        capacity = self.rows * row_len
         return {
             **asdict(self),
             "padding": capacity - self.tokens,
             "packing_efficiency": round(self.tokens / capacity, 6) if capacity else None,
+            "tokens_per_trained_token": round(self.tokens / self.trainable, 4) if self.trainable else None,
+            "prefix_tokens_saved": self.sequence_tokens - self.tokens,
         }
 
 
@@ -112,6 +128,12 @@ class _MaskedShard:
     seqs: dict[str, list[MaskedSeq]]
     counts: dict[str, SplitCounts]
     tally: Tally
+    dropped: list[dict] = field(default_factory=list)  # traces nothing was written of: id, split, reason, file, row
+    min_system: int = 0  # tokens of the shortest system turn seen (0: none)
+
+
+def _min_system(a: int, b: int) -> int:
+    return min(a, b) if a and b else a or b
 
 
 class _MaskShard:
@@ -140,7 +162,12 @@ class _MaskShard:
             c = out.counts[split]
             c.traces += not res.dropped
             c.dropped += res.dropped
+            out.min_system = _min_system(out.min_system, res.system_tokens)
+            if res.dropped:
+                loc = getattr(row, "loc", None)
+                out.dropped.append({"id": row.id, "split": split, "reason": res.reason, "file": loc.file if loc else None, "row": loc.row if loc else None})
             c.tokens_cut += res.tokens_cut
+            c.system_prompt_tokens += sum(s.prefix_len for s in res.seqs)
             out.seqs[split].extend(res.seqs)
         tally.read = tally.parsed + len(tally.rejected)
         return out
@@ -158,9 +185,13 @@ class _State:
     tally: Tally = field(default_factory=Tally)
     counts: dict[str, SplitCounts] = field(default_factory=lambda: {s: SplitCounts() for s in SPLITS})
     shards: list[ShardInfo] = field(default_factory=list)
+    dropped: list[dict] = field(default_factory=list)
+    min_system: int = 0
 
     def to_json(self) -> dict:
         return {
+            "dropped": self.dropped,
+            "min_system": self.min_system,
             "fingerprint": self.fingerprint,
             "consumed": self.consumed,
             "read": self.tally.read,
@@ -179,6 +210,8 @@ class _State:
             Tally(d["read"], d["parsed"], rejected),
             {s: SplitCounts(**c) for s, c in d["counts"].items()},
             [ShardInfo(**s) for s in d["shards"]],
+            d["dropped"],
+            d["min_system"],
         )
 
 
@@ -187,6 +220,7 @@ class PackResult:
     manifest: dict
     tally: Tally
     resumed_after: int  # input shards a previous run had already packed
+    nothing_written: str = ""  # why no training data was written, and what would fit; "" when some was
 
 
 def pack_to_dir(
@@ -224,6 +258,7 @@ def pack_results(
     opts = options or PackOptions()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _check_dir(out)
     tok, tok_ref, added = _tokenizer(opts, out)
     # Built here, so an unusable template fails before any work, and forked workers inherit it.
     masker = _MASKERS[(tok_ref, repr(opts.mask))] = Masker(tok, opts.mask)
@@ -240,9 +275,11 @@ def pack_results(
     fingerprint = _digest({"options": options_json, "tokenizer": tok_info, "template": masker.chat_template_hash, "plan": plan})
     state = _start(out, fingerprint, restart)
     resumed_after = state.consumed
-    packers = {s: Packer(opts.seq_len, opts.buffer_size) for s in SPLITS}
+    packers = {s: Packer(opts.seq_len, opts.buffer_size, opts.row_len, opts.share_prefix) for s in SPLITS}
     for r in engine(_MaskShard(tok_ref, opts.mask, opts.eval_fraction, on_error), state.consumed):
         state.tally.add(r.tally)
+        state.dropped += r.dropped
+        state.min_system = _min_system(state.min_system, r.min_system)
         for s in SPLITS:
             state.counts[s].add(r.counts[s])
             packers[s].add(r.seqs[s])
@@ -255,17 +292,37 @@ def pack_results(
         "tokenizer": tok_info,
         "chat_template_hash": masker.chat_template_hash,
         "seq_len": opts.seq_len,
+        "row_len": opts.row_len,
+        "share_prefix": opts.share_prefix,
         "options": options_json,
         "counts": {
             "rows_read": state.tally.read,
             "rows_rejected": len(state.tally.rejected),
-            **{s: state.counts[s].summary(opts.seq_len) for s in SPLITS},
+            "rows_dropped": len(state.dropped),  # listed in dropped.jsonl
+            "shortest_system_prompt_tokens": state.min_system,
+            **{s: state.counts[s].summary(opts.row_len) for s in SPLITS},
         },
         "shards": [asdict(s) for s in state.shards],
     }
+    if state.dropped:
+        with atomic_path(out / DROPPED) as tmp, open(tmp, "wb") as f:
+            for d in state.dropped:
+                f.write(orjson.dumps(d, option=orjson.OPT_APPEND_NEWLINE))
     write_json(out / MANIFEST, manifest)
     (out / PROGRESS).unlink()
-    return PackResult(manifest, state.tally, resumed_after)
+    empty = "" if state.counts["train"].sequences else _nothing_written(out, state, opts)
+    return PackResult(manifest, state.tally, resumed_after, empty)
+
+
+def _nothing_written(out: Path, state: _State, opts: PackOptions) -> str:
+    """Why a run wrote no training data, and what would fit."""
+    msg = f"no training data written to {out}: "
+    if not state.tally.parsed:
+        return msg + f"none of the {state.tally.read:,} rows read could be used (see the rejects)"
+    msg += f"all {len(state.dropped):,} traces were dropped (each listed with the reason in {out / DROPPED})"
+    if state.min_system and state.min_system + 2 > opts.seq_len:
+        msg += f"; the shortest system prompt alone is {state.min_system:,} tokens, so --seq-len must be well above that"
+    return msg
 
 
 cached_tokenizer = functools.lru_cache(maxsize=4)(load_tokenizer)
@@ -315,14 +372,38 @@ def _start(out: Path, fingerprint: str, restart: bool) -> _State:
             )
         print(f"resuming: {state.consumed} input shard(s) and {len(state.shards)} output shard(s) already done", file=sys.stderr)
     keep = {s.file for s in state.shards} if state else set()
-    for p in out.iterdir():
-        ours = p.suffix == ".arrow" and p.name.split("-")[0] in SPLITS
-        # atomic_path's temporary files of a killed run, an old manifest, unrecorded shards
-        if (ours and p.name not in keep) or (p.name.startswith(".") and p.name.endswith(".tmp")) or p.name == MANIFEST:
-            p.unlink()
+    _clear(out, keep)
     state = state or _State(fingerprint)
     write_json(progress, state.to_json())
     return state
+
+
+def _ours(name: str) -> bool:
+    """A file a pack run writes (or atomic_path's temporary file of one)."""
+    if name.startswith(".") and name.endswith(".tmp"):
+        name = name[1:].rsplit(".", 2)[0]  # .NAME.RANDOM.tmp
+    return name in _OURS or name == TOKENIZER_DIR or bool(_SHARD_FILE.fullmatch(name))
+
+
+def _check_dir(out: Path) -> None:
+    """Refuse an output directory holding anything but what a pack run writes, or such files
+    without a manifest or progress file of a pack run beside them: pack never deletes a user's
+    files."""
+    names = sorted(p.name for p in out.iterdir())
+    others = [n for n in names if not _ours(n)]
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise PackError(f"{out} holds files streamproc pack did not write ({shown}); use an empty or new directory")
+    if names and not {MANIFEST, PROGRESS} & set(names):
+        raise PackError(f"{out} holds {', '.join(names[:5])} but no {MANIFEST} or {PROGRESS} of a pack run; use an empty or new directory")
+
+
+def _clear(out: Path, keep: set[str]) -> None:
+    """Remove what an earlier, different or finished run left (all of it checked as ours by
+    _check_dir): temporary files, an old manifest, unrecorded shards, an old dropped list."""
+    for p in out.iterdir():
+        if p.name not in keep and p.name not in (PROGRESS, TOKENIZER_DIR):
+            p.unlink()
 
 
 def _checkpoint(out: Path, state: _State, packers: dict[str, Packer], shard_rows: int) -> None:

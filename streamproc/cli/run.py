@@ -16,7 +16,7 @@ from ..report import write_report
 from ..terminal import print_tables
 from .common import add_input_args, finish, shards_from
 from .manners import RAW
-from .pack import add_pack_args, pack_options, print_counts
+from .pack import add_pack_args, no_training_data, pack_options, print_counts
 
 EXAMPLES = """examples:
   streamproc run                              the built-in sample into ./out
@@ -59,4 +59,4 @@ def run(args) -> int:
     write_report(stats, out / "report", stally, 10, browser, packed=out / "packed")
     print_tables(stats, top=10)
     print(f"[3/3] stats report: {out / 'report'}/index.html (summary.md, stats.json, plots)", file=sys.stderr)
-    return 0
+    return no_training_data(packed)
