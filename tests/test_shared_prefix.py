@@ -171,7 +171,7 @@ def test_smollm2_real_weights_prefix_rows_equal_sequences_alone(models_dir):
     from streamproc.mask import load_tokenizer
 
     tok = load_tokenizer(str(models_dir / SMOL))
-    pool = np.array(tok("You are a helpful agent. Call tools with JSON arguments; think before answering.")["input_ids"])
+    pool = np.array(tok.encode("You are a helpful agent. Call tools with JSON arguments; think before answering."))
     rows, alone = make_rows([(24, [9, 14, 6]), (0, [11])], model.config.vocab_size, seed=5, pool=pool)
     check_exact(model, rows, alone, atol=2e-4, rtol=2e-4)
 
