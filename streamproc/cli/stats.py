@@ -65,6 +65,9 @@ def run(args) -> int:
         write_report(stats, args.report, tally, args.top, browser)
         say(args, f"wrote {args.report}/ (summary.md, stats.json, plots{'' if browser is None else ', index.html'})")
     # Rejects go beside a file output; with none (tables, or JSON on stdout) only where --rejects says.
-    beside = str(Path(args.report) / "stats") if args.report else None if to_stdout(args.json) else args.json
+    if args.json and not to_stdout(args.json):
+        beside = args.json
+    else:
+        beside = str(Path(args.report) / "stats") if args.report else None
     finish(args, tally, f"{beside}.rejects.jsonl" if beside else None)
     return 0
