@@ -60,6 +60,7 @@ class Setup:
     warmup: int
     limit: int | None  # traces of the sample packed (None: all)
     train_steps: int
+    learning_rate: float  # for `streamproc train` from random init: high, so the loss falls within train_steps
     tool_eval_max: int
     tool_eval_new_tokens: int
     tolerance: float  # ||packed - alone|| / ||alone|| per sequence, on the logits
@@ -71,8 +72,8 @@ class Setup:
         return self.device == "cuda"
 
 
-GPU = Setup("cuda", "qwen2.5-0.5b", 8192, 2, 10, 1, None, 30, 8, 64, 2e-2, 2, 1)
-DRY = Setup("cpu", "toy", 4096, 1, 1, 1, 14, 3, 1, 2, 1e-4, 1, 16)
+GPU = Setup("cuda", "qwen2.5-0.5b", 8192, 2, 10, 1, None, 30, 5e-4, 8, 64, 2e-2, 2, 1)
+DRY = Setup("cpu", "toy", 4096, 1, 1, 0, 14, 3, 5e-3, 1, 2, 1e-4, 2, 16)
 # Why 2e-2 in bf16: bf16 operands alone give 1e-3 to 1e-2 relative error on one matrix product;
 # packed and alone take different kernels (masked vs causal) through 24 layers. The control's
 # error is reported beside it and must be far above it.
@@ -205,6 +206,11 @@ def prefix_len(row: dict) -> int:
     return int(row.get("prefix_len") or 0)
 
 
+def seq_lens(row: dict) -> list[int]:
+    """A row's sequence lengths, as the shards name them or as TRL's collator does."""
+    return row["seq_lens"] if "seq_lens" in row else row["seq_lengths"]
+
+
 # ----------------------------------------------------------------------------- attention masks
 
 
@@ -223,7 +229,7 @@ def segments(rows: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             sees.append(np.full(p, -1))
             pos.append(np.arange(p))
             prefix, k = k, k + 1
-        for n in row["seq_lens"]:
+        for n in seq_lens(row):
             seg.append(np.full(n, k))
             sees.append(np.full(n, prefix))
             pos.append(np.arange(p, p + n))
@@ -340,7 +346,7 @@ def isolation_checks(m, standard: list[dict], shared: list[dict] | None, setup: 
 
 def rows_for_isolation(rows: list[dict], n: int) -> list[dict]:
     """The `n` rows with the most sequences: the most boundaries to get wrong."""
-    return sorted(rows, key=lambda r: -len(r["seq_lens"]))[:n]
+    return sorted(rows, key=lambda r: -len(seq_lens(r)))[:n]
 
 
 # ----------------------------------------------------------------------------- 2. throughput
@@ -378,7 +384,7 @@ def trained_in(rows: list[dict]) -> int:
     for r in rows:
         labels = np.asarray(r["labels"])
         p = prefix_len(r)
-        bounds = np.cumsum([p, *r.get("seq_lens", r.get("seq_lengths", []))])
+        bounds = np.cumsum([p, *seq_lens(r)])
         for a, b in zip(bounds[:-1], bounds[1:]):
             start = a if p else a + 1  # after a prefix, a sequence's first token is predicted from it
             total += int(np.count_nonzero(labels[start:b] != IGNORE))
@@ -392,7 +398,7 @@ def shared_flops(m, rows: list[dict], trained: int) -> float:
     for r in rows:
         p = prefix_len(r)
         total += bench.flops(m, [p], 0) if p else 0.0
-        for n in r["seq_lens"]:
+        for n in seq_lens(r):
             total += bench.flops(m, [p + n], 0) - (bench.flops(m, [p], 0) if p else 0.0)
     return total
 
@@ -527,7 +533,7 @@ def shared_batches(shards: Path, tokens_per_step: int, n: int) -> list[list[dict
 def train_end_to_end(shards: Path, model: Path, out: Path, setup: Setup, report: Report) -> None:
     cmd = [
         sys.executable, "-m", "streamproc", "train", "--shards", str(shards), "--model", str(model), "--output", str(out),
-        "--init-random", "--max-steps", str(setup.train_steps), "--lr", "5e-4", "--warmup-steps", str(max(1, setup.train_steps // 10)),
+        "--init-random", "--max-steps", str(setup.train_steps), "--lr", str(setup.learning_rate), "--warmup-steps", str(setup.train_steps // 10),
         "--save-steps", "100000", "--tool-eval-max", str(setup.tool_eval_max), "--tool-eval-new-tokens", str(setup.tool_eval_new_tokens),
     ]  # fmt: skip
     say(" ".join(cmd[1:]))

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ sys.modules["gpu_check"] = gpu_check  # dataclasses look their module up by name
 _spec.loader.exec_module(gpu_check)
 
 VOCAB = 211
-SETUP = gpu_check.Setup("cpu", "toy", 512, 1, 1, 1, None, 1, 0, 0, 1e-4, 2, 1)
+SETUP = replace(gpu_check.DRY, tolerance=1e-4, logit_stride=1)
 
 
 def tiny():
