@@ -66,6 +66,7 @@ class Setup:
     tolerance: float  # ||packed - alone|| / ||alone|| per sequence, on the logits
     isolation_rows: int  # packed rows whose every sequence is checked
     logit_stride: int  # logits compared at every n-th position (the CPU cannot afford the 151,936-wide head everywhere)
+    pack_args: tuple[str, ...] = ()
 
     @property
     def bf16(self) -> bool:
@@ -73,7 +74,9 @@ class Setup:
 
 
 GPU = Setup("cuda", "qwen2.5-0.5b", 8192, 2, 10, 1, None, 30, 5e-4, 8, 64, 2e-2, 2, 1)
-DRY = Setup("cpu", "toy", 4096, 1, 1, 0, 14, 3, 5e-3, 1, 2, 1e-4, 2, 16)
+DRY = Setup("cpu", "toy", 4096, 1, 1, 0, 14, 3, 5e-3, 1, 2, 1e-4, 2, 16, ("--overflow", "truncate"))
+# The dry run truncates each trace to one window: split, its one eval trace is 8 rows, and each row
+# costs the CPU most of a minute through TRL's fused head at the 151,936-wide vocabulary.
 # Why 2e-2 in bf16: bf16 operands alone give 1e-3 to 1e-2 relative error on one matrix product;
 # packed and alone take different kernels (masked vs causal) through 24 layers. The control's
 # error is reported beside it and must be far above it.
@@ -173,7 +176,7 @@ def flash_attention_available() -> bool:
 
 def pack(out: Path, setup: Setup, *extra: str) -> Path:
     """The built-in sample, packed by the public CLI, with an eval split for `streamproc train`."""
-    cmd = [sys.executable, "-m", "streamproc", "pack", "-o", str(out), "--seq-len", str(setup.seq_len), "--eval-fraction", "0.1", *extra]
+    cmd = [sys.executable, "-m", "streamproc", "pack", "-o", str(out), "--seq-len", str(setup.seq_len), "--eval-fraction", "0.1", *setup.pack_args, *extra]
     if setup.limit:
         cmd += ["--limit", str(setup.limit)]
     say(" ".join(cmd[1:]))
@@ -299,9 +302,10 @@ def _relative_error(m, got, want, bf16: bool, chunk: int = 1024) -> float:
 
 
 def isolation(m, rows: list[dict], attn: str, path: str, setup: Setup, *, control: bool) -> Isolation:
-    """Each sequence of `rows` (one flat batch, as the trainer feeds them) against itself alone,
-    its shared prefix included. `attn`: sdpa / flash_attention_2 take the padding-free position
-    ids (no mask), flex_attention a BlockMask; `control` hides the boundaries from either."""
+    """Each sequence of `rows` (one flat batch, as the trainer feeds them) through `attn` against
+    itself alone (its shared prefix included) through SDPA. `attn`: sdpa / flash_attention_2 take
+    the padding-free position ids (no mask), flex_attention a BlockMask; `control` hides the
+    boundaries from either."""
     import torch
 
     device = setup.device
@@ -315,6 +319,7 @@ def isolation(m, rows: list[dict], attn: str, path: str, setup: Setup, *, contro
     else:
         mask = torch.ones_like(ids) if control else None  # a 2D mask turns off the boundaries read off position_ids
     packed = _hidden(m, ids, position_ids, mask, setup.bf16)
+    m.set_attn_implementation("sdpa")  # the reference: each sequence alone, plain causal (and no compile per length)
     errors = []
     for k in np.unique(seg):
         where = np.flatnonzero(seg == k)
@@ -501,11 +506,19 @@ def throughput(m, standard_shards: Path, shared_shards: Path | None, setup: Setu
             timed_shared = [r for b in shared[setup.warmup :] for r in b]
             s_trained = trained_in(timed_shared)
             s_tokens = sum(len(r["input_ids"]) for r in timed_shared)
+            # One length for every step: FlexAttention is compiled for the shapes it sees.
+            width = -(-max(sum(len(r["input_ids"]) for r in b) for b in shared) // 1024) * 1024
             _peak_reset(device)
-            seconds = _timed(m, [flat_inputs(b, device) for b in shared], setup, _fused_loss)
-            record("shared-prefix rows", seconds, s_tokens, s_trained, s_tokens, shared_flops(m, timed_shared, s_trained))
+            seconds = _timed(m, [flat_inputs(padded_to(b, width), device) for b in shared], setup, _fused_loss)
+            record("shared-prefix rows", seconds, s_tokens, s_trained, width * setup.steps, shared_flops(m, timed_shared, s_trained))
             m.set_attn_implementation(bench.attention_implementation())
     return out
+
+
+def padded_to(rows: list[dict], width: int) -> list[dict]:
+    """`rows` and a row of padding up to `width` tokens: a sequence of its own, never trained."""
+    pad = width - sum(len(r["input_ids"]) for r in rows)
+    return rows + [{"input_ids": [0] * pad, "labels": [IGNORE] * pad, "seq_lens": [pad]}] if pad else rows
 
 
 def shared_batches(shards: Path, tokens_per_step: int, n: int) -> list[list[dict]] | None:
@@ -607,7 +620,7 @@ def markdown(report: Report) -> str:
         lines.append(f"| {r['path']} | {'boundaries ignored' if r['control'] else ''} | {r['sequences']} | {r['worst']:.2e} | {r['tolerance']:.0e} | {'yes' if r['ok'] else 'NO'} |")
     lines += [
         "",
-        f"| throughput ({report.setup['steps']} timed steps) | tokens/s | trained tokens/s | positions computed | peak GiB | MFU % |",
+        f"| throughput, timed steps: {report.setup['steps']} | tokens/s | trained tokens/s | positions computed | peak GiB | MFU % |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in report.throughput:

@@ -96,7 +96,7 @@ def test_dry_run_end_to_end(tmp_path):
     modes = {r["mode"]: r for r in report["throughput"]}
     assert {"packed rows", "padded batches", "packed rows, logits everywhere"} <= set(modes)
     assert modes["packed rows"]["tokens"] == modes["padded batches"]["tokens"]  # the same sequences
-    assert modes["padded batches"]["computed"] > modes["padded batches"]["tokens"]
+    assert modes["padded batches"]["computed"] >= modes["padded batches"]["tokens"]  # one sequence a step here: no padding
     assert "packed / padded, tokens/s" in report["ratios"]
     train = report["train"]
     assert train["steps"] == 3 and train["loss_last"] < train["loss_first"]
@@ -105,3 +105,10 @@ def test_dry_run_end_to_end(tmp_path):
     md = (tmp_path / "gpu_check.md").read_text()
     assert "| SDPA, padding-free position ids |" in md and "Failures: none." in md
     assert not (tmp_path / "work").exists()  # shards and checkpoints stay out of OUT
+
+
+def test_padding_is_a_sequence_of_its_own():
+    r = gpu_check.padded_to(rows([4], [[3, 2]]), 16)
+    assert gpu_check.trained_in(r) == gpu_check.trained_in(r[:1])
+    seg, sees, pos = gpu_check.segments(r)
+    assert len(seg) == 16 and set(seg[9:]) == {3} and sees[9:].tolist() == [-1] * 7
