@@ -112,3 +112,12 @@ def test_padding_is_a_sequence_of_its_own():
     assert gpu_check.trained_in(r) == gpu_check.trained_in(r[:1])
     seg, sees, pos = gpu_check.segments(r)
     assert len(seg) == 16 and set(seg[9:]) == {3} and sees[9:].tolist() == [-1] * 7
+
+
+def test_flops_of_rows_without_a_prefix_are_the_bench_count():
+    from streamproc.benchmarks.train import flops
+
+    model = tiny()
+    assert gpu_check.shared_flops(model, rows([0], [[30, 50]]), 40) == pytest.approx(flops(model, [30, 50], 40))
+    # A prefix shared by two sequences costs less than each sequence with its own copy.
+    assert gpu_check.shared_flops(model, rows([20], [[30, 50]]), 40) < flops(model, [50, 70], 40)
