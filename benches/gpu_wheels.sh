@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Wheels the GPU machine lacks (it has PyTorch, transformers, accelerate, pyarrow, pandas, numba,
-# regex, xxhash, fsspec, huggingface-hub, but no trl, datasets, orjson, dill or multiprocess, and
-# cannot download): fetched here into .whl/ (gitignored) for Python 3.12 on x86-64, the versions
-# this project is tested with. benches/gpu_check.sh installs them there; docs/gpu.md has the call.
+# Wheels the GPU machine lacks (it has PyTorch, accelerate, pyarrow, pandas, numba, xxhash, fsspec,
+# huggingface-hub, but no trl, datasets, orjson, dill or multiprocess, and cannot download):
+# fetched here into .whl/ (gitignored) for Python 3.12 on x86-64, the versions this project is
+# tested with. transformers too: the image's 5.17 has no TrainingArguments.activation_checkpointing,
+# which streamproc/train.py passes (seen in a dry run under 5.17); regex for the version 5.24 checks.
+# benches/gpu_check.sh installs them there; docs/gpu.md has the call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHEELS=(trl==1.16.0 datasets==5.2.0 orjson==3.13.0 dill==0.4.1 multiprocess==0.70.19)
+WHEELS=(trl==1.16.0 datasets==5.2.0 orjson==3.13.0 dill==0.4.1 multiprocess==0.70.19 transformers==5.24.0 regex==2026.5.9)
 rm -rf .whl && mkdir -p .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
