@@ -67,6 +67,7 @@ class Setup:
     isolation_rows: int  # packed rows whose every sequence is checked
     logit_stride: int  # logits compared at every n-th position (the CPU cannot afford the 151,936-wide head everywhere)
     pack_args: tuple[str, ...] = ()
+    shared_row_len: int = 4  # --share-prefix rows up to this many times seq-len (issue 14's figures use 4)
 
     @property
     def bf16(self) -> bool:
@@ -74,7 +75,7 @@ class Setup:
 
 
 GPU = Setup("cuda", "qwen2.5-0.5b", 8192, 2, 10, 1, None, 30, 5e-4, 8, 64, 2e-2, 2, 1)
-DRY = Setup("cpu", "toy", 4096, 1, 1, 0, 14, 3, 5e-3, 1, 2, 1e-4, 2, 16, ("--overflow", "truncate"))
+DRY = Setup("cpu", "toy", 4096, 1, 1, 0, 14, 3, 5e-3, 1, 2, 1e-4, 2, 16, ("--overflow", "truncate"), 2)
 # The dry run truncates each trace to one window: split, its one eval trace is 8 rows, and each row
 # costs the CPU most of a minute through TRL's fused head at the 151,936-wide vocabulary.
 # Why 2e-2 in bf16: bf16 operands alone give 1e-3 to 1e-2 relative error on one matrix product;
@@ -240,38 +241,24 @@ def segments(rows: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.concatenate(seg), np.concatenate(sees), np.concatenate(pos)
 
 
-def block_mask(rows: list[dict], device: str, *, boundaries: bool = True):
-    """FlexAttention's BlockMask for `segments(rows)`: causal, within a segment or onto the prefix
-    it sees. `boundaries=False`: plain causal over the whole flat row (the control)."""
-    import torch
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    seg_np, sees_np, _ = segments(rows)
-    seg = torch.as_tensor(seg_np, device=device)
-    sees = torch.as_tensor(sees_np, device=device)
-    n = len(seg)
-
-    def isolated(b, h, q, kv):
-        return (kv <= q) & ((seg[q] == seg[kv]) | (sees[q] == seg[kv]))
-
-    def causal(b, h, q, kv):
-        return kv <= q
-
-    return create_block_mask(isolated if boundaries else causal, 1, None, n, n, device=device)
-
-
-def dense_mask(rows: list[dict], device: str, *, boundaries: bool = True):
-    """The same mask as a 4D boolean tensor (for SDPA, and for FlexAttention's CPU fallback)."""
+def causal_mask(n: int, device: str, attn: str):
+    """Plain causal attention over a whole flat row of `n` tokens, boundaries ignored (the control):
+    a BlockMask for flex_attention, else a 4D boolean mask."""
     import torch
 
-    seg_np, sees_np, _ = segments(rows)
-    seg = torch.as_tensor(seg_np, device=device)
-    sees = torch.as_tensor(sees_np, device=device)
-    n = len(seg)
-    causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
-    if not boundaries:
-        return causal[None, None]
-    return (causal & ((seg[:, None] == seg[None, :]) | (sees[:, None] == seg[None, :])))[None, None]
+    if attn == "flex_attention":
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        return create_block_mask(lambda b, h, q, kv: kv <= q, 1, None, n, n, device=device)
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril()[None, None]
+
+
+def trainer_batch(rows: list[dict], device: str) -> dict:
+    """`rows` as `streamproc train` feeds them (its PackedCollator), on `device`."""
+    from streamproc.train import SEQ_LENGTHS, PackedCollator
+
+    batch = PackedCollator()([{**r, SEQ_LENGTHS: seq_lens(r)} for r in rows])
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 # ----------------------------------------------------------------------------- 1. isolation
@@ -314,8 +301,11 @@ def isolation(m, rows: list[dict], attn: str, path: str, setup: Setup, *, contro
     ids = torch.tensor([t for r in rows for t in r["input_ids"]], device=device)[None]
     position_ids = torch.as_tensor(pos, device=device)[None]
     if any(prefix_len(r) for r in rows):
-        make = block_mask if attn == "flex_attention" else dense_mask
-        mask = make(rows, device, boundaries=not control)
+        from streamproc.train import prefix_attention_mask  # the trainer's own mask
+
+        batch = trainer_batch(rows, device)
+        assert batch["position_ids"][0].tolist() == pos.tolist()
+        mask = causal_mask(len(pos), device, attn) if control else prefix_attention_mask(batch["segments"][0], batch["bases"][0], attn)
     else:
         mask = torch.ones_like(ids) if control else None  # a 2D mask turns off the boundaries read off position_ids
     packed = _hidden(m, ids, position_ids, mask, setup.bf16)
@@ -433,9 +423,10 @@ def _timed(m, batches: list[dict], setup: Setup, loss) -> float:
     return time.perf_counter() - start
 
 
-def _fused_loss(m, batch: dict):
-    out = m(**batch, use_cache=False, fused_lm_head=True)
-    return -out.log_probs.sum() / out.label_mask.sum().clamp(min=1)
+def _trainer_loss(m, batch: dict):
+    from streamproc.train import packed_loss  # the trainer's: its mask, the head only where trained
+
+    return packed_loss(m, batch)[0]
 
 
 def _full_logits_loss(m, batch: dict):
@@ -451,22 +442,18 @@ def prefix_attention(device: str) -> tuple[str, str]:
 
 
 def flat_inputs(rows: list[dict], device: str) -> dict:
-    """One step's rows flattened into one: ids, position ids, labels with each segment's first
-    label dropped where nothing in it precedes it, and for flex the BlockMask."""
+    """One step's rows without a prefix flattened into one, for the plain head (logits at every
+    position): ids, restarting position ids, labels with each sequence's first label dropped."""
     import torch
 
-    seg, sees, pos = segments(rows)
-    labels = np.concatenate([np.asarray(r["labels"]) for r in rows])
-    starts = np.flatnonzero(np.diff(np.concatenate(([-1], seg))) != 0)
-    labels[starts[sees[starts] < 0]] = IGNORE  # predicted from another sequence: never trained
-    batch = {
+    seg, _, pos = segments(rows)
+    labels = np.concatenate([np.asarray(r["labels"]) for r in rows]).astype(np.int64)
+    labels[np.flatnonzero(np.diff(np.concatenate(([-1], seg))) != 0)] = IGNORE  # predicted from another sequence
+    return {
         "input_ids": torch.tensor([t for r in rows for t in r["input_ids"]], device=device)[None],
         "position_ids": torch.as_tensor(pos, device=device)[None],
-        "labels": torch.as_tensor(labels.astype(np.int64), device=device)[None],
+        "labels": torch.as_tensor(labels, device=device)[None],
     }
-    if any(prefix_len(r) for r in rows):
-        batch["attention_mask"] = (block_mask if device == "cuda" else dense_mask)(rows, device)
-    return batch
 
 
 def throughput(m, standard_shards: Path, shared_shards: Path | None, setup: Setup, report: Report) -> list[Measured]:
@@ -509,7 +496,7 @@ def throughput(m, standard_shards: Path, shared_shards: Path | None, setup: Setu
             # One length for every step: FlexAttention is compiled for the shapes it sees.
             width = -(-max(sum(len(r["input_ids"]) for r in b) for b in shared) // 1024) * 1024
             _peak_reset(device)
-            seconds = _timed(m, [flat_inputs(padded_to(b, width), device) for b in shared], setup, _fused_loss)
+            seconds = _timed(m, [trainer_batch(padded_to(b, width), device) for b in shared], setup, _trainer_loss)
             record("shared-prefix rows", seconds, s_tokens, s_trained, width * setup.steps, shared_flops(m, timed_shared, s_trained))
             m.set_attn_implementation(bench.attention_implementation())
     return out
@@ -691,13 +678,13 @@ def run(out: Path, setup: Setup) -> Report:
 
 def packs(work: Path, setup: Setup, report: Report) -> tuple[Path, Path | None]:
     """The sample packed as today, and with --share-prefix where this checkout has it (rows up to
-    4x seq-len where --row-len exists, the size issue 14's figures use)."""
+    `shared_row_len` x seq-len where --row-len exists)."""
     standard = pack(work / "packed", setup)
     options = pack_options()
     if "--share-prefix" not in options:
         report.skipped.append("shared-prefix paths: this checkout's `streamproc pack` has no --share-prefix (issue 14)")
         return standard, None
-    extra = ["--share-prefix", *(["--row-len", str(4 * setup.seq_len)] if "--row-len" in options else [])]
+    extra = ["--share-prefix", *(["--row-len", str(setup.shared_row_len * setup.seq_len)] if "--row-len" in options else [])]
     shared = pack(work / "shared", setup, *extra)
     report.setup["shared_pack_options"] = extra
     if not any(prefix_len(r) for r in train_rows(shared, 64)):

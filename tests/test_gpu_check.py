@@ -42,18 +42,24 @@ def rows(prefixes: list[int], lens: list[list[int]], seed: int = 3) -> list[dict
     for p, ls in zip(prefixes, lens):
         ids = g.integers(0, VOCAB, p + sum(ls)).tolist()
         labels = [-100] * p + ids[p:]
+        if p:  # as `pack --share-prefix` writes them: a remainder's first token is never trained
+            for start in np.cumsum([p, *ls[:-1]]):
+                labels[start] = -100
         out.append({"input_ids": ids, "labels": labels, "seq_lens": ls, "prefix_len": p})
     return out
 
 
-def test_segments_follow_the_shard_format():
-    seg, sees, pos = gpu_check.segments(rows([3, 0], [[2, 1], [2, 2]]))
+def test_segments_follow_the_shard_format_as_the_trainer_reads_it():
+    r = rows([3, 0], [[2, 1], [2, 2]])
+    seg, sees, pos = gpu_check.segments(r)
     assert seg.tolist() == [0, 0, 0, 1, 1, 2, 3, 3, 4, 4]
     assert sees.tolist() == [-1, -1, -1, 0, 0, 0, -1, -1, -1, -1]
     assert pos.tolist() == [0, 1, 2, 3, 4, 3, 0, 1, 0, 1]  # after a prefix, positions continue from it
-    mask = gpu_check.dense_mask(rows([3, 0], [[2, 1], [2, 2]]), "cpu")[0, 0]
-    assert mask[5].tolist() == [True] * 3 + [False, False, True] + [False] * 4  # the prefix and itself only
-    assert mask[7].tolist() == [False] * 6 + [True, True, False, False]
+    batch = gpu_check.trainer_batch(r, "cpu")
+    assert batch["position_ids"][0].tolist() == pos.tolist()
+    assert batch["segments"][0].tolist() == seg.tolist()
+    control = gpu_check.causal_mask(10, "cpu", "sdpa")[0, 0]
+    assert control[5].tolist() == [True] * 6 + [False] * 4  # boundaries ignored: everything before
 
 
 @pytest.mark.parametrize("prefixes", [[0, 0], [40, 25], [30, 0]])
@@ -70,14 +76,13 @@ def test_isolation_holds_and_its_control_fails(prefixes):
 
 
 def test_trained_tokens_and_flat_labels():
-    r = rows([4, 0], [[3, 2], [5]])
-    # A sequence after a prefix is predicted from it; a row's first sequence has nothing before it.
-    assert gpu_check.trained_in(r) == 5 + 4
-    batch = gpu_check.flat_inputs(r, "cpu")
-    labels = batch["labels"][0].tolist()
-    assert labels[:4] == [-100] * 4 and labels[4] != -100  # the prefix carries no loss; a remainder's first does
-    assert labels[9] == -100  # the second row's first token: predicted from the row before, never trained
-    assert batch["attention_mask"].shape == (1, 1, 14, 14)
+    # A remainder after a prefix is predicted from it (pack leaves its first label untrained).
+    assert gpu_check.trained_in(rows([4, 0], [[3, 2], [5]])) == 2 + 1 + 4
+    r = rows([0, 0], [[3, 2], [5]])
+    assert gpu_check.trained_in(r) == 2 + 1 + 4
+    labels = gpu_check.flat_inputs(r, "cpu")["labels"][0].tolist()
+    assert [labels[i] for i in (0, 3, 5)] == [-100] * 3  # each sequence's first: never predicted from another
+    assert sum(x != -100 for x in labels[1:]) == 7
 
 
 @pytest.mark.slow
@@ -89,15 +94,19 @@ def test_dry_run_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["failures"] == []
-    iso = {(r["attn"], r["control"]): r for r in report["isolation"]}
-    assert iso[("sdpa", False)]["ok"] and iso[("sdpa", False)]["worst"] <= 1e-4
-    assert iso[("sdpa", True)]["ok"] and iso[("sdpa", True)]["worst"] > 1e-4
+    iso = {(r["path"], r["control"]): r for r in report["isolation"]}
+    paths = ["SDPA, padding-free position ids", "SDPA, shared-prefix 4D mask (CPU)"]  # pack --share-prefix rows too
+    assert {p for p, _ in iso} == set(paths)
+    for p in paths:
+        assert iso[(p, False)]["ok"] and iso[(p, False)]["worst"] <= 1e-4 and iso[(p, False)]["sequences"] >= 2
+        assert iso[(p, True)]["ok"] and iso[(p, True)]["worst"] > 1e-4
     assert any("flash_attention_2" in s for s in report["skipped"])
     modes = {r["mode"]: r for r in report["throughput"]}
-    assert {"packed rows", "padded batches", "packed rows, logits everywhere"} <= set(modes)
+    assert {"packed rows", "padded batches", "packed rows, logits everywhere", "shared-prefix rows"} <= set(modes)
+    assert modes["shared-prefix rows"]["trained"] > 0
     assert modes["packed rows"]["tokens"] == modes["padded batches"]["tokens"]  # the same sequences
     assert modes["padded batches"]["computed"] >= modes["padded batches"]["tokens"]  # one sequence a step here: no padding
-    assert "packed / padded, tokens/s" in report["ratios"]
+    assert {"packed / padded, tokens/s", "shared-prefix / packed, trained tokens/s"} <= set(report["ratios"])
     train = report["train"]
     assert train["steps"] == 3 and train["loss_last"] < train["loss_first"]
     assert "tool_selection" in train["eval_before"] and "tool_selection" in train["eval_after"]
