@@ -350,7 +350,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         seed=cfg.seed,
         use_cpu=not on_gpu,  # also what makes accelerate set up gloo DDP under torchrun on CPU
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
-        activation_checkpointing=cfg.gradient_checkpointing,
+        # transformers 5.24 calls this activation_checkpointing and keeps the old name as an
+        # alias; older 5.x (the GPU image's 5.17) know only the old one.
+        gradient_checkpointing=cfg.gradient_checkpointing,
         # The rows are packed already: with preparation skipped TRL neither re-tokenizes nor
         # re-packs them; PackedCollator flattens each batch without padding.
         packing=False,
