@@ -22,6 +22,7 @@ from typing import Sequence
 
 from .parse import parse_turn
 from .records import ROLES
+from .tokenizer import render_chat
 from .turns import REASONING, TOOL_CALL, TOOL_RESPONSE
 
 TOOL_FALLBACK = "[TOOL OUTPUT]\n"
@@ -120,7 +121,8 @@ def unwrap_tool(text: str) -> list[str]:
 
 
 def render_text(tokenizer, messages: Sequence[Message], template: str) -> str:
-    return tokenizer.apply_chat_template([m.as_dict() for m in messages], chat_template=template, tokenize=False)
+    """The text transformers' apply_chat_template(tokenize=False) gives, without transformers."""
+    return render_chat(template, [m.as_dict() for m in messages], tokenizer.special_tokens_map)
 
 
 _R = "\u27e6probe-{}\u27e7"  # sentinels no template or tokenizer treats specially

@@ -54,18 +54,17 @@ def first_tool_name(text: str) -> str | None:
 
 
 def tool_prompts(rows: Iterable[dict], tokenizer) -> Iterator[ToolPrompt]:
-    """Every assistant turn with a tool call in packed rows (input_ids, labels, seq_lens, trace_ids)."""
+    """Every assistant turn with a tool call in packed rows (input_ids, labels, seq_lens, trace_ids,
+    prefix_len), each sequence whole (a shared prefix in front of its remainder)."""
+    from .shards import sequences
+
     for row in rows:
-        ids = np.asarray(row["input_ids"])
-        trained = np.asarray(row["labels"]) != IGNORE
-        start = 0
-        for length, trace_id in zip(row["seq_lens"], row["trace_ids"]):
-            seq, mask = ids[start : start + length], trained[start : start + length]
+        for trace_id, ids, labels in sequences(row):
+            seq, mask = np.asarray(ids), np.asarray(labels) != IGNORE
             for a, b in _runs(mask):
                 name = first_tool_name(tokenizer.decode(seq[a:b].tolist()))
                 if name and a > 0:
                     yield ToolPrompt(trace_id, seq[:a].tolist(), name)
-            start += length
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:

@@ -36,29 +36,32 @@ from .chat import (
     to_messages,
 )
 from .records import BadRow, Location, Row, RowError, Trace
+from .tokenizer import Tokenizer, load
 
 DEFAULT_TOKENIZER = Path(__file__).parent / "data" / "tokenizers" / "qwen2.5-0.5b-instruct"
 DEFAULT_TOKENIZER_NAME = "Qwen/Qwen2.5-0.5B-Instruct"
 IGNORE = -100
+CHUNK_CHARS = 1 << 18
+"""Longest text the tokenizer is given at once (see Masker._encode_pieces)."""
+_BATCH_CHARS = 4 * CHUNK_CHARS
+"""Text tokenized in one call: the tokenizer spreads a call over its threads."""
 SCOPES = ("all", "last")
 OVERFLOWS = ("split", "truncate", "drop")
 
 
-def load_tokenizer(name_or_dir: str | os.PathLike | None = None):
-    """A fast tokenizer: the shipped Qwen2.5-0.5B-Instruct one (offline) for None, `default` or
-    its Hub id; otherwise any local directory or Hub id."""
-    from transformers import AutoTokenizer
-
+def load_tokenizer(name_or_dir: str | os.PathLike | None = None) -> Tokenizer:
+    """A fast tokenizer, read with the `tokenizers` library (no transformers, no torch): the
+    shipped Qwen2.5-0.5B-Instruct one (offline) for None, `default` or its Hub id; otherwise any
+    local directory or Hub id. TokenizerError names a path or id that cannot be loaded."""
     if name_or_dir in (None, "", "default", DEFAULT_TOKENIZER_NAME):
         name_or_dir = DEFAULT_TOKENIZER
-    tok = AutoTokenizer.from_pretrained(str(name_or_dir))
-    if getattr(tok, "backend_tokenizer", None) is None:
-        raise ValueError(f"{name_or_dir}: masking needs a fast (Rust `tokenizers`) tokenizer")
-    return tok
+    return load(name_or_dir)
 
 
 def tokenizer_hash(tokenizer) -> str:
-    """sha256 of the tokenizer.json content (added tokens included)."""
+    """sha256 of the tokenizer.json content (added tokens included), as `tokenizers` writes it.
+    Compare hashes of tokenizers loaded alike: transformers rewrites parts of some tokenizers
+    (offset trimming, the decoder) that do not change ids."""
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
 
 
@@ -91,6 +94,7 @@ class MaskedSeq:
     trace_id: str
     input_ids: np.ndarray  # int32
     labels: np.ndarray  # int32, -100 or the input id at the same position (unshifted)
+    prefix_len: int = 0  # leading ids that are the rendered system turn (untrained), 0 if none
 
 
 @dataclass(slots=True)
@@ -99,6 +103,8 @@ class MaskResult:
     tokens_cut: int = 0  # tokens tokenized but not written (truncated, or in a dropped sequence)
     dropped: bool = False  # nothing of this trace was written
     windows: int = 0  # sequences written (more than one when split)
+    reason: str = ""  # why it was dropped
+    system_tokens: int = 0  # tokens of its system turn (0: none), what any sequence of it needs at least
 
 
 class _PieceCache:
@@ -127,6 +133,19 @@ def _arrays(enc) -> tuple[np.ndarray, np.ndarray]:
     return np.array(enc.ids, np.int32), np.array([o[0] for o in enc.offsets], np.int32)
 
 
+def _next_cut(text: str, start: int) -> int:
+    """The first place at or after `start` between a letter and a space followed by a letter;
+    -1 if there is none."""
+    for m in _CUT.finditer(text, max(start, 1)):
+        i = m.start()
+        if text[i - 1].isalpha() and text[i + 1].isalpha():
+            return i
+    return -1
+
+
+_CUT = re.compile(r" (?=\w)")
+
+
 def _token_bytes(backend) -> np.ndarray | None:
     """Bytes of text per token id, for byte-level BPE (each vocab character stands for one byte)."""
     import tokenizers
@@ -134,9 +153,9 @@ def _token_bytes(backend) -> np.ndarray | None:
     if not isinstance(backend.decoder, tokenizers.decoders.ByteLevel):
         return None
     vocab = backend.get_vocab(with_added_tokens=True)
-    out = np.zeros(max(vocab.values()) + 1, np.int64)
-    for token, i in vocab.items():
-        out[i] = len(token)
+    ids = np.fromiter(vocab.values(), np.int64, len(vocab))
+    out = np.zeros(int(ids.max()) + 1, np.int64)
+    out[ids] = np.fromiter(map(len, vocab), np.int64, len(vocab))
     return out
 
 
@@ -172,12 +191,15 @@ class Masker:
         self._added = {t.content: i for i, t in added.items()}
         self._special = re.compile("(" + "|".join(re.escape(t) for t in sorted(self._added, key=len, reverse=True)) + ")")
         self._cache = _PieceCache(self.options.cache_chars)
+        self._system_text: dict[str, str | None] = {}  # system content -> that turn rendered alone
         self._nbytes = _token_bytes(self._backend)
         # A Unicode normal form is checked with unicodedata's quick check, not by normalizing.
         norm = self._backend.normalizer
         self._form = type(norm).__name__ if type(norm).__name__ in ("NFC", "NFD", "NFKC", "NFKD") else None
         # Whitespace-absorbing added tokens make pieces depend on their neighbours.
         self._piecewise = bool(self._added) and not any(t.lstrip or t.rstrip or t.single_word for t in added.values())
+        self._chunked = True  # long pieces tokenized in chunks, if the probe agrees
+        self._chunked = self._chunks_agree()
         if self._piecewise and not self._pieces_agree():
             self._piecewise = False
 
@@ -192,6 +214,7 @@ class Masker:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_cache"] = _PieceCache(self.options.cache_chars)  # rebuilt where it is used
+        state["_system_text"] = {}
         return state
 
     def clear_cache(self) -> None:
@@ -262,8 +285,26 @@ class Masker:
         return np.where(np.cumsum(depth[:-1]) > 0, ids, IGNORE).astype(np.int32)
 
     def _encode_pieces(self, pieces: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Ids and start characters of text pieces holding no added token. Byte-level tokenizers
-        skip the costly offsets: starts follow from the tokens' byte lengths."""
+        """Ids and start characters of text pieces holding no added token. A long piece (a
+        20 MB tool output) is cut into chunks at pre-token boundaries and tokenized a few chunks
+        at a time: the tokenizer holds some 160 bytes per character while it works, and the ids
+        are the same (see _cuts). Byte-level tokenizers skip the costly offsets: starts follow
+        from the tokens' byte lengths."""
+        chunks = [(k, a, b) for k, p in enumerate(pieces) for a, b in self._cuts(p)]
+        parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in pieces]
+        i = 0
+        while i < len(chunks):
+            j, chars = i, 0  # chunks [i, j) go together: at most _BATCH_CHARS, one at least
+            while j < len(chunks) and (j == i or chars + chunks[j][2] - chunks[j][1] <= _BATCH_CHARS):
+                chars += chunks[j][2] - chunks[j][1]
+                j += 1
+            texts = [pieces[k] if b - a == len(pieces[k]) else pieces[k][a:b] for k, a, b in chunks[i:j]]
+            for (k, a, _), (ids, starts) in zip(chunks[i:j], self._encode_chunks(texts)):
+                parts[k].append((ids, starts + a if a else starts))
+            i = j
+        return [got[0] if len(got) == 1 else (np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])) for got in parts]
+
+    def _encode_chunks(self, pieces: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         if self._nbytes is None:
             return [_arrays(e) for e in self._backend.encode_batch(pieces, add_special_tokens=False)]
         out = []
@@ -274,6 +315,60 @@ class Masker:
             starts = _char_starts(p, ids, self._nbytes) if as_is else None
             out.append((ids, starts) if starts is not None else _arrays(self._backend.encode(p, add_special_tokens=False)))
         return out
+
+    def _cuts(self, piece: str, size: int = 0) -> list[tuple[int, int]]:
+        """[a, b) spans of a piece, about `size` characters each (CHUNK_CHARS), cut where every
+        regex pre-tokenizer in use (GPT-2's, Llama 3's, Qwen's) starts a new pre-token: between
+        a letter and a space followed by a letter (a letter run ends there, and ` word` starts a
+        new one; no lookahead sees past the cut). BPE never merges across pre-tokens, so the
+        chunks' ids are the piece's ids. Whether this tokenizer agrees is checked once, on a
+        probe (_chunks_agree); a piece with no such place is tokenized whole."""
+        size = size or CHUNK_CHARS
+        if len(piece) <= size or not self._chunked:
+            return [(0, len(piece))]
+        out, a = [], 0
+        while len(piece) - a > size:
+            b = _next_cut(piece, a + size)
+            if b < 0:
+                break
+            out.append((a, b))
+            a = b
+        out.append((a, len(piece)))
+        return out
+
+    def _chunks_agree(self) -> bool:
+        """Chunks cut at every possible place give the ids and starts of the whole text."""
+        probe = "Hello world  x\n\nnew line é é 数字 😀 12 ab\n  indented\n{\"k\": \"v w\"}\tend's it'S  a\u0301 b ² c Ⅻ d\r\nz" * 3
+        whole = _arrays(self._backend.encode(probe, add_special_tokens=False))
+        spans = self._cuts(probe, size=1)
+        got = self._encode_chunks([probe[a:b] for a, b in spans])
+        ids = np.concatenate([g[0] for g in got])
+        starts = np.concatenate([g[1] + a for g, (a, _) in zip(got, spans)])
+        return len(spans) > 10 and ids.tolist() == whole[0].tolist() and starts.tolist() == whole[1].tolist()
+
+    def _system_turn(self, msgs: list[Message]) -> str | None:
+        """The system message rendered alone (through its end-of-turn text), the text every
+        sequence of this conversation begins with; None without a system message."""
+        if not msgs or msgs[0].role != "system":
+            return None
+        key = msgs[0].content
+        if key not in self._system_text:
+            if len(self._system_text) > 64:  # a handful of distinct prompts per dataset
+                self._system_text.clear()
+            try:
+                self._system_text[key] = render(self.tokenizer, msgs[:1], self.info).text
+            except TemplateError:
+                self._system_text[key] = None
+        return self._system_text[key]
+
+    def _result(self, tid: str, seqs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], cut: int, system: str | None) -> MaskResult:
+        """Sequences (ids, labels, start characters) with at least one trained token, each with
+        the length of its system-turn prefix; the others count as cut."""
+        res = _result(tid, [(ids, labels) for ids, labels, _ in seqs], cut)
+        trained = [starts for ids, labels, starts in seqs if (labels != IGNORE).any()]
+        for s, starts in zip(res.seqs, trained):
+            s.prefix_len = _prefix_len(system, s.input_ids, starts, s.labels)
+        return res
 
     def _tokens(self, msgs: list[Message]) -> tuple[np.ndarray, np.ndarray, Rendered]:
         r = render(self.tokenizer, msgs, self.info)
@@ -326,17 +421,26 @@ class Masker:
         return {s.turn for s in spans}
 
     def _fit(self, tid: str, msgs, ids, starts, labels, full: Rendered, train: set[int]) -> MaskResult:
+        system = self._system_turn(msgs)
+        if system is not None and not full.text.startswith(system):
+            system = None
+        res = self._fit_parts(tid, msgs, ids, starts, labels, full, train, system)
+        res.system_tokens = int(np.searchsorted(starts, len(system))) if system is not None else 0
+        return res
+
+    def _fit_parts(self, tid, msgs, ids, starts, labels, full: Rendered, train: set[int], system: str | None) -> MaskResult:
         o = self.options
         n = len(ids)
         if o.max_len is None or n <= o.max_len:
-            return _result(tid, [(ids, labels)], 0)
+            return self._result(tid, [(ids, labels, starts)], 0, system)
         if o.overflow == "drop":
-            return MaskResult([], tokens_cut=n, dropped=True)
+            return MaskResult([], tokens_cut=n, dropped=True, reason=f"{n} tokens, longer than seq_len {o.max_len} (overflow drop)")
         if o.overflow == "truncate":
-            return _result(tid, [(ids[: o.max_len], labels[: o.max_len])], n - o.max_len)
-        return self._split(tid, msgs, starts, full, train)
+            m = o.max_len
+            return self._result(tid, [(ids[:m], labels[:m], starts[:m])], n - m, system)
+        return self._split(tid, msgs, starts, full, train, system)
 
-    def _split(self, tid: str, msgs: list[Message], starts: np.ndarray, full: Rendered, train: set[int]) -> MaskResult:
+    def _split(self, tid: str, msgs: list[Message], starts: np.ndarray, full: Rendered, train: set[int], system: str | None) -> MaskResult:
         """Windows of whole steps (messages up to and including an assistant turn), each starting
         with the system prompt, filled greedily; a window is re-rendered and tokenized exactly."""
         max_len = self.options.max_len
@@ -346,7 +450,8 @@ class Masker:
         steps = [i + 1 for i in range(head, len(msgs)) if msgs[i].role == "assistant"]  # step ends (exclusive)
         head_cost = int(end_tok[head - 1]) + 2 if head else 0
         if head_cost >= max_len:  # no window can hold the system prompt and a turn
-            return MaskResult([], tokens_cut=len(starts), dropped=True)
+            why = f"its system prompt alone takes about {head_cost} tokens, seq_len is {max_len}"
+            return MaskResult([], tokens_cut=len(starts), dropped=True, reason=why)
         out, cut, first, k = [], 0, head, 0
         while k < len(steps):
             base = int(end_tok[first - 1]) if first else 0
@@ -361,10 +466,24 @@ class Masker:
             w_labels = self._labels(w, w_ids, w_starts, train)
             if len(w_ids) > max_len:
                 cut += len(w_ids) - max_len
-                w_ids, w_labels = w_ids[:max_len], w_labels[:max_len]
-            out.append((w_ids, w_labels))
+                w_ids, w_labels, w_starts = w_ids[:max_len], w_labels[:max_len], w_starts[:max_len]
+            out.append((w_ids, w_labels, w_starts))
             first, k = steps[j], j + 1
-        return _result(tid, out, cut)
+        return self._result(tid, out, cut, system)
+
+
+def _prefix_len(system: str | None, ids: np.ndarray, starts: np.ndarray, labels: np.ndarray) -> int:
+    """Tokens of the system turn at the head of a sequence: its text must end on a token boundary
+    (so these ids are the tokenizer's own for it in every sequence) and carry no loss; 0
+    otherwise, or when nothing follows it."""
+    if system is None:
+        return 0
+    p = int(np.searchsorted(starts, len(system)))
+    # The token after it trains nothing either: it would be predicted at the prefix's last
+    # position, which all remainders of a row share.
+    if p >= len(ids) or starts[p] != len(system) or (labels[: p + 1] != IGNORE).any():
+        return 0
+    return p
 
 
 def _result(tid: str, seqs: list[tuple[np.ndarray, np.ndarray]], cut: int) -> MaskResult:
@@ -375,4 +494,5 @@ def _result(tid: str, seqs: list[tuple[np.ndarray, np.ndarray]], cut: int) -> Ma
             kept.append(MaskedSeq(tid, ids, labels))
         else:
             cut += len(ids)
-    return MaskResult(kept, tokens_cut=cut, dropped=not kept, windows=len(kept))
+    why = "" if kept else "no trained token in what fits (no assistant turn, or none the options train)"
+    return MaskResult(kept, tokens_cut=cut, dropped=not kept, windows=len(kept), reason=why)

@@ -7,7 +7,7 @@ not the packer, the shard writer or numba.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from .mask import Masker, MaskOptions, MaskedSeq, load_tokenizer
 from .records import SPLITS, BadRow, Row, RowError, Trace
@@ -31,6 +31,8 @@ class SplitCounts:
     tokens: int = 0
     trainable: int = 0
     rows: int = 0
+    sequence_tokens: int = 0  # tokens the sequences hold whole; more than `tokens` where rows share a prefix
+    system_prompt_tokens: int = 0  # of those, in the system turns the sequences begin with
 
     def add(self, o: "SplitCounts") -> None:
         for f in self.__slots__:
@@ -41,13 +43,16 @@ class SplitCounts:
         self.tokens += s.tokens
         self.trainable += s.trainable
         self.rows += s.rows
+        self.sequence_tokens += s.sequence_tokens
 
-    def summary(self, seq_len: int) -> dict:
-        capacity = self.rows * seq_len
+    def summary(self, row_len: int) -> dict:
+        capacity = self.rows * row_len
         return {
             **asdict(self),
             "padding": capacity - self.tokens,
             "packing_efficiency": round(self.tokens / capacity, 6) if capacity else None,
+            "tokens_per_trained_token": round(self.tokens / self.trainable, 4) if self.trainable else None,
+            "prefix_tokens_saved": self.sequence_tokens - self.tokens,
         }
 
 
@@ -70,6 +75,13 @@ class MaskedSplit:
 
     seqs: dict[str, list[MaskedSeq]]
     counts: dict[str, SplitCounts]
+    dropped: list[dict] = field(default_factory=list)  # traces nothing was written of: id, split, reason, file, row
+    min_system: int = 0  # tokens of the shortest system turn seen (0: none)
+
+
+def min_system(a: int, b: int) -> int:
+    """The shorter of two system-turn lengths, 0 meaning none seen."""
+    return min(a, b) if a and b else a or b
 
 
 class MaskStage(Stage):
@@ -96,6 +108,11 @@ class MaskStage(Stage):
             c = acc.counts[split]
             c.traces += not res.dropped
             c.dropped += res.dropped
+            acc.min_system = min_system(acc.min_system, res.system_tokens)
+            if res.dropped:
+                loc = row.loc
+                acc.dropped.append({"id": row.id, "split": split, "reason": res.reason, "file": loc.file if loc else None, "row": loc.row if loc else None})
             c.tokens_cut += res.tokens_cut
+            c.system_prompt_tokens += sum(s.prefix_len for s in res.seqs)
             acc.seqs[split].extend(res.seqs)
         return bad

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
@@ -21,23 +22,27 @@ from typing import Sequence
 
 import orjson
 
-from .fileio import dir_lock, write_json
+from .fileio import atomic_path, dir_lock, write_json
 from .mask import DEFAULT_TOKENIZER_NAME, Masker, MaskOptions, load_tokenizer, tokenizer_hash
-from .mask_stage import _MASKERS, MaskStage, SplitCounts, is_eval  # noqa: F401  (is_eval: part of this module's API)
+from .mask_stage import _MASKERS, MaskStage, SplitCounts, is_eval, min_system  # noqa: F401  (is_eval: part of this module's API)
 from .pack import Packer
 from .records import BadRow, Location, RowError, Tally
 from .runner import Stage, run_jobs
-from .shards import MANIFEST, SPLITS, ShardInfo, write_shards
+from .shards import FORMAT, MANIFEST, SPLITS, ShardInfo, write_shards
 from .sources import Split
 
 PROGRESS = "progress.json"
 TOKENIZER_DIR = "tokenizer"
 LOCK = ".pack.lock"
-FORMAT = "streamproc-packed/1"
+DROPPED = "dropped.jsonl"
+REJECTS = "rejects.jsonl"
+_SHARD_FILE = re.compile(r"(%s)-\d{5}\.arrow" % "|".join(SPLITS))
+_OURS = (MANIFEST, PROGRESS, DROPPED, REJECTS, LOCK)
 
 
 class PackError(RuntimeError):
-    """An output directory that cannot be used as asked (an unfinished run with other options)."""
+    """An output directory that cannot be used as asked (an unfinished run with other options, or
+    files pack did not write), or a run that wrote no training data."""
 
 
 @dataclass(slots=True)
@@ -49,10 +54,16 @@ class PackOptions:
     shard_rows: int = 2048  # packed rows per output shard
     eval_fraction: float = 0.0  # share of traces (by id hash) held out in eval shards
     add_tokens: tuple[str, ...] = ()  # added to the tokenizer as single special tokens if missing
+    row_len: int | None = None  # tokens per packed row; None: seq_len
+    share_prefix: bool = False  # rows hold a shared system-turn prefix once (docs/shared-prefix.md)
 
     def __post_init__(self) -> None:
         if self.seq_len < 1 or self.buffer_size < 1 or self.shard_rows < 1:
             raise ValueError("seq_len, buffer_size and shard_rows must be at least 1")
+        if self.row_len is None:
+            self.row_len = self.seq_len
+        if self.row_len < self.seq_len:
+            raise ValueError(f"row_len {self.row_len} is below seq_len {self.seq_len}: a row must hold any sequence")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction {self.eval_fraction}: must be in [0, 1)")
         self.mask.max_len = self.seq_len
@@ -70,9 +81,13 @@ class _State:
     tally: Tally = field(default_factory=Tally)
     counts: dict[str, SplitCounts] = field(default_factory=lambda: {s: SplitCounts() for s in SPLITS})
     shards: list[ShardInfo] = field(default_factory=list)
+    dropped: list[dict] = field(default_factory=list)
+    min_system: int = 0
 
     def to_json(self) -> dict:
         return {
+            "dropped": self.dropped,
+            "min_system": self.min_system,
             "fingerprint": self.fingerprint,
             "consumed": self.consumed,
             "read": self.tally.read,
@@ -91,6 +106,8 @@ class _State:
             Tally(d["read"], d["parsed"], rejected),
             {s: SplitCounts(**c) for s, c in d["counts"].items()},
             [ShardInfo(**s) for s in d["shards"]],
+            d["dropped"],
+            d["min_system"],
         )
 
 
@@ -99,6 +116,7 @@ class PackResult:
     manifest: dict
     tally: Tally
     resumed_after: int  # input splits a previous run had already packed
+    nothing_written: str = ""  # why no training data was written, and what would fit; "" when some was
 
 
 class PackJob:
@@ -121,6 +139,7 @@ class PackJob:
     def __enter__(self) -> "PackJob":
         opts, out = self.opts, self.out
         out.mkdir(parents=True, exist_ok=True)
+        _check_dir(out)
         self._lock.__enter__()
         try:
             tok, tok_ref, added = _tokenizer(opts, out)
@@ -145,7 +164,7 @@ class PackJob:
             raise
         self.resumed_after = self.skip = self.state.consumed
         self.stages: list[Stage] = [MaskStage(tok_ref, opts.mask, opts.eval_fraction)]
-        self.packers = {s: Packer(opts.seq_len, opts.buffer_size) for s in SPLITS}
+        self.packers = {s: Packer(opts.seq_len, opts.buffer_size, opts.row_len, opts.share_prefix) for s in SPLITS}
         return self
 
     def add(self, partials: list, tallies: list[Tally]) -> None:
@@ -157,6 +176,8 @@ class PackJob:
         (r,) = partials
         state = self.state
         state.tally.add(tallies[0])
+        state.dropped += r.dropped
+        state.min_system = min_system(state.min_system, r.min_system)
         for s in SPLITS:
             state.counts[s].add(r.counts[s])
             self.packers[s].add(r.seqs[s])
@@ -172,17 +193,26 @@ class PackJob:
             "tokenizer": self.tok_info,
             "chat_template_hash": self.masker.chat_template_hash,
             "seq_len": opts.seq_len,
+            "row_len": opts.row_len,
+            "share_prefix": opts.share_prefix,
             "options": self.options_json,
             "counts": {
                 "rows_read": state.tally.read,
                 "rows_rejected": len(state.tally.rejected),
-                **{s: state.counts[s].summary(opts.seq_len) for s in SPLITS},
+                "rows_dropped": len(state.dropped),  # listed in dropped.jsonl
+                "shortest_system_prompt_tokens": state.min_system,
+                **{s: state.counts[s].summary(opts.row_len) for s in SPLITS},
             },
             "shards": [asdict(s) for s in state.shards],
         }
+        if state.dropped:
+            with atomic_path(out / DROPPED) as tmp, open(tmp, "wb") as f:
+                for d in state.dropped:
+                    f.write(orjson.dumps(d, option=orjson.OPT_APPEND_NEWLINE))
         write_json(out / MANIFEST, manifest)
         (out / PROGRESS).unlink()
-        return PackResult(manifest, state.tally, self.resumed_after)
+        empty = "" if state.counts["train"].sequences else _nothing_written(out, state, opts)
+        return PackResult(manifest, state.tally, self.resumed_after, empty)
 
     def __exit__(self, kind, e, tb) -> None:
         try:
@@ -209,6 +239,17 @@ def pack_to_dir(
         return job.finish()
 
 
+def _nothing_written(out: Path, state: _State, opts: PackOptions) -> str:
+    """Why a run wrote no training data, and what would fit."""
+    msg = f"no training data written to {out}: "
+    if not state.tally.parsed:
+        return msg + f"none of the {state.tally.read:,} rows read could be used (see the rejects)"
+    msg += f"all {len(state.dropped):,} traces were dropped (each listed with the reason in {out / DROPPED})"
+    if state.min_system and state.min_system + 2 > opts.seq_len:
+        msg += f"; the shortest system prompt alone is {state.min_system:,} tokens, so --seq-len must be well above that"
+    return msg
+
+
 cached_tokenizer = functools.lru_cache(maxsize=4)(load_tokenizer)
 """Loading takes a second or more; a notebook or a test packing again reuses it (never mutated)."""
 
@@ -217,8 +258,7 @@ def _tokenizer(opts: PackOptions, out: Path):
     """The tokenizer, extended with `add_tokens` it lacks (saved under out/tokenizer), and the
     name workers load it by."""
     tok = cached_tokenizer(opts.tokenizer)
-    vocab = tok.get_vocab()
-    added = [t for t in dict.fromkeys(opts.add_tokens) if t not in vocab]
+    added = [t for t in dict.fromkeys(opts.add_tokens) if tok.convert_tokens_to_ids(t) is None]
     if not added:
         return tok, opts.tokenizer, []
     from tokenizers import AddedToken
@@ -257,21 +297,45 @@ def _start(out: Path, fingerprint: str, restart: bool) -> _State:
             )
         print(f"resuming: {state.consumed} input split(s) and {len(state.shards)} output shard(s) already done", file=sys.stderr)
     keep = {s.file for s in state.shards} if state else set()
-    for p in out.iterdir():
-        ours = p.suffix == ".arrow" and p.name.split("-")[0] in SPLITS
-        # atomic_path's temporary files of a killed run, an old manifest, unrecorded shards
-        if (ours and p.name not in keep) or (p.name.startswith(".") and p.name.endswith(".tmp")) or p.name == MANIFEST:
-            p.unlink()
+    _clear(out, keep)
     state = state or _State(fingerprint)
     write_json(progress, state.to_json())
     return state
+
+
+def _ours(name: str) -> bool:
+    """A file a pack run writes (or atomic_path's temporary file of one, `.NAME.PID.XXXX.tmp`)."""
+    if name.startswith(".") and name.endswith(".tmp"):
+        name = name[1:].rsplit(".", 3)[0]
+    return name in _OURS or name == TOKENIZER_DIR or bool(_SHARD_FILE.fullmatch(name))
+
+
+def _check_dir(out: Path) -> None:
+    """Refuse an output directory holding anything but what a pack run writes, or such files
+    without a manifest or progress file of a pack run beside them: pack never deletes a user's
+    files."""
+    names = sorted(p.name for p in out.iterdir() if p.name != LOCK)
+    others = [n for n in names if not _ours(n)]
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise PackError(f"{out} holds files streamproc pack did not write ({shown}); use an empty or new directory")
+    if names and not {MANIFEST, PROGRESS} & set(names):
+        raise PackError(f"{out} holds {', '.join(names[:5])} but no {MANIFEST} or {PROGRESS} of a pack run; use an empty or new directory")
+
+
+def _clear(out: Path, keep: set[str]) -> None:
+    """Remove what an earlier, different or finished run left (all of it checked as ours by
+    _check_dir): temporary files, an old manifest, unrecorded shards, an old dropped list."""
+    for p in out.iterdir():
+        if p.name not in keep and p.name not in (PROGRESS, TOKENIZER_DIR, LOCK):
+            p.unlink()
 
 
 def _discard(out: Path, state: _State) -> None:
     """Remove every file this run and the runs it resumed wrote: a failed run leaves no output."""
     for info in state.shards:
         (out / info.file).unlink(missing_ok=True)
-    for name in (PROGRESS, MANIFEST):
+    for name in (PROGRESS, MANIFEST, DROPPED):
         (out / name).unlink(missing_ok=True)
     if (out / TOKENIZER_DIR).is_dir():
         shutil.rmtree(out / TOKENIZER_DIR)

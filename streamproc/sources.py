@@ -57,6 +57,7 @@ class Split:
 
     parts: tuple[Part, ...]
     limit: int | None = None
+    skip: frozenset[int] = frozenset()  # good rows (by their index among the shard's good rows) left out: a filtered view
 
     @property
     def nbytes(self) -> int:
@@ -299,14 +300,20 @@ def _load_streaming(dataset: str, config: str | None, split: str, data_files: tu
 
 
 def read(shard: Split) -> Iterator[Row | BadRow]:
-    """Rows of a shard in order: validated Rows, or BadRows for what does not fit."""
+    """Rows of a shard in order: validated Rows, or BadRows for what does not fit; the good rows
+    in `shard.skip` (a filtered view) are left out."""
     left = shard.limit
+    good = 0
     for part in shard.parts:
         for item in _read_part(part):
             if left is not None:
                 if left <= 0:
                     return
                 left -= 1
+            if shard.skip and not isinstance(item, BadRow):
+                good += 1
+                if good - 1 in shard.skip:
+                    continue
             yield item
 
 
@@ -501,7 +508,7 @@ ON_ERROR = ("skip", "fail")
 
 def good_rows(shard: Split, on_error: str, rejects: list[BadRow]) -> Iterator[Row]:
     """Rows of a shard under an error policy: `skip` sets bad rows aside in `rejects` and goes
-    on; `fail` raises RowError at the first one."""
+    on; `fail` raises RowError at the first one. Rows in `shard.skip` are left out (by read)."""
     return keep_good(read(shard), on_error, rejects)
 
 

@@ -62,3 +62,29 @@ def test_guide_baselines_behave_as_in_the_guide():
     assert m["tool_counter"] == {"terminal": 1} and m["calls_per_trace"] == [1]
     # The guide's error heuristic flags every terminal result, as FORMAT.md warns ("error": null).
     assert m["errors_per_trace"] == [1]
+
+
+def test_pack_job_copies_change_every_message_but_the_system_prompt(real_rows, tmp_path):
+    """The pack-job input: each altered copy differs from its original in every non-system
+    message, keeps the system prompt, and still parses with the same tool calls."""
+    import json
+
+    from streamproc.benchmarks.pack_job import write_input
+    from streamproc.chat import unwrap_tool
+    from streamproc.parse import parse_trace
+    from streamproc.records import row_from_dict
+
+    rows = [row_from_dict(d) for d in real_rows[:6]]
+    size = sum(len(v) for r in rows for _, v in r.conversations)
+    n, _ = write_input(rows, tmp_path / "in.jsonl", 3 * size)
+    out = [json.loads(line) for line in (tmp_path / "in.jsonl").open(encoding="utf-8")]
+    assert n == len(out) == 3 * len(rows)
+    for k, d in enumerate(out[len(rows):]):
+        orig = rows[k % len(rows)]
+        assert d["id"] != orig.id
+        for turn, (frm, value) in zip(d["conversations"], orig.conversations):
+            assert (turn["value"] == value) == (frm == "system")
+            if frm == "tool":
+                assert len(unwrap_tool(turn["value"])) == len(unwrap_tool(value))
+        calls = lambda t: [t.call(i).name for i in range(len(t.calls))]  # noqa: E731
+        assert calls(parse_trace(d)) == calls(parse_trace({"id": orig.id, "conversations": [{"from": f, "value": v} for f, v in orig.conversations]}))

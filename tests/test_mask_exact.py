@@ -123,3 +123,21 @@ def test_cached_pieces_equal_whole_text(masker, bits):
     enc = masker.tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
     assert ids.tolist() == enc.ids
     assert starts.tolist() == [o[0] for o in enc.offsets]
+
+
+def test_long_pieces_are_tokenized_in_chunks_exactly(masker, rows):
+    """A piece longer than CHUNK_CHARS (a huge tool output) is cut into chunks at pre-token
+    boundaries; ids and starts equal the whole text's, on real text."""
+    from streamproc.mask import CHUNK_CHARS
+
+    assert masker._chunked
+    text = "\n".join(v for r in rows for f, v in r.conversations if f in ("tool", "gpt"))
+    for special in masker._added:  # one piece: no added token inside
+        text = text.replace(special, "")
+    text = (text * (1 + 3 * CHUNK_CHARS // len(text)))[: 3 * CHUNK_CHARS]
+    assert len(masker._cuts(text)) >= 3
+    masker.clear_cache()
+    ids, starts = masker.encode(text)
+    enc = masker.tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
+    assert ids.tolist() == enc.ids
+    assert starts.tolist() == [o[0] for o in enc.offsets]

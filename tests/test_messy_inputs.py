@@ -276,7 +276,7 @@ def test_ray_runs_list_what_they_do_not_read_too(tree):
     from streamproc.cli.common import ray_inputs
     from streamproc.engine_ray import input_files
 
-    args = build_parser().parse_args(["stats", str(tree), "--engine", "ray"])
+    args = build_parser("stats").parse_args(["stats", str(tree), "--engine", "ray"])
     ray_inputs(args)
     assert [str(u) for u in args.unread] == unread_of([tree])
     assert sorted(f.key for f in input_files([tree])) == sorted(f for s in plan([tree]) for f in {p.path for p in s.parts})

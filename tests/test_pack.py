@@ -192,3 +192,115 @@ def test_packer_refuses_a_sequence_longer_than_a_row():
     packer = Packer(seq_len=4)
     with pytest.raises(ValueError, match="trace x: sequence of 5 tokens"):
         packer.add([Seq("x", np.arange(5, dtype=np.int32), np.arange(5, dtype=np.int32))])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 300), st.lists(st.integers(1, 300), max_size=400))
+def test_python_and_numba_kernels_place_alike(capacity, lengths):
+    """Small buffers pack in Python (no numba start-up), large ones compiled: the same code, the
+    same rows."""
+    from streamproc.pack import _kernels
+
+    lengths = np.minimum(np.asarray(lengths, np.int64), capacity)
+    got = []
+    for compiled in (False, True):
+        longest_first, place, by_row = _kernels(compiled)
+        order = longest_first(lengths, capacity)
+        got.append([a.tolist() for a in by_row(order, *place(lengths, order, capacity))])
+    assert got[0] == got[1]
+
+
+# ----------------------------------------------------------------------------- shared prefixes
+
+
+@dataclass
+class PSeq:
+    trace_id: str
+    input_ids: np.ndarray
+    labels: np.ndarray
+    prefix_len: int
+
+
+@st.composite
+def prefix_groups(draw):
+    """Sequences in groups that begin with the same prefix (a prefix of 0: no system turn), each
+    prefix + remainder <= seq_len, and a row_len of at least seq_len."""
+    seq_len = draw(st.integers(4, 80))
+    row_len = seq_len * draw(st.integers(1, 4)) + draw(st.integers(0, 5))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    seqs = []
+    for g in range(draw(st.integers(0, 5))):
+        p = draw(st.integers(0, seq_len - 1))
+        prefix = rng.integers(0, 1000, p).astype(np.int32) + g * 1000  # distinct per group
+        for n in draw(st.lists(st.integers(1, seq_len - p), max_size=25)):
+            rest = rng.integers(0, 1000, n).astype(np.int32)
+            ids = np.concatenate([prefix, rest])
+            labels = np.where(rng.random(len(ids)) < 0.5, ids, IGNORE).astype(np.int32)
+            labels[:p] = IGNORE
+            seqs.append(PSeq(f"t{len(seqs)}", ids, labels, p))
+    return seqs, seq_len, row_len
+
+
+@settings(max_examples=150, deadline=None)
+@given(prefix_groups())
+def test_prefix_packer_places_every_sequence_once_within_the_bounds(inst):
+    seqs, seq_len, row_len = inst
+    packer = Packer(seq_len, row_len=row_len, share_prefix=True)
+    packer.add(seqs)
+    p = packer.flush()
+    by_id = {s.trace_id: s for s in seqs}
+    assert sorted(p.trace_ids) == sorted(by_id)  # every sequence placed once
+    assert p.sequence_tokens() == sum(len(s.input_ids) for s in seqs)
+    for r in range(p.rows):
+        row = p.slice(r, r + 1)
+        pl = int(row.prefix_lens[0])
+        assert len(row.input_ids) == pl + row.seq_lens.sum() <= row_len
+        assert (row.labels[:pl] == IGNORE).all()
+        assert pl == 0 or len(row.seq_lens) >= 2  # a prefix with one remainder is written plain
+        pos = pl
+        for n, tid in zip(row.seq_lens, row.trace_ids):
+            s = by_id[tid]
+            assert pl + n <= seq_len
+            whole = np.concatenate([row.input_ids[:pl], row.input_ids[pos : pos + n]])
+            assert np.array_equal(whole, s.input_ids)
+            assert np.array_equal(np.concatenate([row.labels[:pl], row.labels[pos : pos + n]]), s.labels)
+            pos += n
+
+
+@settings(max_examples=150, deadline=None)
+@given(prefix_groups())
+def test_prefix_groups_pack_by_bfd_against_the_l2_bound(inst):
+    # Each group's rows (shared ones, plus its members a lone remainder left plain) are BFD over
+    # the remainders in rows of row_len - prefix: never below the L2 bound, never above BFD's.
+    seqs, seq_len, row_len = inst
+    packer = Packer(seq_len, row_len=row_len, share_prefix=True)
+    packer.add(seqs)
+    p = packer.flush()
+    plain_ids = {tid for r in range(p.rows) if p.prefix_lens[r] == 0 for tid in p.slice(r, r + 1).trace_ids}
+    groups: dict[bytes, list[PSeq]] = {}
+    for s in seqs:
+        if s.prefix_len:
+            groups.setdefault(s.input_ids[: s.prefix_len].tobytes(), []).append(s)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        pl = members[0].prefix_len
+        rest = [len(s.input_ids) - pl for s in members]
+        ids = {s.trace_id for s in members}
+        shared_rows = sum(1 for r in range(p.rows) if p.prefix_lens[r] and set(p.slice(r, r + 1).trace_ids) <= ids)
+        rows = shared_rows + len(ids & plain_ids)
+        assert rows == len(pack_lengths(rest, row_len - pl))
+        assert lower_bound_rows(np.array(rest, np.int64), row_len - pl) <= rows
+
+
+def test_shared_prefix_rows_write_fewer_tokens():
+    prefix = np.arange(50, dtype=np.int32)
+    seqs = [PSeq(f"t{k}", np.concatenate([prefix, np.full(10, k, np.int32)]), np.concatenate([np.full(50, IGNORE, np.int32), np.full(10, k, np.int32)]), 50) for k in range(8)]
+    packer = Packer(64, row_len=256, share_prefix=True)
+    packer.add(seqs)
+    p = packer.flush()
+    # 8 sequences of 60: (256 - 50) // 10 = 20 remainders fit a row, so one row of 50 + 80 tokens.
+    assert p.rows == 1 and len(p.input_ids) == 130 and p.prefix_lens.tolist() == [50]
+    plain = Packer(64, row_len=256)
+    plain.add(seqs)
+    assert len(plain.flush().input_ids) == 480

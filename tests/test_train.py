@@ -109,12 +109,12 @@ def tiny_model_dir(tmp_path_factory, models_dir) -> str:
 
 def test_tool_prompts_end_where_the_reference_turn_starts(tool_shards, tiny_model_dir, real_dir):
     from streamproc.evaluate import tool_prompts
-    from streamproc.mask import load_tokenizer
+    from transformers import AutoTokenizer
     from streamproc.parse import parse_trace
     from streamproc.shards import read_shards
     from streamproc.sources import iter_rows
 
-    tok = load_tokenizer(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     rows = read_shards(tool_shards, "train").to_pylist() + read_shards(tool_shards, "eval").to_pylist()
     prompts = list(tool_prompts(rows, tok))
     assert prompts
@@ -144,11 +144,11 @@ def test_first_tool_name_reads_real_kimi_turns(kimi_fragments):
 
 def test_tool_selection_decodes_every_prompt(tool_shards, tiny_model_dir):
     from streamproc.evaluate import tool_prompts, tool_selection
-    from streamproc.mask import load_tokenizer
+    from transformers import AutoTokenizer
     from streamproc.shards import read_shards
     from streamproc.train import load_model
 
-    tok = load_tokenizer(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     prompts = list(tool_prompts(read_shards(tool_shards, "eval").to_pylist(), tok))
     model = load_model(tiny_model_dir, init_random=True)
     sel = tool_selection(model, tok, prompts, max_new_tokens=4)

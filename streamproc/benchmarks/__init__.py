@@ -1,7 +1,7 @@
 """`streamproc bench`: each stage's throughput against the baseline it replaces, measured in the
 same run on the same data (the machine's noise hits both; the ratio is the figure to read).
 
-A section is a module `streamproc/benchmarks/<name>.py` with `run(ctx: Context) -> list[Result]`;
+A section is a module `streamproc/benchmarks/<name>.py` (`-` in a name is `_` in the module's) with `run(ctx: Context) -> list[Result]`;
 adding one means adding that module and its name to SECTIONS. Sections are imported only when
 run, so a section's heavy dependencies cost nothing to the others.
 """
@@ -22,8 +22,10 @@ SECTIONS = [
     "sources",
     "parse",
     "stats",
+    "filter",
     "mask",
     "pack",
+    "pack-job",
     "train",
 ]
 """Section names in the order `streamproc bench` runs them."""
@@ -82,7 +84,7 @@ def run(sections: Sequence[str], ctx: Context) -> list[Result]:
         raise ValueError(f"unknown section {', '.join(unknown)}; sections: {', '.join(SECTIONS)}")
     results: list[Result] = []
     for name in sections:
-        results.extend(importlib.import_module(f"{__name__}.{name}").run(ctx))
+        results.extend(importlib.import_module(f"{__name__}.{name.replace('-', '_')}").run(ctx))
     return results
 
 

@@ -2,7 +2,8 @@
 per-message recipe (target >= 3x) and against a bare `encode_batch` of the same rendered text
 (target >= 1x: the piece cache pays for rendering and masking).
 
-All three run in this process on the same rows, with the shipped Qwen2.5 tokenizer. Every rate
+All three run in this process on the same rows, with the shipped Qwen2.5 tokenizer (the recipe
+through transformers' tokenizer, as it is written; streamproc through its own loader). Every rate
 is the exact tokens of those rows (what `Masker` writes) over the contender's time, so ratios
 are time ratios. The bare encoder gets the rendered text for free; the masker starts each round
 with an empty cache.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..mask import Masker
+from ..mask import DEFAULT_TOKENIZER, Masker
 from ..records import Row
 from . import Context, Result, best_times
 from .guide import build_masked_example
@@ -24,7 +25,10 @@ OURS = "streamproc Masker.mask_many"
 
 def contenders(rows: Sequence[Row], masker: Masker) -> tuple[dict, int]:
     """The three timed functions over `rows`, and the exact token count of the rows."""
+    from transformers import AutoTokenizer
+
     tok = masker.tokenizer
+    hf = AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER)
     dicts = [[{"from": f, "value": v} for f, v in r.conversations] for r in rows]
     texts = [tok.apply_chat_template([m.as_dict() for m in masker.messages(r)], tokenize=False) for r in rows]
     backend = tok.backend_tokenizer
@@ -36,7 +40,7 @@ def contenders(rows: Sequence[Row], masker: Masker) -> tuple[dict, int]:
             pass
 
     return {
-        GUIDE: lambda: [build_masked_example(c, tok, max_length=1 << 30) for c in dicts],
+        GUIDE: lambda: [build_masked_example(c, hf, max_length=1 << 30) for c in dicts],
         BARE: lambda: backend.encode_batch(texts, add_special_tokens=False),
         OURS: ours,
     }, tokens

@@ -6,7 +6,10 @@ batch of 1,000 rows with a pure-Python segment tree. Speed: both pack the same s
 the real masked sequences of the input, packed by streamproc's buffer (everything at once when
 it holds fewer than 100,000), by TRL's 1,000-row batches, and not packed at all (one sequence a
 row, the guide's way), at seq-len 8192 and, split, at 32768. Scaling: the whole pack job with 1
-and 2 worker processes.
+and 2 worker processes. Sharing: the same masked sequences packed as today and with each row
+holding its system prompt once (`pack --share-prefix`), rows of seq-len and 4x seq-len, at
+seq-len 8192, 16384 and 32768: tokens written and model FLOPs (Qwen2.5-0.5B shape, attention
+counted over the positions the mask lets each token see) per trained token.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 from ..mask import Masker, MaskedSeq, MaskOptions
 from ..pack import IGNORE, Packer, pack_order
 from ..pack_job import PackOptions, cached_tokenizer, pack_to_dir
+from ..records import RowError
 from ..sources import plan
 from . import Context, Result, best_times
 
@@ -72,7 +76,7 @@ def speed(ctx: Context) -> list[Result]:
     n = 5_000 if ctx.quick else 20_000
     seqs = sequences(lengths(n))
     table = trl_table(seqs)
-    streamproc_pack(seqs[:10])  # numba compiles (or loads its cache) once, outside the timing
+    streamproc_pack(seqs)  # numba (from COMPILED_FROM sequences) compiles or loads its cache once, outside the timing
     t = best_times({"streamproc": lambda: streamproc_pack(seqs), "trl": lambda: trl_pack(table)}, 1 if ctx.quick else 3)
     data = f"{n:,} lognormal sequences, seq-len {SEQ_LEN}"
     ours, trl = n / t["streamproc"], n / t["trl"]
@@ -164,6 +168,58 @@ def _cpu() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+SHARING_SEQ_LENS = (8192, 16384, 32768)
+QWEN05 = dict(vocab=151936, hidden=896, intermediate=4864, layers=24, kv=128)
+"""Qwen2.5-0.5B's shape (kv: key/value width, 2 heads of 64)."""
+
+
+def model_flops(p, trained: int, shape: dict = QWEN05) -> float:
+    """Training FLOPs (3x the forward) of packed rows: 6 per body weight per token written, 6 per
+    head weight per trained token (logits only where a token trains), and 12·layers·hidden per
+    (token, visible position) pair, counted under the real mask: a sequence of n sees n(n+1)/2
+    pairs; a remainder of r after a prefix of P, r·P + r(r+1)/2."""
+    h, kv = shape["hidden"], shape["kv"]
+    per_layer = 2 * (h * h + h) + 2 * (h * kv + kv) + 3 * h * shape["intermediate"] + 2 * h - h  # q,o (+q bias), k,v, mlp, norms
+    body = shape["layers"] * per_layer + h
+    lens = p.seq_lens.astype(np.float64)
+    prefix = np.repeat(p.prefix_lens.astype(np.float64), np.diff(p.seq_bounds))  # each sequence's row prefix
+    rows_prefix = p.prefix_lens.astype(np.float64)
+    pairs = (lens * prefix + lens * (lens + 1) / 2).sum() + (rows_prefix * (rows_prefix + 1) / 2).sum()
+    return 6 * body * len(p.input_ids) + 6 * shape["vocab"] * h * trained + 12 * shape["layers"] * h * pairs
+
+
+def sharing(ctx: Context) -> list[Result]:
+    out = []
+    tok = cached_tokenizer(PackOptions().tokenizer)
+    for seq_len in SHARING_SEQ_LENS[:1] if ctx.quick else SHARING_SEQ_LENS:
+        masker = Masker(tok, MaskOptions(max_len=seq_len, overflow="split"))
+        seqs = [s for _, res in masker.mask_many(ctx.rows()) if not isinstance(res, RowError) for s in res.seqs]
+        trained = sum(int(np.count_nonzero(s.labels != IGNORE)) for s in seqs)
+        if not trained:
+            continue
+        prompts = len({s.input_ids[: s.prefix_len].tobytes() for s in seqs if s.prefix_len})
+        data = f"{len(seqs):,} masked sequences of {ctx.label} ({prompts} system prompts), seq-len {seq_len}"
+        for row_len in (seq_len, 4 * seq_len):
+            got = {}
+            for share in (False, True):
+                packer = Packer(seq_len, len(seqs), row_len, share)
+                packer.add(seqs)
+                packed = packer.flush()
+                got[share] = (len(packed.input_ids) / trained, packed.rows, model_flops(packed, trained) / trained)
+            (t0, r0, f0), (t1, r1, f1) = got[False], got[True]
+            name = f"row-len {row_len // 1024}k, seq-len {seq_len // 1024}k"
+            goal = "<= 6.5" if (seq_len, row_len) == (8192, 32768) else ""
+            out += [
+                Result("pack", f"tokens per trained token, standard, {name}", t0, "x", data, note=f"{r0:,} rows"),
+                Result("pack", f"tokens per trained token, shared prefix, {name}", t1, "x", data,
+                       f"tokens per trained token, standard, {name}", t0 / t1, goal, f"{r1:,} rows; ratio: times fewer"),
+                Result("pack", f"model GFLOP per trained token, standard, {name}", f0 / 1e9, "GFLOP", data, note="Qwen2.5-0.5B shape"),
+                Result("pack", f"model GFLOP per trained token, shared prefix, {name}", f1 / 1e9, "GFLOP", data,
+                       f"model GFLOP per trained token, standard, {name}", f0 / f1, note="Qwen2.5-0.5B shape; ratio: times fewer"),
+            ]
+    return out
+
+
 def run(ctx: Context) -> list[Result]:
     # 32768: with the system prompt in every window, longer rows are what packs agent traces tight.
-    return [*speed(ctx), *tightness(ctx, "split"), *tightness(ctx, "split", 4 * SEQ_LEN), *tightness(ctx, "truncate"), *scaling(ctx)]
+    return [*speed(ctx), *tightness(ctx, "split"), *tightness(ctx, "split", 4 * SEQ_LEN), *tightness(ctx, "truncate"), *sharing(ctx), *scaling(ctx)]

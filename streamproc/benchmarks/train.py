@@ -164,6 +164,48 @@ def compare(shards: str, *, shape: str, rows_per_step: int, steps: int, attn: st
     return measure(m, packed, padding_free=True), measure(m, padded, padding_free=False), m
 
 
+def head_where_trained(shards: str, shape: str, steps: int) -> tuple[float, float, float, int, int]:
+    """Seconds per training step (forward + backward) on the same packed rows with the LM head at
+    every position and only where a token trains (`train.packed_loss`, the trainer's path); and
+    the logits a step holds: (full s, trained-only s, trained share, full logits, kept logits)."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from ..train import PackedCollator, packed_loss
+
+    rows = batches(shards, 1, steps + 1)[0]
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_config(Qwen2Config(**SHAPES[shape]), attn_implementation=attention_implementation()).train()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    m.to(device)
+    collated = [{k: v.to(device) for k, v in PackedCollator()(b).items()} for b in rows]
+
+    def full(batch):
+        logits = m(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        return F.cross_entropy(logits.float(), batch["shift_labels"][0], ignore_index=-100)
+
+    def kept(batch):
+        return packed_loss(m, batch)[0]
+
+    times = {}
+    for name, loss in (("full", full), ("kept", kept)):
+        loss(collated[0]).backward()  # warm-up
+        m.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for b in collated[1:]:
+            loss(b).backward()
+            m.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times[name] = (time.perf_counter() - start) / steps
+    positions = sum(b["input_ids"].numel() for b in collated[1:])
+    trained = sum(int((b["shift_labels"] != -100).sum()) for b in collated[1:])
+    return times["full"], times["kept"], trained / positions, positions // steps, trained // steps
+
+
 def run(ctx: Context) -> list[Result]:
     import torch
 
@@ -175,12 +217,19 @@ def run(ctx: Context) -> list[Result]:
     with tempfile.TemporaryDirectory() as tmp:
         pack_to_dir(ctx.shards, tmp, PackOptions(seq_len=SEQ_LEN), workers=ctx.workers)
         p, q, m = compare(tmp, shape=shape, rows_per_step=rows_per_step, steps=steps)
+        t_full, t_kept, share, positions, trained = head_where_trained(tmp, shape, 2)
     peak = peak_flops()
     setup = f"{shape} shape, {m.config._attn_implementation}, seq-len {SEQ_LEN}, {rows_per_step} row(s)/step, {p.steps} steps"
     data = f"{ctx.label}, {'GPU ' + torch.cuda.get_device_name() if gpu else 'CPU'}"
     results = [
         Result("train", "packed rows", p.tokens_per_second, "tokens/s", data, "padded batches", p.tokens_per_second / q.tokens_per_second, TARGET, setup),
         Result("train", "padded batches", q.tokens_per_second, "tokens/s", data, note=f"{1 - q.tokens / q.computed:.0%} of positions are padding"),
+    ]
+    vocab = SHAPES[shape]["vocab_size"]
+    results += [
+        Result("train", "step, LM head at every position", 1 / t_full, "steps/s", data, note=f"{positions * vocab * 4 / 2**30:.1f} GiB of fp32 logits"),
+        Result("train", "step, LM head only where a token trains", 1 / t_kept, "steps/s", data, "step, LM head at every position", t_full / t_kept,
+               note=f"{share:.0%} of positions train: {trained * vocab * 4 / 2**30:.2f} GiB of fp32 logits; same loss (tests/test_shared_prefix.py)"),
     ]
     if peak:
         for t in (p, q):

@@ -13,21 +13,49 @@ from .. import __version__
 from .._compiled import parser_build
 from .manners import command_error, quiet_progress
 
-# Command modules in the order `--help` lists them. Each defines add(subparsers), which
-# registers its parser with set_defaults(func=...); func(args) returns an exit code.
-COMMANDS = ["run", "parse", "synth", "stats", "report", "ls", "show", "replay", "pack", "export", "train", "bench"]
+# Commands in the order `--help` lists them, with the line it shows. Each module
+# streamproc.cli.<name> defines add(subparsers), which registers its parser with
+# set_defaults(func=...); func(args) returns an exit code. Only the chosen command's module is
+# imported: start-up, --version and --help stay free of numpy, numba, matplotlib and the rest.
+COMMANDS = {
+    "run": "the whole job: parse, stats report and packed shards (default: the built-in sample)",
+    "parse": "parse traces into one structured record per trace (JSONL or Parquet)",
+    "synth": "write seeded synthetic traces in the dataset's layout (Parquet, or JSONL .gz/.zst), any size",
+    "stats": "agent-behaviour metrics: tools, parallel calls, failures, reasoning length, data quality, per source",
+    "features": "one row of quality features per trace (calls, failures, schema problems, lengths) as Parquet, for SQL or dataframes",
+    "filter": "keep the traces worth training on: SQL conditions over per-trace features, presets, de-duplication",
+    "report": "one self-contained HTML page: summary, plots and a browser of every trace",
+    "ls": "list traces, filtered by source, category, tool, failure or text, with ids for show/replay",
+    "show": "print one trace, readable: task, turns, reasoning, tool calls and results",
+    "replay": "step through one trace an assistant turn at a time (n, p, number, q)",
+    "pack": "tokenize, mask and pack traces into Arrow shards for training (with manifest.json)",
+    "export": "write normalized chat messages or prompt/completion pairs (JSONL or Parquet)",
+    "train": "fine-tune a causal LM on packed shards (padding-free, no attention across packed sequences)",
+    "bench": "measure each stage against the baseline it replaces, same run, same data",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with `command`'s options loaded; the other commands are listed by name only."""
     p = argparse.ArgumentParser(
         prog="streamproc",
         description="Streaming processor for agent reasoning-trace datasets (ShareGPT with <think>/<tool_call>).",
     )
     p.add_argument("--version", action="version", version=f"streamproc {__version__} (parser: {parser_build()})")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        importlib.import_module(f"streamproc.cli.{name}").add(sub)
+    for name, line in COMMANDS.items():
+        if name == command:
+            importlib.import_module(f"streamproc.cli.{name}").add(sub)
+        else:
+            sub.add_parser(name, help=line)
     return p
+
+
+def chosen_command(argv: list[str]) -> str | None:
+    """The command named on the line: the first word that is not an option (the top-level
+    options, -h and --version, take no value)."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in COMMANDS else None
 
 
 class Terminated(KeyboardInterrupt):
@@ -45,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     name = "streamproc"
     try:
         argv = sys.argv[1:] if argv is None else argv
-        parser = build_parser()
-        early = command_error(parser, argv, COMMANDS)
+        parser = build_parser(chosen_command(argv))
+        early = command_error(parser, argv, list(COMMANDS))
         if early is not None:
             return early
         args = parser.parse_args(argv)
@@ -62,22 +90,32 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, name: str) -> int:
+    try:
+        with quiet_progress(getattr(args, "quiet", False)):
+            return int(args.func(args) or 0)
+    except BrokenPipeError:  # `| head` has read what it wanted: not an error, and nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that a user's input or options cause: one line, exit 2. Imported once one is
+    raised, so that a command does not load the modules of the others."""
     from ..chat import TemplateError
+    from ..curate import ConditionError
     from ..engine_ray import RayUnavailable
     from ..fileio import OutputError
     from ..pack_job import PackError
     from ..records import RowError
     from ..sources import SourceError
+    from ..tokenizer import TokenizerError
 
-    try:
-        with quiet_progress(getattr(args, "quiet", False)):
-            return int(args.func(args) or 0)
-    except (SourceError, RowError, RayUnavailable, PackError, TemplateError, OutputError) as e:
-        print(f"{name}: error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # `| head` has read what it wanted: not an error, and nothing more to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    return (SourceError, RowError, RayUnavailable, PackError, TemplateError, TokenizerError, ConditionError, OutputError)
 
 
 if __name__ == "__main__":

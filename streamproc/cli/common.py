@@ -15,7 +15,8 @@ from ..sources import HUB_DATASET, ON_ERROR, SourceError, Split, plan, scan
 from .argtypes import positive_int
 
 
-def add_input_args(p: argparse.ArgumentParser, *, workers: bool = True) -> None:
+def add_input_args(p: argparse.ArgumentParser, *, workers: bool = True, view: bool = False) -> None:
+    """The input options; with `view`, also --where/--preset/--dedup, applied by shards_from."""
     # A group of its own: --help lists it after the command's own options.
     g = p.add_argument_group("input options")
     g.add_argument(
@@ -32,6 +33,8 @@ def add_input_args(p: argparse.ArgumentParser, *, workers: bool = True) -> None:
     if workers:
         g.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, metavar="N", help="worker processes (default: all cores, %(default)s here)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no count line (errors are still printed)")
+    if view:
+        add_curate_args(p, view=True)
 
 
 def rows_file(path: str) -> str:
@@ -48,6 +51,27 @@ def rows_output(path: str) -> str:
     return path if path == "-" else rows_file(path)
 
 
+def add_curate_args(p: argparse.ArgumentParser, *, view: bool = False) -> None:
+    from ..curate import DEDUP_MODES, PRESET_HELP, PRESETS
+
+    g = p.add_argument_group("curation" + (" (read only the rows kept, as `streamproc filter` would)" if view else ""))
+    g.add_argument("--where", metavar="SQL", help='a SQL condition over the per-trace features, e.g. "failed_responses = 0 AND tool_calls > 2"')
+    g.add_argument("--preset", choices=PRESETS, help="; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()))
+    g.add_argument("--dedup", choices=DEDUP_MODES, help="exact: same conversation text (whitespace normalized); near: MinHash LSH over user and assistant text; the first occurrence is kept")
+    g.add_argument("--threshold", type=float, default=0.8, metavar="J", help="--dedup near: Jaccard similarity that counts as a duplicate (default %(default)s)")
+    p.set_defaults(view=view)
+
+
+def curator_from(args: argparse.Namespace, tokens: bool = False) -> "Curator | None":
+    """The Curator of --where/--preset/--dedup (checked before any data is read), or None when none is given."""
+    from ..curate import Curator, conditions_of
+
+    conditions = conditions_of(args.where, args.preset)
+    if not conditions and not args.dedup:
+        return None
+    return Curator(conditions, args.dedup, args.threshold, tokens=tokens)
+
+
 def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--engine", choices=("local", "ray"), default="local",
@@ -58,6 +82,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 def ray_inputs(args: argparse.Namespace) -> dict:
     """The input options as keyword arguments of the Ray engine's stage functions."""
+    if getattr(args, "where", None) or getattr(args, "preset", None) or getattr(args, "dedup", None):
+        raise SourceError("--where/--preset/--dedup run on --engine local; with Ray, filter first (streamproc filter) and pass its output")
     if args.dataset:
         raise SourceError("--engine ray reads files or URIs; download the dataset's Parquet files and pass them as INPUT")
     args.unread = scan([i for i in args.inputs if "://" not in i])[1]  # for finish's count line
@@ -65,10 +91,21 @@ def ray_inputs(args: argparse.Namespace) -> dict:
 
 
 def shards_from(args: argparse.Namespace) -> list[Split]:
+    """The planned shards; with --where/--preset/--dedup on a command that takes them, the rows
+    those remove are marked to be skipped (a first pass over the data decides which)."""
+    curator = curator_from(args) if getattr(args, "view", False) else None  # a bad condition fails before any read
     shards = plan(
         args.inputs, dataset=args.dataset, configs=args.config, split=args.split, source=args.source, limit=args.limit
     )
     args.unread = shards.unread  # for finish's count line
+    if curator is None:
+        return shards
+    from ..curate import view
+
+    shards = view(shards, curator, args.workers, args.on_error)
+    doc = curator.acct.to_json()
+    by = ", ".join(f"{k} {v:,}" for k, v in doc["removed_by"].items() if v) or "none"
+    say(args, f"filtered view: {doc['kept']:,} of {doc['read']:,} rows kept (removed by {by}; {doc['rejected']:,} rejected)")
     return shards
 
 

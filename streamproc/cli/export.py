@@ -29,7 +29,7 @@ def add(sub) -> None:
         help="keep (default): tool role, text as in the data; unwrap: one tool message per response without <tool_response> tags (for Qwen-style templates); user: user role with --tool-prefix",
     )
     p.add_argument("--tool-prefix", default=TOOL_FALLBACK, help="prefix of tool turns written as user messages (default %(default)r)")
-    add_input_args(p)
+    add_input_args(p, view=True)
     p.set_defaults(func=run)
 
 

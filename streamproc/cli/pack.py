@@ -2,11 +2,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ..chat import TemplateError
 from ..mask import DEFAULT_TOKENIZER_NAME, OVERFLOWS, MaskOptions
-from ..pack_job import PackOptions, PackResult, pack_to_dir
-from .. import engine_ray
-from ..fileio import check_output_dir
 from .argtypes import fraction, positive_int
 from .common import add_engine_args, add_input_args, check_rejects, finish, ray_inputs, say, shards_from
 from .manners import RAW
@@ -16,6 +15,10 @@ EXAMPLES = """examples:
   streamproc pack data/ -o packed/ --seq-len 4096 --eval-fraction 0.05
   streamproc pack data/ -o packed/ --tokenizer Qwen/Qwen3-8B --no-reasoning-loss
 """
+
+
+if TYPE_CHECKING:  # imported where used: `pack --help` needs neither numba nor the engines
+    from ..pack_job import PackOptions, PackResult
 
 
 def add(sub) -> None:
@@ -28,7 +31,7 @@ def add(sub) -> None:
     )
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
     add_pack_args(p)
-    add_input_args(p)
+    add_input_args(p, view=True)
     add_engine_args(p)
     p.set_defaults(func=run)
 
@@ -37,6 +40,8 @@ def add_pack_args(p) -> None:
     """Tokenizer, masking and packing options (shared with `streamproc run`)."""
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER_NAME, metavar="NAME_OR_DIR", help="Hub id or local directory (default: %(default)s, shipped, works offline)")
     p.add_argument("--seq-len", type=positive_int, default=8192, metavar="N", help="tokens per packed row (default %(default)s)")
+    p.add_argument("--row-len", type=positive_int, metavar="N", help="tokens per packed row, at least --seq-len (default: --seq-len); with --share-prefix, longer rows share a prompt among more sequences")
+    p.add_argument("--share-prefix", action="store_true", help="each row holds its system prompt once, followed by the rest of every sequence that begins with it (docs/shared-prefix.md)")
     p.add_argument("--overflow", choices=OVERFLOWS, default="split", help="a conversation longer than --seq-len: split into windows of whole steps (default), truncate, or drop")
     p.add_argument("--last-turn-only", action="store_true", help="train on the last assistant turn only")
     p.add_argument("--no-reasoning-loss", action="store_true", help="no loss on <think> blocks")
@@ -50,9 +55,16 @@ def add_pack_args(p) -> None:
 
 
 def pack_options(args) -> PackOptions:
+    from ..pack_job import PackError, PackOptions
+
+    if args.row_len is not None and args.row_len < args.seq_len:
+        raise PackError(f"--row-len {args.row_len} is below --seq-len {args.seq_len}: a row must hold any sequence")
     template = args.chat_template
     if template not in ("auto", "chatml"):
-        template = Path(template).read_text(encoding="utf-8")
+        try:
+            template = Path(template).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise TemplateError(f"--chat-template {template}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     mask = MaskOptions(
         scope="last" if args.last_turn_only else "all",
         train_reasoning=not args.no_reasoning_loss,
@@ -68,10 +80,16 @@ def pack_options(args) -> PackOptions:
         shard_rows=args.shard_rows,
         eval_fraction=args.eval_fraction,
         add_tokens=tuple(t for t in args.add_tokens.split(",") if t),
+        row_len=args.row_len,
+        share_prefix=args.share_prefix,
     )
 
 
 def run(args) -> int:
+    from .. import engine_ray
+    from ..fileio import check_output_dir
+    from ..pack_job import pack_to_dir
+
     check_output_dir(args.output)
     check_rejects(args)
     if args.engine == "ray":
@@ -81,20 +99,38 @@ def run(args) -> int:
     finish(args, res.tally, str(Path(args.output) / "rejects.jsonl"))
     print_counts(res)
     say(args, f"wrote {args.output}")
-    return 0
+    return no_training_data(res)
+
+
+def no_training_data(res: PackResult) -> int:
+    """1, saying why and what would fit, when the run wrote no training data; else 0."""
+    if not res.nothing_written:
+        return 0
+    print(f"streamproc: error: {res.nothing_written}", file=sys.stderr)
+    return 1
 
 
 def print_counts(res: PackResult) -> None:
     seq_len = res.manifest["seq_len"]
+    row_len = res.manifest.get("row_len", seq_len)
     for split, c in res.manifest["counts"].items():
         if not isinstance(c, dict) or not (c["traces"] or c["dropped"]):
             continue
         line = f"{split}: {c['traces']:,} traces -> {c['sequences']:,} sequences, {c['tokens']:,} tokens ({c['trainable']:,} trained)"
         if c["rows"]:
-            line += f" in {c['rows']:,} rows of {seq_len}, packing efficiency {c['packing_efficiency']:.2%}"
+            line += f" in {c['rows']:,} rows of {row_len}, packing efficiency {c['packing_efficiency']:.2%}"
+        if c.get("tokens_per_trained_token"):
+            line += f"; {c['tokens_per_trained_token']:.1f} tokens written per trained token"
+        if res.manifest.get("share_prefix"):
+            saved = c.get("prefix_tokens_saved", 0)
+            whole = c.get("sequence_tokens") or 1
+            line += f"; sharing system prompts saved {saved:,} tokens ({saved / whole:.0%} of {whole:,})"
+        elif c.get("system_prompt_tokens") and c["tokens"]:
+            share = c["system_prompt_tokens"] / c["tokens"]
+            line += f"; {share:.0%} of the tokens are system prompts repeated per sequence (--share-prefix writes each once per row)"
         if c["dropped"] or c["tokens_cut"]:
             line += f"; {c['dropped']:,} traces dropped and {c['tokens_cut']:,} tokens cut to fit {seq_len} (--overflow)"
         print(line, file=sys.stderr)
-        cut = c["tokens_cut"] / max(c["tokens"] + c["tokens_cut"], 1)
+        cut = c["tokens_cut"] / max(c.get("sequence_tokens", c["tokens"]) + c["tokens_cut"], 1)
         if cut > 0.05:  # most often: a system prompt that leaves a window little room for a step
             print(f"  note: {cut:.0%} of the {split} text was cut; a larger --seq-len keeps more of it", file=sys.stderr)

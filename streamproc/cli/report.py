@@ -24,7 +24,7 @@ def add(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="FILE.html", help="the page to write")
     p.add_argument("--title", default="streamproc report", help="the page's title (default: %(default)s)")
     p.add_argument("--top", type=positive_int, default=10, metavar="N", help="tools listed in the summary (default %(default)s)")
-    add_input_args(p)
+    add_input_args(p, view=True)
     p.set_defaults(func=run)
 
 

@@ -18,7 +18,7 @@ from ..stats_job import StatsJob
 from ..terminal import print_tables
 from .common import add_input_args, check_rejects, finish, shards_from
 from .manners import RAW
-from .pack import add_pack_args, pack_options, print_counts
+from .pack import add_pack_args, no_training_data, pack_options, print_counts
 
 EXAMPLES = """examples:
   streamproc run                              the built-in sample into ./out
@@ -35,7 +35,7 @@ def add(sub) -> None:
     )
     p.add_argument("-o", "--output", default="out", metavar="DIR", help="output directory (default: ./out)")
     add_pack_args(p)
-    add_input_args(p)
+    add_input_args(p, view=True)
     p.set_defaults(func=run)
 
 
@@ -65,4 +65,4 @@ def run(args) -> int:
     write_report(stats_, out / "report", stally, 10, browser, packed=out / "packed")
     print_tables(stats_, top=10)
     print(f"[3/3] stats report: {out / 'report'}/index.html (summary.md, stats.json, plots)", file=sys.stderr)
-    return 0
+    return no_training_data(packed)

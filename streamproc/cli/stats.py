@@ -35,7 +35,7 @@ def add(sub) -> None:
     )
     p.add_argument("--no-browser", action="store_true", help="--report without index.html (its trace browser)")
     p.add_argument("--top", type=positive_int, default=10, metavar="N", help="tools listed in the summary (default %(default)s)")
-    add_input_args(p)
+    add_input_args(p, view=True)
     add_engine_args(p)
     p.set_defaults(func=run)
 
@@ -61,6 +61,9 @@ def run(args) -> int:
         write_report(stats, args.report, tally, args.top, browser)
         say(args, f"wrote {args.report}/ (summary.md, stats.json, plots{'' if browser is None else ', index.html'})")
     # Rejects go beside a file output; with none (tables, or JSON on stdout) only where --rejects says.
-    beside = args.json if args.json and not to_stdout(args.json) else str(Path(args.report) / "stats") if args.report else None
+    if args.json and not to_stdout(args.json):
+        beside = args.json
+    else:
+        beside = str(Path(args.report) / "stats") if args.report else None
     finish(args, tally, f"{beside}.rejects.jsonl" if beside else None)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ..shards import ShardFormatError
 from ..train import ShardMismatch, TrainConfig, train
 from .manners import RAW
 
@@ -51,7 +52,7 @@ def run(args) -> int:
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     try:
         metrics = train(cfg)
-    except (ShardMismatch, FileNotFoundError) as e:
+    except (ShardMismatch, ShardFormatError, FileNotFoundError) as e:
         print(f"streamproc train: error: {e}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) != 0:

@@ -1,0 +1,81 @@
+"""Filter throughput against the stats pass on the same input (the filter parses like stats, then
+computes features, evaluates SQL and writes the kept rows: it should cost about the same), and
+near-dedup: time, the dedup index's memory per million rows and the pass's peak traced memory.
+
+One process, one worker, so the figures compare per-core work; the time of each pass includes
+reading the input (and for the filter, writing its output). Rates are rows per CPU second of this
+process (every pass runs in it), so load from other programs on the machine does not skew the
+ratios; wall-clock rates are in the notes.
+"""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+from ..curate import PRESETS, CurateSpec, Curator, curate_shards, filter_to_file
+from ..metrics import collect
+from . import Context, Result
+
+STATS = "stats pass (parse + aggregate)"
+
+
+def run(ctx: Context) -> list[Result]:
+    shards = ctx.shards
+    out = Path(tempfile.mkdtemp(prefix="streamproc-bench-filter-"))
+    docs: dict[str, dict] = {}
+
+    def filtering(name: str, **curator) -> None:
+        c = Curator(**curator)  # compiling the conditions imports DuckDB (once per process): not timed below
+        docs[name], _ = filter_to_file(shards, str(out / f"{len(docs)}.parquet"), c)
+        docs[name]["index_bytes"] = c.index_bytes()
+
+    Curator(PRESETS["clean"])
+    def features_only() -> None:
+        for _ in curate_shards(shards, Curator(PRESETS["clean"]), CurateSpec()):
+            pass
+
+    contenders = {
+        STATS: lambda: collect(shards, 1),
+        "features + --preset clean, no output (the view's first pass)": features_only,
+        "filter --preset clean": lambda: filtering("clean", conditions=PRESETS["clean"]),
+        "filter --preset clean --dedup exact": lambda: filtering("exact", conditions=PRESETS["clean"], dedup="exact"),
+        "filter --dedup near": lambda: filtering("near", dedup="near"),
+    }
+    cpu: dict[str, float] = {}
+    wall: dict[str, float] = {}
+    for name, fn in contenders.items():
+        gc.collect()
+        c, w = time.process_time(), time.perf_counter()
+        fn()
+        cpu[name], wall[name] = time.process_time() - c, time.perf_counter() - w
+    rows = docs["clean"]["read"]
+    data = f"{ctx.label}: {rows:,} rows in {len(shards)} shards, 1 worker"
+    unit = "rows/CPU s"
+
+    def note(name: str) -> str:
+        return f"wall: {rows / wall[name]:,.0f} rows/s"
+
+    results = [Result("filter", STATS, rows / cpu[STATS], unit, data, note=note(STATS))]
+    for name in list(contenders)[1:]:
+        results.append(Result("filter", name, rows / cpu[name], unit, data, STATS, cpu[STATS] / cpu[name], "~1", note=note(name)))
+
+    near = docs["near"]
+    per_row = near["index_bytes"] / max(near["kept"], 1)
+    results.append(Result("filter", "near-dedup index", per_row * 1e6 / 2**30, "GiB per million rows", data,
+                          note=f"{near['index_bytes'] / 2**20:,.1f} MiB for {near['kept']:,} kept rows; {near['removed']:,} removed as near-duplicates"))
+    exact = docs["exact"]
+    results.append(Result("filter", "exact-dedup index", exact["index_bytes"] / max(exact["kept"], 1) * 1e6 / 2**20, "MiB per million rows", data))
+
+    tracemalloc.start()
+    try:
+        filtering("traced", dedup="near")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    results.append(Result("filter", "filter --dedup near: peak traced memory", peak / 2**20, "MiB", data,
+                          note="Python allocations of the whole pass (reading, parsing, index)"))
+    return results

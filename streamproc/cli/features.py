@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import sys
+
+from ..curate import features_to_file
+from .common import add_input_args, finish, shards_from
+from .manners import RAW
+
+EXAMPLES = """examples:
+  streamproc features -o features.parquet                      the built-in sample
+  streamproc features data/ -o features.parquet --tokenizer    with token counts (shipped Qwen2.5 tokenizer)
+  duckdb -c "SELECT source, avg(failed_responses) FROM 'features.parquet' GROUP BY 1"
+"""
+
+
+def add(sub) -> None:
+    p = sub.add_parser(
+        "features",
+        help="one row of quality features per trace (calls, failures, schema problems, lengths) as Parquet, for SQL or dataframes",
+        description="Write one row per trace with the quality features `filter --where` reads: calls, parallel "
+        "width, failed responses by class, unrecovered failures, schema problems, reasoning and answer lengths. "
+        "Every column is defined in docs/curate.md.",
+        epilog=EXAMPLES, formatter_class=RAW,
+    )
+    add_input_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.parquet, or OUT.jsonl")
+    p.add_argument(
+        "--tokenizer", metavar="TOK", nargs="?", const="default",
+        help="add tokens, trained_tokens and system_prompt_tokens (alone: the shipped Qwen2.5 tokenizer)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    n, tally = features_to_file(shards_from(args), args.output, tokenizer=args.tokenizer, workers=args.workers, on_error=args.on_error)
+    finish(args, tally, f"{args.output}.rejects.jsonl")
+    print(f"wrote {args.output} ({n:,} traces)", file=sys.stderr)
+    return 0

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import sys
+
+import orjson
+
+from ..curate import filter_to_file
+from ..fileio import write_json
+from .common import add_curate_args, add_input_args, curator_from, finish, shards_from
+from .manners import RAW
+
+EXAMPLES = """examples:
+  streamproc filter data/ --preset clean -o clean.parquet
+  streamproc filter data/ --where "failed_responses = 0 AND tool_calls >= 3" --dedup near -o kept.jsonl.zst
+  streamproc filter data/ --preset strict --removed removed.jsonl -o strict.parquet
+"""
+
+
+def add(sub) -> None:
+    p = sub.add_parser(
+        "filter",
+        help="keep the traces worth training on: SQL conditions over per-trace features, presets, de-duplication",
+        description="Write the rows that meet the conditions, unchanged and in input order, and an accounting "
+        "summary (OUT.summary.json). Columns for --where: `streamproc features`, or docs/curate.md.",
+        epilog=EXAMPLES, formatter_class=RAW,
+    )
+    add_input_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.parquet, OUT.jsonl or OUT.jsonl.zst")
+    add_curate_args(p)
+    p.add_argument("--removed", metavar="FILE", help="also write each removed row, with a removed_reason column (.jsonl, .jsonl.zst or .parquet)")
+    p.add_argument(
+        "--tokenizer", metavar="TOK", nargs="?", const="default",
+        help="add tokens, trained_tokens and system_prompt_tokens to the columns --where can use (alone: the shipped Qwen2.5 tokenizer)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    curator = curator_from(args, tokens=bool(args.tokenizer))
+    if curator is None:
+        print("streamproc filter: error: give --where, --preset or --dedup", file=sys.stderr)
+        return 2
+    doc, tally = filter_to_file(
+        shards_from(args), args.output, curator, workers=args.workers, on_error=args.on_error,
+        removed=args.removed, tokenizer=args.tokenizer,
+    )
+    summary = f"{args.output}.summary.json"
+    write_json(summary, doc)
+    print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    finish(args, tally, f"{args.output}.rejects.jsonl")
+    print(f"wrote {args.output} ({doc['kept']:,} of {doc['read']:,} rows) and {summary}", file=sys.stderr)
+    return 0

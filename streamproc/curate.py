@@ -1,0 +1,772 @@
+"""Curation: per-trace quality features, SQL conditions over them, and de-duplication.
+
+The core is pure: `features(trace)` turns one parsed trace into a flat record (the same parser,
+outcome classifier and schema checks as `stats`), `dedup_key(trace, mode)` gives what de-duplication
+compares, and a `Curator` holds the compiled conditions and the dedup index and decides, row by
+row in input order, whether a row is kept or why it is removed. Conditions are SQL evaluated by
+DuckDB over Arrow batches of features (chosen over Polars SQL by measurement, docs/curate.md).
+
+`curate_shards` is the one function that wires this onto the shard workers; everything else
+(the `filter` and `features` commands, the `--where/--preset/--dedup` view of the other
+commands) goes through it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import operator
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from .outcomes import ERROR_CLASSES, MISSING_ARGUMENT, UNKNOWN_ARGUMENT, UNKNOWN_TOOL, check_call, classify, parse_tools
+from .parse import parse_trace
+from .records import BadRow, Row, RowError, Trace
+from .records import Tally
+from .runner import map_ordered
+from .sources import Shard, good_rows
+
+# ----------------------------------------------------------------------------- features
+
+_I, _B, _S = pa.int64(), pa.bool_(), pa.string()
+
+FEATURES: tuple[tuple[str, pa.DataType, str], ...] = (
+    ("id", _S, "the row's id"),
+    ("source", _S, "the row's source (the file name when the input has no `source` column)"),
+    ("category", _S, "the row's category"),
+    ("subcategory", _S, "the row's subcategory"),
+    ("messages", _I, "entries in `conversations` (system, user, assistant and tool turns)"),
+    ("assistant_turns", _I, "assistant (`gpt`) turns"),
+    ("tool_calls", _I, "`<tool_call>` blocks in assistant turns, well-formed or not"),
+    ("tool_responses", _I, "`<tool_response>` blocks in tool turns"),
+    ("distinct_tools", _I, "different tool names among the calls (a call with no readable name counts for none)"),
+    ("max_parallel_calls", _I, "the most calls in one assistant turn (0 when no call)"),
+    ("failed_responses", _I, "tool responses the outcome classifier marks as failed (any class)"),
+    *((f"failed_{c}", _I, f"failed responses of class `{c}` (see the README's failure classes)") for c in ERROR_CLASSES),
+    (
+        "unrecovered_failures", _I,
+        "failed responses after which no later response in the trace from the same tool succeeds "
+        "(the tool is the paired call's name, else the response's own name)",
+    ),
+    ("malformed_calls", _I, "calls the parser marks invalid: body not JSON (or never closed), not an object, no `name`, or `arguments` not an object"),
+    ("malformed_responses", _I, "tool responses the parser could not read: body not JSON, or never closed"),
+    ("declared_tools", _I, "tools the row's `tools` column declares; NULL when that column is not readable JSON"),
+    ("unknown_tool_calls", _I, "well-formed calls to a tool the row does not declare (0 when it declares none)"),
+    ("missing_arguments", _I, "well-formed calls to a declared tool that lack one of its required arguments"),
+    ("unknown_arguments", _I, "well-formed calls passing an argument the tool's schema does not list (closed schemas only)"),
+    ("calls_without_response", _I, "calls no tool response was paired with"),
+    ("responses_without_call", _I, "tool responses paired with no call"),
+    ("think_blocks", _I, "reasoning blocks in assistant turns as the parser reads them: `<think>...</think>`, and text closed by a stray `</think>`"),
+    ("empty_think_blocks", _I, "of those, blocks with only whitespace inside"),
+    ("reasoning_chars", _I, "characters of reasoning (inside those blocks, surrounding whitespace stripped)"),
+    ("answer_chars", _I, "characters of assistant text outside `<think>` and `<tool_call>` blocks"),
+    ("ends_with_answer", _B, "there is an assistant turn and the last one calls no tool"),
+    ("longest_value_chars", _I, "characters of the longest `conversations` value"),
+    ("chars", _I, "characters of all `conversations` values"),
+)
+TOKEN_FEATURES: tuple[tuple[str, pa.DataType, str], ...] = (
+    ("tokens", _I, "tokens of the conversation rendered by the chat template (what `pack` tokenizes); NULL when it cannot render"),
+    ("trained_tokens", _I, "of those, tokens with a loss (assistant turns, as `pack` masks by default)"),
+    ("system_prompt_tokens", _I, "tokens of the system message alone, rendered (0 when there is none)"),
+)
+
+
+def feature_schema(tokens: bool = False) -> pa.Schema:
+    return pa.schema([(n, t) for n, t, _ in FEATURES + (TOKEN_FEATURES if tokens else ())])
+
+
+def features(trace: Trace) -> dict[str, Any]:
+    """The quality features of one parsed trace (definitions in FEATURES)."""
+    specs = parse_tools(trace.tools)
+    assistant = [t for t in trace.turns if t.role == "assistant"]
+    names: set[str] = set()
+    malformed = unknown_tool = missing = unknown_arg = unanswered = 0
+    for i in range(len(trace.calls)):
+        call = trace.call(i)
+        if call.name:
+            names.add(call.name)
+        malformed += not call.valid
+        unanswered += call.response is None
+        for problem in check_call(call, specs):
+            unknown_tool += problem == UNKNOWN_TOOL
+            missing += problem == MISSING_ARGUMENT
+            unknown_arg += problem == UNKNOWN_ARGUMENT
+    failed = dict.fromkeys(ERROR_CLASSES, 0)
+    unpaired = malformed_resp = unrecovered = 0
+    succeeded_later: set[str | None] = set()
+    # Backwards, so "a later success from the same tool" is a set lookup.
+    for i in reversed(range(len(trace.responses))):
+        resp = trace.response(i)
+        unpaired += resp.call is None
+        malformed_resp += resp.error is not None
+        tool = resp.name if resp.call is None else trace.call(resp.call).name
+        cls = classify(resp)
+        if cls is None:
+            succeeded_later.add(tool)
+        else:
+            failed[cls] += 1
+            unrecovered += tool not in succeeded_later
+    thoughts = [th for t in assistant for th in t.thoughts]
+    lengths = [len(t.text) for t in trace.turns]
+    return {
+        "id": trace.id,
+        "source": trace.source,
+        "category": trace.category,
+        "subcategory": trace.subcategory,
+        "messages": len(trace.turns),
+        "assistant_turns": len(assistant),
+        "tool_calls": len(trace.calls),
+        "tool_responses": len(trace.responses),
+        "distinct_tools": len(names),
+        "max_parallel_calls": max((len(t.tool_calls) for t in assistant), default=0),
+        "failed_responses": sum(failed.values()),
+        **{f"failed_{c}": n for c, n in failed.items()},
+        "unrecovered_failures": unrecovered,
+        "malformed_calls": malformed,
+        "malformed_responses": malformed_resp,
+        "declared_tools": None if specs is None else len(specs),
+        "unknown_tool_calls": unknown_tool,
+        "missing_arguments": missing,
+        "unknown_arguments": unknown_arg,
+        "calls_without_response": unanswered,
+        "responses_without_call": unpaired,
+        "think_blocks": len(thoughts),
+        "empty_think_blocks": thoughts.count(""),
+        "reasoning_chars": sum(map(len, thoughts)),
+        "answer_chars": sum(len(t.answer) for t in assistant),
+        "ends_with_answer": bool(assistant) and not assistant[-1].tool_calls,
+        "longest_value_chars": max(lengths, default=0),
+        "chars": sum(lengths),
+    }
+
+
+class TokenFeatures:
+    """tokens / trained_tokens / system_prompt_tokens through the masker `pack` uses. Picklable;
+    the tokenizer loads in the process that first counts."""
+
+    def __init__(self, tokenizer: str):
+        self.tokenizer = tokenizer
+        self._masker = None
+
+    def __getstate__(self):
+        return {"tokenizer": self.tokenizer, "_masker": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def masker(self):
+        if self._masker is None:
+            from .mask import Masker
+
+            self._masker = Masker(None if self.tokenizer == "default" else self.tokenizer)
+        return self._masker
+
+    def count(self, traces: Sequence[Trace]) -> list[dict[str, int | None]]:
+        from .chat import TemplateError, render
+
+        m = self.masker()
+        out = []
+        for trace, res in m.mask_many(traces):
+            if isinstance(res, RowError):
+                out.append(dict.fromkeys(("tokens", "trained_tokens", "system_prompt_tokens")))
+                continue
+            msgs = m.messages(trace)
+            system = 0
+            if msgs and msgs[0].role == "system":
+                try:
+                    system = len(m.encode(render(m.tokenizer, msgs[:1], m.info).text)[0])
+                except TemplateError:
+                    system = None
+            seq = res.seqs[0] if res.seqs else None
+            out.append({
+                "tokens": 0 if seq is None else len(seq.input_ids),
+                "trained_tokens": 0 if seq is None else int((seq.labels != -100).sum()),
+                "system_prompt_tokens": system,
+            })
+        return out
+
+
+# ----------------------------------------------------------------------------- dedup keys
+
+DEDUP_MODES = ("exact", "near")
+NUM_PERM = 128
+MINHASH_SCHEME = "affine32"
+SHINGLE_WORDS = 5
+
+
+def exact_key(trace: Trace) -> bytes:
+    """16-byte digest of the whole conversation (roles and text) with runs of whitespace made one space."""
+    h = hashlib.blake2b(digest_size=16)
+    for t in trace.turns:
+        h.update(t.role.encode())
+        h.update(b"\x1f")
+        h.update(" ".join(t.text.split()).encode())
+        h.update(b"\x1e")
+    return h.digest()
+
+
+def near_key(trace: Trace, num_perm: int = NUM_PERM) -> np.ndarray:
+    """MinHash signature (uint32[num_perm]) of the 5-word shingles of the user and assistant text.
+
+    Each distinct word is hashed once with CRC-32 (deterministic in every process, unlike
+    `hash`); a shingle's hash combines its words' hashes with numpy, so no shingle string is
+    built. datasketch then permutes the distinct shingle hashes (its affine32 scheme) and keeps
+    the minima: the signature is a datasketch MinHash's `hashvalues`.
+    """
+    from datasketch import MinHash
+
+    words = " ".join(t.text for t in trace.turns if t.role in ("user", "assistant")).split()
+    vocab = {w: zlib.crc32(w.encode()) for w in set(words)}
+    h = np.fromiter((vocab[w] for w in words), dtype=np.uint64, count=len(words))
+    n = SHINGLE_WORDS
+    if len(h) > n:
+        shingles = h[: len(h) - n + 1].copy()
+        for k in range(1, n):  # polynomial combination, wrapping mod 2^64, of the n word hashes
+            shingles = shingles * np.uint64(_SHINGLE_MULTIPLIER) + h[k : len(h) - n + 1 + k]
+    else:
+        shingles = h[:1] if len(h) else np.zeros(1, np.uint64)
+    m = MinHash(num_perm=num_perm, seed=1, hashfunc=operator.index, permutations=_permutations(num_perm), scheme=MINHASH_SCHEME)
+    m.update_batch(np.unique(shingles & np.uint64(0xFFFFFFFF)).tolist())
+    return m.hashvalues
+
+
+_SHINGLE_MULTIPLIER = 0x9E3779B1  # an odd constant (2^32 / golden ratio): spreads each word's bits
+
+
+@functools.lru_cache(maxsize=4)
+def _permutations(num_perm: int) -> np.ndarray:
+    from datasketch import MinHash
+
+    return MinHash(num_perm=num_perm, seed=1, scheme=MINHASH_SCHEME).permutations
+
+
+def dedup_key(trace: Trace, mode: str) -> bytes | np.ndarray:
+    return exact_key(trace) if mode == "exact" else near_key(trace)
+
+
+# ----------------------------------------------------------------------------- conditions
+
+@dataclass(slots=True, frozen=True)
+class Condition:
+    name: str
+    sql: str
+
+
+PRESETS: dict[str, tuple[Condition, ...]] = {
+    "clean": (
+        Condition("no_malformed_calls", "malformed_calls = 0"),
+        Condition("no_undeclared_tools", "unknown_tool_calls = 0"),
+        Condition("no_missing_arguments", "missing_arguments = 0"),
+        Condition("every_call_answered", "calls_without_response = 0"),
+        Condition("ends_with_answer", "ends_with_answer"),
+    ),
+}
+PRESETS["recovered"] = PRESETS["clean"] + (Condition("no_unrecovered_failures", "unrecovered_failures = 0"),)
+PRESETS["strict"] = PRESETS["clean"] + (
+    Condition("no_failed_responses", "failed_responses = 0"),
+    Condition("no_unknown_arguments", "unknown_arguments = 0"),
+    Condition("no_unpaired_responses", "responses_without_call = 0"),
+    Condition("no_malformed_responses", "malformed_responses = 0"),
+    Condition("no_empty_think", "empty_think_blocks = 0"),
+)
+PRESETS["agentic"] = PRESETS["clean"] + (Condition("calls_a_tool", "tool_calls > 0"),)
+PRESETS["reasoning"] = (
+    Condition("has_reasoning", "think_blocks > 0"),
+    Condition("no_empty_think", "empty_think_blocks = 0"),
+)
+PRESET_HELP = {
+    "clean": "well-formed agent behaviour: no malformed calls, no calls to undeclared tools, no missing arguments, every call answered, ends with an answer",
+    "recovered": "clean, and every failed tool response is followed by a success from the same tool",
+    "strict": "clean, and no failed response, unknown argument, unpaired or malformed response, or empty <think>",
+    "agentic": "clean, and at least one tool call",
+    "reasoning": "at least one <think> block and none empty",
+}
+
+
+class ConditionError(ValueError):
+    """A --where / --preset the engine cannot use: says what is wrong and lists the columns."""
+
+
+def conditions_of(where: str | None, preset: str | None) -> tuple[Condition, ...]:
+    conds: tuple[Condition, ...] = ()
+    if preset:
+        if preset not in PRESETS:
+            raise ConditionError(f"no preset {preset!r}; presets: {', '.join(PRESETS)}")
+        conds = PRESETS[preset]
+    if where and where.strip():
+        conds += (Condition("where", where),)
+    return conds
+
+
+class ConditionEngine:
+    """Conditions compiled against the feature schema by DuckDB, then evaluated per Arrow batch."""
+
+    def __init__(self, conditions: Sequence[Condition], schema: pa.Schema):
+        import duckdb
+
+        self.conditions = tuple(conditions)
+        self.schema = schema
+        self._con = duckdb.connect()
+        # NULL (e.g. a comparison with a NULL feature) does not keep a row.
+        cols = ", ".join(f"coalesce(({c.sql}), false) AS c{i}" for i, c in enumerate(self.conditions))
+        self._query = f"SELECT {cols} FROM batch" if self.conditions else ""
+        for c in self.conditions:
+            self._check(c)
+
+    def _check(self, c: Condition) -> None:
+        import duckdb
+
+        batch = self.schema.empty_table()  # noqa: F841  (DuckDB reads the local by name)
+        try:
+            kind = self._con.execute(f"DESCRIBE SELECT ({c.sql}) AS v FROM batch").fetchall()[0][1]
+        except duckdb.Error as e:
+            msg = str(e).split("\n\nLINE")[0].strip()
+            if any(f'"{name}" not found' in msg for name, _, _ in TOKEN_FEATURES):
+                msg += "\n(tokens, trained_tokens and system_prompt_tokens: `filter` and `features` with --tokenizer)"
+            raise ConditionError(f"{_label(c)}: {msg}\n{self.columns_text()}") from None
+        if kind != "BOOLEAN":
+            raise ConditionError(f"{_label(c)}: is a {kind}, not a true/false condition\n{self.columns_text()}")
+
+    def columns_text(self) -> str:
+        return "valid columns: " + ", ".join(f"{f.name} ({_sql_type(f.type)})" for f in self.schema)
+
+    def evaluate(self, batch: pa.Table) -> np.ndarray:
+        """bool[rows, conditions]: whether each row meets each condition."""
+        if not self.conditions:
+            return np.ones((batch.num_rows, 0), dtype=bool)
+        res = self._con.sql(self._query).to_arrow_table()
+        return np.column_stack([res.column(i).to_numpy(zero_copy_only=False) for i in range(len(self.conditions))]).astype(bool)
+
+
+def _label(c: Condition) -> str:
+    return f"--where {c.sql!r}" if c.name == "where" else f"condition {c.name} ({c.sql})"
+
+
+def _sql_type(t: pa.DataType) -> str:
+    return {_I: "integer", _B: "boolean", _S: "text"}.get(t, str(t))
+
+
+# ----------------------------------------------------------------------------- the curator
+
+@dataclass(slots=True)
+class Accounting:
+    """Rows read, kept, removed (by the first condition they fail, or by dedup) and rejected."""
+
+    read: int = 0
+    kept: int = 0
+    rejected: int = 0
+    removed_by: dict[str, int] = field(default_factory=dict)  # first failing condition / dedup -> rows
+    failing: dict[str, int] = field(default_factory=dict)  # condition -> rows failing it (overlaps)
+
+    @property
+    def removed(self) -> int:
+        return sum(self.removed_by.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "read": self.read,
+            "kept": self.kept,
+            "removed": self.removed,
+            "rejected": self.rejected,
+            "removed_by": self.removed_by,
+            "failing": self.failing,
+        }
+
+
+class Curator:
+    """Decides keep or remove for each row, in input order: the conditions first (the first one a
+    row fails is its reason), then the dedup index over the rows the conditions keep."""
+
+    def __init__(self, conditions: Sequence[Condition] = (), dedup: str | None = None, threshold: float = 0.8, tokens: bool = False):
+        if dedup is not None and dedup not in DEDUP_MODES:
+            raise ConditionError(f"--dedup {dedup!r}: expected one of {', '.join(DEDUP_MODES)}")
+        if not 0 < threshold <= 1:
+            raise ConditionError(f"--threshold {threshold}: must be above 0 and at most 1")
+        self.engine = ConditionEngine(conditions, feature_schema(tokens))
+        self.dedup = dedup
+        self.threshold = threshold
+        self.acct = Accounting(failing={c.name: 0 for c in conditions}, removed_by={c.name: 0 for c in conditions})
+        if dedup:
+            self.acct.removed_by[f"dedup_{dedup}"] = 0
+        self._seen: dict[bytes, int] = {}  # exact: digest -> input position of the kept row
+        self._lsh = None
+        self._position = 0  # rows decided so far (input order)
+        if dedup == "near":
+            from datasketch import MinHashLSH
+
+            self._lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+
+    @property
+    def conditions(self) -> tuple[Condition, ...]:
+        return self.engine.conditions
+
+    def decide(self, batch: pa.Table, keys: Sequence[Any] | None) -> list[str | None]:
+        """Per row of `batch` (features, in input order): None to keep, else the reason."""
+        met = self.engine.evaluate(batch)
+        names = [c.name for c in self.conditions]
+        reasons: list[str | None] = []
+        acct = self.acct
+        for j, name in enumerate(names):
+            acct.failing[name] += int((~met[:, j]).sum())
+        for i in range(batch.num_rows):
+            position = self._position
+            self._position += 1
+            failed = np.flatnonzero(~met[i])
+            if failed.size:
+                reason = names[failed[0]]
+            elif self.dedup and keys is not None:
+                reason = self._duplicate(keys[i], position)
+            else:
+                reason = None
+            if reason is None:
+                acct.kept += 1
+            else:
+                acct.removed_by[reason.split(" ")[0]] += 1
+            reasons.append(reason)
+        return reasons
+
+    def _duplicate(self, key: Any, position: int) -> str | None:
+        if self._lsh is None:
+            first = self._seen.setdefault(key, position)
+            return None if first == position else f"dedup_exact (same text as good row {first} of the input, counted from 0)"
+        from datasketch import MinHash
+
+        m = MinHash(num_perm=NUM_PERM, seed=1, hashvalues=key, permutations=_permutations(NUM_PERM), scheme=MINHASH_SCHEME)
+        found = self._lsh.query(m)
+        if found:
+            return f"dedup_near (similar to good row {min(found)} of the input, counted from 0)"
+        self._lsh.insert(position, m, check_duplication=False)
+        return None
+
+    def index_bytes(self) -> int:
+        """Memory the dedup index holds, measured by walking its containers."""
+        if self._lsh is not None:
+            return _deep_size(self._lsh.hashtables) + _deep_size(self._lsh.keys)
+        return _deep_size(self._seen)
+
+    def summary(self) -> dict[str, Any]:
+        doc: dict[str, Any] = self.acct.to_json()
+        doc["conditions"] = {c.name: c.sql for c in self.conditions}
+        if self.dedup:
+            size = self.index_bytes()
+            per_million = round(size / max(self.acct.kept, 1) * 1e6 / 2**20, 1)
+            doc["dedup"] = {"mode": self.dedup, "index_bytes": size, "index_mib_per_million_rows": per_million}
+            if self.dedup == "near":
+                doc["dedup"].update(threshold=self.threshold, num_perm=NUM_PERM, shingle_words=SHINGLE_WORDS)
+        return doc
+
+
+def _deep_size(obj: Any) -> int:
+    import sys
+
+    seen: set[int] = set()
+    total = 0
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        total += sys.getsizeof(o)
+        if isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            stack.extend(o)
+        elif hasattr(o, "__dict__"):
+            stack.append(vars(o))
+    return total
+
+
+# ----------------------------------------------------------------------------- the pass
+
+@dataclass(slots=True)
+class CurateSpec:
+    """What a worker computes per row: features always; dedup keys, token counts and the rows
+    themselves (for writing) when asked."""
+
+    dedup: str | None = None
+    tokenizer: str | None = None
+    keep_rows: bool = False
+    on_error: str = "skip"
+
+
+@dataclass(slots=True)
+class CuratedShard:
+    features: pa.Table
+    keys: list[Any] | None
+    rows: list[Row] | None
+    positions: list[int]  # each feature row's index among the shard's good rows
+    tally: Tally
+
+
+class _CurateShard:
+    """Picklable callable for the worker pool: one shard -> features (+ keys, rows) of its good rows."""
+
+    def __init__(self, spec: CurateSpec):
+        self.spec = spec
+        self.tokens = TokenFeatures(spec.tokenizer) if spec.tokenizer else None
+
+    def __call__(self, shard: Shard) -> CuratedShard:
+        spec = self.spec
+        tally = Tally()
+        feats: list[dict] = []
+        traces: list[Trace] = []
+        keys: list[Any] | None = [] if spec.dedup else None
+        rows: list[Row] | None = [] if spec.keep_rows else None
+        positions: list[int] = []
+        for position, row in enumerate(good_rows(shard, spec.on_error, tally.rejected)):
+            try:
+                trace = parse_trace(row)
+                f = features(trace)
+                key = dedup_key(trace, spec.dedup) if spec.dedup else None
+            except Exception as e:  # a bug must not end a long run: the row is set aside, named
+                bad = BadRow(row.loc, "<features>", f"{type(e).__name__}: {e}")
+                if spec.on_error == "fail":
+                    raise RowError(bad) from e
+                tally.rejected.append(bad)
+                continue
+            feats.append(f)
+            positions.append(position)
+            if keys is not None:
+                keys.append(key)
+            if rows is not None:
+                rows.append(row)
+            if self.tokens is not None:
+                traces.append(trace)
+            tally.parsed += 1
+        if self.tokens is not None:
+            for f, t in zip(feats, self.tokens.count(traces)):
+                f.update(t)
+        tally.read = tally.parsed + len(tally.rejected)
+        table = pa.Table.from_pylist(feats, schema=feature_schema(self.tokens is not None))
+        return CuratedShard(table, keys, rows, positions, tally)
+
+
+def curate_shards(
+    shards: Sequence[Shard], curator: Curator | None, spec: CurateSpec, workers: int = 1
+) -> Iterator[tuple[CuratedShard, list[str | None]]]:
+    """Each shard's features (computed in workers) with the curator's decision per row, made here
+    in plan order so the result is the same for any `workers`. With no curator every row is kept.
+    This is the only place that knows how shards are run."""
+    for part in map_ordered(_CurateShard(spec), shards, workers):
+        if curator is None:
+            reasons: list[str | None] = [None] * part.features.num_rows
+        else:
+            curator.acct.read += part.tally.read
+            curator.acct.rejected += len(part.tally.rejected)
+            reasons = curator.decide(part.features, part.keys)
+        yield part, reasons
+
+
+def view(shards: Sequence[Shard], curator: Curator, workers: int = 1, on_error: str = "skip") -> list[Shard]:
+    """The shards with the rows the curator removes marked to be skipped, so any command reads
+    only the kept rows (a first pass over the data; the command's own pass reads the rest)."""
+    spec = CurateSpec(dedup=curator.dedup, tokenizer=None, on_error=on_error)
+    out = []
+    for shard, (part, reasons) in zip(shards, curate_shards(shards, curator, spec, workers)):
+        removed = frozenset(p for p, r in zip(part.positions, reasons) if r is not None)
+        out.append(Shard(shard.parts, shard.limit, removed))
+    return out
+
+
+# ----------------------------------------------------------------------------- files
+
+ROW_FORMATS = (".parquet", ".jsonl", ".jsonl.zst")
+
+
+def row_record(row: Row) -> dict[str, Any]:
+    """A row back in the dataset schema, every extra column carried."""
+    return {
+        "id": row.id,
+        "conversations": [{"from": f, "value": v} for f, v in row.conversations],
+        "tools": row.tools,
+        "category": row.category,
+        "subcategory": row.subcategory,
+        "task": row.task,
+        "source": row.source,
+        **row.extra,
+    }
+
+
+def check_row_path(path: str) -> None:
+    if not str(path).lower().endswith(ROW_FORMATS):
+        raise ConditionError(f"{path}: the output must end in {', '.join(ROW_FORMATS)}")
+
+
+class RowSink:
+    """Writes records to .parquet, .jsonl or .jsonl.zst atomically (in place on close only).
+
+    Parquet takes its schema from the first batch; a later batch with a column the first lacked
+    is refused by name (JSONL takes any)."""
+
+    def __init__(self, path: str):
+        check_row_path(path)
+        self.path = str(path)
+        self.rows = 0
+        self._atomic = None
+        self._f = None
+        self._writer = None
+
+    def __enter__(self) -> "RowSink":
+        from .fileio import atomic_path
+
+        self._atomic = atomic_path(self.path)
+        self._tmp = self._atomic.__enter__()
+        low = self.path.lower()
+        if low.endswith(".jsonl.zst"):
+            import zstandard
+
+            self._raw = open(self._tmp, "wb")
+            self._f = zstandard.ZstdCompressor(level=3).stream_writer(self._raw)
+        elif low.endswith(".jsonl"):
+            self._f = open(self._tmp, "wb")
+        return self
+
+    def write(self, rows: list[Row], reasons: list[str] | None = None) -> None:
+        """Append rows; with `reasons`, a `removed_reason` column too."""
+        if not rows:
+            return
+        self.rows += len(rows)
+        if self._f is not None:
+            import orjson
+
+            records = [row_record(r) for r in rows]
+            if reasons is not None:
+                for rec, why in zip(records, reasons):
+                    rec["removed_reason"] = why
+            self._f.write(b"".join(orjson.dumps(r, default=str, option=orjson.OPT_APPEND_NEWLINE) for r in records))
+            return
+        import pyarrow.parquet as pq
+
+        try:
+            table = _rows_table(rows, reasons, None if self._writer is None else self._writer.schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:  # an extra column whose type changes between batches
+            raise ConditionError(f"{self.path}: rows after row {self.rows - len(rows)} do not fit the Parquet schema ({e}); write .jsonl instead") from None
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._tmp, table.schema, compression="zstd")  # as synth writes: half the size of snappy, same CPU
+        elif table.schema.names != self._writer.schema.names:
+            new = sorted(set(table.schema.names) - set(self._writer.schema.names))
+            raise ConditionError(f"{self.path}: column {new[0]!r} first appears after row {self.rows - len(rows)}; write .jsonl instead")
+        self._writer.write_table(table)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self._f is not None:
+                self._f.close()
+            elif self._writer is not None:
+                self._writer.close()
+            elif exc[0] is None:  # nothing kept: still a valid, empty file
+                import pyarrow.parquet as pq
+
+                pq.write_table(DATASET_SCHEMA.empty_table(), self._tmp)
+        finally:
+            self._atomic.__exit__(*exc)
+
+
+def _rows_table(rows: list[Row], reasons: list[str] | None, schema: pa.Schema | None) -> pa.Table:
+    """Rows as an Arrow table in the dataset schema, built column by column (converting a list
+    of nested dicts costs five times as much). Extra columns are typed by Arrow from their
+    values, or cast to `schema`, the file's schema once its first batch is written."""
+    turns = [t for r in rows for t in r.conversations]
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum([len(r.conversations) for r in rows], out=offsets[1:])
+    convs = pa.ListArray.from_arrays(
+        pa.array(offsets),
+        pa.StructArray.from_arrays([pa.array([t[0] for t in turns], _S), pa.array([t[1] for t in turns], _S)], ["from", "value"]),
+    )
+    cols: dict[str, pa.Array] = {"id": pa.array([r.id for r in rows], _S), "conversations": convs}
+    for name in ("tools", "category", "subcategory", "task", "source"):
+        cols[name] = pa.array([getattr(r, name) for r in rows], _S)
+    extra = list(dict.fromkeys(k for r in rows for k in r.extra))
+    known = {} if schema is None else {f.name: f.type for f in schema}
+    for name in extra:
+        cols[name] = pa.array([r.extra.get(name) for r in rows], known.get(name))
+    if reasons is not None:
+        cols["removed_reason"] = pa.array(reasons, _S)
+    if schema is not None:  # columns a batch lacks are null, in the file's order
+        return pa.table({f.name: cols.get(f.name, pa.nulls(len(rows), f.type)) for f in schema} | {k: v for k, v in cols.items() if k not in known})
+    return pa.table(cols)
+
+
+DATASET_SCHEMA = pa.schema(
+    [
+        ("id", _S),
+        ("conversations", pa.list_(pa.struct([("from", _S), ("value", _S)]))),
+        ("tools", _S),
+        ("category", _S),
+        ("subcategory", _S),
+        ("task", _S),
+        ("source", _S),
+    ]
+)
+
+
+def filter_to_file(
+    shards: Sequence[Shard], out: str, curator: Curator, *, workers: int = 1, on_error: str = "skip",
+    removed: str | None = None, tokenizer: str | None = None,
+) -> tuple[dict[str, Any], Tally]:
+    """Write the rows the curator keeps to `out`, unchanged, in input order; with `removed`, the
+    others there with a `removed_reason` column. Returns the accounting summary and the tally."""
+    check_row_path(out)
+    if removed:
+        check_row_path(removed)
+    spec = CurateSpec(dedup=curator.dedup, tokenizer=tokenizer, keep_rows=True, on_error=on_error)
+    tally = Tally()
+    with RowSink(out) as kept, (RowSink(removed) if removed else _NoSink()) as gone:
+        for part, reasons in curate_shards(shards, curator, spec, workers):
+            tally.add(part.tally)
+            kept.write([r for r, why in zip(part.rows, reasons) if why is None])
+            gone_rows = [(r, why) for r, why in zip(part.rows, reasons) if why is not None]
+            gone.write([r for r, _ in gone_rows], [why for _, why in gone_rows])
+    doc = curator.summary()
+    doc["output"] = str(out)
+    if removed:
+        doc["removed_rows"] = str(removed)
+    return doc, tally
+
+
+class _NoSink:
+    def __enter__(self):
+        return self
+
+    def write(self, rows, reasons=None) -> None:
+        pass
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def features_to_file(
+    shards: Sequence[Shard], out: str, *, tokenizer: str | None = None, workers: int = 1, on_error: str = "skip"
+) -> tuple[int, Tally]:
+    """One row of features per trace to `out` (.parquet, or .jsonl). Returns (rows written, tally)."""
+    import pyarrow.parquet as pq
+
+    from .fileio import atomic_path
+
+    spec = CurateSpec(tokenizer=tokenizer, on_error=on_error)
+    schema = feature_schema(tokenizer is not None)
+    tally = Tally()
+    n = 0
+    parquet = str(out).lower().endswith(".parquet")
+    with atomic_path(out) as tmp:
+        if parquet:
+            with pq.ParquetWriter(tmp, schema) as w:
+                for part, _ in curate_shards(shards, None, spec, workers):
+                    tally.add(part.tally)
+                    w.write_table(part.features)
+                    n += part.features.num_rows
+        else:
+            import orjson
+
+            with open(tmp, "wb") as f:
+                for part, _ in curate_shards(shards, None, spec, workers):
+                    tally.add(part.tally)
+                    f.writelines(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in part.features.to_pylist())
+                    n += part.features.num_rows
+    return n, tally
