@@ -71,7 +71,7 @@ def test_read_only_install_and_home(tmp_path, home):
         parsed = _run(prefix, ["parse", "in.jsonl", "-o", "out.jsonl", "--workers", "1"], env, work)
         assert parsed.returncode == 0, parsed.stderr
         assert len((work / "out.jsonl").read_bytes().splitlines()) == 4
-        packed = _run(prefix, ["pack", "in.jsonl", "-o", "packed", "--workers", "1", "--seq-len", "2048"], env, work)
+        packed = _run(prefix, ["pack", "in.jsonl", "-o", "packed", "--workers", "1", "--seq-len", "8192"], env, work)
         assert packed.returncode == 0, packed.stderr
         assert (work / "packed" / "manifest.json").is_file()
         assert "Traceback" not in version.stderr + parsed.stderr + packed.stderr

@@ -156,7 +156,8 @@ def test_pack_stops_promptly_on_a_signal_and_resumes_to_the_same_bytes(tmp_path,
 
 
 def test_stats_with_tokenizer_and_workers_stops_on_ctrl_c_without_a_traceback(tmp_path, many):
-    proc = start("stats", *many, "--tokenizer", "--workers", "2", "--json", str(tmp_path / "s.json"))
+    # The sample eight times over: counting tokens in it takes far longer than the 2 s waited.
+    proc = start("stats", *many * 8, "--tokenizer", "--workers", "2", "--json", str(tmp_path / "s.json"))
     time.sleep(2)  # workers are starting or counting
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)

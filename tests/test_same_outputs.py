@@ -4,6 +4,9 @@ The digests were computed on the code before the stage runner replaced the per-c
 they must not move for 1 or 2 workers. The sample is one input split (it is smaller than a
 split), so it is also written as three JSONL files plus itself: four splits, which 2 workers
 share out of order. A change that alters an output on purpose updates the digest here, saying why.
+
+Re-pinned once since: shard format 2 (shared-prefix packing) adds a `prefix_len` column and new
+manifest counts; the shards' other columns were checked equal to format 1's, column by column.
 """
 
 from __future__ import annotations
