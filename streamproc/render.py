@@ -135,9 +135,22 @@ def _json_in_string(s: str) -> Any:
 
 
 def _pretty(value: Any) -> str:
-    if isinstance(value, (dict, list)) and len(orjson.dumps(value)) > 80:
+    try:
+        compact = orjson.dumps(value)
+    except TypeError:  # nested deeper than orjson writes (254 levels): the json module goes deeper
+        return _deep(value)
+    if isinstance(value, (dict, list)) and len(compact) > 80:
         return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
-    return orjson.dumps(value).decode()
+    return compact.decode()
+
+
+def _deep(value: Any) -> str:
+    import json
+
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except RecursionError:
+        return "(a value nested too deep to show)"
 
 
 def user_lines(text: str, turn: int, limits: Limits | None) -> list[Line]:

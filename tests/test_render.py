@@ -125,3 +125,16 @@ def test_malformed_tool_call_is_marked_not_hidden(real_rows):
     text = to_text(trace_lines(parse_trace({**row, "conversations": convs})))
     assert re.search(r"── CALL #1 \S+  malformed: ", text)
     assert '"arguments": {{' in text
+
+
+@pytest.mark.parametrize("depth", [300, 1000])
+def test_arguments_nested_deeper_than_orjson_writes_still_render(depth):
+    """orjson reads 1,024 levels but writes only 254: such a call is shown, not a traceback."""
+    call = '{"name": "terminal", "arguments": ' + '{"a": ' * depth + "{}" + "}" * depth + "}"
+    trace = parse_trace({"id": "deep", "conversations": [
+        {"from": "human", "value": "go"},
+        {"from": "gpt", "value": f"<tool_call>\n{call}\n</tool_call>"},
+    ]})
+    assert trace.turns[1].tool_calls[0].valid
+    text = to_text(trace_lines(trace, None))
+    assert "terminal" in text and ('{"a": {"a":' in text or "nested too deep to show" in text)
