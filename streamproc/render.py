@@ -76,13 +76,21 @@ def shorten(text: str, limit: int | None) -> str:
 
 
 def clip_values(value: Any, limit: int | None) -> Any:
-    """A copy of a JSON value with every string shortened to `limit`."""
+    """A copy of a JSON value with every string shortened to `limit`; a value nested too deep to
+    walk is returned as it is."""
+    try:
+        return _clip(value, limit)
+    except RecursionError:
+        return value
+
+
+def _clip(value: Any, limit: int | None) -> Any:
     if isinstance(value, str):
         return shorten(value, limit)
     if isinstance(value, dict):
-        return {k: clip_values(v, limit) for k, v in value.items()}
+        return {k: _clip(v, limit) for k, v in value.items()}
     if isinstance(value, list):
-        return [clip_values(v, limit) for v in value]
+        return [_clip(v, limit) for v in value]
     return value
 
 
