@@ -138,6 +138,7 @@ class PackJob:
 
     def __enter__(self) -> "PackJob":
         opts, out = self.opts, self.out
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         _check_dir(out)
         self._lock.__enter__()
@@ -161,6 +162,8 @@ class PackJob:
             self.state = _start(out, fingerprint, self.restart)
         except BaseException:
             self._lock.__exit__(None, None, None)
+            if created and not any(out.iterdir()):  # a bad tokenizer or template leaves no empty directory behind
+                out.rmdir()
             raise
         self.resumed_after = self.skip = self.state.consumed
         self.stages: list[Stage] = [MaskStage(tok_ref, opts.mask, opts.eval_fraction)]

@@ -61,3 +61,4 @@ def test_missing_tokenizer_or_template_is_one_line(argv, says, tmp_path):
     out = subprocess.run([sys.executable, "-m", "streamproc", *argv], capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [f"streamproc {argv[0]}: error: {says}"]
+    assert not (tmp_path / "o").exists()  # no empty output directory left behind
