@@ -180,7 +180,7 @@ def test_opening_a_trace_shows_its_calls_reasoning_and_highlighted_errors(page, 
     row.click()
     page.wait_for_selector("#trace .call")
     heads = page.locator("#trace .call .block-head").all_text_contents()
-    assert heads[0].startswith(f"CALL #0 {trace.call(0).name}")
+    assert heads[0].startswith(f"CALL #1 {trace.call(0).name}")  # numbered from 1, as show and replay do
     assert len(heads) == len(trace.calls)
     failed = [status(trace.response(i)) for i in range(len(trace.responses)) if status(trace.response(i))]
     bad = page.locator("#trace .resp.err .badge").all_text_contents()
