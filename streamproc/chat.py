@@ -23,7 +23,7 @@ from typing import Sequence
 from .parse import parse_turn
 from .records import ROLES
 from .tokenizer import render_chat
-from .turns import REASONING, TOOL_CALL, TOOL_RESPONSE
+from .turns import REASONING, TOOL_CALL, TOOL_RESPONSE, Segment
 
 TOOL_FALLBACK = "[TOOL OUTPUT]\n"
 """Prefix of a tool turn sent as a user message when the template has no tool role (the guide's)."""
@@ -92,8 +92,14 @@ class Rendered:
 # ----------------------------------------------------------------------------- messages
 
 
-def to_messages(conversations: Sequence[tuple[str, str]], tool_mode: str = "keep", tool_fallback: str = TOOL_FALLBACK) -> list[Message]:
-    """Chat messages for a row's (from, value) turns. tool_mode: keep | unwrap | user."""
+def to_messages(
+    conversations: Sequence[tuple[str, str]],
+    tool_mode: str = "keep",
+    tool_fallback: str = TOOL_FALLBACK,
+    segments: Sequence[list[Segment]] | None = None,
+) -> list[Message]:
+    """Chat messages for a row's (from, value) turns. tool_mode: keep | unwrap | user.
+    `segments`, each turn's as the parser found them, spares unwrapping a second parse."""
     out = []
     for i, (frm, value) in enumerate(conversations):
         role = ROLES.get(frm, frm)
@@ -102,15 +108,15 @@ def to_messages(conversations: Sequence[tuple[str, str]], tool_mode: str = "keep
         elif tool_mode == "user":
             out.append(Message("user", tool_fallback + value, i))
         else:
-            out.extend(Message("tool", body, i) for body in unwrap_tool(value))
+            out.extend(Message("tool", body, i) for body in unwrap_tool(value, segments[i] if segments else None))
     return out
 
 
-def unwrap_tool(text: str) -> list[str]:
+def unwrap_tool(text: str, segments: list[Segment] | None = None) -> list[str]:
     """The responses of a tool turn without their tags, when the turn is exactly responses joined
     by newlines (as the harness writes it); else the turn as one piece, which the template then
-    wraps once."""
-    segs = parse_turn("tool", text).segments
+    wraps once. `segments`: the turn's, parsed already."""
+    segs = parse_turn("tool", text).segments if segments is None else segments
     bodies = [text[s.body_start + 1 : s.body_end - 1] for s in segs if s.kind == TOOL_RESPONSE]
     if bodies and "\n".join(RESP_OPEN + b + RESP_CLOSE for b in bodies) == text:
         return bodies

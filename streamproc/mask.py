@@ -232,8 +232,11 @@ class Masker:
 
     def messages(self, row: Row | Trace) -> list[Message]:
         """The chat messages this masker renders for a row (tool turns per the template)."""
-        turns = row.conversations if isinstance(row, Row) else [(t.role, t.text) for t in row.turns]
-        return to_messages(turns, self.info.tool_mode, self.options.tool_fallback)
+        if isinstance(row, Row):
+            return to_messages(row.conversations, self.info.tool_mode, self.options.tool_fallback)
+        # A parsed trace: its tool turns' segments are reused, not parsed again.
+        turns = [(t.role, t.text) for t in row.turns]
+        return to_messages(turns, self.info.tool_mode, self.options.tool_fallback, [t.segments for t in row.turns])
 
     # ------------------------------------------------------------------------- tokens
 

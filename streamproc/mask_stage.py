@@ -7,7 +7,7 @@ not the packer, the shard writer or numba.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from .mask import Masker, MaskOptions, MaskedSeq, load_tokenizer
 from .records import SPLITS, BadRow, Row, RowError, Trace
@@ -89,7 +89,7 @@ class MaskStage(Stage):
     tokenizer (by name or directory) once, itself."""
 
     name = "mask"
-    trace = False  # the masker renders the row's turns
+    trace = True  # the masker renders the parsed turns: tool turns are not parsed again
 
     def __init__(self, tokenizer: str, options: MaskOptions, eval_fraction: float):
         self.tokenizer, self.options, self.eval_fraction = tokenizer, options, eval_fraction
@@ -100,9 +100,11 @@ class MaskStage(Stage):
     def fold_batch(self, acc: MaskedSplit, rows: list[tuple[Row, Trace | None]]) -> list[tuple[int, BadRow]]:
         bad = []
         masker = _masker(self.tokenizer, self.options)
-        for i, (row, res) in enumerate(masker.mask_many([row for row, _ in rows], batch=len(rows) or 1)):
+        parsed = [trace if trace is not None else row for row, trace in rows]
+        for i, (_, res) in enumerate(masker.mask_many(parsed, batch=len(rows) or 1)):
+            row = rows[i][0]
             if isinstance(res, RowError):
-                bad.append((i, res.bad))
+                bad.append((i, replace(res.bad, loc=row.loc) if row.loc else res.bad))  # a Trace does not know its place
                 continue
             split = "eval" if is_eval(row.id, self.eval_fraction) else "train"
             c = acc.counts[split]
