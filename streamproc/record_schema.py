@@ -9,7 +9,8 @@ content) vary by tool, so Parquet stores them as JSON text under `<name>_json`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Required, TypedDict, Union, get_args, get_origin, get_type_hints
+import types
+from typing import Annotated, Any, Required, TypedDict, Union, get_args, get_origin, get_type_hints, is_typeddict
 
 import orjson
 
@@ -74,10 +75,10 @@ def _arrow_type(tp: Any):
         return pa.bool_()
     if origin is list:
         return pa.list_(_arrow_type(get_args(tp)[0]))
-    if origin is Union or type(tp).__name__ == "UnionType":  # X | None: every Arrow field is nullable
+    if origin is Union or origin is types.UnionType:  # X | None: every Arrow field is nullable
         (inner,) = [a for a in get_args(tp) if a is not type(None)]
         return _arrow_type(inner)
-    if isinstance(tp, type) and issubclass(tp, dict):  # a TypedDict
+    if is_typeddict(tp):
         return pa.struct(_arrow_fields(tp))
     raise TypeError(f"no Arrow type for {tp!r}")
 
@@ -99,7 +100,7 @@ def _json_paths(record: type) -> list[tuple[str, ...]]:
     for k, t in _fields(record).items():
         if _is_json(t):
             paths.append((k,))
-        elif get_origin(t) is list and isinstance(get_args(t)[0], type) and issubclass(get_args(t)[0], dict):
+        elif get_origin(t) is list and is_typeddict(get_args(t)[0]):
             paths += [(k, *p) for p in _json_paths(get_args(t)[0])]
     return paths
 
