@@ -1,10 +1,12 @@
-"""Packing speed: streamproc's BFD against TRL's `pack_dataset` BFD on the same sequences, the row
-assignment alone on 1M lengths, and the whole pack job with 1 and 2 workers on the built-in sample.
-Compare the means within a group; extra_info holds sequences (or rows) per second.
+"""Packing speed: the contenders of `streamproc bench --section pack`
+(streamproc/benchmarks/pack.py): streamproc's BFD against TRL's `pack_dataset` BFD on the same
+sequences, the row assignment alone on 1M lengths, and the whole pack job with 1 and 2 workers on
+the built-in sample in 1 MB splits. Compare the means within a group; extra_info holds sequences
+(or rows) per second. `streamproc bench --section pack [INPUT...]` adds packing efficiency.
 
     python3 -m pytest benches/bench_pack.py --benchmark-only --benchmark-group-by=group
 
-`streamproc bench --section pack [INPUT...]` prints the same figures, plus packing efficiency.
+STREAMPROC_BENCH_SEQS sets the number of sequences (default 20,000, as `streamproc bench`).
 """
 
 from __future__ import annotations
@@ -13,17 +15,19 @@ import os
 
 import pytest
 
-from streamproc.benchmarks.pack import SEQ_LEN, lengths, sequences, streamproc_pack, trl_pack, trl_table
+from streamproc.benchmarks import context
+from streamproc.benchmarks.pack import (
+    ORDER_LENGTHS, PACKER, SEQ_LEN, TRL, lengths, run_pack_job, scaling_splits, sequences, speed_contenders,
+)
 from streamproc.pack import pack_order
-from streamproc.pack_job import PackOptions, cached_tokenizer, pack_to_dir
-from streamproc.sources import SAMPLE, plan
+from streamproc.pack_job import PackOptions, cached_tokenizer
 
 N = int(os.environ.get("STREAMPROC_BENCH_SEQS", "20000"))
 
 
 @pytest.fixture(scope="module")
-def seqs():
-    return sequences(lengths(N))
+def speed_fns():
+    return speed_contenders(sequences(lengths(N)))
 
 
 def rate(benchmark, n: int, unit: str) -> None:
@@ -31,23 +35,16 @@ def rate(benchmark, n: int, unit: str) -> None:
         benchmark.extra_info[unit] = n / benchmark.stats.stats.min
 
 
+@pytest.mark.parametrize("packer", [PACKER, TRL])
 @pytest.mark.benchmark(group=f"pack: {N:,} sequences, seq-len {SEQ_LEN}")
-def test_streamproc_packer(benchmark, seqs):
-    streamproc_pack(seqs)  # numba (from COMPILED_FROM sequences): compile / cache load
-    benchmark.pedantic(streamproc_pack, args=(seqs,), rounds=5, warmup_rounds=1)
-    rate(benchmark, N, "seq/s")
-
-
-@pytest.mark.benchmark(group=f"pack: {N:,} sequences, seq-len {SEQ_LEN}")
-def test_trl_pack_dataset_bfd(benchmark, seqs):
-    benchmark.pedantic(trl_pack, args=(trl_table(seqs),), rounds=3)
+def test_packer(benchmark, speed_fns, packer):
+    benchmark.pedantic(speed_fns[packer], rounds=3, warmup_rounds=0)
     rate(benchmark, N, "seq/s")
 
 
 @pytest.mark.benchmark(group="pack: row assignment, 1M lengths")
 def test_pack_order_1m(benchmark):
-    lens = lengths(1_000_000)
-    pack_order(lens[:10], SEQ_LEN)
+    lens = lengths(ORDER_LENGTHS)
     benchmark.pedantic(pack_order, args=(lens, SEQ_LEN), rounds=5)
     rate(benchmark, len(lens), "seq/s")
 
@@ -55,7 +52,7 @@ def test_pack_order_1m(benchmark):
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.benchmark(group="pack job: built-in sample")
 def test_pack_job(benchmark, workers, tmp_path):
-    shards = plan([SAMPLE], shard_bytes=1 << 20)  # one shard per row group, so 2 workers have work
+    splits = scaling_splits(context().shards)
     cached_tokenizer(PackOptions().tokenizer)
-    benchmark.pedantic(lambda: pack_to_dir(shards, tmp_path, PackOptions(seq_len=SEQ_LEN), workers=workers, restart=True), rounds=2)
-    rate(benchmark, 300, "rows/s")
+    rows = benchmark.pedantic(run_pack_job, args=(splits, tmp_path, workers), rounds=2)
+    rate(benchmark, rows, "rows/s")

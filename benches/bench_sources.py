@@ -1,9 +1,12 @@
-"""Reading speed of the sources, on the same synthetic file in the same run.
+"""Reading speed of the sources: the readers of `streamproc bench --section sources`
+(streamproc/benchmarks/sources.py: the direct reader, pyarrow for Parquet and orjson lines for
+JSONL, against the `datasets` streaming iterator) on the same synthetic file in the same run,
+plus the generator's throughput.
 
     python3 -m pytest benches/bench_sources.py --benchmark-only --benchmark-group-by=group
 
-`parquet`: rows/s of the direct pyarrow reader (the default) against the `datasets` streaming
-iterator on one Parquet file; compare their means. `synth`: generator throughput.
+Groups `parquet` and `jsonl`: rows/s of each reader; compare their means. `synth`: generator
+throughput. STREAMPROC_BENCH_ROWS sets the file size (default 1,000 rows).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import os
 import pytest
 
 from streamproc import synth
-from streamproc.sources import Shard, hub_part, iter_rows, read
+from streamproc.benchmarks.sources import DATASETS, DIRECT, count_rows, readers
+from streamproc.sources import plan
 
 ROWS = int(os.environ.get("STREAMPROC_BENCH_ROWS", "1000"))
 
@@ -27,23 +31,12 @@ def files(tmp_path_factory):
     return out
 
 
-def _count(items) -> int:
-    n = sum(1 for _ in items)
-    assert n == ROWS
-    return n
-
-
-@pytest.mark.parametrize("fmt, builder", [("parquet", "parquet"), ("jsonl", "json")])
-@pytest.mark.parametrize("reader", ["direct", "datasets"])
-def test_read(benchmark, files, fmt, builder, reader):
-    """`direct` is the default reader (pyarrow for Parquet, orjson lines for JSONL)."""
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+@pytest.mark.parametrize("reader", [DIRECT, DATASETS])
+def test_read(benchmark, files, fmt, reader):
     benchmark.group = fmt
-    path = files[fmt]
-    if reader == "direct":
-        items = lambda: iter_rows([path])  # noqa: E731
-    else:
-        items = lambda: read(Shard((hub_part(builder, [str(path)], "x"),)))  # noqa: E731
-    benchmark.pedantic(lambda: _count(items()), rounds=5, warmup_rounds=1)
+    split = readers(plan([files[fmt]]))[reader]
+    assert benchmark.pedantic(count_rows, args=(split,), rounds=5, warmup_rounds=1) == ROWS
 
 
 @pytest.mark.benchmark(group="synth")

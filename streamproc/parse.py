@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import orjson
 from orjson import JSONDecodeError, loads
 
+from .record_schema import TraceRecord, TurnRecord
 from .records import ROLES, Row, Trace
 from .turns import REASONING, TEXT, TOOL_CALL, TOOL_RESPONSE, Segment, ToolCall, ToolResponse, Turn
 
@@ -363,11 +364,12 @@ def _call_by_id(trace: Trace, resp: ToolResponse) -> int | None:
 # ----------------------------------------------------------------------------- output schema
 
 
-def trace_to_record(trace: Trace) -> dict[str, Any]:
-    """The JSON-friendly record `streamproc parse` writes (schema documented in the README)."""
-    turns = []
+def trace_to_record(trace: Trace) -> TraceRecord:
+    """The JSON-friendly record `streamproc parse` writes; its fields are declared in
+    record_schema (typed, so the keys written here are checked against them)."""
+    turns: list[TurnRecord] = []
     for t in trace.turns:
-        d: dict[str, Any] = {"role": t.role}
+        d: TurnRecord = {"role": t.role}
         if t.role == "assistant":
             d["thoughts"] = t.thoughts
             # An invalid call keeps its body as written (`raw`): a malformed one decodes to nothing.

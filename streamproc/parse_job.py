@@ -11,6 +11,7 @@ import orjson
 
 from .fileio import atomic_path, jsonl_writer, output_format
 from .parse import trace_to_record
+from .record_schema import parquet_schema, to_parquet_row
 from .records import Row, Tally, Trace
 from .runner import Stage, run_jobs
 from .sources import Split
@@ -77,8 +78,8 @@ def parse_to_file(splits: Sequence[Split], out: str | os.PathLike, *, workers: i
 
 
 class _ParquetRecords:
-    """Parquet needs one schema: tool arguments and response content vary by tool, so they are
-    stored as JSON text (`arguments_json`, `content_json`)."""
+    """Records in PARQUET_SCHEMA, derived from the record's one definition (record_schema): tool
+    arguments and response content vary by tool, so they are stored as JSON text."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -90,7 +91,7 @@ class _ParquetRecords:
 
         if not records:
             return
-        recs = [_flatten_json(orjson.loads(b)) for b in records]
+        recs = [to_parquet_row(orjson.loads(b)) for b in records]
         table = pa.Table.from_pylist(recs, schema=self.writer.schema if self.writer else PARQUET_SCHEMA)
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.path, table.schema)
@@ -105,34 +106,4 @@ class _ParquetRecords:
             self.writer.close()
 
 
-def _flatten_json(rec: dict) -> dict:
-    for t in rec["turns"]:
-        for c in t.get("tool_calls", ()):
-            c["arguments_json"] = orjson.dumps(c.pop("arguments")).decode()
-        for r in t.get("tool_responses", ()):
-            r["content_json"] = orjson.dumps(r.pop("content")).decode()
-    return rec
-
-
-def _parquet_schema():
-    import pyarrow as pa
-
-    s = pa.string()
-    call = pa.struct([("name", s), ("arguments_json", s), ("valid", pa.bool_()), ("error", s), ("raw", s)])
-    resp = pa.struct([("tool_call_id", s), ("name", s), ("content_json", s), ("error", s)])
-    turn = pa.struct(
-        [
-            ("role", s),
-            ("text", s),
-            ("thoughts", pa.list_(s)),
-            ("tool_calls", pa.list_(call)),
-            ("answer", s),
-            ("tool_responses", pa.list_(resp)),
-        ]
-    )
-    return pa.schema(
-        [("id", s), ("source", s), ("category", s), ("subcategory", s), ("task", s), ("turns", pa.list_(turn))]
-    )
-
-
-PARQUET_SCHEMA = _parquet_schema()
+PARQUET_SCHEMA = parquet_schema()

@@ -256,3 +256,27 @@ def test_trace_record_schema():
         {"role": "tool", "tool_responses": [{"tool_call_id": "functions.a:0", "name": "a", "content": {"ok": True}, "error": None}], "text": ""},
         {"role": "assistant", "thoughts": [""], "tool_calls": [], "answer": "bye"},
     ]
+
+
+def test_parquet_rows_are_the_jsonl_records(tmp_path):
+    """Both outputs of `parse` come from one definition (record_schema): every Parquet row, its
+    JSON-text columns decoded, is the JSONL record, with the fields its turn's role lacks null."""
+    import pyarrow.parquet as pq
+
+    from streamproc.parse_job import parse_to_file
+    from streamproc.record_schema import TurnRecord
+    from streamproc.sources import plan
+
+    parse_to_file(plan(), tmp_path / "p.jsonl")
+    parse_to_file(plan(), tmp_path / "p.parquet")
+    records = [json.loads(line) for line in (tmp_path / "p.jsonl").open(encoding="utf-8")]
+    rows = pq.read_table(tmp_path / "p.parquet").to_pylist()
+    for row in rows:
+        for t in row["turns"]:
+            for c in t["tool_calls"] or ():
+                c["arguments"] = json.loads(c.pop("arguments_json"))
+            for r in t["tool_responses"] or ():
+                r["content"] = json.loads(r.pop("content_json"))
+    for rec in records:
+        rec["turns"] = [{k: t.get(k) for k in TurnRecord.__annotations__} for t in rec["turns"]]
+    assert len(rows) == 300 and rows == records

@@ -13,6 +13,7 @@ import importlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 from ..records import BadRow, Row
@@ -76,6 +77,17 @@ def context(inputs: Sequence[str | os.PathLike] = (), *, quick: bool = False, wo
         plan_kwargs.setdefault("limit", 300)
     label = ", ".join(os.path.basename(str(p)) for p in inputs) or "built-in sample"
     return Context(plan(inputs, **plan_kwargs), label, quick, workers)
+
+
+def synthetic_file(rows: int) -> Path:
+    """A `streamproc synth` Parquet file of `rows` rows (seed 0), made once and kept under
+    STREAMPROC_BENCH_DIR (default /tmp): the input of the benches that need a big file."""
+    from ..synth import write
+
+    path = Path(os.environ.get("STREAMPROC_BENCH_DIR", "/tmp")) / f"streamproc-bench-synth-{rows}.parquet"
+    if not path.exists():
+        write(path, rows, seed=0)
+    return path
 
 
 def run(sections: Sequence[str], ctx: Context) -> list[Result]:

@@ -15,44 +15,57 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Callable, Sequence
 
 from ..curate import PRESETS, CurateSpec, Curator, curate_shards, filter_to_file
 from ..metrics import collect
+from ..sources import Split
 from . import Context, Result
 
 STATS = "stats pass (parse + aggregate)"
+FEATURES = "features + --preset clean, no output (the view's first pass)"
+CLEAN = "filter --preset clean"
+EXACT = "filter --preset clean --dedup exact"
+NEAR = "filter --dedup near"
+
+
+def contenders(shards: Sequence[Split], out: Path, docs: dict[str, dict]) -> dict[str, Callable[[], object]]:
+    """The passes timed, each over `shards`. A filter pass writes its kept rows under OUT and
+    leaves its summary (read, kept, removed, rejected, index_bytes) in docs[its name]."""
+
+    def filtering(name: str, **curator) -> None:
+        c = Curator(**curator)
+        docs[name], _ = filter_to_file(shards, str(out / f"{len(docs)}.parquet"), c)
+        docs[name]["index_bytes"] = c.index_bytes()
+
+    Curator(PRESETS["clean"])  # compiling conditions imports DuckDB, once per process: here, not in a timed pass
+
+    def features_only() -> None:
+        for _ in curate_shards(shards, Curator(PRESETS["clean"]), CurateSpec()):
+            pass
+
+    return {
+        STATS: lambda: collect(shards, 1),
+        FEATURES: features_only,
+        CLEAN: lambda: filtering(CLEAN, conditions=PRESETS["clean"]),
+        EXACT: lambda: filtering(EXACT, conditions=PRESETS["clean"], dedup="exact"),
+        NEAR: lambda: filtering(NEAR, dedup="near"),
+    }
 
 
 def run(ctx: Context) -> list[Result]:
     shards = ctx.shards
     out = Path(tempfile.mkdtemp(prefix="streamproc-bench-filter-"))
     docs: dict[str, dict] = {}
-
-    def filtering(name: str, **curator) -> None:
-        c = Curator(**curator)  # compiling the conditions imports DuckDB (once per process): not timed below
-        docs[name], _ = filter_to_file(shards, str(out / f"{len(docs)}.parquet"), c)
-        docs[name]["index_bytes"] = c.index_bytes()
-
-    Curator(PRESETS["clean"])
-    def features_only() -> None:
-        for _ in curate_shards(shards, Curator(PRESETS["clean"]), CurateSpec()):
-            pass
-
-    contenders = {
-        STATS: lambda: collect(shards, 1),
-        "features + --preset clean, no output (the view's first pass)": features_only,
-        "filter --preset clean": lambda: filtering("clean", conditions=PRESETS["clean"]),
-        "filter --preset clean --dedup exact": lambda: filtering("exact", conditions=PRESETS["clean"], dedup="exact"),
-        "filter --dedup near": lambda: filtering("near", dedup="near"),
-    }
+    fns = contenders(shards, out, docs)
     cpu: dict[str, float] = {}
     wall: dict[str, float] = {}
-    for name, fn in contenders.items():
+    for name, fn in fns.items():
         gc.collect()
         c, w = time.process_time(), time.perf_counter()
         fn()
         cpu[name], wall[name] = time.process_time() - c, time.perf_counter() - w
-    rows = docs["clean"]["read"]
+    rows = docs[CLEAN]["read"]
     data = f"{ctx.label}: {rows:,} rows in {len(shards)} shards, 1 worker"
     unit = "rows/CPU s"
 
@@ -60,19 +73,19 @@ def run(ctx: Context) -> list[Result]:
         return f"wall: {rows / wall[name]:,.0f} rows/s"
 
     results = [Result("filter", STATS, rows / cpu[STATS], unit, data, note=note(STATS))]
-    for name in list(contenders)[1:]:
+    for name in list(fns)[1:]:
         results.append(Result("filter", name, rows / cpu[name], unit, data, STATS, cpu[STATS] / cpu[name], "~1", note=note(name)))
 
-    near = docs["near"]
+    near = docs[NEAR]
     per_row = near["index_bytes"] / max(near["kept"], 1)
     results.append(Result("filter", "near-dedup index", per_row * 1e6 / 2**30, "GiB per million rows", data,
                           note=f"{near['index_bytes'] / 2**20:,.1f} MiB for {near['kept']:,} kept rows; {near['removed']:,} removed as near-duplicates"))
-    exact = docs["exact"]
+    exact = docs[EXACT]
     results.append(Result("filter", "exact-dedup index", exact["index_bytes"] / max(exact["kept"], 1) * 1e6 / 2**20, "MiB per million rows", data))
 
     tracemalloc.start()
     try:
-        filtering("traced", dedup="near")
+        fns[NEAR]()  # once more, traced
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -46,8 +46,13 @@ def contenders(rows: Sequence[Row], masker: Masker) -> tuple[dict, int]:
     }, tokens
 
 
+def timed_rows(ctx: Context) -> list[Row]:
+    """The rows masked: the first 150 of the input (30 with --quick)."""
+    return ctx.rows()[: 30 if ctx.quick else 150]
+
+
 def run(ctx: Context) -> list[Result]:
-    rows = ctx.rows()[: 30 if ctx.quick else 150]
+    rows = timed_rows(ctx)
     fns, tokens = contenders(rows, Masker(None))
     t = best_times(fns, min(ctx.repeat, 3))
     data = f"first {len(rows):,} rows of {ctx.label} ({tokens:,} tokens), Qwen2.5 tokenizer, 1 process"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from ..mask import Masker, MaskedSeq, MaskOptions
 from ..pack import IGNORE, Packer, pack_order
 from ..pack_job import PackOptions, cached_tokenizer, pack_to_dir
 from ..records import RowError
-from ..sources import plan
+from ..sources import Split, plan
 from . import Context, Result, best_times
 
 SEQ_LEN = 8192
@@ -72,21 +73,30 @@ def trl_pack(table, seq_len: int = SEQ_LEN) -> list:
     return [_pack_bfd(table.slice(i, TRL_BATCH), seq_len) for i in range(0, table.num_rows, TRL_BATCH)]
 
 
-def speed(ctx: Context) -> list[Result]:
-    n = 5_000 if ctx.quick else 20_000
-    seqs = sequences(lengths(n))
+PACKER = "streamproc Packer.flush"
+TRL = "TRL pack_dataset bfd (per 1,000-row batch)"
+ORDER = "streamproc pack_order (row assignment only)"
+ORDER_LENGTHS = 1_000_000
+
+
+def speed_contenders(seqs: list[MaskedSeq]) -> dict[str, Callable[[], object]]:
+    """Both packers over the same sequences, tokens and labels gathered."""
     table = trl_table(seqs)
     streamproc_pack(seqs)  # numba (from COMPILED_FROM sequences) compiles or loads its cache once, outside the timing
-    t = best_times({"streamproc": lambda: streamproc_pack(seqs), "trl": lambda: trl_pack(table)}, 1 if ctx.quick else 3)
+    return {PACKER: lambda: streamproc_pack(seqs), TRL: lambda: trl_pack(table)}
+
+
+def speed(ctx: Context) -> list[Result]:
+    n = 5_000 if ctx.quick else 20_000
+    t = best_times(speed_contenders(sequences(lengths(n))), 1 if ctx.quick else 3)
     data = f"{n:,} lognormal sequences, seq-len {SEQ_LEN}"
-    ours, trl = n / t["streamproc"], n / t["trl"]
-    big = 1_000_000
-    lens = lengths(big)
-    t_big = best_times({"order": lambda: pack_order(lens, SEQ_LEN)}, ctx.repeat)["order"]
+    ours, trl = n / t[PACKER], n / t[TRL]
+    lens = lengths(ORDER_LENGTHS)
+    t_big = best_times({ORDER: lambda: pack_order(lens, SEQ_LEN)}, ctx.repeat)[ORDER]
     return [
-        Result("pack", "TRL pack_dataset bfd (per 1,000-row batch)", trl, "seq/s", data, note="tokens and labels gathered"),
-        Result("pack", "streamproc Packer.flush", ours, "seq/s", data, "TRL pack_dataset bfd (per 1,000-row batch)", ours / trl, note="tokens and labels gathered"),
-        Result("pack", "streamproc pack_order (row assignment only)", big / t_big, "seq/s", f"{big:,} lognormal lengths, seq-len {SEQ_LEN}", target=">= 1,000,000"),
+        Result("pack", TRL, trl, "seq/s", data, note="tokens and labels gathered"),
+        Result("pack", PACKER, ours, "seq/s", data, TRL, ours / trl, note="tokens and labels gathered"),
+        Result("pack", ORDER, ORDER_LENGTHS / t_big, "seq/s", f"{ORDER_LENGTHS:,} lognormal lengths, seq-len {SEQ_LEN}", target=">= 1,000,000"),
     ]
 
 
@@ -140,19 +150,16 @@ def tightness(ctx: Context, overflow: str, seq_len: int = SEQ_LEN) -> list[Resul
 def scaling(ctx: Context) -> list[Result]:
     """Rows/s of the whole job with 1 and 2 workers, and the cores each run got: on a machine
     shared with other work, the second figure says whether a second core was there to use."""
-    shards = ctx.shards
-    if all(s.limit is None and s.parts[0].kind != "hub" for s in shards):
-        # 1 MB shards, so both workers have work to the end (the default 32 MB makes few, uneven ones)
-        shards = plan(list(dict.fromkeys(p.path for s in shards for p in s.parts)), shard_bytes=1 << 20)
+    shards = scaling_splits(ctx.shards)
     cached_tokenizer(PackOptions().tokenizer)  # loaded once, before either run is timed
     best = {1: (0.0, 0.0), 2: (0.0, 0.0)}  # rows/s, cores used
     for _ in range(1 if ctx.quick else 2):  # in turn, so load from elsewhere hits both alike
         for workers in best:
             with tempfile.TemporaryDirectory() as out:
                 t, c = time.perf_counter(), _cpu()
-                res = pack_to_dir(shards, out, PackOptions(seq_len=SEQ_LEN), workers=workers)
+                rows = run_pack_job(shards, out, workers)
                 wall = time.perf_counter() - t
-            best[workers] = max(best[workers], (res.tally.read / wall, (_cpu() - c) / wall))
+            best[workers] = max(best[workers], (rows / wall, (_cpu() - c) / wall))
     data = f"{ctx.label}, {len(shards)} input shard(s)"
     (r1, c1), (r2, c2) = best[1], best[2]
     return [
@@ -160,6 +167,19 @@ def scaling(ctx: Context) -> list[Result]:
         # No target: one worker already keeps part of a second core busy with the tokenizer's threads.
         Result("pack", "pack job, 2 workers", r2, "rows/s", data, "pack job, 1 worker", r2 / r1, note=f"{c2:.2f} cores busy"),
     ]
+
+
+def scaling_splits(shards: Sequence[Split]) -> Sequence[Split]:
+    """The input replanned in 1 MB splits, so both workers have work to the end (the default
+    32 MB makes few, uneven ones); as it is where it is limited or on the Hub."""
+    if all(s.limit is None and s.parts[0].kind != "hub" for s in shards):
+        return plan(list(dict.fromkeys(p.path for s in shards for p in s.parts)), shard_bytes=1 << 20)
+    return shards
+
+
+def run_pack_job(shards: Sequence[Split], out: str | os.PathLike, workers: int) -> int:
+    """The whole pack job at SEQ_LEN into OUT, from the start (--restart); rows read."""
+    return pack_to_dir(shards, out, PackOptions(seq_len=SEQ_LEN), workers=workers, restart=True).tally.read
 
 
 def _cpu() -> float:

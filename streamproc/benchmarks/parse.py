@@ -77,11 +77,19 @@ def best_cpu_times(contenders: dict[str, Callable[[], object]], repeat: int) -> 
     return best
 
 
+def contenders(turns: list[tuple[str, str]]) -> dict[str, Callable[[], None]]:
+    """The three timed runs over `turns` (benches/bench_parse.py times the same ones)."""
+    return {STREAMPROC: lambda: parse_all(turns), GUIDE: lambda: guide_all(turns), SCAN: lambda: scan_all(turns)}
+
+
+def text_mb(turns: list[tuple[str, str]]) -> float:
+    """MB of UTF-8 text in `turns`: what the rates are per."""
+    return sum(len(value.encode()) for _, value in turns) / 1e6
+
+
 def measure(turns: list[tuple[str, str]], data: str, repeat: int) -> list[Result]:
-    mb = sum(len(value.encode()) for _, value in turns) / 1e6
-    t = best_cpu_times(
-        {STREAMPROC: lambda: parse_all(turns), GUIDE: lambda: guide_all(turns), SCAN: lambda: scan_all(turns)}, repeat
-    )
+    mb = text_mb(turns)
+    t = best_cpu_times(contenders(turns), repeat)
     data = f"{data}: {len(turns):,} turns, {mb:.1f} MB"
     ours = f"{STREAMPROC} ({parser_build()})"  # the mypyc build, or the Python source
     return [

@@ -5,6 +5,8 @@ should be the default)."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from ..sources import Shard, hub_part, read
 from . import Context, Result, best_times
 
@@ -13,23 +15,32 @@ DIRECT = "direct reader (default)"
 DATASETS = "datasets streaming iterator"
 
 
-def _count(shard: Shard) -> int:
+def count_rows(shard: Shard) -> int:
     return sum(1 for _ in read(shard))
 
 
-def run(ctx: Context) -> list[Result]:
-    parts = [p for s in ctx.shards for p in s.parts if p.kind in BUILDERS]
+def readers(shards: Sequence[Shard], limit: int | None = None) -> dict[str, Shard]:
+    """The same Parquet and plain JSONL parts of `shards` as one split read each way (none: no
+    such parts)."""
+    parts = [p for s in shards for p in s.parts if p.kind in BUILDERS]
     if not parts:
-        return [Result("sources", DIRECT, 0.0, "rows/s", ctx.label, note="no Parquet or plain JSONL input")]
-    limit = 300 if ctx.quick else None
+        return {}
     files: dict[str, dict[str, None]] = {}  # builder -> paths in order (a JSONL file may be several parts)
     for p in parts:
         files.setdefault(BUILDERS[p.kind], {})[p.path] = None
-    direct = Shard(tuple(parts), limit)
-    via_datasets = Shard(tuple(hub_part(b, list(paths), "bench") for b, paths in files.items()), limit)
-    rows = _count(direct)
-    _count(via_datasets)  # warm both: the first datasets call imports and sets up its builder
-    t = best_times({DIRECT: lambda: _count(direct), DATASETS: lambda: _count(via_datasets)}, ctx.repeat)
+    return {
+        DIRECT: Shard(tuple(parts), limit),
+        DATASETS: Shard(tuple(hub_part(b, list(paths), "bench") for b, paths in files.items()), limit),
+    }
+
+
+def run(ctx: Context) -> list[Result]:
+    shards = readers(ctx.shards, 300 if ctx.quick else None)
+    if not shards:
+        return [Result("sources", DIRECT, 0.0, "rows/s", ctx.label, note="no Parquet or plain JSONL input")]
+    rows = count_rows(shards[DIRECT])
+    count_rows(shards[DATASETS])  # warm both: the first datasets call imports and sets up its builder
+    t = best_times({name: lambda s=s: count_rows(s) for name, s in shards.items()}, ctx.repeat)
     data = f"{ctx.label}: {rows:,} rows"
     return [
         Result("sources", DATASETS, rows / t[DATASETS], "rows/s", data),

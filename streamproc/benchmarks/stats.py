@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..metrics import Counts, add_trace, collect
 from ..parse import parse_trace
@@ -86,6 +86,17 @@ def aggregate(rows: Sequence[Row]) -> Counts:
     return c
 
 
+def memory_rows(ctx: Context) -> list[Row]:
+    """The rows of the in-memory comparison: the first 2,000 good rows (300 with --quick)."""
+    return list(itertools.islice((r for s in ctx.shards for r in good_rows(s, "skip", ctx.rejected)), 300 if ctx.quick else 2000))
+
+
+def in_memory_contenders(rows: Sequence[Row]) -> dict[str, Callable[[], object]]:
+    """Against the guide: the same rows in memory, one process, no file reading in either."""
+    dicts = guide_rows(rows)
+    return {GUIDE: lambda: tool_use_metrics(dicts), OURS: lambda: aggregate(rows)}
+
+
 def run(ctx: Context) -> list[Result]:
     one, two = whole_run(ctx.shards, 1), whole_run(ctx.shards, 2)
     data = f"{ctx.label}: {one.rows:,} rows in {len(ctx.shards)} shards"
@@ -106,10 +117,8 @@ def run(ctx: Context) -> list[Result]:
         Result("stats", "peak RSS, 1 worker", one.peak_mib, "MiB", data, target=f"< {MEMORY_TARGET_MIB}"),
         Result("stats", "peak RSS, 2 workers", two.peak_mib, "MiB", data, target=f"< {MEMORY_TARGET_MIB}"),
     ]
-    # Against the guide: the same rows in memory, one process, no file reading in either.
-    rows = list(itertools.islice((r for s in ctx.shards for r in good_rows(s, "skip", ctx.rejected)), 300 if ctx.quick else 2000))
-    dicts = guide_rows(rows)
-    t = best_times({GUIDE: lambda: tool_use_metrics(dicts), OURS: lambda: aggregate(rows)}, min(ctx.repeat, 3))
+    rows = memory_rows(ctx)
+    t = best_times(in_memory_contenders(rows), min(ctx.repeat, 3))
     sample = f"first {len(rows):,} rows of {ctx.label}, in memory"
     results += [
         Result("stats", GUIDE, len(rows) / t[GUIDE], "rows/s", sample),
