@@ -16,7 +16,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from ..curate import PRESETS, CurateSpec, Curator, curate_shards, filter_to_file
+from ..curate import PRESETS, Curator, filter_to_file, view
 from ..metrics import collect
 from . import Context, Result
 
@@ -35,8 +35,7 @@ def run(ctx: Context) -> list[Result]:
 
     Curator(PRESETS["clean"])
     def features_only() -> None:
-        for _ in curate_shards(shards, Curator(PRESETS["clean"]), CurateSpec()):
-            pass
+        view(shards, Curator(PRESETS["clean"]))
 
     contenders = {
         STATS: lambda: collect(shards, 1),
