@@ -13,12 +13,13 @@ progress are the runner's); the jobs below (the `filter` and `features` commands
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import operator
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -711,6 +712,23 @@ class FilterJob:
         gone = [(r, why) for r, why in zip(part.rows, reasons) if why is not None]
         self.gone.write([r for r, _ in gone], [why for _, why in gone])
 
+    def summary(self) -> dict[str, Any]:
+        doc = self.curator.summary()
+        doc["output"] = self.kept.path
+        if isinstance(self.gone, RowSink):
+            doc["removed_rows"] = self.gone.path
+        return doc
+
+
+@contextlib.contextmanager
+def filter_job(out: str, curator: Curator, removed: str | None = None, tokenizer: str | None = None) -> Iterator[FilterJob]:
+    """A FilterJob for any engine to run; its files are complete on leaving the block, or absent."""
+    check_row_path(out)
+    if removed:
+        check_row_path(removed)
+    with RowSink(out) as kept, (RowSink(removed) if removed else _NoSink()) as gone:
+        yield FilterJob(curator, kept, gone, tokenizer)
+
 
 def filter_to_file(
     shards: Sequence[Shard], out: str, curator: Curator, *, workers: int = 1, on_error: str = "skip",
@@ -718,17 +736,9 @@ def filter_to_file(
 ) -> tuple[dict[str, Any], Tally]:
     """Write the rows the curator keeps to `out`, unchanged, in input order; with `removed`, the
     others there with a `removed_reason` column. Returns the accounting summary and the tally."""
-    check_row_path(out)
-    if removed:
-        check_row_path(removed)
-    with RowSink(out) as kept, (RowSink(removed) if removed else _NoSink()) as gone:
-        job = FilterJob(curator, kept, gone, tokenizer)
+    with filter_job(out, curator, removed, tokenizer) as job:
         run_jobs(shards, [job], workers=workers, on_error=on_error, progress="filter")
-    doc = curator.summary()
-    doc["output"] = str(out)
-    if removed:
-        doc["removed_rows"] = str(removed)
-    return doc, job.tally
+    return job.summary(), job.tally
 
 
 class _NoSink:
@@ -745,7 +755,7 @@ class _NoSink:
 class FeaturesJob:
     """One row of features per trace, written as each split arrives; `write` takes a pa.Table."""
 
-    def __init__(self, write, tokenizer: str | None = None):
+    def __init__(self, write: Callable[[pa.Table], None], tokenizer: str | None = None):
         self.stages: list[Stage] = [CurateStage(tokenizer=tokenizer)]
         self.write = write
         self.tally = Tally()
@@ -758,10 +768,9 @@ class FeaturesJob:
         self.rows += table.num_rows
 
 
-def features_to_file(
-    shards: Sequence[Shard], out: str, *, tokenizer: str | None = None, workers: int = 1, on_error: str = "skip"
-) -> tuple[int, Tally]:
-    """One row of features per trace to `out` (.parquet, or .jsonl). Returns (rows written, tally)."""
+@contextlib.contextmanager
+def features_job(out: str, tokenizer: str | None = None) -> Iterator[FeaturesJob]:
+    """A FeaturesJob writing `out` (.parquet, or .jsonl), complete on leaving the block, or absent."""
     import pyarrow.parquet as pq
 
     from .fileio import atomic_path
@@ -769,12 +778,18 @@ def features_to_file(
     with atomic_path(out) as tmp:
         if str(out).lower().endswith(".parquet"):
             with pq.ParquetWriter(tmp, feature_schema(tokenizer is not None)) as w:
-                job = FeaturesJob(w.write_table, tokenizer)
-                run_jobs(shards, [job], workers=workers, on_error=on_error, progress="features")
+                yield FeaturesJob(w.write_table, tokenizer)
         else:
             import orjson
 
             with open(tmp, "wb") as f:
-                job = FeaturesJob(lambda t: f.writelines(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in t.to_pylist()), tokenizer)
-                run_jobs(shards, [job], workers=workers, on_error=on_error, progress="features")
+                yield FeaturesJob(lambda t: f.writelines(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in t.to_pylist()), tokenizer)
+
+
+def features_to_file(
+    shards: Sequence[Shard], out: str, *, tokenizer: str | None = None, workers: int = 1, on_error: str = "skip"
+) -> tuple[int, Tally]:
+    """One row of features per trace to `out` (.parquet, or .jsonl). Returns (rows written, tally)."""
+    with features_job(out, tokenizer) as job:
+        run_jobs(shards, [job], workers=workers, on_error=on_error, progress="features")
     return job.rows, job.tally
