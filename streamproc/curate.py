@@ -6,29 +6,28 @@ compares, and a `Curator` holds the compiled conditions and the dedup index and 
 row in input order, whether a row is kept or why it is removed. Conditions are SQL evaluated by
 DuckDB over Arrow batches of features (chosen over Polars SQL by measurement, docs/curate.md).
 
-`curate_shards` is the one function that wires this onto the shard workers; everything else
-(the `filter` and `features` commands, the `--where/--preset/--dedup` view of the other
-commands) goes through it.
+`CurateStage` runs this on the stage runner like any other stage (workers, Ray, bad rows and
+progress are the runner's); the jobs below (the `filter` and `features` commands, the
+`--where/--preset/--dedup` view of the other commands) merge its partials in plan order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import operator
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from .outcomes import ERROR_CLASSES, MISSING_ARGUMENT, UNKNOWN_ARGUMENT, UNKNOWN_TOOL, check_call, classify, parse_tools
-from .parse import parse_trace
-from .records import BadRow, Row, RowError, Trace
-from .records import Tally
-from .runner import map_ordered
-from .sources import Shard, good_rows
+from .records import BadRow, Location, Row, RowError, Tally, Trace
+from .runner import Stage, run_jobs
+from .sources import Shard
 
 # ----------------------------------------------------------------------------- features
 
@@ -429,6 +428,13 @@ class Curator:
             reasons.append(reason)
         return reasons
 
+    def decide_split(self, part: "CuratedSplit", tally: Tally) -> list[str | None]:
+        """decide() over one split's features, counting its rows read and rejected: splits are
+        given in plan order, so the decisions are the same for any number of workers."""
+        self.acct.read += tally.read
+        self.acct.rejected += len(tally.rejected)
+        return self.decide(part.features, part.keys)
+
     def _duplicate(self, key: Any, position: int) -> str | None:
         if self._lsh is None:
             first = self._seen.setdefault(key, position)
@@ -482,96 +488,80 @@ def _deep_size(obj: Any) -> int:
     return total
 
 
-# ----------------------------------------------------------------------------- the pass
+# ----------------------------------------------------------------------------- the stage
 
 @dataclass(slots=True)
-class CurateSpec:
-    """What a worker computes per row: features always; dedup keys, token counts and the rows
-    themselves (for writing) when asked."""
+class CuratedSplit:
+    """A split's features (one per trace the stage kept), with their dedup keys, rows (to be
+    written) and locations (for a view's Split.skip), in input order."""
 
-    dedup: str | None = None
-    tokenizer: str | None = None
-    keep_rows: bool = False
-    on_error: str = "skip"
-
-
-@dataclass(slots=True)
-class CuratedShard:
-    features: pa.Table
+    features: Any  # list of feature dicts while folding; a pa.Table once the split is done
     keys: list[Any] | None
     rows: list[Row] | None
-    positions: list[int]  # each feature row's index among the shard's good rows
-    tally: Tally
+    locs: list[Location | None]
 
 
-class _CurateShard:
-    """Picklable callable for the worker pool: one shard -> features (+ keys, rows) of its good rows."""
+class CurateStage(Stage):
+    """Features of a split's traces; dedup keys with `dedup`, the rows with `keep_rows`, token
+    counts with `tokenizer` (each worker loads it once, itself). What to keep is decided by a
+    Curator in the parent, in plan order (Curator.decide_split), so any --workers gives the same."""
 
-    def __init__(self, spec: CurateSpec):
-        self.spec = spec
-        self.tokens = TokenFeatures(spec.tokenizer) if spec.tokenizer else None
+    name = "features"
 
-    def __call__(self, shard: Shard) -> CuratedShard:
-        spec = self.spec
-        tally = Tally()
-        feats: list[dict] = []
-        traces: list[Trace] = []
-        keys: list[Any] | None = [] if spec.dedup else None
-        rows: list[Row] | None = [] if spec.keep_rows else None
-        positions: list[int] = []
-        for position, row in enumerate(good_rows(shard, spec.on_error, tally.rejected)):
+    def __init__(self, dedup: str | None = None, tokenizer: str | None = None, keep_rows: bool = False):
+        self.dedup, self.keep_rows = dedup, keep_rows
+        self.tokens = TokenFeatures(tokenizer) if tokenizer else None
+
+    def start(self) -> CuratedSplit:
+        return CuratedSplit([], [] if self.dedup else None, [] if self.keep_rows else None, [])
+
+    def fold_batch(self, acc: CuratedSplit, rows: list[tuple[Row, Trace | None]]) -> list[tuple[int, BadRow]]:
+        bad = []
+        traces = []
+        for i, (row, trace) in enumerate(rows):
             try:
-                trace = parse_trace(row)
                 f = features(trace)
-                key = dedup_key(trace, spec.dedup) if spec.dedup else None
+                key = dedup_key(trace, self.dedup) if self.dedup else None
             except Exception as e:  # a bug must not end a long run: the row is set aside, named
-                bad = BadRow(row.loc, "<features>", f"{type(e).__name__}: {e}")
-                if spec.on_error == "fail":
-                    raise RowError(bad) from e
-                tally.rejected.append(bad)
+                bad.append((i, self.reject(row, e)))
                 continue
-            feats.append(f)
-            positions.append(position)
-            if keys is not None:
-                keys.append(key)
-            if rows is not None:
-                rows.append(row)
-            if self.tokens is not None:
-                traces.append(trace)
-            tally.parsed += 1
-        if self.tokens is not None:
-            for f, t in zip(feats, self.tokens.count(traces)):
+            acc.features.append(f)
+            acc.locs.append(row.loc)
+            if acc.keys is not None:
+                acc.keys.append(key)
+            if acc.rows is not None:
+                acc.rows.append(row)
+            traces.append(trace)
+        if self.tokens is not None and traces:
+            for f, t in zip(acc.features[-len(traces):], self.tokens.count(traces)):
                 f.update(t)
-        tally.read = tally.parsed + len(tally.rejected)
-        table = pa.Table.from_pylist(feats, schema=feature_schema(self.tokens is not None))
-        return CuratedShard(table, keys, rows, positions, tally)
+        return bad
+
+    def end(self, acc: CuratedSplit) -> CuratedSplit:
+        acc.features = pa.Table.from_pylist(acc.features, schema=feature_schema(self.tokens is not None))
+        return acc
 
 
-def curate_shards(
-    shards: Sequence[Shard], curator: Curator | None, spec: CurateSpec, workers: int = 1
-) -> Iterator[tuple[CuratedShard, list[str | None]]]:
-    """Each shard's features (computed in workers) with the curator's decision per row, made here
-    in plan order so the result is the same for any `workers`. With no curator every row is kept.
-    This is the only place that knows how shards are run."""
-    for part in map_ordered(_CurateShard(spec), shards, workers):
-        if curator is None:
-            reasons: list[str | None] = [None] * part.features.num_rows
-        else:
-            curator.acct.read += part.tally.read
-            curator.acct.rejected += len(part.tally.rejected)
-            reasons = curator.decide(part.features, part.keys)
-        yield part, reasons
+class _ViewJob:
+    """The locations of the rows the curator removes, split by split."""
+
+    def __init__(self, curator: Curator):
+        self.stages: list[Stage] = [CurateStage(curator.dedup)]
+        self.curator = curator
+        self.removed: list[frozenset[Location | None]] = []
+
+    def add(self, partials: list[Any], tallies: list[Tally]) -> None:
+        part = partials[0]
+        reasons = self.curator.decide_split(part, tallies[0])
+        self.removed.append(frozenset(loc for loc, why in zip(part.locs, reasons) if why is not None))
 
 
 def view(shards: Sequence[Shard], curator: Curator, workers: int = 1, on_error: str = "skip") -> list[Shard]:
     """The shards with the rows the curator removes marked to be skipped, so any command reads
     only the kept rows (a first pass over the data; the command's own pass reads the rest)."""
-    spec = CurateSpec(dedup=curator.dedup, tokenizer=None, on_error=on_error)
-    out = []
-    for shard, (part, reasons) in zip(shards, curate_shards(shards, curator, spec, workers)):
-        removed = frozenset(p for p, r in zip(part.positions, reasons) if r is not None)
-        out.append(Shard(shard.parts, shard.limit, removed))
-    return out
+    job = _ViewJob(curator)
+    run_jobs(shards, [job], workers=workers, on_error=on_error, progress="curate")
+    return [Shard(shard.parts, shard.limit, removed) for shard, removed in zip(shards, job.removed)]
 
 
 # ----------------------------------------------------------------------------- files
@@ -706,28 +696,49 @@ DATASET_SCHEMA = pa.schema(
 )
 
 
+class FilterJob:
+    """The rows the curator keeps to one sink, the others (with their reasons) to another."""
+
+    def __init__(self, curator: Curator, kept: "RowSink", gone: "RowSink | _NoSink", tokenizer: str | None = None):
+        self.stages: list[Stage] = [CurateStage(curator.dedup, tokenizer, keep_rows=True)]
+        self.curator, self.kept, self.gone = curator, kept, gone
+        self.tally = Tally()
+
+    def add(self, partials: list[Any], tallies: list[Tally]) -> None:
+        part = partials[0]
+        self.tally.add(tallies[0])
+        reasons = self.curator.decide_split(part, tallies[0])
+        self.kept.write([r for r, why in zip(part.rows, reasons) if why is None])
+        gone = [(r, why) for r, why in zip(part.rows, reasons) if why is not None]
+        self.gone.write([r for r, _ in gone], [why for _, why in gone])
+
+    def summary(self) -> dict[str, Any]:
+        doc = self.curator.summary()
+        doc["output"] = self.kept.path
+        if isinstance(self.gone, RowSink):
+            doc["removed_rows"] = self.gone.path
+        return doc
+
+
+@contextlib.contextmanager
+def filter_job(out: str, curator: Curator, removed: str | None = None, tokenizer: str | None = None) -> Iterator[FilterJob]:
+    """A FilterJob for any engine to run; its files are complete on leaving the block, or absent."""
+    check_row_path(out)
+    if removed:
+        check_row_path(removed)
+    with RowSink(out) as kept, (RowSink(removed) if removed else _NoSink()) as gone:
+        yield FilterJob(curator, kept, gone, tokenizer)
+
+
 def filter_to_file(
     shards: Sequence[Shard], out: str, curator: Curator, *, workers: int = 1, on_error: str = "skip",
     removed: str | None = None, tokenizer: str | None = None,
 ) -> tuple[dict[str, Any], Tally]:
     """Write the rows the curator keeps to `out`, unchanged, in input order; with `removed`, the
     others there with a `removed_reason` column. Returns the accounting summary and the tally."""
-    check_row_path(out)
-    if removed:
-        check_row_path(removed)
-    spec = CurateSpec(dedup=curator.dedup, tokenizer=tokenizer, keep_rows=True, on_error=on_error)
-    tally = Tally()
-    with RowSink(out) as kept, (RowSink(removed) if removed else _NoSink()) as gone:
-        for part, reasons in curate_shards(shards, curator, spec, workers):
-            tally.add(part.tally)
-            kept.write([r for r, why in zip(part.rows, reasons) if why is None])
-            gone_rows = [(r, why) for r, why in zip(part.rows, reasons) if why is not None]
-            gone.write([r for r, _ in gone_rows], [why for _, why in gone_rows])
-    doc = curator.summary()
-    doc["output"] = str(out)
-    if removed:
-        doc["removed_rows"] = str(removed)
-    return doc, tally
+    with filter_job(out, curator, removed, tokenizer) as job:
+        run_jobs(shards, [job], workers=workers, on_error=on_error, progress="filter")
+    return job.summary(), job.tally
 
 
 class _NoSink:
@@ -741,32 +752,44 @@ class _NoSink:
         pass
 
 
-def features_to_file(
-    shards: Sequence[Shard], out: str, *, tokenizer: str | None = None, workers: int = 1, on_error: str = "skip"
-) -> tuple[int, Tally]:
-    """One row of features per trace to `out` (.parquet, or .jsonl). Returns (rows written, tally)."""
+class FeaturesJob:
+    """One row of features per trace, written as each split arrives; `write` takes a pa.Table."""
+
+    def __init__(self, write: Callable[[pa.Table], None], tokenizer: str | None = None):
+        self.stages: list[Stage] = [CurateStage(tokenizer=tokenizer)]
+        self.write = write
+        self.tally = Tally()
+        self.rows = 0
+
+    def add(self, partials: list[Any], tallies: list[Tally]) -> None:
+        table = partials[0].features
+        self.tally.add(tallies[0])
+        self.write(table)
+        self.rows += table.num_rows
+
+
+@contextlib.contextmanager
+def features_job(out: str, tokenizer: str | None = None) -> Iterator[FeaturesJob]:
+    """A FeaturesJob writing `out` (.parquet, or .jsonl), complete on leaving the block, or absent."""
     import pyarrow.parquet as pq
 
     from .fileio import atomic_path
 
-    spec = CurateSpec(tokenizer=tokenizer, on_error=on_error)
-    schema = feature_schema(tokenizer is not None)
-    tally = Tally()
-    n = 0
-    parquet = str(out).lower().endswith(".parquet")
     with atomic_path(out) as tmp:
-        if parquet:
-            with pq.ParquetWriter(tmp, schema) as w:
-                for part, _ in curate_shards(shards, None, spec, workers):
-                    tally.add(part.tally)
-                    w.write_table(part.features)
-                    n += part.features.num_rows
+        if str(out).lower().endswith(".parquet"):
+            with pq.ParquetWriter(tmp, feature_schema(tokenizer is not None)) as w:
+                yield FeaturesJob(w.write_table, tokenizer)
         else:
             import orjson
 
             with open(tmp, "wb") as f:
-                for part, _ in curate_shards(shards, None, spec, workers):
-                    tally.add(part.tally)
-                    f.writelines(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in part.features.to_pylist())
-                    n += part.features.num_rows
-    return n, tally
+                yield FeaturesJob(lambda t: f.writelines(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in t.to_pylist()), tokenizer)
+
+
+def features_to_file(
+    shards: Sequence[Shard], out: str, *, tokenizer: str | None = None, workers: int = 1, on_error: str = "skip"
+) -> tuple[int, Tally]:
+    """One row of features per trace to `out` (.parquet, or .jsonl). Returns (rows written, tally)."""
+    with features_job(out, tokenizer) as job:
+        run_jobs(shards, [job], workers=workers, on_error=on_error, progress="features")
+    return job.rows, job.tally

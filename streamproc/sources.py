@@ -57,7 +57,7 @@ class Split:
 
     parts: tuple[Part, ...]
     limit: int | None = None
-    skip: frozenset[int] = frozenset()  # good rows (by their index among the shard's good rows) left out: a filtered view
+    skip: frozenset[Location] = frozenset()  # good rows (by their location) left out: a filtered view
 
     @property
     def nbytes(self) -> int:
@@ -303,17 +303,14 @@ def read(shard: Split) -> Iterator[Row | BadRow]:
     """Rows of a shard in order: validated Rows, or BadRows for what does not fit; the good rows
     in `shard.skip` (a filtered view) are left out."""
     left = shard.limit
-    good = 0
     for part in shard.parts:
         for item in _read_part(part):
             if left is not None:
                 if left <= 0:
                     return
                 left -= 1
-            if shard.skip and not isinstance(item, BadRow):
-                good += 1
-                if good - 1 in shard.skip:
-                    continue
+            if shard.skip and not isinstance(item, BadRow) and item.loc in shard.skip:
+                continue
             yield item
 
 

@@ -129,6 +129,31 @@ def test_cli_pack_counts_and_rejects_equal_local(cluster, inputs, tmp_path, caps
     assert out["ray"][0]["rows_read"] == 6 and out["ray"][0]["rows_rejected"] == 3
 
 
+def test_cli_filter_and_features_equal_local(cluster, inputs, tmp_path, capsys):
+    """The curation stage on Ray: the same kept and removed rows (near-dedup decided in input
+    order), summary, features and rejects as the local engine."""
+    out = {}
+    for engine in ("local", "ray"):
+        d = tmp_path / engine
+        d.mkdir()
+        args = ["--engine", engine, "--workers", "1"]
+        assert main(["filter", *inputs, "--preset", "clean", "--dedup", "near", "-o", str(d / "kept.parquet"), "--removed", str(d / "gone.jsonl"), *args]) == 0
+        assert main(["features", *inputs, "-o", str(d / "f.parquet"), *args]) == 0
+        summary = orjson.loads((d / "kept.parquet.summary.json").read_bytes())
+        summary.pop("output"), summary.pop("removed_rows"), summary["dedup"].pop("index_bytes"), summary["dedup"].pop("index_mib_per_million_rows")
+        # Parquet row groups follow the batches (splits locally, map_batches on Ray): the rows are compared.
+        tables = [pq.read_table(d / f).to_pylist() for f in ("kept.parquet", "f.parquet")]
+        files = ("gone.jsonl", "kept.parquet.rejects.jsonl", "f.parquet.rejects.jsonl")
+        out[engine] = (summary, *tables, *((d / f).read_bytes() for f in files))
+    assert out["ray"] == out["local"]
+    assert out["ray"][0]["rejected"] == 5 and out["ray"][0]["kept"] > 0 and out["ray"][0]["removed"] > 0
+
+
+def test_view_flags_are_refused_on_ray(capsys):
+    assert main(["stats", "--engine", "ray", "--preset", "clean"]) != 0
+    assert "streamproc filter --engine ray" in capsys.readouterr().err
+
+
 def test_without_ray_says_how_to_install(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without Ray looks like
     with pytest.raises(engine_ray.RayUnavailable, match=r'pip install "streamproc\[ray\]"'):

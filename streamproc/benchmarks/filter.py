@@ -17,7 +17,7 @@ import tracemalloc
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..curate import PRESETS, CurateSpec, Curator, curate_shards, filter_to_file
+from ..curate import PRESETS, Curator, filter_to_file, view
 from ..metrics import collect
 from ..sources import Split
 from . import Context, Result
@@ -41,8 +41,7 @@ def contenders(shards: Sequence[Split], out: Path, docs: dict[str, dict]) -> dic
     Curator(PRESETS["clean"])  # compiling conditions imports DuckDB, once per process: here, not in a timed pass
 
     def features_only() -> None:
-        for _ in curate_shards(shards, Curator(PRESETS["clean"]), CurateSpec()):
-            pass
+        view(shards, Curator(PRESETS["clean"]))
 
     return {
         STATS: lambda: collect(shards, 1),

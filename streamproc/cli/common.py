@@ -82,8 +82,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 def ray_inputs(args: argparse.Namespace) -> dict:
     """The input options as keyword arguments of the Ray engine's stage functions."""
-    if getattr(args, "where", None) or getattr(args, "preset", None) or getattr(args, "dedup", None):
-        raise SourceError("--where/--preset/--dedup run on --engine local; with Ray, filter first (streamproc filter) and pass its output")
+    if getattr(args, "view", False) and (args.where or args.preset or args.dedup):
+        raise SourceError("--where/--preset/--dedup run on --engine local; with Ray, filter first (streamproc filter --engine ray) and pass its output")
     if args.dataset:
         raise SourceError("--engine ray reads files or URIs; download the dataset's Parquet files and pass them as INPUT")
     args.unread = scan([i for i in args.inputs if "://" not in i])[1]  # for finish's count line

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import sys
 
-from ..curate import features_to_file
-from .common import add_input_args, finish, shards_from
+from ..curate import features_job
+from .common import add_engine_args, add_input_args, finish, run_jobs
 from .manners import RAW
 
 EXAMPLES = """examples:
@@ -28,11 +28,14 @@ def add(sub) -> None:
         "--tokenizer", metavar="TOK", nargs="?", const="default",
         help="add tokens, trained_tokens and system_prompt_tokens (alone: the shipped Qwen2.5 tokenizer)",
     )
+    add_engine_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    n, tally = features_to_file(shards_from(args), args.output, tokenizer=args.tokenizer, workers=args.workers, on_error=args.on_error)
+    with features_job(args.output, args.tokenizer) as job:
+        run_jobs(args, [job], progress="features")
+    n, tally = job.rows, job.tally
     finish(args, tally, f"{args.output}.rejects.jsonl")
     print(f"wrote {args.output} ({n:,} traces)", file=sys.stderr)
     return 0

@@ -4,9 +4,9 @@ import sys
 
 import orjson
 
-from ..curate import filter_to_file
+from ..curate import filter_job
 from ..fileio import write_json
-from .common import add_curate_args, add_input_args, curator_from, finish, shards_from
+from .common import add_curate_args, add_engine_args, add_input_args, curator_from, finish, run_jobs
 from .manners import RAW
 
 EXAMPLES = """examples:
@@ -27,6 +27,7 @@ def add(sub) -> None:
     add_input_args(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.parquet, OUT.jsonl or OUT.jsonl.zst")
     add_curate_args(p)
+    add_engine_args(p)
     p.add_argument("--removed", metavar="FILE", help="also write each removed row, with a removed_reason column (.jsonl, .jsonl.zst or .parquet)")
     p.add_argument(
         "--tokenizer", metavar="TOK", nargs="?", const="default",
@@ -40,10 +41,9 @@ def run(args) -> int:
     if curator is None:
         print("streamproc filter: error: give --where, --preset or --dedup", file=sys.stderr)
         return 2
-    doc, tally = filter_to_file(
-        shards_from(args), args.output, curator, workers=args.workers, on_error=args.on_error,
-        removed=args.removed, tokenizer=args.tokenizer,
-    )
+    with filter_job(args.output, curator, args.removed, args.tokenizer) as job:
+        run_jobs(args, [job], progress="filter")
+    doc, tally = job.summary(), job.tally
     summary = f"{args.output}.summary.json"
     write_json(summary, doc)
     print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
