@@ -11,7 +11,7 @@ from typing import Sequence
 
 from .parse import parse_trace
 from .records import BadRow, Location, Row, Trace
-from .render import status
+from .outcomes import trace_failures
 from .runner import Stage, run
 from .sources import Split
 
@@ -36,28 +36,11 @@ class Summary:
     classes: tuple[str, ...]  # failure classes of its failed responses
 
 
-def summarize(row: Row) -> Summary:
-    trace = parse_trace(row)
-    tools: dict[str, None] = {}
-    failed: dict[str, None] = {}
-    classes: dict[str, None] = {}
-    errors = 0
-    for i in range(len(trace.calls)):
-        call = trace.call(i)
-        tools.setdefault(call.name or "?")
-        if not call.valid:
-            errors += 1
-            classes.setdefault("malformed_call")
-            failed.setdefault(call.name or "?")
-    for i in range(len(trace.responses)):
-        resp = trace.response(i)
-        why = status(resp)
-        if why is not None:
-            errors += 1
-            classes.setdefault(why)
-            failed.setdefault(resp.name or "?")
+def summarize(row: Row | Trace) -> Summary:
+    trace = parse_trace(row) if isinstance(row, Row) else row
+    f = trace_failures(trace)
     return Summary(trace.id, trace.source, trace.category, trace.subcategory, trace.task, len(trace.turns),
-                   len(trace.calls), errors, tuple(tools), tuple(failed), tuple(classes))
+                   len(trace.calls), f.errors, f.tools, f.failed, f.classes)
 
 
 @dataclass(slots=True, frozen=True)
@@ -105,7 +88,6 @@ class ScanStage(Stage):
     """A split's summaries that match the filters, and every good row's id."""
 
     name = "ls"
-    trace = False
 
     def __init__(self, filters: Filters):
         self.filters = filters
@@ -115,7 +97,7 @@ class ScanStage(Stage):
 
     def fold(self, acc: Scanned, row: Row, trace: Trace | None) -> None:
         acc.ids.append(row.id)
-        s = summarize(row)
+        s = summarize(trace if trace is not None else row)
         if self.filters.match(s, row):
             acc.matches.append(s)
 

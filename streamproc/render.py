@@ -12,7 +12,7 @@ from typing import Any, Iterable, Iterator
 
 import orjson
 
-from .outcomes import classify
+from .outcomes import status
 from .records import Trace
 from .turns import REASONING, TEXT, TOOL_CALL, ToolCall, ToolResponse, Turn
 
@@ -92,12 +92,6 @@ def _clip(value: Any, limit: int | None) -> Any:
     if isinstance(value, list):
         return [_clip(v, limit) for v in value]
     return value
-
-
-def status(response: ToolResponse) -> str | None:
-    """The error class of a tool response (None when it succeeded); a response that was not
-    readable JSON counts as `unparsed`."""
-    return classify(response) or ("unparsed" if response.error else None)
 
 
 # ----------------------------------------------------------------------------- blocks

@@ -27,7 +27,8 @@ import orjson
 from .fileio import atomic_path
 from .records import Row, Tally, Trace
 from .turns import REASONING, TEXT
-from .render import assistant_blocks, clip_values, shorten, status
+from .outcomes import status, trace_failures
+from .render import assistant_blocks, clip_values, shorten
 from .runner import Stage, run_merged
 from .sources import Split
 
@@ -50,7 +51,7 @@ class Entry:
     turns: int
     calls: int
     failed: list[str] = field(default_factory=list)  # distinct tools with a failed response or a malformed call
-    classes: list[str] = field(default_factory=list)  # distinct failure classes (status), "malformed call" too
+    classes: list[str] = field(default_factory=list)  # distinct failure classes (status), malformed_call too
     chunk: int = 0
     pos: int = 0
 
@@ -66,30 +67,10 @@ class Browser:
 # ----------------------------------------------------------------------------- per trace (pure)
 
 
-MALFORMED_CALL = "malformed call"  # the failure class the page gives a call whose JSON did not parse
-
-
 def entry(trace: Trace) -> Entry:
-    tools: dict[str, None] = {}
-    failed: dict[str, None] = {}
-    classes: dict[str, None] = {}
-    errors = 0
-    for i in range(len(trace.calls)):
-        call = trace.call(i)
-        tools.setdefault(call.name or "?")
-        if not call.valid:
-            errors += 1
-            failed.setdefault(call.name or "?")
-            classes.setdefault(MALFORMED_CALL)
-    for i in range(len(trace.responses)):
-        response = trace.response(i)
-        cls = status(response)
-        if cls is not None:
-            errors += 1
-            classes.setdefault(cls)
-            failed.setdefault((trace.call(response.call).name if response.call is not None else response.name) or "?")
+    f = trace_failures(trace)
     return Entry(trace.id, trace.source, trace.category, trace.subcategory, shorten(trace.task, 300),
-                 list(tools), errors, len(trace.turns), len(trace.calls), list(failed), list(classes))
+                 list(f.tools), f.errors, len(trace.turns), len(trace.calls), list(f.failed), list(f.classes))
 
 
 def body(trace: Trace) -> dict[str, Any]:

@@ -536,3 +536,16 @@ def test_plots_draw_any_subset_of_real_traces_split_among_sources(real_rows):
             assert all(len(r) == len(header) for r in rows), title
 
     draw()
+
+
+def test_the_page_and_ls_filter_traces_alike(real_rows):
+    """The page's index entry and `streamproc ls` read tools, failed tools and classes from one
+    function: a filter by "tool X failed" or by class lists the same traces in both."""
+    from streamproc.listing import summarize
+    from streamproc.webview import entry
+
+    traces = [parse_trace(r) for r in real_rows]
+    assert any(entry(t).failed for t in traces)
+    for t in traces:
+        e, s = entry(t), summarize(t)
+        assert (tuple(e.tools), tuple(e.failed), tuple(e.classes), e.errors) == (s.tools, s.failed_tools, s.classes, s.errors)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..listing import Filters, Summary, scan, unique_prefix_length
-from ..outcomes import ERROR_CLASSES
+from ..outcomes import ERROR_CLASSES, MALFORMED_CALL
 from ..terminal import page, trimmed, use_color, width_of
 from .common import add_input_args, shards_from
 from .manners import RAW
@@ -17,7 +17,7 @@ EXAMPLES = """examples:
   streamproc ls --failure traceback --search pandas
   streamproc ls data/ | cut -f1 | head               off a terminal: tab-separated, full ids first
 """
-FAILURES = (*ERROR_CLASSES, "malformed_call")
+FAILURES = (*ERROR_CLASSES, MALFORMED_CALL)
 HEADER = ("id", "source", "category", "turns", "calls", "errors", "task")
 NUMBERS = {"turns", "calls", "errors"}
 
