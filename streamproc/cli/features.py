@@ -1,9 +1,8 @@
 from __future__ import annotations
 
-import sys
 
 from ..curate import features_job
-from .common import add_engine_args, add_input_args, finish, run_jobs
+from .common import add_engine_args, add_input_args, finish, run_jobs, say
 from .manners import RAW
 
 EXAMPLES = """examples:
@@ -37,5 +36,5 @@ def run(args) -> int:
         run_jobs(args, [job], progress="features")
     n, tally = job.rows, job.tally
     finish(args, tally, f"{args.output}.rejects.jsonl")
-    print(f"wrote {args.output} ({n:,} traces)", file=sys.stderr)
+    say(args, f"wrote {args.output} ({n:,} traces)")
     return 0

@@ -6,7 +6,7 @@ import orjson
 
 from ..curate import filter_job
 from ..fileio import write_json
-from .common import add_curate_args, add_engine_args, add_input_args, curator_from, finish, run_jobs
+from .common import add_curate_args, add_engine_args, add_input_args, curator_from, finish, run_jobs, say
 from .manners import RAW
 
 EXAMPLES = """examples:
@@ -48,5 +48,5 @@ def run(args) -> int:
     write_json(summary, doc)
     print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
     finish(args, tally, f"{args.output}.rejects.jsonl")
-    print(f"wrote {args.output} ({doc['kept']:,} of {doc['read']:,} rows) and {summary}", file=sys.stderr)
+    say(args, f"wrote {args.output} ({doc['kept']:,} of {doc['read']:,} rows) and {summary}")
     return 0
