@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-
 from ..curate import features_job
 from .common import add_engine_args, add_input_args, finish, run_jobs, say
 from .manners import RAW
