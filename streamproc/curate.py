@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
+from .curate_options import DEDUP_MODES, PRESET_HELP  # noqa: F401  (PRESET_HELP: part of this module's API)
 from .outcomes import ERROR_CLASSES, MISSING_ARGUMENT, UNKNOWN_ARGUMENT, UNKNOWN_TOOL, check_call, classify, parse_tools
 from .records import BadRow, Location, Row, RowError, Tally, Trace
 from .runner import Stage, run_jobs
@@ -191,7 +192,6 @@ class TokenFeatures:
 
 # ----------------------------------------------------------------------------- dedup keys
 
-DEDUP_MODES = ("exact", "near")
 NUM_PERM = 128
 MINHASH_SCHEME = "affine32"
 SHINGLE_WORDS = 5
@@ -277,13 +277,6 @@ PRESETS["reasoning"] = (
     Condition("has_reasoning", "think_blocks > 0"),
     Condition("no_empty_think", "empty_think_blocks = 0"),
 )
-PRESET_HELP = {
-    "clean": "well-formed agent behaviour: no malformed calls, no calls to undeclared tools, no missing arguments, every call answered, ends with an answer",
-    "recovered": "clean, and every failed tool response is followed by a success from the same tool",
-    "strict": "clean, and no failed response, unknown argument, unpaired or malformed response, or empty <think>",
-    "agentic": "clean, and at least one tool call",
-    "reasoning": "at least one <think> block and none empty",
-}
 
 
 class ConditionError(ValueError):

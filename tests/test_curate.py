@@ -346,3 +346,10 @@ def test_bench_section_runs(tmp_path, capsys):
     got = {r["name"]: r for r in json.loads((tmp_path / "b.json").read_text())}
     assert got["filter --preset clean"]["baseline"] == "stats pass (parse + aggregate)" and got["filter --preset clean"]["value"] > 0
     assert got["near-dedup index"]["unit"] == "GiB per million rows" and got["near-dedup index"]["value"] > 0
+
+
+def test_every_preset_has_its_help_and_its_conditions():
+    from streamproc.curate import PRESETS
+    from streamproc.curate_options import PRESET_HELP
+
+    assert list(PRESET_HELP) == list(PRESETS)

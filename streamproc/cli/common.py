@@ -52,11 +52,11 @@ def rows_output(path: str) -> str:
 
 
 def add_curate_args(p: argparse.ArgumentParser, *, view: bool = False) -> None:
-    from ..curate import DEDUP_MODES, PRESET_HELP, PRESETS
+    from ..curate_options import DEDUP_MODES, PRESET_HELP
 
     g = p.add_argument_group("curation" + (" (read only the rows kept, as `streamproc filter` would)" if view else ""))
     g.add_argument("--where", metavar="SQL", help='a SQL condition over the per-trace features, e.g. "failed_responses = 0 AND tool_calls > 2"')
-    g.add_argument("--preset", choices=PRESETS, help="; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()))
+    g.add_argument("--preset", choices=list(PRESET_HELP), help="; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()))
     g.add_argument("--dedup", choices=DEDUP_MODES, help="exact: same conversation text (whitespace normalized); near: MinHash LSH over user and assistant text; the first occurrence is kept")
     g.add_argument("--threshold", type=float, default=0.8, metavar="J", help="--dedup near: Jaccard similarity that counts as a duplicate (default %(default)s)")
     p.set_defaults(view=view)
