@@ -55,6 +55,8 @@ def run(args) -> int:
     except (ShardMismatch, ShardFormatError, FileNotFoundError) as e:
         print(f"streamproc train: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        _leave_process_group()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, rank 0 speaks for all
     summary = f"train_loss {metrics['train_loss']:.4f} after {metrics['steps']} steps, {metrics['tokens_per_second']:,.0f} tokens/s"
@@ -66,3 +68,13 @@ def run(args) -> int:
     print(summary, file=sys.stderr)
     print(f"wrote {cfg.output}/metrics.json", file=sys.stderr)
     return 0
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group before the process ends: gloo's threads, left
+    running at exit, abort a rank now and then ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
