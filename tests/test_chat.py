@@ -16,7 +16,7 @@ from streamproc.chat import (
 )
 from streamproc.records import row_from_dict
 
-# What each real template does (see README "Chat messages").
+# What each real template does (see docs/training-data.md, "Chat messages").
 EXPECTED = {
     "qwen2.5-instruct-tokenizer": dict(tool_mode="unwrap", verbatim=True, injects_system=True),
     "qwen3-tokenizer": dict(tool_mode="unwrap", verbatim=False, injects_system=False),

@@ -17,7 +17,7 @@ from streamproc.parse import parse_trace
 from streamproc.records import BadRow, row_from_dict
 from streamproc.sources import SAMPLE, iter_rows
 
-# The command README.md documents for the shipped sample.
+# The command docs/sources.md documents for the shipped sample.
 SAMPLE_ARGS = ["--rows", "300", "--seed", "0"]
 
 CALL = re.compile(r"<tool_call>\n(.*?)\n</tool_call>", re.S)
