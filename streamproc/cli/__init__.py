@@ -13,7 +13,7 @@ from .. import __version__
 from .._compiled import parser_build
 from .manners import command_error, quiet_progress
 
-# Commands in the order `--help` lists them, with the line it shows. Each module
+# Commands in the order `--help` lists them, with the line it shows (the one place it is written). Each module
 # streamproc.cli.<name> defines add(subparsers), which registers its parser with
 # set_defaults(func=...); func(args) returns an exit code. Only the chosen command's module is
 # imported: start-up, --version and --help stay free of numpy, numba, matplotlib and the rest.
@@ -27,11 +27,11 @@ COMMANDS = {
     "report": "one self-contained HTML page: summary, plots and a browser of every trace",
     "ls": "list traces, filtered by source, category, tool, failure or text, with ids for show/replay",
     "show": "print one trace, readable: task, turns, reasoning, tool calls and results",
-    "replay": "step through one trace an assistant turn at a time (n, p, number, q)",
+    "replay": "step through one trace an assistant turn at a time (arrows, n, p, number, q)",
     "pack": "tokenize, mask and pack traces into Arrow shards for training (with manifest.json)",
     "export": "write normalized chat messages or prompt/completion pairs (JSONL or Parquet)",
     "train": "fine-tune a causal LM on packed shards (padding-free, no attention across packed sequences)",
-    "bench": "measure each stage against the baseline it replaces, same run, same data",
+    "bench": "measure each stage against the baseline it replaces (a regex parser, the per-message recipe), same run, same data",
 }
 
 

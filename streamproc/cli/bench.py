@@ -5,6 +5,7 @@ from ..fileio import write_json
 from .common import add_input_args, say
 from .manners import RAW, output_path, to_stdout
 from .progress import bar
+from . import COMMANDS
 
 EXAMPLES = """examples:
   streamproc bench --quick                         a smoke run on the first 300 rows of the built-in sample
@@ -14,8 +15,7 @@ EXAMPLES = """examples:
 
 def add(sub) -> None:
     p = sub.add_parser(
-        "bench",
-        help="measure each stage against the baseline it replaces (a regex parser, the per-message recipe), same run, same data",
+        "bench", help=COMMANDS["bench"],
         description="Measure each stage against the baseline it replaces, in the same run on the same data: "
         "parsing against a regex parser, masking against the per-message recipe, packing against one sequence "
         "per row. With no INPUT: the built-in sample.",

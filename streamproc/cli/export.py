@@ -7,6 +7,7 @@ from ..export import FORMATS, TOOL_ROLES, export
 from ..fileio import check_output_file
 from .common import add_input_args, check_rejects, finish, rows_output, say, shards_from
 from .manners import RAW, output_path, to_stdout
+from . import COMMANDS
 
 EXAMPLES = """examples:
   streamproc export -o chats.jsonl                          one conversation per row
@@ -17,7 +18,7 @@ EXAMPLES = """examples:
 
 def add(sub) -> None:
     p = sub.add_parser(
-        "export", help="write normalized chat messages or prompt/completion pairs (JSONL or Parquet)",
+        "export", help=COMMANDS["export"],
         description="Write each trace as chat messages (role/content, the form chat templates read), or as "
         "prompt/completion pairs, for training tools other than `streamproc train`.",
         epilog=EXAMPLES, formatter_class=RAW,

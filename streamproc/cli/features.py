@@ -3,6 +3,7 @@ from __future__ import annotations
 from ..curate import features_job
 from .common import add_engine_args, add_input_args, finish, run_jobs, say
 from .manners import RAW
+from . import COMMANDS
 
 EXAMPLES = """examples:
   streamproc features -o features.parquet                      the built-in sample
@@ -13,8 +14,7 @@ EXAMPLES = """examples:
 
 def add(sub) -> None:
     p = sub.add_parser(
-        "features",
-        help="one row of quality features per trace (calls, failures, schema problems, lengths) as Parquet, for SQL or dataframes",
+        "features", help=COMMANDS["features"],
         description="Write one row per trace with the quality features `filter --where` reads: calls, parallel "
         "width, failed responses by class, unrecovered failures, schema problems, reasoning and answer lengths. "
         "Every column is defined in docs/curate.md.",

@@ -8,6 +8,7 @@ from ..curate import filter_job
 from ..fileio import write_json
 from .common import add_curate_args, add_engine_args, add_input_args, curator_from, finish, run_jobs, say
 from .manners import RAW
+from . import COMMANDS
 
 EXAMPLES = """examples:
   streamproc filter data/ --preset clean -o clean.parquet
@@ -18,8 +19,7 @@ EXAMPLES = """examples:
 
 def add(sub) -> None:
     p = sub.add_parser(
-        "filter",
-        help="keep the traces worth training on: SQL conditions over per-trace features, presets, de-duplication",
+        "filter", help=COMMANDS["filter"],
         description="Write the rows that meet the conditions, unchanged and in input order, and an accounting "
         "summary (OUT.summary.json). Columns for --where: `streamproc features`, or docs/curate.md.",
         epilog=EXAMPLES, formatter_class=RAW,

@@ -9,6 +9,7 @@ from ..outcomes import ERROR_CLASSES, MALFORMED_CALL
 from ..terminal import page, trimmed, use_color, width_of
 from .common import add_input_args, shards_from
 from .manners import RAW
+from . import COMMANDS
 
 EXAMPLES = """examples:
   streamproc ls                                      every trace of the built-in sample
@@ -24,7 +25,7 @@ NUMBERS = {"turns", "calls", "errors"}
 
 def add(sub) -> None:
     p = sub.add_parser(
-        "ls", help="list traces, filtered by source, category, tool, failure or text, with ids for show/replay",
+        "ls", help=COMMANDS["ls"],
         description="List the traces that pass every filter given, with the id `show --id` and `replay --id` "
         "take (on a terminal, the shortest unique prefix). Off a terminal: one tab-separated line per trace "
         "(id, source, category, turns, calls, errors, failed tools, task).",

@@ -9,6 +9,7 @@ from ..mask import DEFAULT_TOKENIZER_NAME, OVERFLOWS, MaskOptions
 from .argtypes import fraction, positive_int
 from .common import add_engine_args, add_input_args, check_rejects, finish, ray_inputs, say, shards_from
 from .manners import RAW
+from . import COMMANDS
 
 EXAMPLES = """examples:
   streamproc pack -o packed/                                  the built-in sample, shipped Qwen2.5 tokenizer
@@ -23,7 +24,7 @@ if TYPE_CHECKING:  # imported where used: `pack --help` needs neither numba nor 
 
 def add(sub) -> None:
     p = sub.add_parser(
-        "pack", help="tokenize, mask and pack traces into Arrow shards for training (with manifest.json)",
+        "pack", help=COMMANDS["pack"],
         description="Render each trace with the chat template, tokenize it, mark the tokens to train on (assistant "
         "reasoning, calls, answers) and pack the sequences into rows of --seq-len tokens: Arrow shards and a "
         "manifest.json that `streamproc train` reads. An interrupted run resumes.",

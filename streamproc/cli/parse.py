@@ -4,6 +4,7 @@ from ..fileio import check_output_file
 from ..parse_job import parse_to_file
 from .common import add_input_args, check_rejects, finish, rows_output, say, shards_from
 from .manners import RAW, output_path, to_stdout
+from . import COMMANDS
 
 EXAMPLES = """examples:
   streamproc parse -o parsed.jsonl                  the built-in sample, one record per trace
@@ -14,7 +15,7 @@ EXAMPLES = """examples:
 
 def add(sub) -> None:
     p = sub.add_parser(
-        "parse", help="parse traces into one structured record per trace (JSONL or Parquet)",
+        "parse", help=COMMANDS["parse"],
         description="Parse each trace into one record: turns with their reasoning, tool calls (arguments decoded) "
         "and tool responses (content decoded, matched to their call). Bad rows are counted and set aside.",
         epilog=EXAMPLES, formatter_class=RAW,

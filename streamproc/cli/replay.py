@@ -7,6 +7,7 @@ from ..render import DEFAULT
 from ..replay import Screen, commands_from, play, step_lines, steps, to_text
 from .manners import RAW
 from .show import add_view_args, trace_from, use_color
+from . import COMMANDS
 
 EXAMPLES = """examples:
   streamproc replay --id 8c679f12                   keys: Right/n next, Left/p previous, Up/Down scroll, 12 Enter, q
@@ -17,7 +18,7 @@ EXAMPLES = """examples:
 
 def add(sub) -> None:
     p = sub.add_parser(
-        "replay", help="step through one trace an assistant turn at a time (arrows, n, p, number, q)",
+        "replay", help=COMMANDS["replay"],
         description="Step through one trace an assistant step at a time: what led to it, its reasoning, each "
         "call with its result, its answer. On a terminal each step replaces the last (Right/Left or n/p move, "
         "Up/Down and PgUp/PgDn scroll, a number and Enter jumps, q quits); from a pipe, one command per line. "

@@ -7,6 +7,7 @@ from ..webview import write_page
 from .argtypes import positive_int
 from .common import add_input_args, check_rejects, finish, run_jobs, say
 from .manners import RAW
+from . import COMMANDS
 
 EXAMPLES = """examples:
   streamproc report -o report.html                        the built-in sample
@@ -16,7 +17,7 @@ EXAMPLES = """examples:
 
 def add(sub) -> None:
     p = sub.add_parser(
-        "report", help="one self-contained HTML page: summary, plots and a browser of every trace",
+        "report", help=COMMANDS["report"],
         description="Write one HTML file that opens anywhere without a server: the trace browser (filter by "
         "source, category, tool, failure), the summary tables and the plots.",
         epilog=EXAMPLES, formatter_class=RAW,

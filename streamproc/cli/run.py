@@ -19,6 +19,7 @@ from ..terminal import print_tables
 from .common import add_input_args, check_rejects, finish, shards_from
 from .manners import RAW
 from .pack import add_pack_args, no_training_data, pack_options, print_counts
+from . import COMMANDS
 
 EXAMPLES = """examples:
   streamproc run                              the built-in sample into ./out
@@ -28,7 +29,7 @@ EXAMPLES = """examples:
 
 def add(sub) -> None:
     p = sub.add_parser(
-        "run", help="the whole job: parse, stats report and packed shards (default: the built-in sample)",
+        "run", help=COMMANDS["run"],
         description="The whole job in one command: DIR/parsed.jsonl (one record per trace), DIR/report/ "
         "(stats, plots and the trace browser index.html) and DIR/packed/ (training shards and manifest.json).",
         epilog=EXAMPLES, formatter_class=RAW,

@@ -12,6 +12,7 @@ from ..sources import Split, read
 from ..terminal import page, use_color as color_for, width_of, wrap
 from .common import add_input_args, shards_from
 from .manners import RAW
+from . import COMMANDS
 
 EXAMPLES = """examples:
   streamproc ls --failed-tool terminal              find a trace first: ids to pass to --id
@@ -23,7 +24,7 @@ EXAMPLES = """examples:
 
 def add(sub) -> None:
     p = sub.add_parser(
-        "show", help="print one trace, readable: task, turns, reasoning, tool calls and results",
+        "show", help=COMMANDS["show"],
         description="Print one trace: the task, then every turn in order, with reasoning, each tool call and "
         "the result it got (failures marked). Turns and calls are numbered from 1. Long values are shortened "
         "(--full shows them); on a terminal long lines wrap and a long trace opens in $PAGER (less -R).",

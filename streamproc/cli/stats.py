@@ -9,6 +9,7 @@ from ..terminal import print_tables
 from .argtypes import positive_int
 from .common import add_engine_args, add_input_args, check_rejects, finish, run_jobs, say
 from .manners import RAW, output_path, to_stdout
+from . import COMMANDS
 
 EXAMPLES = """examples:
   streamproc stats                                  the built-in sample
@@ -20,8 +21,7 @@ EXAMPLES = """examples:
 
 def add(sub) -> None:
     p = sub.add_parser(
-        "stats",
-        help="agent-behaviour metrics: tools, parallel calls, failures, reasoning length, data quality, per source",
+        "stats", help=COMMANDS["stats"],
         description="Count what the agents did: tool calls and their failures by class, parallel calls, reasoning "
         "length, data-quality problems; per source when there are several. Tables on the terminal; "
         "--json and --report write files.",

@@ -7,6 +7,7 @@ from .argtypes import count, positive_int
 from .common import rows_file, say
 from .manners import RAW
 from .progress import bar
+from . import COMMANDS
 
 EXAMPLES = """examples:
   streamproc synth --rows 10000 -o synth.parquet            same seed, same bytes
@@ -16,8 +17,7 @@ EXAMPLES = """examples:
 
 def add(sub) -> None:
     p = sub.add_parser(
-        "synth",
-        help="write seeded synthetic traces in the dataset's layout (Parquet, or JSONL .gz/.zst), any size",
+        "synth", help=COMMANDS["synth"],
         description="Write synthetic traces with the dataset's columns and the shapes of the real data (turns, "
         "tool calls, failures, reasoning length), from a seed: for tests and benchmarks at any size.",
         epilog=EXAMPLES, formatter_class=RAW,

@@ -8,6 +8,7 @@ import sys
 from ..shards import ShardFormatError
 from ..train import ShardMismatch, TrainConfig, train
 from .manners import RAW
+from . import COMMANDS
 
 D = TrainConfig.__dataclass_fields__
 
@@ -19,8 +20,7 @@ EXAMPLES = """examples:
 
 def add(sub) -> None:
     p = sub.add_parser(
-        "train",
-        help="fine-tune a causal LM on packed shards (padding-free, no attention across packed sequences)",
+        "train", help=COMMANDS["train"],
         description="Runs as is on one device, or under `torchrun` / `accelerate launch` with DDP "
         "(each rank reads its own shard files).",
         epilog=EXAMPLES, formatter_class=RAW,
