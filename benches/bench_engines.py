@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from streamproc import engine_ray, metrics
+from streamproc import metrics
+from streamproc.engine_ray import RayEngine
 from streamproc.benchmarks import synthetic_file
 from streamproc.pack_job import pack_to_dir
 from streamproc.sources import plan
@@ -44,7 +45,6 @@ def pack_file() -> Path:
 def cluster():
     t = time.perf_counter()
     ray.init(num_cpus=CPUS, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
     yield time.perf_counter() - t
     ray.shutdown()
 
@@ -64,8 +64,9 @@ def test_stats_local(benchmark, synth_file):
 
 @pytest.mark.benchmark(group="stats: local vs ray")
 def test_stats_ray(benchmark, synth_file, cluster):
-    engine_ray.collect([str(synth_file)])  # warm-up: worker processes and imports
-    _, tally = benchmark.pedantic(lambda: engine_ray.collect([str(synth_file)]), rounds=2, warmup_rounds=0)
+    shards = plan([synth_file])
+    metrics.collect(shards, workers=RayEngine())  # warm-up: worker processes and imports
+    _, tally = benchmark.pedantic(lambda: metrics.collect(shards, workers=RayEngine()), rounds=2, warmup_rounds=0)
     _rows_per_s(benchmark, tally)
     benchmark.extra_info["cluster_start_s"] = round(cluster, 1)
 
@@ -79,5 +80,6 @@ def test_pack_local(benchmark, pack_file, tmp_path):
 
 @pytest.mark.benchmark(group="pack: local vs ray")
 def test_pack_ray(benchmark, pack_file, tmp_path, cluster):
-    res = benchmark.pedantic(lambda: engine_ray.pack([str(pack_file)], tmp_path, restart=True), rounds=2, warmup_rounds=0)
+    shards = plan([pack_file])
+    res = benchmark.pedantic(lambda: pack_to_dir(shards, tmp_path, workers=RayEngine(), restart=True), rounds=2, warmup_rounds=0)
     _rows_per_s(benchmark, res.tally, PACK_ROWS)

@@ -27,7 +27,7 @@ import pyarrow as pa
 from .curate_options import DEDUP_MODES, PRESET_HELP  # noqa: F401  (PRESET_HELP: part of this module's API)
 from .outcomes import ERROR_CLASSES, MISSING_ARGUMENT, UNKNOWN_ARGUMENT, UNKNOWN_TOOL, check_call, classify, parse_tools
 from .records import BadRow, Location, Row, RowError, Tally, Trace
-from .runner import Stage, run_jobs
+from .runner import Engine, Stage, run_jobs
 from .sources import Shard
 
 # ----------------------------------------------------------------------------- features
@@ -549,7 +549,7 @@ class _ViewJob:
         self.removed.append(frozenset(loc for loc, why in zip(part.locs, reasons) if why is not None))
 
 
-def view(shards: Sequence[Shard], curator: Curator, workers: int = 1, on_error: str = "skip") -> list[Shard]:
+def view(shards: Sequence[Shard], curator: Curator, workers: int | Engine = 1, on_error: str = "skip") -> list[Shard]:
     """The shards with the rows the curator removes marked to be skipped, so any command reads
     only the kept rows (a first pass over the data; the command's own pass reads the rest)."""
     job = _ViewJob(curator)
@@ -724,7 +724,7 @@ def filter_job(out: str, curator: Curator, removed: str | None = None, tokenizer
 
 
 def filter_to_file(
-    shards: Sequence[Shard], out: str, curator: Curator, *, workers: int = 1, on_error: str = "skip",
+    shards: Sequence[Shard], out: str, curator: Curator, *, workers: int | Engine = 1, on_error: str = "skip",
     removed: str | None = None, tokenizer: str | None = None,
 ) -> tuple[dict[str, Any], Tally]:
     """Write the rows the curator keeps to `out`, unchanged, in input order; with `removed`, the
@@ -780,7 +780,7 @@ def features_job(out: str, tokenizer: str | None = None) -> Iterator[FeaturesJob
 
 
 def features_to_file(
-    shards: Sequence[Shard], out: str, *, tokenizer: str | None = None, workers: int = 1, on_error: str = "skip"
+    shards: Sequence[Shard], out: str, *, tokenizer: str | None = None, workers: int | Engine = 1, on_error: str = "skip"
 ) -> tuple[int, Tally]:
     """One row of features per trace to `out` (.parquet, or .jsonl). Returns (rows written, tally)."""
     with features_job(out, tokenizer) as job:

@@ -19,7 +19,7 @@ import orjson
 from .chat import TOOL_FALLBACK, to_messages
 from .fileio import atomic_path, jsonl_writer, output_format
 from .records import Row, Tally, Trace
-from .runner import Folded, Stage, run
+from .runner import Engine, Folded, Stage, run
 from .sources import Split
 
 FORMATS = ("messages", "pairs")
@@ -62,7 +62,7 @@ def export(
     fmt: str = "messages",
     tool_role: str = "keep",
     tool_prefix: str = TOOL_FALLBACK,
-    workers: int = 1,
+    workers: int | Engine = 1,
     on_error: str = "skip",
 ) -> Tally:
     """Write the records of every row to OUT as JSONL (.gz, .zst) or Parquet by its extension, atomically."""

@@ -12,7 +12,7 @@ from typing import Sequence
 from .parse import parse_trace
 from .records import BadRow, Location, Row, Trace
 from .outcomes import trace_failures
-from .runner import Stage, run
+from .runner import Engine, Stage, run
 from .sources import Split
 
 MIN_PREFIX = 8  # listed ids are shortened to a unique prefix of at least this many characters
@@ -102,7 +102,7 @@ class ScanStage(Stage):
             acc.matches.append(s)
 
 
-def scan(shards: Sequence[Split], filters: Filters, *, workers: int = 1, on_error: str = "skip") -> Scanned:
+def scan(shards: Sequence[Split], filters: Filters, *, workers: int | Engine = 1, on_error: str = "skip") -> Scanned:
     total = Scanned()
     for folded in run(shards, [ScanStage(filters)], workers=workers, on_error=on_error, progress="ls"):
         (part,), (tally,) = folded.partials, folded.tallies
@@ -161,7 +161,7 @@ class FindStage(Stage):
             hits.where.setdefault(row.id, []).append(row.loc or Location("?", -1))
 
 
-def lookup(shards: Sequence[Split], key: str, *, workers: int = 1, on_error: str = "skip",
+def lookup(shards: Sequence[Split], key: str, *, workers: int | Engine = 1, on_error: str = "skip",
            rejects: list[BadRow] | None = None) -> Lookup:
     """The trace whose id is `key`, else the one trace whose id starts with `key`. Raises
     LookupError naming the candidates when there is none or more than one. Every row is read,

@@ -19,7 +19,7 @@ import numpy as np
 
 from .outcomes import check_call, classify, guide_flags, parse_tools
 from .records import Row, Tally, Trace
-from .runner import Stage, run_merged
+from .runner import Engine, Stage, run_merged
 from .sources import Split
 
 # Small integer quantities (turns, calls): one bin per value up to 1023, then one overflow bin,
@@ -304,7 +304,7 @@ def merge(partials: Iterable[Stats], tokenizer: str | None = None) -> Stats:
 
 
 def collect(
-    splits: Sequence[Split], workers: int = 1, on_error: str = "skip", tokenizer: str | None = None
+    splits: Sequence[Split], workers: int | Engine = 1, on_error: str = "skip", tokenizer: str | None = None
 ) -> tuple[Stats, Tally]:
     """Aggregate every row of `splits` in `workers` processes. `tokenizer` (see token_counter)
     adds reasoning lengths in tokens."""

@@ -27,7 +27,7 @@ from .mask import DEFAULT_TOKENIZER_NAME, Masker, MaskOptions, load_tokenizer, t
 from .mask_stage import _MASKERS, MaskStage, SplitCounts, is_eval, min_system  # noqa: F401  (is_eval: part of this module's API)
 from .pack import Packer
 from .records import BadRow, Location, RowError, Tally
-from .runner import Stage, run_jobs
+from .runner import Engine, Stage, run_jobs
 from .shards import FORMAT, MANIFEST, SPLITS, ShardInfo, write_shards
 from .sources import Split
 
@@ -230,7 +230,7 @@ def pack_to_dir(
     out_dir: str | os.PathLike,
     options: PackOptions | None = None,
     *,
-    workers: int = 1,
+    workers: int | Engine = 1,
     on_error: str = "skip",
     restart: bool = False,
 ) -> PackResult:

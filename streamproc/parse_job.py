@@ -13,7 +13,7 @@ from .fileio import atomic_path, jsonl_writer, output_format
 from .parse import trace_to_record
 from .record_schema import parquet_schema, to_parquet_row
 from .records import Row, Tally, Trace
-from .runner import Stage, run_jobs
+from .runner import Engine, Stage, run_jobs
 from .sources import Split
 
 
@@ -70,7 +70,7 @@ class ParseJob:
         return self._writer.__exit__(*exc)
 
 
-def parse_to_file(splits: Sequence[Split], out: str | os.PathLike, *, workers: int = 1, on_error: str = "skip") -> Tally:
+def parse_to_file(splits: Sequence[Split], out: str | os.PathLike, *, workers: int | Engine = 1, on_error: str = "skip") -> Tally:
     """Parse every row and write one record per trace: JSONL (.gz, .zst) or Parquet, by `out`'s extension."""
     with ParseJob(out) as job:
         run_jobs(splits, [job], workers=workers, on_error=on_error, progress="parse")

@@ -4,9 +4,10 @@ A `Stage` folds the parsed rows of one input split into a small picklable partia
 job that asked for it merges the partials in plan order. A stage knows nothing of processes,
 reading, bad rows or progress: the runner owns those. It plans nothing itself (sources.plan
 does), reads and validates the rows of each split, parses each good row once for all stages,
-applies `--on-error skip|fail`, keeps a row `Tally` per stage, and runs splits in worker
-processes (or on Ray, see engine_ray.py) with the results back in plan order, so every output
-is the same for any number of workers.
+applies `--on-error skip|fail`, keeps a row `Tally` per stage, and runs splits on an engine:
+worker processes here (`Local`), or Ray tasks on a cluster (engine_ray.RayEngine), with the
+results back in plan order, so every output is the same for any number of workers and on either
+engine.
 
 Worker processes are spawned, never forked: a fork copies a parent whose threads (the
 tokenizer's pool, tqdm's monitor) may hold locks that no thread of the child will release.
@@ -138,6 +139,28 @@ def fold_split(split: Split, stages: Sequence[Stage], on_error: str = "skip") ->
     return fold_items(read(split), stages, on_error)
 
 
+class Engine(Protocol):
+    """Where splits are folded: `map(fn, items)` gives fn(item) for each item, in order, and
+    stops all work when the iterator is closed or an exception goes through it."""
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]: ...
+
+
+@dataclass(slots=True, frozen=True)
+class Local:
+    """The local engine: `workers` spawned processes on this machine (1: this process)."""
+
+    workers: int = 1
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+        return map_ordered(fn, items, self.workers)
+
+
+def engine_of(workers: int | Engine) -> Engine:
+    """The API's `workers` arguments take a process count or an engine."""
+    return Local(workers) if isinstance(workers, int) else workers
+
+
 class _FoldSplit:
     """Picklable: what a worker runs for each split."""
 
@@ -152,11 +175,12 @@ def run(
     splits: Sequence[Split],
     stages: Sequence[Stage],
     *,
-    workers: int = 1,
+    workers: int | Engine = 1,
     on_error: str = "skip",
     progress: str | None = None,
 ) -> Iterator[Folded]:
-    """Each split folded by `stages`, in plan order, in `workers` processes (1: this one).
+    """Each split folded by `stages`, in plan order, in `workers` local processes (1: this one)
+    or on the engine given (engine_ray.RayEngine).
 
     `progress` names a progress bar sized in input bytes, with a rows/s figure (with --limit:
     in rows of the limit, since the input is read only in part); it shows on a terminal, or
@@ -166,7 +190,7 @@ def run(
     bar = _bar(progress, total, "rows" if by_rows else "B") if progress else None
     rows = 0
     try:
-        for split, folded in zip(splits, map_ordered(_FoldSplit(stages, on_error), splits, workers)):
+        for split, folded in zip(splits, engine_of(workers).map(_FoldSplit(stages, on_error), splits)):
             if bar is not None:
                 n = folded.tallies[0].read if folded.tallies else 0
                 rows += n
@@ -345,7 +369,7 @@ def _serve(conn, fn) -> None:
         try:
             answer = (i, True, fn(item))
         except Exception as e:
-            answer = (i, False, _picklable(e))
+            answer = (i, False, picklable(e))
         try:
             conn.send(answer)
         except (BrokenPipeError, OSError):
@@ -354,7 +378,7 @@ def _serve(conn, fn) -> None:
             conn.send((i, False, RuntimeError(f"cannot send a result back: {type(e).__name__}: {e}")))
 
 
-def _picklable(e: Exception) -> Exception:
+def picklable(e: Exception) -> Exception:
     import pickle
 
     try:

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import orjson
 
+from . import storage
 from .records import BadRow, Location, Row, RowError, row_from_dict
 
 HUB_DATASET = "lambda/hermes-agent-reasoning-traces"
@@ -98,15 +99,18 @@ def expand(inputs: Sequence[str | os.PathLike]) -> list[str]:
 
 def scan(inputs: Sequence[str | os.PathLike]) -> tuple[list[str], list[Unread]]:
     """Files to read, and what is not read. Files as named, directories (recursively, through
-    links to directories, each directory once) and globs (a matched directory as if named),
+    links to directories, each directory once), globs (a matched directory as if named) and URIs
+    (storage.py: a URI directory is listed recursively),
     each directory's or glob's files in sorted order. A named file of an unknown type is read as
     a file-level reject; inside a directory or glob it is listed as unread, with unreadable
     directories, broken links, FIFOs and streamproc's own rejects files."""
     out: list[str] = []
     unread: list[Unread] = []
     for item in inputs:
-        s = str(item)
-        if any(c in s for c in "*?["):
+        s = storage.local_path(str(item))
+        if storage.is_uri(s):
+            out.extend(_collect_uri(s, unread))
+        elif any(c in s for c in "*?["):
             matches = sorted(glob.glob(s, recursive=True))
             if not matches:
                 raise SourceError(f"{s}: no file matches this pattern")
@@ -169,6 +173,27 @@ def _collect(paths: list[str], unread: list[Unread]) -> list[str]:
     return sorted(files.values())
 
 
+def _collect_uri(uri: str, unread: list[Unread]) -> list[str]:
+    """The readable-kind files a URI names (a directory: listed recursively, sorted)."""
+    try:
+        found = storage.list_uri(uri)
+    except OSError as e:
+        raise SourceError(str(e) if isinstance(e, FileNotFoundError) else f"{uri}: cannot list: {e}") from None
+    if found == [uri]:
+        return found
+    files = []
+    for f in found:
+        if file_kind(f) is None:
+            unread.append(Unread(f, "unsupported type"))
+        elif f.endswith(".rejects.jsonl"):
+            unread.append(Unread(f, "a rejects file streamproc wrote"))
+        else:
+            files.append(f)
+    if not files:
+        raise SourceError(f"{uri}: directory holds no .parquet, .jsonl or .json file")
+    return files
+
+
 def file_kind(path: str) -> str | None:
     """parquet, jsonl or json by the file's extension (compressed ones included), else None."""
     p = path.lower()
@@ -225,15 +250,12 @@ def _file_parts(path: str, source: str | None, shard_bytes: int) -> list[Part]:
     if kind is None:
         return [Part("error", path, label, error="unknown file type (expected .parquet, .jsonl[.gz|.zst] or .json)")]
     try:
-        with open(path, "rb"):  # an unreadable file is a file-level reject, not the end of the run
-            size = os.path.getsize(path)
-    except OSError as e:
+        size = storage.size(path)
+    except OSError as e:  # an unreadable file is a file-level reject, not the end of the run
         return [Part("error", path, label, error=f"cannot open: {e.strerror or e}")]
     if kind == "parquet":
-        import pyarrow.parquet as pq
-
         try:
-            meta = pq.ParquetFile(path).metadata
+            meta = storage.parquet_file(path).metadata
         except Exception as e:  # a truncated or corrupt footer
             return [Part("error", path, label, error=f"not a readable Parquet file: {e}")]
         parts, group, first, acc, row = [], [], 0, 0, 0
@@ -342,11 +364,9 @@ def validate_row(obj, loc: Location, source: str) -> Row | BadRow:
 
 
 def _read_parquet(part: Part) -> Iterator[Row | BadRow]:
-    import pyarrow.parquet as pq
-
     row = part.first_row
     try:
-        pf = pq.ParquetFile(part.path)
+        pf = storage.parquet_file(part.path)
     except Exception as e:  # the file changed or broke since plan() read its footer
         yield BadRow(Location(part.path, row), "<file>", f"not a readable Parquet file: {e}")
         return
@@ -368,12 +388,15 @@ def _read_parquet(part: Part) -> Iterator[Row | BadRow]:
 def _open_text(path: str) -> io.BufferedIOBase:
     p = path.lower()
     if p.endswith(".gz"):
-        return gzip.open(path, "rb")
+        raw = storage.open_input(path)
+        f = gzip.GzipFile(fileobj=raw, mode="rb")
+        f.myfileobj = raw  # what gzip.open sets, so that closing f closes the file too
+        return f
     if p.endswith((".zst", ".zstd")):
         import zstandard
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))
-    return open(path, "rb")
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(storage.open_input(path)))
+    return storage.open_input(path)
 
 
 def _read_jsonl(part: Part) -> Iterator[Row | BadRow]:
@@ -436,7 +459,7 @@ def decode_line(line: bytes, loc: Location, source: str) -> Row | BadRow | None:
 def _count_lines(path: str, upto: int) -> int:
     """Line number at byte offset `upto` (a range's first line), counted in 1 MiB blocks."""
     n = 0
-    with open(path, "rb") as f:
+    with storage.open_input(path) as f:
         left = upto
         while left > 0:
             block = f.read(min(left, 1 << 20))

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from .metrics import Stats, StatsStage
 from .records import Tally
-from .runner import run_jobs, union
+from .runner import Engine, run_jobs, union
 from .sources import Split
 from .webview import Browser, ViewPart, ViewStage, merge as merge_views
 
@@ -36,7 +36,7 @@ class StatsJob:
 
 
 def collect_with_browser(
-    splits: Sequence[Split], workers: int = 1, on_error: str = "skip", tokenizer: str | None = None
+    splits: Sequence[Split], workers: int | Engine = 1, on_error: str = "skip", tokenizer: str | None = None
 ) -> tuple[Stats, Browser, Tally]:
     """metrics.collect() and webview.collect() in one pass: each trace is read and parsed once."""
     job = StatsJob(tokenizer, browser=True)

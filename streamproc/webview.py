@@ -29,7 +29,7 @@ from .records import Row, Tally, Trace
 from .turns import REASONING, TEXT
 from .outcomes import status, trace_failures
 from .render import assistant_blocks, clip_values, shorten
-from .runner import Stage, run_merged
+from .runner import Engine, Stage, run_merged
 from .sources import Split
 
 CHUNK = 200  # traces per compressed chunk: one inflate is a few MB at most
@@ -159,7 +159,7 @@ def _compress(bodies: list[bytes]) -> bytes:
     return zlib.compress(b"[" + b",".join(bodies) + b"]", 6)
 
 
-def collect(splits: Sequence[Split], workers: int = 1, on_error: str = "skip") -> tuple[Browser, Tally]:
+def collect(splits: Sequence[Split], workers: int | Engine = 1, on_error: str = "skip") -> tuple[Browser, Tally]:
     """Index and body chunks of every trace, in input order, made in worker processes."""
     (parts,), (tally,) = run_merged(splits, [ViewStage()], workers=workers, on_error=on_error, progress="index traces")
     return merge(parts)[0], tally

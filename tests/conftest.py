@@ -45,3 +45,33 @@ def kimi_fragments(real_dir) -> list[dict]:
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     return need(MODELS)
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3 endpoint on this machine (moto's server), found by every process started after
+    it (Ray workers, CLI subprocesses) through AWS_ENDPOINT_URL. Yields a function that uploads
+    bytes and returns the object's s3:// URI."""
+    moto_server = pytest.importorskip("moto.server", reason="the S3 tests need moto: pip install 'moto[server]'")
+    import boto3
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = dict(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_DEFAULT_REGION="us-east-1")
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="traces")
+
+    def put(key: str, data: bytes) -> str:
+        client.put_object(Bucket="traces", Key=key, Body=data)
+        return f"s3://traces/{key}"
+
+    yield put
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -325,11 +325,6 @@ def test_features_command(tmp_path, real_row_files):
     assert all(0 < r["system_prompt_tokens"] < r["tokens"] and 0 < r["trained_tokens"] < r["tokens"] for r in d)
 
 
-def test_ray_engine_refuses_the_view_clearly(capsys):
-    assert main(["stats", "--engine", "ray", "--preset", "clean"]) == 2
-    assert "filter first" in capsys.readouterr().err
-
-
 def test_docs_define_every_feature_and_preset():
     from streamproc.curate import FEATURES, TOKEN_FEATURES
 

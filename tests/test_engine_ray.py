@@ -1,14 +1,20 @@
 """The Ray engine gives what the local engine gives, on one local Ray cluster for the module.
 
 Inputs are the real traces (../shared) written as JSONL and as Parquet with several row groups,
-with bad rows mixed in, so rejected rows must come out with the same file, row and message.
+with bad rows mixed in, so rejected rows must come out with the same file, row and message, and
+every output file with the same bytes.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import signal
+import subprocess
 import sys
-import zlib
-from collections import Counter
+import threading
+import time
+from pathlib import Path
 
 import orjson
 import pyarrow as pa
@@ -17,10 +23,11 @@ import pytest
 
 from streamproc import engine_ray, metrics
 from streamproc.cli import main
-from streamproc.pack_job import PackOptions, pack_to_dir
+from streamproc.engine_ray import RayEngine
+from streamproc.pack_job import PROGRESS, PackOptions, pack_to_dir
 from streamproc.records import RowError
 from streamproc.report import stats_document
-from streamproc.shards import SPLITS, read_shards
+from streamproc.runner import Local
 from streamproc.sources import plan
 from streamproc.stats_job import collect_with_browser
 
@@ -28,10 +35,13 @@ ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(request) -> RayEngine:
+    """A local 2-CPU Ray cluster, started after the S3 endpoint (where moto is installed) so
+    that its workers find it."""
+    if importlib.util.find_spec("moto"):
+        request.getfixturevalue("s3")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
+    yield RayEngine()
     ray.shutdown()
 
 
@@ -61,48 +71,50 @@ def _rejects(tally) -> list[str]:
     return [str(b) for b in tally.rejected]
 
 
-def test_stats_and_rejects_equal_local_in_small_batches(cluster, inputs):
-    local = metrics.collect(plan(inputs), workers=1)
-    # Batches of 3 rows split every file, so row numbers depend on the driver's offsets.
-    on_ray = engine_ray.collect(inputs, batch_rows=3)
-    assert len(local[1].rejected) == 5
-    assert _rejects(on_ray[1]) == _rejects(local[1])
-    assert _doc(*on_ray) == _doc(*local)
-    # The trace browser of stats --report, made in the same pass, in batches on Ray.
-    stats, browser, tally = collect_with_browser(plan(inputs), workers=1)
-    r_stats, r_browser, r_tally = engine_ray.collect_with_browser(inputs, batch_rows=3)
-    assert _doc(r_stats, r_tally) == _doc(stats, tally) == _doc(*local)
-    assert [e.id for e in r_browser.entries] == [e.id for e in browser.entries] and len(browser.entries) == tally.parsed
-    bodies = lambda b: [x for c in b.chunks for x in orjson.loads(zlib.decompress(c))]  # noqa: E731
-    assert bodies(r_browser) == bodies(browser)
-    for b in (browser, r_browser):  # every entry points at its own body
-        assert [bodies(b)[sum(len(orjson.loads(zlib.decompress(c))) for c in b.chunks[: e.chunk]) + e.pos] for e in b.entries] == bodies(b)
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    """Every file under d by relative path, for byte-for-byte comparison."""
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_stats_browser_and_rejects_equal_local_in_small_splits(cluster, inputs):
+    splits = plan(inputs, shard_bytes=20_000)  # byte ranges of the JSONL file, row groups of the Parquet ones
+    assert len(splits) > 8
+    local = collect_with_browser(splits, workers=1)
+    on_ray = collect_with_browser(splits, workers=cluster)
+    assert len(local[2].rejected) == 5
+    assert _rejects(on_ray[2]) == _rejects(local[2])
+    assert _doc(on_ray[0], on_ray[2]) == _doc(local[0], local[2]) == _doc(*metrics.collect(plan(inputs), workers=2))
+    assert on_ray[1].entries == local[1].entries and on_ray[1].chunks == local[1].chunks
 
 
 def test_limit_reads_the_first_rows_in_order(cluster, inputs):
     for n in (2, 25):  # inside the JSONL file; past it into the first Parquet file
         local = metrics.collect(plan(inputs, limit=n), workers=1)
-        on_ray = engine_ray.collect(inputs, limit=n)
+        on_ray = metrics.collect(plan(inputs, limit=n), workers=cluster)
         assert on_ray[1].read == n
         assert _doc(*on_ray) == _doc(*local)
 
 
 def test_fail_stops_at_the_first_bad_row(cluster, inputs):
+    """The worker's RowError itself reaches the caller, not Ray's wrapper of it."""
     with pytest.raises(RowError) as local:
         metrics.collect(plan(inputs[1:]), workers=1, on_error="fail")
     with pytest.raises(RowError) as on_ray:
-        engine_ray.collect(inputs[1:], on_error="fail")
+        metrics.collect(plan(inputs[1:], shard_bytes=20_000), workers=cluster, on_error="fail")
     assert str(on_ray.value) == str(local.value)
     assert "b.parquet:row 9" in str(on_ray.value)
 
 
-def test_uri_directory_reads_like_local_directory(cluster, inputs, tmp_path):
-    folder = inputs[0].rsplit("/", 1)[0]
-    on_ray = engine_ray.collect([f"file://{folder}"])
-    local = metrics.collect(plan([folder]), workers=1)
+def test_s3_inputs_on_ray(cluster, inputs, s3):
+    """Ray workers read objects from S3 themselves: the same statistics and rejects, named by URI."""
+    uris = [s3(f"ray/{Path(p).name}", Path(p).read_bytes()) for p in inputs]
+    local = metrics.collect(plan(inputs), workers=1)
+    on_ray = metrics.collect(plan(["s3://traces/ray"], shard_bytes=20_000), workers=cluster)
     assert _doc(*on_ray) == _doc(*local)
-    assert [b.loc.row for b in on_ray[1].rejected] == [b.loc.row for b in local[1].rejected]
-    assert all(b.loc.file.startswith("file:///") for b in on_ray[1].rejected)
+    assert [b.replace("s3://traces/ray", "X") for b in _rejects(on_ray[1])] == [b.replace(str(Path(inputs[0]).parent), "X") for b in _rejects(local[1])]
+    assert sorted(uris) == sorted({b.loc.file for b in on_ray[1].rejected} | {uris[2]})
 
 
 def test_cli_stats_json_and_rejects_equal_local(cluster, inputs, tmp_path, capsys):
@@ -111,47 +123,117 @@ def test_cli_stats_json_and_rejects_equal_local(cluster, inputs, tmp_path, capsy
         js = tmp_path / f"{engine}.json"
         rep = tmp_path / f"{engine}-report"
         assert main(["stats", *inputs, "--engine", engine, "--workers", "1", "--json", str(js), "--report", str(rep)]) == 0
-        out[engine] = (js.read_bytes(), (tmp_path / f"{engine}.json.rejects.jsonl").read_bytes())
-        assert (rep / "index.html").stat().st_size > 10_000  # the trace browser, on either engine
+        out[engine] = (js.read_bytes(), (tmp_path / f"{engine}.json.rejects.jsonl").read_bytes(), (rep / "index.html").read_bytes())
     assert out["ray"] == out["local"]
     assert b'"rejected": 5' in out["ray"][0]
 
 
-def test_cli_pack_counts_and_rejects_equal_local(cluster, inputs, tmp_path, capsys):
-    out = {}
-    for engine in ("local", "ray"):
-        d = tmp_path / engine
-        args = ["pack", inputs[0], "--limit", "6", "--seq-len", "16384", "--engine", engine, "--workers", "1", "-o", str(d)]
-        assert main(args) == 0
-        counts = orjson.loads((d / "manifest.json").read_bytes())["counts"]
-        out[engine] = (counts, (d / "rejects.jsonl").read_bytes())
-    assert out["ray"] == out["local"]
-    assert out["ray"][0]["rows_read"] == 6 and out["ray"][0]["rows_rejected"] == 3
-
-
 def test_cli_filter_and_features_equal_local(cluster, inputs, tmp_path, capsys):
     """The curation stage on Ray: the same kept and removed rows (near-dedup decided in input
-    order), summary, features and rejects as the local engine."""
+    order), summary, features and rejects as the local engine, file for file."""
     out = {}
     for engine in ("local", "ray"):
         d = tmp_path / engine
         d.mkdir()
-        args = ["--engine", engine, "--workers", "1"]
+        args = ["--engine", engine, "--workers", "2"]
         assert main(["filter", *inputs, "--preset", "clean", "--dedup", "near", "-o", str(d / "kept.parquet"), "--removed", str(d / "gone.jsonl"), *args]) == 0
         assert main(["features", *inputs, "-o", str(d / "f.parquet"), *args]) == 0
         summary = orjson.loads((d / "kept.parquet.summary.json").read_bytes())
-        summary.pop("output"), summary.pop("removed_rows"), summary["dedup"].pop("index_bytes"), summary["dedup"].pop("index_mib_per_million_rows")
-        # Parquet row groups follow the batches (splits locally, map_batches on Ray): the rows are compared.
-        tables = [pq.read_table(d / f).to_pylist() for f in ("kept.parquet", "f.parquet")]
-        files = ("gone.jsonl", "kept.parquet.rejects.jsonl", "f.parquet.rejects.jsonl")
-        out[engine] = (summary, *tables, *((d / f).read_bytes() for f in files))
+        assert summary.pop("output") == str(d / "kept.parquet")
+        summary.pop("removed_rows"), summary["dedup"].pop("index_bytes"), summary["dedup"].pop("index_mib_per_million_rows")
+        (d / "kept.parquet.summary.json").unlink()
+        out[engine] = (summary, _files(d))
     assert out["ray"] == out["local"]
     assert out["ray"][0]["rejected"] == 5 and out["ray"][0]["kept"] > 0 and out["ray"][0]["removed"] > 0
 
 
-def test_view_flags_are_refused_on_ray(capsys):
-    assert main(["stats", "--engine", "ray", "--preset", "clean"]) != 0
-    assert "streamproc filter --engine ray" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["stats", "--preset", "clean", "--dedup", "exact", "--json", "{out}/stats.json"],
+        ["export", "--where", "tool_calls > 2", "--dedup", "near", "-o", "{out}/pairs.jsonl"],
+        ["report", "--preset", "agentic", "-o", "{out}/report.html"],
+        ["pack", "--where", "failed_responses = 0", "--seq-len", "16384", "--eval-fraction", "0.25", "-o", "{out}/packed"],
+    ],
+    ids=["stats", "export", "report", "pack"],
+)
+def test_filtered_view_on_ray_equals_local(cluster, inputs, tmp_path, capsys, command):
+    """--where / --preset / --dedup on a command's own pass: on Ray the rows to leave out are
+    decided by a first pass on Ray, then skipped by their place in their file; every output
+    file is the local engine's, byte for byte."""
+    out = {}
+    for engine in ("local", "ray"):
+        d = tmp_path / engine
+        d.mkdir()
+        args = [a.replace("{out}", str(d)) for a in command]
+        assert main([args[0], *inputs, *args[1:], "--engine", engine, "--workers", "2"]) == 0, capsys.readouterr().err
+        out[engine] = (_files(d), capsys.readouterr().err.replace(str(d), "OUT"))
+    assert out["ray"][0] == out["local"][0] and out["ray"][0]
+    view = [line for line in out["ray"][1].splitlines() if line.startswith("filtered view")]
+    assert view and view == [line for line in out["local"][1].splitlines() if line.startswith("filtered view")]
+
+
+def test_run_with_a_view_on_ray_equals_local(cluster, inputs, tmp_path, capsys):
+    """streamproc run: parsed file, report and shards from one pass, the same on both engines."""
+    out = {}
+    for engine in ("local", "ray"):
+        d = tmp_path / engine
+        assert main(["run", *inputs, "-o", str(d), "--seq-len", "16384", "--preset", "clean", "--engine", engine, "--workers", "2"]) == 0
+        files = _files(d)
+        assert "parsed.jsonl" in files and "report/index.html" in files and "packed/manifest.json" in files
+        out[engine] = {k: v for k, v in files.items() if not k.endswith(".png")}  # plots carry their drawing time
+    assert out["ray"] == out["local"]
+
+
+class _Interrupted(Local):
+    """The local engine, interrupted after `n` splits as Ctrl-C would."""
+
+    def __init__(self, n: int):
+        super().__init__(1)
+        object.__setattr__(self, "n", n)
+
+    def map(self, fn, items):
+        for k, value in enumerate(super().map(fn, items)):
+            if k == self.n:
+                raise KeyboardInterrupt
+            yield value
+
+
+def test_pack_resumes_on_ray_to_the_same_bytes(cluster, inputs, tmp_path):
+    """A pack run interrupted on one engine resumes on the other: the plan is the same."""
+    splits = plan(inputs, shard_bytes=20_000)
+    opts = PackOptions(seq_len=16384, eval_fraction=0.25, buffer_size=2, shard_rows=4)
+    whole = pack_to_dir(splits, tmp_path / "whole", opts, workers=1)
+    with pytest.raises(KeyboardInterrupt):
+        pack_to_dir(splits, tmp_path / "out", opts, workers=_Interrupted(5))
+    done = orjson.loads((tmp_path / "out" / PROGRESS).read_bytes())["consumed"]  # as far as shards were written
+    assert 1 <= done <= 5
+    resumed = pack_to_dir(splits, tmp_path / "out", opts, workers=cluster)
+    assert resumed.resumed_after == done and resumed.tally.read == whole.tally.read
+    assert _files(tmp_path / "out") == _files(tmp_path / "whole")
+
+
+def test_ctrl_c_ends_a_ray_run_promptly(inputs, tmp_path):
+    """SIGINT to `streamproc pack --engine ray` while its tasks run: one line, exit 130."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), STREAMPROC_PROGRESS="0")
+    # As from a terminal: Python's own SIGINT handler (a shell's `&` would have it ignored).
+    cmd = [sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); from streamproc.cli import main; sys.exit(main(sys.argv[1:]))"]
+    proc = subprocess.Popen([*cmd, "pack", *inputs * 300, "--seq-len", "65536", "--engine", "ray", "-o", str(tmp_path / "packed")], stderr=subprocess.PIPE, env=env, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while not any("Started a local Ray instance" in x for x in lines) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # the tasks run (the whole run takes minutes)
+    assert proc.poll() is None, "".join(lines)
+    t = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    reader.join(timeout=10)
+    err = "".join(lines)
+    assert proc.returncode == 130 and "interrupted" in err, err
+    assert time.monotonic() - t < 30 and "Traceback" not in err, err
 
 
 def test_without_ray_says_how_to_install(monkeypatch, capsys):
@@ -160,31 +242,3 @@ def test_without_ray_says_how_to_install(monkeypatch, capsys):
         engine_ray.require_ray()
     assert main(["stats", "--engine", "ray"]) == 2
     assert 'pip install "streamproc[ray]"' in capsys.readouterr().err
-
-
-def _segments(out_dir) -> Counter:
-    """Every packed sequence of both splits as (split, trace id, input ids, labels), counted."""
-    segs: Counter = Counter()
-    for split in SPLITS:
-        t = read_shards(out_dir, split)
-        cols = (t.column(c).to_pylist() for c in ("input_ids", "labels", "seq_lens", "trace_ids"))
-        for ids, labels, lens, tids in zip(*cols):
-            at = 0
-            for n, tid in zip(lens, tids):
-                segs[(split, tid, tuple(ids[at : at + n]), tuple(labels[at : at + n]))] += 1
-                at += n
-    return segs
-
-
-def test_pack_writes_the_same_sequences_as_local(cluster, inputs, tmp_path):
-    opts = PackOptions(seq_len=16384, eval_fraction=0.25, buffer_size=16)  # several flushes, both splits
-    local = pack_to_dir(plan(inputs), tmp_path / "local", opts)
-    on_ray = engine_ray.pack(inputs, tmp_path / "ray", opts)
-    assert _rejects(on_ray.tally) == _rejects(local.tally)
-    segs = _segments(tmp_path / "ray")
-    assert segs == _segments(tmp_path / "local")
-    assert {k[0] for k in segs} == set(SPLITS) and len(segs) > 60
-    for split in SPLITS:
-        mine, theirs = on_ray.manifest["counts"][split], local.manifest["counts"][split]
-        for k in ("traces", "dropped", "tokens_cut", "sequences", "tokens", "trainable"):
-            assert mine[k] == theirs[k], (split, k)

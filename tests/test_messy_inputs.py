@@ -269,14 +269,3 @@ def test_rejects_file_is_compressed_as_its_name_says(tmp_path):
     assert res.returncode == 0, res.stderr
     assert [r["row"] for r in decoded_lines(tmp_path / "bad.jsonl.gz")] == [2]
 
-
-def test_ray_runs_list_what_they_do_not_read_too(tree):
-    """The Ray engine reads the same files (sources.expand); the count line names the rest."""
-    from streamproc.cli import build_parser
-    from streamproc.cli.common import ray_inputs
-    from streamproc.engine_ray import input_files
-
-    args = build_parser("stats").parse_args(["stats", str(tree), "--engine", "ray"])
-    ray_inputs(args)
-    assert [str(u) for u in args.unread] == unread_of([tree])
-    assert sorted(f.key for f in input_files([tree])) == sorted(f for s in plan([tree]) for f in {p.path for p in s.parts})

@@ -27,7 +27,7 @@ def add(sub) -> None:
     )
     p.add_argument("--quick", action="store_true", help="fewer repetitions on the first 300 rows: a smoke run")
     p.add_argument("--json", metavar="OUT", help="also write the results as a JSON list to OUT (-: to stdout, instead of the table)")
-    add_input_args(p)
+    add_input_args(p, engine=False)
     p.set_defaults(func=run)
 
 

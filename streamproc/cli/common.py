@@ -10,13 +10,14 @@ from typing import Sequence
 
 from ..fileio import check_output_file, output_format, write_rejects
 from ..records import Tally
-from ..runner import Job
-from ..sources import HUB_DATASET, ON_ERROR, SourceError, Split, plan, scan
+from ..runner import Engine, Job, Local
+from ..sources import HUB_DATASET, ON_ERROR, Split, plan
 from .argtypes import positive_int
 
 
-def add_input_args(p: argparse.ArgumentParser, *, workers: bool = True, view: bool = False) -> None:
-    """The input options; with `view`, also --where/--preset/--dedup, applied by shards_from."""
+def add_input_args(p: argparse.ArgumentParser, *, workers: bool = True, view: bool = False, engine: bool = True) -> None:
+    """The input options; with `workers` and `engine`, also --engine/--address (engine_from);
+    with `view`, also --where/--preset/--dedup, applied by shards_from."""
     # A group of its own: --help lists it after the command's own options.
     g = p.add_argument_group("input options")
     g.add_argument(
@@ -32,6 +33,8 @@ def add_input_args(p: argparse.ArgumentParser, *, workers: bool = True, view: bo
     g.add_argument("--rejects", metavar="FILE", help="where rejected rows go (default: OUTPUT.rejects.jsonl beside the output)")
     if workers:
         g.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, metavar="N", help="worker processes (default: all cores, %(default)s here)")
+        if engine:
+            add_engine_args(g)
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no count line (errors are still printed)")
     if view:
         add_curate_args(p, view=True)
@@ -72,22 +75,22 @@ def curator_from(args: argparse.Namespace, tokens: bool = False) -> "Curator | N
     return Curator(conditions, args.dedup, args.threshold, tokens=tokens)
 
 
-def add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+def add_engine_args(g) -> None:
+    g.add_argument(
         "--engine", choices=("local", "ray"), default="local",
-        help='local: worker processes on this machine; ray: Ray Data on a Ray cluster (pip install "streamproc[ray]")',
+        help='local: --workers processes on this machine; ray: Ray tasks on a Ray cluster (pip install "streamproc[ray]")',
     )
-    p.add_argument("--address", help="--engine ray: the cluster to join (auto, ray://HEAD:10001); default: start one here")
+    g.add_argument("--address", help="--engine ray: the cluster to join (auto, ray://HEAD:10001); default: start one here")
 
 
-def ray_inputs(args: argparse.Namespace) -> dict:
-    """The input options as keyword arguments of the Ray engine's stage functions."""
-    if getattr(args, "view", False) and (args.where or args.preset or args.dedup):
-        raise SourceError("--where/--preset/--dedup run on --engine local; with Ray, filter first (streamproc filter --engine ray) and pass its output")
-    if args.dataset:
-        raise SourceError("--engine ray reads files or URIs; download the dataset's Parquet files and pass them as INPUT")
-    args.unread = scan([i for i in args.inputs if "://" not in i])[1]  # for finish's count line
-    return dict(inputs=args.inputs, source=args.source, limit=args.limit, on_error=args.on_error, address=args.address)
+def engine_from(args: argparse.Namespace) -> "Engine":
+    """Where the splits are folded: --workers local processes, or Ray (--engine ray)."""
+    if getattr(args, "engine", "local") == "ray":
+        from ..engine_ray import RayEngine, require_ray
+
+        require_ray()  # before any work: without Ray, say how to get it
+        return RayEngine(args.address)
+    return Local(args.workers)
 
 
 def shards_from(args: argparse.Namespace) -> list[Split]:
@@ -102,7 +105,7 @@ def shards_from(args: argparse.Namespace) -> list[Split]:
         return shards
     from ..curate import view
 
-    shards = view(shards, curator, args.workers, args.on_error)
+    shards = view(shards, curator, engine_from(args), args.on_error)
     doc = curator.acct.to_json()
     by = ", ".join(f"{k} {v:,}" for k, v in doc["removed_by"].items() if v) or "none"
     say(args, f"filtered view: {doc['kept']:,} of {doc['read']:,} rows kept (removed by {by}; {doc['rejected']:,} rejected)")
@@ -111,14 +114,9 @@ def shards_from(args: argparse.Namespace) -> list[Split]:
 
 def run_jobs(args: argparse.Namespace, jobs: Sequence[Job], progress: str) -> None:
     """Every job from one pass over the input, on the engine asked for (`--engine`)."""
-    if getattr(args, "engine", "local") == "ray":
-        from .. import engine_ray
+    from .. import runner
 
-        engine_ray.run_jobs(jobs=jobs, **ray_inputs(args))
-    else:
-        from .. import runner
-
-        runner.run_jobs(shards_from(args), jobs, workers=args.workers, on_error=args.on_error, progress=progress)
+    runner.run_jobs(shards_from(args), jobs, workers=engine_from(args), on_error=args.on_error, progress=progress)
 
 
 def check_rejects(args: argparse.Namespace) -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 from ..chat import TOOL_FALLBACK
 from ..export import FORMATS, TOOL_ROLES, export
 from ..fileio import check_output_file
-from .common import add_input_args, check_rejects, finish, rows_output, say, shards_from
+from .common import add_input_args, check_rejects, engine_from, finish, rows_output, say, shards_from
 from .manners import RAW, output_path, to_stdout
 from . import COMMANDS
 
@@ -41,7 +41,7 @@ def run(args) -> int:
     with output_path(args.output) as out:
         tally = export(
             shards_from(args), out, fmt=args.format, tool_role=args.tool_role, tool_prefix=args.tool_prefix,
-            workers=args.workers, on_error=args.on_error,
+            workers=engine_from(args), on_error=args.on_error,
         )
         written = records_in(out)
     finish(args, tally, None if to_stdout(args.output) else f"{args.output}.rejects.jsonl")

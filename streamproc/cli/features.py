@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from ..curate import features_job
-from .common import add_engine_args, add_input_args, finish, run_jobs, say
+from .common import add_input_args, finish, run_jobs, say
 from .manners import RAW
 from . import COMMANDS
 
@@ -26,7 +26,6 @@ def add(sub) -> None:
         "--tokenizer", metavar="TOK", nargs="?", const="default",
         help="add tokens, trained_tokens and system_prompt_tokens (alone: the shipped Qwen2.5 tokenizer)",
     )
-    add_engine_args(p)
     p.set_defaults(func=run)
 
 

@@ -6,7 +6,7 @@ import orjson
 
 from ..curate import filter_job
 from ..fileio import write_json
-from .common import add_curate_args, add_engine_args, add_input_args, curator_from, finish, run_jobs, say
+from .common import add_curate_args, add_input_args, curator_from, finish, run_jobs, say
 from .manners import RAW
 from . import COMMANDS
 
@@ -27,7 +27,6 @@ def add(sub) -> None:
     add_input_args(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.parquet, OUT.jsonl or OUT.jsonl.zst")
     add_curate_args(p)
-    add_engine_args(p)
     p.add_argument("--removed", metavar="FILE", help="also write each removed row, with a removed_reason column (.jsonl, .jsonl.zst or .parquet)")
     p.add_argument(
         "--tokenizer", metavar="TOK", nargs="?", const="default",

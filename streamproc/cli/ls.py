@@ -7,7 +7,7 @@ import sys
 from ..listing import Filters, Summary, scan, unique_prefix_length
 from ..outcomes import ERROR_CLASSES, MALFORMED_CALL
 from ..terminal import page, trimmed, use_color, width_of
-from .common import add_input_args, shards_from
+from .common import add_input_args, engine_from, shards_from
 from .manners import RAW
 from . import COMMANDS
 
@@ -46,7 +46,7 @@ def add(sub) -> None:
 def run(args) -> int:
     filters = Filters(source=args.from_source, category=args.category, tool=args.tool, failed_tool=args.failed_tool,
                       failure=args.failure, errors=args.errors, text=args.search)
-    found = scan(shards_from(args), filters, workers=args.workers, on_error=args.on_error)
+    found = scan(shards_from(args), filters, workers=engine_from(args), on_error=args.on_error)
     if sys.stdout.isatty():
         page(table_text(found.matches, unique_prefix_length(found.ids), width_of(sys.stdout), use_color(sys.stdout)),
              pager=not args.no_pager)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from ..chat import TemplateError
 from ..mask import DEFAULT_TOKENIZER_NAME, OVERFLOWS, MaskOptions
 from .argtypes import fraction, positive_int
-from .common import add_engine_args, add_input_args, check_rejects, finish, ray_inputs, say, shards_from
+from .common import add_input_args, check_rejects, engine_from, finish, say, shards_from
 from .manners import RAW
 from . import COMMANDS
 
@@ -33,7 +33,6 @@ def add(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
     add_pack_args(p)
     add_input_args(p, view=True)
-    add_engine_args(p)
     p.set_defaults(func=run)
 
 
@@ -87,16 +86,12 @@ def pack_options(args) -> PackOptions:
 
 
 def run(args) -> int:
-    from .. import engine_ray
     from ..fileio import check_output_dir
     from ..pack_job import pack_to_dir
 
     check_output_dir(args.output)
     check_rejects(args)
-    if args.engine == "ray":
-        res = engine_ray.pack(out_dir=args.output, options=pack_options(args), restart=args.restart, **ray_inputs(args))
-    else:
-        res = pack_to_dir(shards_from(args), args.output, pack_options(args), workers=args.workers, on_error=args.on_error, restart=args.restart)
+    res = pack_to_dir(shards_from(args), args.output, pack_options(args), workers=engine_from(args), on_error=args.on_error, restart=args.restart)
     finish(args, res.tally, str(Path(args.output) / "rejects.jsonl"))
     print_counts(res)
     say(args, f"wrote {args.output}")

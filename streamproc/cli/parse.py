@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from ..fileio import check_output_file
 from ..parse_job import parse_to_file
-from .common import add_input_args, check_rejects, finish, rows_output, say, shards_from
+from .common import add_input_args, check_rejects, engine_from, finish, rows_output, say, shards_from
 from .manners import RAW, output_path, to_stdout
 from . import COMMANDS
 
@@ -30,7 +30,7 @@ def run(args) -> int:
         check_output_file(args.output)
     check_rejects(args)
     with output_path(args.output) as out:
-        tally = parse_to_file(shards_from(args), out, workers=args.workers, on_error=args.on_error)
+        tally = parse_to_file(shards_from(args), out, workers=engine_from(args), on_error=args.on_error)
     finish(args, tally, None if to_stdout(args.output) else f"{args.output}.rejects.jsonl")
     if not to_stdout(args.output):
         say(args, f"wrote {tally.parsed:,} records to {args.output}")

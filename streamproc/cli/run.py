@@ -16,7 +16,7 @@ from ..report import write_report
 from ..runner import run_jobs
 from ..stats_job import StatsJob
 from ..terminal import print_tables
-from .common import add_input_args, check_rejects, finish, shards_from
+from .common import add_input_args, check_rejects, engine_from, finish, shards_from
 from .manners import RAW
 from .pack import add_pack_args, no_training_data, pack_options, print_counts
 from . import COMMANDS
@@ -50,7 +50,7 @@ def run(args) -> int:
     parsed = out / "parsed.jsonl"
     with ParseJob(parsed) as parse, PackJob(out / "packed", options, [repr(s) for s in shards], on_error=args.on_error, restart=args.restart) as pack:
         stats = StatsJob(browser=True)
-        run_jobs(shards, [parse, stats, pack], workers=args.workers, on_error=args.on_error, progress="run")
+        run_jobs(shards, [parse, stats, pack], workers=engine_from(args), on_error=args.on_error, progress="run")
         packed = pack.finish()
     finish(args, parse.tally, str(out / "rejects.jsonl"))
     print(f"[1/3] parsed traces: {parsed}", file=sys.stderr)

@@ -10,7 +10,7 @@ from ..records import BadRow, Row, RowError, Trace
 from ..render import DEFAULT, Line, to_text, trace_lines
 from ..sources import Split, read
 from ..terminal import page, use_color as color_for, width_of, wrap
-from .common import add_input_args, shards_from
+from .common import add_input_args, engine_from, shards_from
 from .manners import RAW
 from . import COMMANDS
 
@@ -74,7 +74,7 @@ def trace_from(args) -> Trace | None:
         if args.index is not None:
             row = row_at(shards, args.index)
         else:
-            found = lookup(shards, args.id, workers=args.workers, on_error=args.on_error, rejects=rejects)
+            found = lookup(shards, args.id, workers=engine_from(args), on_error=args.on_error, rejects=rejects)
             row = found.row
             if found.others:
                 where = ", ".join(str(loc) for loc in found.others[:10]) + (" ..." if len(found.others) > 10 else "")

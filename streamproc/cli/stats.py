@@ -7,7 +7,7 @@ from ..report import stats_document, write_report
 from ..stats_job import StatsJob
 from ..terminal import print_tables
 from .argtypes import positive_int
-from .common import add_engine_args, add_input_args, check_rejects, finish, run_jobs, say
+from .common import add_input_args, check_rejects, finish, run_jobs, say
 from .manners import RAW, output_path, to_stdout
 from . import COMMANDS
 
@@ -36,7 +36,6 @@ def add(sub) -> None:
     p.add_argument("--no-browser", action="store_true", help="--report without index.html (its trace browser)")
     p.add_argument("--top", type=positive_int, default=10, metavar="N", help="tools listed in the summary (default %(default)s)")
     add_input_args(p, view=True)
-    add_engine_args(p)
     p.set_defaults(func=run)
 
 
