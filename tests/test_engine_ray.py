@@ -150,12 +150,13 @@ def test_cli_filter_and_features_equal_local(cluster, inputs, tmp_path, capsys):
 @pytest.mark.parametrize(
     "command",
     [
+        ["parse", "-o", "{out}/parsed.parquet"],
         ["stats", "--preset", "clean", "--dedup", "exact", "--json", "{out}/stats.json"],
         ["export", "--where", "tool_calls > 2", "--dedup", "near", "-o", "{out}/pairs.jsonl"],
         ["report", "--preset", "agentic", "-o", "{out}/report.html"],
         ["pack", "--where", "failed_responses = 0", "--seq-len", "16384", "--eval-fraction", "0.25", "-o", "{out}/packed"],
     ],
-    ids=["stats", "export", "report", "pack"],
+    ids=["parse", "stats", "export", "report", "pack"],
 )
 def test_filtered_view_on_ray_equals_local(cluster, inputs, tmp_path, capsys, command):
     """--where / --preset / --dedup on a command's own pass: on Ray the rows to leave out are
@@ -170,7 +171,8 @@ def test_filtered_view_on_ray_equals_local(cluster, inputs, tmp_path, capsys, co
         out[engine] = (_files(d), capsys.readouterr().err.replace(str(d), "OUT"))
     assert out["ray"][0] == out["local"][0] and out["ray"][0]
     view = [line for line in out["ray"][1].splitlines() if line.startswith("filtered view")]
-    assert view and view == [line for line in out["local"][1].splitlines() if line.startswith("filtered view")]
+    assert view == [line for line in out["local"][1].splitlines() if line.startswith("filtered view")]
+    assert len(view) == (command[0] != "parse")
 
 
 def test_run_with_a_view_on_ray_equals_local(cluster, inputs, tmp_path, capsys):
