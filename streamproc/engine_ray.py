@@ -52,7 +52,8 @@ def connect(address: str | None = None):
 class RayEngine:
     """runner.Engine on Ray: fn(item) for each item in a Ray task, results in order, at most two
     tasks per cluster CPU in flight (memory stays bounded). Closing the iterator, an exception or
-    Ctrl-C cancels the tasks still running."""
+    Ctrl-C cancels the tasks still running. A task whose worker dies is retried by Ray (three
+    times by default) before the run fails."""
 
     def __init__(self, address: str | None = None):
         self.address = address
@@ -61,16 +62,16 @@ class RayEngine:
         ray = connect(self.address)
         task = ray.remote(_answering(fn))
         window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-        pending: deque = deque()
+        pending: deque = deque()  # (item index, task) in order
         try:
-            for item in items:
-                pending.append(task.remote(item))
+            for i, item in enumerate(items):
+                pending.append((i, task.remote(item)))
                 if len(pending) >= window:
-                    yield _value(ray.get(pending.popleft()))
+                    yield _value(ray, *pending.popleft())
             while pending:
-                yield _value(ray.get(pending.popleft()))
+                yield _value(ray, *pending.popleft())
         finally:
-            for ref in pending:
+            for _, ref in pending:
                 ray.cancel(ref, force=True)
 
 
@@ -88,8 +89,16 @@ def _answering(fn: Callable[[Any], Any]) -> Callable[[Any], tuple[bool, Any]]:
     return call
 
 
-def _value(answer: tuple[bool, Any]) -> Any:
-    ok, value = answer
+def _value(ray, index: int, ref) -> Any:
+    """The task's result; its own exception raised as is; a task Ray could not finish (its
+    worker or node died after Ray's retries) as runner.WorkerDied, which names the split."""
+    from .runner import WorkerDied
+
+    try:
+        ok, value = ray.get(ref)
+    except ray.exceptions.RayError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise WorkerDied(f"a Ray task failed: {type(e).__name__}: {first}", index) from None
     if not ok:
         raise value
     return value

@@ -198,6 +198,8 @@ def run(
                     bar.set_postfix_str(f"{rows / max(bar.format_dict['elapsed'], 1e-9):,.0f} rows/s", refresh=False)
                 bar.update(n if by_rows else split.nbytes)
             yield folded
+    except WorkerDied as e:
+        raise WorkerDied(f"{e} while reading {splits[e.index].where()}", e.index) from None
     finally:
         if bar is not None:
             bar.close()
@@ -286,7 +288,20 @@ def map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int = 1) -> I
 
 
 class WorkerDied(RuntimeError):
-    """A worker process ended without answering (killed, or out of memory)."""
+    """A worker ended without answering (killed, out of memory, a crash in native code) while it
+    held item `index`. `run` names the split in the message; the CLI prints it in one line."""
+
+    def __init__(self, message: str, index: int):
+        super().__init__(message)
+        self.index = index
+
+
+def _death(proc) -> str:
+    code = proc.exitcode
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        return f"worker {proc.pid} was killed by {name}" + (" (out of memory?)" if code == -signal.SIGKILL else "")
+    return f"worker {proc.pid} died (exit code {code})"
 
 
 class _Pool:
@@ -310,7 +325,11 @@ class _Pool:
         while next_out < len(items):
             for w in range(n):
                 if w not in busy and sent < len(items) and sent < next_out + window:
-                    self.conns[w].send((sent, items[sent]))
+                    try:
+                        self.conns[w].send((sent, items[sent]))
+                    except (BrokenPipeError, ConnectionResetError):  # it died while idle
+                        self.procs[w].join()
+                        raise WorkerDied(_death(self.procs[w]), sent) from None
                     busy[w] = sent
                     sent += 1
             while next_out in done:
@@ -329,12 +348,13 @@ class _Pool:
                     try:
                         i, ok, value = self.conns[w].recv()
                     except EOFError:
-                        raise WorkerDied(f"worker {self.procs[w].pid} died (exit code {self.procs[w].exitcode})") from None
+                        self.procs[w].join()
+                        raise WorkerDied(_death(self.procs[w]), busy[w]) from None
                     del busy[w]
                     done[i] = (ok, value)
                 elif self.procs[w].sentinel in ready:
                     self.procs[w].join()
-                    raise WorkerDied(f"worker {self.procs[w].pid} died (exit code {self.procs[w].exitcode})")
+                    raise WorkerDied(_death(self.procs[w]), busy[w])
 
     def close(self) -> None:
         """Stop every worker: idle ones get an end message; all are killed after a moment."""

@@ -64,6 +64,22 @@ class Split:
     def nbytes(self) -> int:
         return sum(p.nbytes for p in self.parts)
 
+    def where(self) -> str:
+        """What the split reads, for messages: `a.jsonl (bytes 0-33554432)`, `b.parquet (row groups 4-7)`."""
+        named = "; ".join(_part_where(p) for p in self.parts[:3]) + ("; ..." if len(self.parts) > 3 else "")
+        return f"the first {self.limit:,} rows of {named}" if self.limit is not None else named
+
+
+def _part_where(p: Part) -> str:
+    if p.kind == "parquet" and p.row_groups:
+        groups = f"{p.row_groups[0]}" if len(p.row_groups) == 1 else f"{p.row_groups[0]}-{p.row_groups[-1]}"
+        return f"{p.path} (row groups {groups}, from row {p.first_row})"
+    if p.byte_range:
+        return f"{p.path} (bytes {p.byte_range[0]}-{p.byte_range[1]})"
+    if p.kind == "hub" and p.num_shards > 1:
+        return f"{p.path} (shard {p.index} of {p.num_shards})"
+    return p.path
+
 
 Shard = Split  # its old name: output files are shards (shards.py), input work units are splits
 

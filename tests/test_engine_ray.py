@@ -27,7 +27,7 @@ from streamproc.engine_ray import RayEngine
 from streamproc.pack_job import PROGRESS, PackOptions, pack_to_dir
 from streamproc.records import RowError
 from streamproc.report import stats_document
-from streamproc.runner import Local
+from streamproc.runner import Local, WorkerDied
 from streamproc.sources import plan
 from streamproc.stats_job import collect_with_browser
 
@@ -243,3 +243,18 @@ def test_without_ray_says_how_to_install(monkeypatch, capsys):
         engine_ray.require_ray()
     assert main(["stats", "--engine", "ray"]) == 2
     assert 'pip install "streamproc[ray]"' in capsys.readouterr().err
+
+
+def test_a_task_whose_worker_keeps_dying_is_named(cluster):
+    """Ray retries a task whose worker died; when every try dies, the run fails with
+    runner.WorkerDied for that item (the CLI prints it in one line, naming the split)."""
+
+    def dies_on_1(x):  # nested, so Ray's workers get it by value
+        if x == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x
+
+    assert list(cluster.map(dies_on_1, [0, 2])) == [0, 2]
+    with pytest.raises(WorkerDied) as e:
+        list(cluster.map(dies_on_1, [0, 1, 2]))
+    assert e.value.index == 1 and "a Ray task failed" in str(e.value)

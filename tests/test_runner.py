@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from streamproc.records import Tally, row_from_dict
-from streamproc.runner import Stage, fold_items, map_ordered
-from streamproc.sources import SAMPLE
+from streamproc.runner import Stage, WorkerDied, fold_items, map_ordered, run
+from streamproc.sources import SAMPLE, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -301,3 +301,58 @@ def test_a_trace_the_browser_cannot_encode_is_set_aside_and_the_report_is_writte
     (reject,) = [json.loads(line) for line in (tmp_path / "rep" / "stats.rejects.jsonl").open()]
     assert reject["field"] == "<browser>" and "Recursion limit" in reject["error"]
     assert (tmp_path / "rep" / "index.html").exists()
+
+
+def _dies_on_3(x: int) -> int:
+    if x == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+class _KillsAt(Stage):
+    """Kills its own worker at one row, as the kernel's out-of-memory killer would."""
+
+    name = "kills"
+    trace = False
+
+    def __init__(self, row_id: str):
+        self.row_id = row_id
+
+    def start(self) -> None:
+        return None
+
+    def fold(self, acc, row, trace) -> None:
+        if row.id == self.row_id:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_worker_is_named_with_the_split_it_held(tmp_path):
+    assert list(map_ordered(_dies_on_3, [0, 1, 2], 2)) == [0, 1, 2]
+    with pytest.raises(WorkerDied, match="killed by SIGKILL") as e:
+        list(map_ordered(_dies_on_3, list(range(8)), 2))
+    assert e.value.index == 3
+    rows = b"".join(b'{"id": "r%d", "conversations": [{"from": "human", "value": "hi"}]}\n' % i for i in range(2000))
+    (tmp_path / "in.jsonl").write_bytes(rows)
+    splits = plan([tmp_path / "in.jsonl"], shard_bytes=20_000)
+    with pytest.raises(WorkerDied) as e:
+        list(run(splits, [_KillsAt("r1500")], workers=2))
+    where = splits[e.value.index].where()
+    assert str(e.value).endswith(f"while reading {where}") and "in.jsonl (bytes " in where
+
+
+def test_cli_says_which_split_a_killed_worker_held(tmp_path, many):
+    psutil = pytest.importorskip("psutil")
+    proc = start("stats", *many * 8, "--tokenizer", "--workers", "2", "--json", str(tmp_path / "s.json"))
+    deadline = time.monotonic() + 60
+    workers: list = []
+    while len(workers) < 2 and time.monotonic() < deadline:
+        workers = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        time.sleep(0.1)
+    time.sleep(2)  # both are counting tokens
+    assert len(workers) == 2 and proc.poll() is None
+    workers[0].send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert last.startswith(f"streamproc stats: error: worker {workers[0].pid} was killed by SIGKILL (out of memory?) while reading "), last
+    assert ".jsonl (bytes 0-" in last and not (tmp_path / "s.json").exists()

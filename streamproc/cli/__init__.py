@@ -97,6 +97,11 @@ def _run(args: argparse.Namespace, name: str) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as e:
+        from ..runner import WorkerDied
+
+        if isinstance(e, WorkerDied):  # the machine's doing, not the input's: one line, exit 1
+            print(f"{name}: error: {e}", file=sys.stderr)
+            return 1
         if not isinstance(e, _user_errors()):
             raise
         print(f"{name}: error: {e}", file=sys.stderr)
