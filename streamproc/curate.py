@@ -18,7 +18,7 @@ import functools
 import hashlib
 import operator
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -333,6 +333,15 @@ class ConditionEngine:
         res = self._con.sql(self._query).to_arrow_table()
         return np.column_stack([res.column(i).to_numpy(zero_copy_only=False) for i in range(len(self.conditions))]).astype(bool)
 
+    def judge(self, batch: pa.Table, acct: Accounting) -> list[str | None]:
+        """Per row: the first condition it fails, or None; each condition's failures counted in
+        `acct.failing` (a row may fail several)."""
+        met = self.evaluate(batch)
+        names = [c.name for c in self.conditions]
+        for j, name in enumerate(names):
+            acct.failing[name] += int((~met[:, j]).sum())
+        return [names[f[0]] if (f := np.flatnonzero(~row)).size else None for row in met]
+
 
 def _label(c: Condition) -> str:
     return f"--where {c.sql!r}" if c.name == "where" else f"condition {c.name} ({c.sql})"
@@ -357,6 +366,22 @@ class Accounting:
     @property
     def removed(self) -> int:
         return sum(self.removed_by.values())
+
+    def count(self, reasons: Sequence[str | None]) -> None:
+        """Count decided rows: kept (None) or removed by their reason's name."""
+        for reason in reasons:
+            if reason is None:
+                self.kept += 1
+            else:
+                self.removed_by[reason.split(" ")[0]] += 1
+
+    def add(self, other: "Accounting") -> None:
+        self.read += other.read
+        self.kept += other.kept
+        self.rejected += other.rejected
+        for mine, theirs in ((self.removed_by, other.removed_by), (self.failing, other.failing)):
+            for k, v in theirs.items():
+                mine[k] = mine.get(k, 0) + v
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -398,27 +423,13 @@ class Curator:
 
     def decide(self, batch: pa.Table, keys: Sequence[Any] | None) -> list[str | None]:
         """Per row of `batch` (features, in input order): None to keep, else the reason."""
-        met = self.engine.evaluate(batch)
-        names = [c.name for c in self.conditions]
-        reasons: list[str | None] = []
-        acct = self.acct
-        for j, name in enumerate(names):
-            acct.failing[name] += int((~met[:, j]).sum())
-        for i in range(batch.num_rows):
+        reasons = self.engine.judge(batch, self.acct)
+        for i, reason in enumerate(reasons):
             position = self._position
             self._position += 1
-            failed = np.flatnonzero(~met[i])
-            if failed.size:
-                reason = names[failed[0]]
-            elif self.dedup and keys is not None:
-                reason = self._duplicate(keys[i], position)
-            else:
-                reason = None
-            if reason is None:
-                acct.kept += 1
-            else:
-                acct.removed_by[reason.split(" ")[0]] += 1
-            reasons.append(reason)
+            if reason is None and self.dedup and keys is not None:
+                reasons[i] = self._duplicate(keys[i], position)
+        self.acct.count(reasons)
         return reasons
 
     def decide_split(self, part: "CuratedSplit", tally: Tally) -> list[str | None]:
@@ -535,6 +546,54 @@ class CurateStage(Stage):
         return acc
 
 
+class ConditionGate:
+    """A view of conditions only (no dedup), applied inside the command's own pass: the runner
+    asks it which parsed rows the command's stages see (runner.fold_items), in the worker, so the
+    input is read and parsed once. Each split's Accounting comes back with its results and is
+    added to `acct` here, in the process that planned the run (runner.run)."""
+
+    def __init__(self, conditions: Sequence[Condition]):
+        self.conditions = tuple(conditions)
+        self.acct = self.start()
+        self._engine: ConditionEngine | None = None
+
+    def __getstate__(self):
+        return {"conditions": self.conditions}  # the DuckDB connection is made where it runs
+
+    def __setstate__(self, state) -> None:
+        self.conditions = state["conditions"]
+        self.acct = self.start()
+        self._engine = None
+
+    def __repr__(self) -> str:  # part of a pack run's plan (resume): stable across processes
+        return f"ConditionGate({[c.sql for c in self.conditions]})"
+
+    def start(self) -> Accounting:
+        names = {c.name: 0 for c in self.conditions}
+        return Accounting(failing=dict(names), removed_by=dict(names))
+
+    def keep_batch(self, acct: Accounting, rows: list[tuple[Row, Trace]]) -> tuple[list[bool], list[tuple[int, BadRow]]]:
+        """Which rows pass (in order), and the rows set aside because their features fail."""
+        if self._engine is None:
+            self._engine = ConditionEngine(self.conditions, feature_schema())
+        feats, bad = [], []
+        for i, (row, trace) in enumerate(rows):
+            try:
+                feats.append(features(trace))
+            except Exception as e:  # a bug must not end a long run: the row is set aside, named
+                bad.append((i, BadRow(row.loc, "<view>", f"trace {row.id}: {type(e).__name__}: {e}")))
+        reasons = self._engine.judge(pa.Table.from_pylist(feats, schema=feature_schema()), acct)
+        acct.count(reasons)
+        passed = iter(r is None for r in reasons)
+        failed_at = {i for i, _ in bad}
+        return [False if i in failed_at else next(passed) for i in range(len(rows))], bad
+
+    def add(self, acct: Accounting, tally: Tally) -> None:
+        """One split's decisions (runner.run calls this in plan order)."""
+        acct.read, acct.rejected = tally.read, len(tally.rejected)
+        self.acct.add(acct)
+
+
 class _ViewJob:
     """The locations of the rows the curator removes, split by split."""
 
@@ -549,12 +608,19 @@ class _ViewJob:
         self.removed.append(frozenset(loc for loc, why in zip(part.locs, reasons) if why is not None))
 
 
-def view(shards: Sequence[Shard], curator: Curator, workers: int | Engine = 1, on_error: str = "skip") -> list[Shard]:
-    """The shards with the rows the curator removes marked to be skipped, so any command reads
-    only the kept rows (a first pass over the data; the command's own pass reads the rest)."""
+def view(shards: Sequence[Shard], curator: Curator, workers: int | Engine = 1, on_error: str = "skip") -> tuple[list[Shard], Accounting]:
+    """The shards as a view that only the rows the curator keeps go through, and the Accounting
+    that counts the decisions (complete once the command's pass is done).
+
+    Conditions alone are a ConditionGate on each shard, decided in the command's own pass.
+    De-duplication needs the rows in input order, so it takes a first pass (features, keys and
+    decisions, here) that marks the removed rows to be skipped (Split.skip) by the command's."""
+    if not curator.dedup:
+        gate = ConditionGate(curator.conditions)
+        return [replace(shard, gate=gate) for shard in shards], gate.acct
     job = _ViewJob(curator)
     run_jobs(shards, [job], workers=workers, on_error=on_error, progress="curate")
-    return [Shard(shard.parts, shard.limit, removed) for shard, removed in zip(shards, job.removed)]
+    return [replace(shard, skip=removed) for shard, removed in zip(shards, job.removed)], curator.acct
 
 
 # ----------------------------------------------------------------------------- files

@@ -236,7 +236,7 @@ def pack_to_dir(
 ) -> PackResult:
     """Mask, pack and write every row of `splits` into `out_dir`; resume an unfinished run there
     with the same inputs and options unless `restart`."""
-    with PackJob(out_dir, options, [repr(s) for s in splits], on_error=on_error, restart=restart) as job:
+    with PackJob(out_dir, options, [s.key() for s in splits], on_error=on_error, restart=restart) as job:
         job.skip = 0  # the splits already packed are not read at all
         run_jobs(splits[job.resumed_after :], [job], workers=workers, on_error=on_error, progress="pack")
         return job.finish()

@@ -79,31 +79,46 @@ class Folded:
 
     partials: list[Any]
     tallies: list[Tally]
+    view: tuple[Any, Tally] | None = None  # a split's gate: its partial and tally (see fold_items)
 
 
-def fold_items(items: Iterable[Row | BadRow], stages: Sequence[Stage], on_error: str = "skip") -> Folded:
+class Gate(Protocol):
+    """A filtered view inside a pass (curate.ConditionGate): decides which parsed rows the
+    stages see. `start` gives a split's empty partial; `keep_batch` returns a keep flag per row
+    and the rows it sets aside; `add` merges a split's partial and tally in the planning process."""
+
+    def start(self) -> Any: ...
+
+    def keep_batch(self, acc: Any, rows: list[tuple[Row, Trace]]) -> tuple[list[bool], list[tuple[int, BadRow]]]: ...
+
+    def add(self, acc: Any, tally: Tally) -> None: ...
+
+
+def fold_items(items: Iterable[Row | BadRow], stages: Sequence[Stage], on_error: str = "skip", gate: Gate | None = None) -> Folded:
     """Fold a stream of read items (validated Rows and BadRows) with every stage. Each stage's
     tally counts every item read; its rejected rows are the bad ones read plus those it set
-    aside itself, in row order. `fail` raises RowError at the first bad row of any kind."""
+    aside itself, in row order. `fail` raises RowError at the first bad row of any kind.
+    With a `gate`, the stages see only the rows it keeps (the others are not read, for them)."""
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error {on_error!r}: expected one of {', '.join(ON_ERROR)}")
     accs = [s.start() for s in stages]
     tallies = [Tally() for _ in stages]
-    parse = any(s.trace for s in stages)
+    view = (gate.start(), Tally()) if gate is not None else None
+    parse = gate is not None or any(s.trace for s in stages)
     batch: list[Row | BadRow] = []
     for item in items:
         if isinstance(item, BadRow) and on_error == "fail":
             raise RowError(item)
         batch.append(item)
         if len(batch) == BATCH:
-            _fold_batch(batch, stages, accs, tallies, on_error, parse)
+            _fold_batch(batch, stages, accs, tallies, on_error, parse, gate, view)
             batch = []
     if batch:
-        _fold_batch(batch, stages, accs, tallies, on_error, parse)
-    return Folded([s.end(a) for s, a in zip(stages, accs)], tallies)
+        _fold_batch(batch, stages, accs, tallies, on_error, parse, gate, view)
+    return Folded([s.end(a) for s, a in zip(stages, accs)], tallies, view)
 
 
-def _fold_batch(batch, stages, accs, tallies, on_error: str, parse: bool) -> None:
+def _fold_batch(batch, stages, accs, tallies, on_error: str, parse: bool, gate=None, view=None) -> None:
     from .parse import parse_trace
 
     bad: dict[int, BadRow] = {}
@@ -124,19 +139,32 @@ def _fold_batch(batch, stages, accs, tallies, on_error: str, parse: bool) -> Non
                 continue
         good.append((i, item, trace))
     rows = [(row, trace) for _, row, trace in good]
+    read = len(batch)
+    if gate is not None:
+        acc, tally = view
+        kept, own = gate.keep_batch(acc, rows)
+        if own and on_error == "fail":
+            raise RowError(own[0][1])
+        bad.update((good[k][0], why) for k, why in own)
+        tally.rejected.extend(bad[i] for i in sorted(bad))
+        tally.read += len(batch)
+        tally.parsed += len(good) - len(own)
+        read -= len(good) - len(own) - sum(kept)  # the rows it removed are not read, for the stages
+        good = [g for g, k in zip(good, kept) if k]
+        rows = [(row, trace) for _, row, trace in good]
     for stage, acc, tally in zip(stages, accs, tallies):
         own = stage.fold_batch(acc, rows)
         if own and on_error == "fail":
             raise RowError(own[0][1])
         rejected = {**bad, **{good[k][0]: why for k, why in own}}
         tally.rejected.extend(rejected[i] for i in sorted(rejected))
-        tally.read += len(batch)
+        tally.read += read
         tally.parsed += len(good) - len(own)
 
 
 def fold_split(split: Split, stages: Sequence[Stage], on_error: str = "skip") -> Folded:
-    """fold_items over the rows of one input split."""
-    return fold_items(read(split), stages, on_error)
+    """fold_items over the rows of one input split, through its gate if it has one."""
+    return fold_items(read(split), stages, on_error, split.gate)
 
 
 class Engine(Protocol):
@@ -191,6 +219,8 @@ def run(
     rows = 0
     try:
         for split, folded in zip(splits, engine_of(workers).map(_FoldSplit(stages, on_error), splits)):
+            if split.gate is not None:  # the copy this process holds gathers every split's decisions
+                split.gate.add(*folded.view)
             if bar is not None:
                 n = folded.tallies[0].read if folded.tallies else 0
                 rows += n

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import hashlib
 import io
 import os
 from dataclasses import dataclass, replace
@@ -59,10 +60,17 @@ class Split:
     parts: tuple[Part, ...]
     limit: int | None = None
     skip: frozenset[Location] = frozenset()  # good rows (by their location) left out: a filtered view
+    gate: Any = None  # a view's row gate (curate.ConditionGate), applied by the runner to parsed rows
 
     @property
     def nbytes(self) -> int:
         return sum(p.nbytes for p in self.parts)
+
+    def key(self) -> str:
+        """What the split reads, as a stable string (a pack run's plan, to resume it): repr's
+        order of `skip` changes from one process to the next, and it could be millions long."""
+        skip = hashlib.sha256("\n".join(sorted(map(str, self.skip))).encode()).hexdigest()[:16] if self.skip else ""
+        return f"Split({self.parts!r}, limit={self.limit}, skip={skip}, gate={self.gate!r})"
 
     def where(self) -> str:
         """What the split reads, for messages: `a.jsonl (bytes 0-33554432)`, `b.parquet (row groups 4-7)`."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import orjson
@@ -314,6 +315,48 @@ def test_filtered_file_read_back_by_stats_and_pack_and_the_view_matches(tmp_path
     c = m1["counts"]["train"]
     assert c["traces"] + c["dropped"] == 30 and c["traces"] > 0  # dropped: a system prompt longer than 4096 leaves no room
     assert m2["counts"] == m1["counts"]
+
+
+def test_a_view_of_conditions_reads_the_input_once_and_dedup_twice(tmp_path, clean_row):
+    """Conditions are decided in the command's own pass (a gate on each split): nothing is read
+    before it. Dedup needs input order, so its decisions come from a first pass. Both views give
+    the same kept rows and account as `filter`."""
+    from streamproc.curate import view
+    from streamproc.metrics import collect
+
+    rows = sample_rows(30) + list(injected(clean_row).values())
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    splits = plan([src], shard_bytes=50_000)
+    gated, acct = view(splits, Curator(PRESETS["clean"]), workers=2)
+    assert acct.read == 0 and all(s.gate is not None and not s.skip for s in gated)  # nothing read yet
+    _, tally = collect(gated, workers=2)
+    assert (acct.read, acct.kept, acct.removed, tally.read) == (35, 30, 5, 30) and tally.parsed == 30
+
+    skipped, acct2 = view(splits, Curator(PRESETS["clean"], "exact"), workers=2)
+    assert acct2.read == 35 and all(s.gate is None for s in skipped) and sum(len(s.skip) for s in skipped) == acct2.removed
+    assert collect(skipped, workers=1)[1].parsed == acct2.kept
+    summary, _ = filter_to_file(splits, str(tmp_path / "kept.parquet"), Curator(PRESETS["clean"], "exact"), workers=2)
+    assert (summary["kept"], summary["removed"]) == (acct2.kept, acct2.removed)
+
+
+def test_split_keys_are_the_same_in_every_process(tmp_path):
+    """A pack run's plan is made of Split.key(): stable across processes (hash seeds), so an
+    interrupted pack of a view resumes."""
+    import subprocess
+    import sys
+
+    code = (
+        "from streamproc.sources import SAMPLE, plan; from streamproc.curate import Curator, PRESETS, view; "
+        "s = plan([SAMPLE]); print([x.key() for x in view(s, Curator(PRESETS['strict'], 'exact'))[0] + view(s, Curator(PRESETS['agentic']))[0]])"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    keys = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": seed, "PYTHONPATH": root, "PATH": "/usr/bin:/bin"}).stdout
+        for seed in ("1", "2")
+    }
+    assert len(keys) == 1
+    key = keys.pop()
+    assert re.search(r"skip=[0-9a-f]{16}", key) and "gate=ConditionGate(" in key  # rows were removed; a gate too
 
 
 def test_features_command(tmp_path, real_row_files):

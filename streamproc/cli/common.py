@@ -94,8 +94,8 @@ def engine_from(args: argparse.Namespace) -> "Engine":
 
 
 def shards_from(args: argparse.Namespace) -> list[Split]:
-    """The planned shards; with --where/--preset/--dedup on a command that takes them, the rows
-    those remove are marked to be skipped (a first pass over the data decides which)."""
+    """The planned shards; with --where/--preset/--dedup on a command that takes them, a view
+    that only the kept rows go through (curate.view; finish prints its account)."""
     curator = curator_from(args) if getattr(args, "view", False) else None  # a bad condition fails before any read
     shards = plan(
         args.inputs, dataset=args.dataset, configs=args.config, split=args.split, source=args.source, limit=args.limit
@@ -105,10 +105,7 @@ def shards_from(args: argparse.Namespace) -> list[Split]:
         return shards
     from ..curate import view
 
-    shards = view(shards, curator, engine_from(args), args.on_error)
-    doc = curator.acct.to_json()
-    by = ", ".join(f"{k} {v:,}" for k, v in doc["removed_by"].items() if v) or "none"
-    say(args, f"filtered view: {doc['kept']:,} of {doc['read']:,} rows kept (removed by {by}; {doc['rejected']:,} rejected)")
+    shards, args.view_acct = view(shards, curator, engine_from(args), args.on_error)
     return shards
 
 
@@ -128,7 +125,11 @@ def check_rejects(args: argparse.Namespace) -> None:
 def finish(args: argparse.Namespace, tally: Tally, default_rejects: str | None) -> None:
     """Print the row count line and write rejected rows, so nothing is silently lost. With no
     default place (no output file, or the output went to stdout) rejects are written only where
-    --rejects says."""
+    --rejects says. A filtered view's account comes first."""
+    acct = getattr(args, "view_acct", None)
+    if acct is not None:
+        by = ", ".join(f"{k} {v:,}" for k, v in acct.removed_by.items() if v) or "none"
+        say(args, f"filtered view: {acct.kept:,} of {acct.read:,} rows kept (removed by {by}; {acct.rejected:,} rejected)")
     msg = tally.summary()
     if tally.rejected:
         path = args.rejects or default_rejects

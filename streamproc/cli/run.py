@@ -48,7 +48,7 @@ def run(args) -> int:
     shards = shards_from(args)
     out.mkdir(parents=True, exist_ok=True)
     parsed = out / "parsed.jsonl"
-    with ParseJob(parsed) as parse, PackJob(out / "packed", options, [repr(s) for s in shards], on_error=args.on_error, restart=args.restart) as pack:
+    with ParseJob(parsed) as parse, PackJob(out / "packed", options, [s.key() for s in shards], on_error=args.on_error, restart=args.restart) as pack:
         stats = StatsJob(browser=True)
         run_jobs(shards, [parse, stats, pack], workers=engine_from(args), on_error=args.on_error, progress="run")
         packed = pack.finish()
