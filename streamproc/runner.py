@@ -141,14 +141,14 @@ def _fold_batch(batch, stages, accs, tallies, on_error: str, parse: bool, gate=N
     rows = [(row, trace) for _, row, trace in good]
     read = len(batch)
     if gate is not None:
-        acc, tally = view
-        kept, own = gate.keep_batch(acc, rows)
+        gate_acc, gate_tally = view
+        kept, own = gate.keep_batch(gate_acc, rows)
         if own and on_error == "fail":
             raise RowError(own[0][1])
         bad.update((good[k][0], why) for k, why in own)
-        tally.rejected.extend(bad[i] for i in sorted(bad))
-        tally.read += len(batch)
-        tally.parsed += len(good) - len(own)
+        gate_tally.rejected.extend(bad[i] for i in sorted(bad))
+        gate_tally.read += len(batch)
+        gate_tally.parsed += len(good) - len(own)
         read -= len(good) - len(own) - sum(kept)  # the rows it removed are not read, for the stages
         good = [g for g, k in zip(good, kept) if k]
         rows = [(row, trace) for _, row, trace in good]
