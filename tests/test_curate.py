@@ -19,6 +19,7 @@ from streamproc.cli import main
 from streamproc.curate import (
     PRESETS,
     ConditionError,
+    CurateStage,
     Curator,
     conditions_of,
     exact_key,
@@ -26,8 +27,10 @@ from streamproc.curate import (
     filter_to_file,
     near_key,
     row_record,
+    view,
 )
 from streamproc.parse import parse_trace
+from streamproc.runner import run_merged
 from streamproc.sources import SAMPLE, iter_rows, plan
 
 
@@ -236,6 +239,13 @@ def test_accounting_adds_up_and_filtering_twice_changes_nothing(tmp_path_factory
     again, _ = filter_to_file(plan([d / "once.jsonl"]), str(d / "twice.jsonl"), Curator(conditions_of(where, preset), dedup))
     assert again["kept"] == again["read"] == doc["kept"] and again["removed"] == 0
     assert read_jsonl(d / "twice.jsonl") == read_jsonl(d / "once.jsonl")
+    # The view other commands read through (a gate, or skipped rows after a first pass for dedup),
+    # in small splits: exactly the kept rows, and the same account.
+    splits, acct = view(plan([src], shard_bytes=3000), Curator(conditions_of(where, preset), dedup))
+    (parts,), (seen,) = run_merged(splits, [CurateStage(keep_rows=True)])
+    assert [r.id for p in parts for r in p.rows] == [r["id"] for r in read_jsonl(d / "once.jsonl")]
+    assert seen.read == doc["kept"] + doc["rejected"] and len(seen.rejected) == doc["rejected"]
+    assert {k: v for k, v in acct.to_json().items()} == {k: doc[k] for k in acct.to_json()}
 
 
 def test_kept_rows_are_unchanged_with_extra_columns(tmp_path):
@@ -321,7 +331,6 @@ def test_a_view_of_conditions_reads_the_input_once_and_dedup_twice(tmp_path, cle
     """Conditions are decided in the command's own pass (a gate on each split): nothing is read
     before it. Dedup needs input order, so its decisions come from a first pass. Both views give
     the same kept rows and account as `filter`."""
-    from streamproc.curate import view
     from streamproc.metrics import collect
 
     rows = sample_rows(30) + list(injected(clean_row).values())
