@@ -42,6 +42,7 @@ class Part:
     source: str
     row_groups: tuple[int, ...] = ()  # parquet
     first_row: int = 0  # parquet: index of the first row of the first row group
+    rows: int = -1  # parquet: rows in these row groups (from the footer); -1: not known before reading
     byte_range: tuple[int, int] | None = None  # plain jsonl
     config: str | None = None  # hub
     split: str = "train"  # hub
@@ -243,8 +244,9 @@ def plan(
 ) -> Plan:
     """Plan shards for local inputs or a Hub dataset. With no input at all: the built-in sample.
 
-    With `limit`, everything becomes one shard read in order, so the first N rows are exactly
-    those of a sequential read.
+    With `limit`, the first N rows of a sequential read, exactly: Parquet parts whose row counts
+    (from their footers) fit in what is left stay splits of their own, read in parallel; the rest
+    becomes one split read in order up to the remaining count.
     """
     unread: list[Unread] = []
     if dataset:
@@ -253,8 +255,23 @@ def plan(
         files, unread = scan(inputs) if inputs else ([str(SAMPLE)], [])
         parts = [p for f in files for p in _file_parts(f, source, shard_bytes)]
     if limit is not None:
-        return Plan([Split(tuple(parts), limit)], unread)
+        return Plan(_first_rows(parts, limit), unread)
     return Plan((Split((p,)) for p in parts), unread)
+
+
+def _first_rows(parts: list[Part], limit: int) -> list[Split]:
+    """Splits reading exactly the first `limit` rows of `parts` (a Parquet part yields one item,
+    a Row or a BadRow, per row its footer counts, so whole parts can be counted in advance)."""
+    splits, left = [], limit
+    for k, part in enumerate(parts):
+        if left <= 0:
+            break
+        if part.rows < 0 or part.rows > left:
+            splits.append(Split(tuple(parts[k:]), left))
+            break
+        splits.append(Split((part,), part.rows))
+        left -= part.rows
+    return splits or [Split(tuple(parts), limit)]
 
 
 def source_label(path: str, source: str | None) -> str:
@@ -291,10 +308,10 @@ def _file_parts(path: str, source: str | None, shard_bytes: int) -> list[Part]:
             acc += rg.total_byte_size
             row += rg.num_rows
             if acc >= shard_bytes:
-                parts.append(Part("parquet", path, label, tuple(group), first, nbytes=acc))
+                parts.append(Part("parquet", path, label, tuple(group), first, rows=row - first, nbytes=acc))
                 group, acc = [], 0
         if group or not parts:
-            parts.append(Part("parquet", path, label, tuple(group), first, nbytes=acc))
+            parts.append(Part("parquet", path, label, tuple(group), first, rows=row - first, nbytes=acc))
         # Row-group byte sizes are uncompressed; scale so progress adds up to the file size.
         total = sum(p.nbytes for p in parts) or 1
         return [replace(p, nbytes=p.nbytes * size // total) for p in parts]

@@ -168,12 +168,41 @@ def test_parquet_row_group_shards(files, want):
 
 
 def test_limit_reads_the_first_rows_in_order(files, want):
-    for inputs in ([files["jsonl"]], [files["parquet"], files["jsonl"]]):
-        shards = plan(inputs, limit=7, shard_bytes=1000)
-        assert len(shards) == 1
-        assert [r.id for r in rows_of(read(shards[0]))] == [w["id"] for w in want[:7]]
-    two_files = plan([files["parquet"], files["json"]], limit=N + 3)
-    assert [r.id for r in rows_of(read(two_files[0]))] == [w["id"] for w in want] + [w["id"] for w in want[:3]]
+    assert len(plan([files["jsonl"]], limit=7, shard_bytes=1000)) == 1  # lines are not counted in advance
+    parquet_first = plan([files["parquet"], files["jsonl"]], limit=7, shard_bytes=1)
+    assert [s.limit for s in parquet_first] == [4, 3]  # a whole row group, then 3 rows read in order
+    for shards in (parquet_first, plan([files["jsonl"]], limit=7)):
+        assert [r.id for s in shards for r in rows_of(read(s))] == [w["id"] for w in want[:7]]
+    two_files = plan([files["parquet"], files["json"]], limit=N + 3, shard_bytes=1)
+    assert len(two_files) == N // 4 + 1  # every row group of the Parquet file in parallel
+    assert [r.id for s in two_files for r in rows_of(read(s))] == [w["id"] for w in want] + [w["id"] for w in want[:3]]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    groups=st.lists(st.integers(1, 6), min_size=1, max_size=6),
+    bad=st.sets(st.integers(0, 40), max_size=4),
+    limit=st.integers(1, 60),
+    shard_bytes=st.sampled_from([1, 3000, 1 << 25]),
+)
+def test_limit_plan_reads_what_a_sequential_read_reads(tmp_path_factory, groups, bad, limit, shard_bytes):
+    """Any row groups, bad rows among them, any limit: the planned splits, read in order, give
+    exactly the first `limit` items of a sequential read (Parquet counted from footers, then JSONL)."""
+    d = tmp_path_factory.mktemp("limit")
+    rows = [{"id": f"p{i}", "conversations": [{"from": "human" if i not in bad else "robot", "value": "x"}]} for i in range(sum(groups))]
+    writer = pq.ParquetWriter(d / "a.parquet", pa.Table.from_pylist(rows[:1]).schema)
+    at = 0
+    for g in groups:
+        writer.write_table(pa.Table.from_pylist(rows[at : at + g]))
+        at += g
+    writer.close()
+    (d / "b.jsonl").write_bytes(b"".join(orjson.dumps({"id": f"j{i}", "conversations": [{"from": "human", "value": "y"}]}) + b"\n" for i in range(10)))
+    inputs = [d / "a.parquet", d / "b.jsonl"]
+    key = lambda item: item.id if isinstance(item, Row) else str(item)  # noqa: E731  (bad rows: Parquet, by row)
+    sequential = [key(x) for x in read(Shard(tuple(p for s in plan(inputs) for p in s.parts)))][:limit]
+    splits = plan(inputs, limit=limit, shard_bytes=shard_bytes)
+    assert [key(x) for s in splits for x in read(s)] == sequential
+    assert sum(s.limit for s in splits) >= len(sequential)
 
 
 def test_no_input_reads_the_shipped_sample():
