@@ -15,7 +15,7 @@ import os
 import pytest
 
 from streamproc.benchmarks import synthetic_file
-from streamproc.benchmarks.filter import CLEAN, EXACT, FEATURES, NEAR, STATS, contenders
+from streamproc.benchmarks.filter import CLEAN, EXACT, NEAR, STATS, VIEW, VIEW_DEDUP, contenders
 from streamproc.sources import plan
 
 ROWS = int(os.environ.get("STREAMPROC_BENCH_FILTER_ROWS", "14701"))
@@ -27,7 +27,7 @@ def passes(tmp_path_factory):
     return contenders(plan([synthetic_file(ROWS)]), tmp_path_factory.mktemp("bench_filter"), docs), docs
 
 
-@pytest.mark.parametrize("name", [STATS, FEATURES, CLEAN, EXACT, NEAR])
+@pytest.mark.parametrize("name", [STATS, VIEW, VIEW_DEDUP, CLEAN, EXACT, NEAR])
 @pytest.mark.benchmark(group="filter vs stats")
 def test_pass(benchmark, passes, name):
     fns, docs = passes
