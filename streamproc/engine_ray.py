@@ -43,10 +43,28 @@ def connect(address: str | None = None):
         if address:
             import streamproc
 
-            ray.init(address=address, runtime_env={"py_modules": [streamproc]})
+            _reachable(address)
+            try:
+                ray.init(address=address, runtime_env={"py_modules": [streamproc]})
+            except ConnectionError as e:  # `auto` with no cluster running, a refused Ray Client
+                raise RayUnavailable(f"cannot join the Ray cluster at {address}: {e}") from None
         else:
             ray.init()
     return ray
+
+
+def _reachable(address: str, timeout: float = 10.0) -> None:
+    """Ray retries an address nobody answers at for minutes: a HOST:PORT (or ray://HOST:PORT)
+    that refuses or ignores a TCP connection is reported at once."""
+    import socket
+
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        return  # `auto` and the like: Ray's own lookup
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from None
 
 
 class RayEngine:

@@ -258,3 +258,16 @@ def test_a_task_whose_worker_keeps_dying_is_named(cluster):
     with pytest.raises(WorkerDied) as e:
         list(cluster.map(dies_on_1, [0, 1, 2]))
     assert e.value.index == 1 and "a Ray task failed" in str(e.value)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1"])
+def test_an_unreachable_cluster_is_one_line_at_once(address, tmp_path):
+    """Ray itself retries an address nobody answers at for minutes; streamproc says so at once."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env.pop("RAY_ADDRESS", None)
+    t = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "streamproc", "stats", "--engine", "ray", "--address", address],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == f"streamproc stats: error: cannot reach the Ray cluster at {address}: Connection refused"
+    assert time.monotonic() - t < 60
