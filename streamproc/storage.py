@@ -39,9 +39,11 @@ def list_uri(uri: str) -> list[str]:
         raise FileNotFoundError(f"{uri}: no such file or directory")
     if info.type == pafs.FileType.File:
         return [uri]
-    scheme = uri.split("://", 1)[0]
+    # Each file's URI is the directory's URI plus the file's path below it, so what the URI holds
+    # besides the path (an HDFS host and port, an Azure account) is kept.
+    base, root = path.rstrip("/"), uri.rstrip("/")
     found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    return sorted(f"{scheme}://{i.path}" for i in found if i.type == pafs.FileType.File)
+    return sorted(root + i.path[len(base):] for i in found if i.type == pafs.FileType.File)
 
 
 def size(path: str) -> int:

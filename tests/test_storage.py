@@ -72,6 +72,8 @@ def test_s3_folder_reads_as_the_folder_on_disk(both, shard_bytes):
     assert [b.replace(uri, "X") for b in on_s3[1]] == [b.replace(str(local), "X") for b in on_disk[1]]
     assert len(on_s3[1]) == 2 and "a.jsonl:row 7" in on_s3[1][0] and "d.parquet:row 4" in on_s3[1][1]
     assert [str(u) for u in plan([uri]).unread] == [f"{uri}/notes.txt (unsupported type)"]
+    files = [p.path for s in plan([uri]) for p in s.parts]
+    assert files == [p.path for s in plan([uri + "/"]) for p in s.parts] and files[0] == f"{uri}/a.jsonl"
     if shard_bytes < 1000:
         assert len(plan([uri], shard_bytes=shard_bytes)) > 6
 
