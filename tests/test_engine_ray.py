@@ -90,11 +90,15 @@ def test_stats_browser_and_rejects_equal_local_in_small_splits(cluster, inputs):
 
 
 def test_limit_reads_the_first_rows_in_order(cluster, inputs):
-    for n in (2, 25):  # inside the JSONL file; past it into the first Parquet file
-        local = metrics.collect(plan(inputs, limit=n), workers=1)
-        on_ray = metrics.collect(plan(inputs, limit=n), workers=cluster)
+    # Inside the JSONL file; past it into the first Parquet file; Parquet first (row groups of 4
+    # rows: whole ones are tasks of their own, then 3 rows).
+    for files, n in ((inputs, 2), (inputs, 25), (inputs[1:], 11)):
+        splits = plan(files, limit=n, shard_bytes=1)
+        local = metrics.collect(splits, workers=1)
+        on_ray = metrics.collect(splits, workers=cluster)
         assert on_ray[1].read == n
         assert _doc(*on_ray) == _doc(*local)
+    assert [s.limit for s in splits] == [4, 4, 3]
 
 
 def test_fail_stops_at_the_first_bad_row(cluster, inputs):
