@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from .mask import Masker, MaskOptions, MaskedSeq, load_tokenizer
 from .records import SPLITS, BadRow, Row, RowError, Trace
 from .runner import Stage
+
+if TYPE_CHECKING:
+    from .shards import ShardInfo
 
 
 def is_eval(trace_id: str, fraction: float) -> bool:

@@ -5,8 +5,6 @@ without one depend on the data, and `train` names a damaged shard."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import orjson

@@ -443,7 +443,7 @@ def _odd_inputs(tmp_path: Path, real_dir: Path) -> dict[str, list[Path]]:
 
 @pytest.mark.parametrize("case", ["empty", "single trace", "no tool calls"])
 def test_every_plot_table_and_the_page_cope_with_odd_inputs(case, tmp_path, real_dir, chromium):
-    from streamproc import metrics, report
+    from streamproc import report
 
     files = _odd_inputs(tmp_path, real_dir)[case]
     stats, browser, tally = collect_with_browser(plan(files))
@@ -484,7 +484,7 @@ def test_wilson_interval_brackets_the_rate_and_narrows_with_more_samples():
 
 
 def test_training_section_reads_what_pack_wrote(page, real_row_files, tmp_path):
-    from streamproc import metrics, report
+    from streamproc import report
     from streamproc.pack_job import PackOptions, pack_to_dir
 
     shards = plan(real_row_files)

@@ -6,13 +6,16 @@ import argparse
 import os
 import sys
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ..fileio import check_output_file, output_format, write_rejects
 from ..records import Tally
 from ..runner import Engine, Job, Local
 from ..sources import HUB_DATASET, ON_ERROR, Split, plan
 from .argtypes import positive_int
+
+if TYPE_CHECKING:
+    from ..curate import Curator
 
 
 def add_input_args(p: argparse.ArgumentParser, *, workers: bool = True, view: bool = False, engine: bool = True) -> None:
