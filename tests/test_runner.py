@@ -356,3 +356,25 @@ def test_cli_says_which_split_a_killed_worker_held(tmp_path, many):
     assert proc.returncode == 1 and "Traceback" not in err, err
     assert last.startswith(f"streamproc stats: error: worker {workers[0].pid} was killed by SIGKILL (out of memory?) while reading "), last
     assert ".jsonl (bytes 0-" in last and not (tmp_path / "s.json").exists()
+
+
+def test_atomic_outputs_leave_nothing_behind_and_get_the_usual_mode(tmp_path):
+    from streamproc.fileio import atomic_path
+
+    target = tmp_path / "out.json"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    with atomic_path(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(f".out.json.{os.getpid()}.")
+        tmp.write_bytes(b"{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"] and (target.stat().st_mode & 0o777) == 0o666 & ~umask
+    # A temporary left by a writer that is gone (killed) is removed by the next write.
+    (tmp_path / ".out.json.999999999.dead.tmp").write_bytes(b"")
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"[]")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"] and target.read_bytes() == b"[]"
