@@ -564,13 +564,8 @@ class ConditionGate:
         self.acct = self.start()
         self._engine: ConditionEngine | None = None
 
-    def __getstate__(self):
-        return {"conditions": self.conditions}  # the DuckDB connection is made where it runs
-
-    def __setstate__(self, state) -> None:
-        self.conditions = state["conditions"]
-        self.acct = self.start()
-        self._engine = None
+    def __reduce__(self):  # sent by its conditions: the DuckDB connection is made where it runs
+        return ConditionGate, (self.conditions,)
 
     def __repr__(self) -> str:  # part of a pack run's plan (resume): stable across processes
         return f"ConditionGate({[c.sql for c in self.conditions]})"
@@ -583,17 +578,19 @@ class ConditionGate:
         """Which rows pass (in order), and the rows set aside because their features fail."""
         if self._engine is None:
             self._engine = ConditionEngine(self.conditions, feature_schema())
-        feats, bad = [], []
+        feats, judged, bad = [], [], []
         for i, (row, trace) in enumerate(rows):
             try:
                 feats.append(features(trace))
+                judged.append(i)
             except Exception as e:  # a bug must not end a long run: the row is set aside, named
                 bad.append((i, BadRow(row.loc, "<view>", f"trace {row.id}: {type(e).__name__}: {e}")))
         reasons = self._engine.judge(features_table(feats), acct)
         acct.count(reasons)
-        passed = iter(r is None for r in reasons)
-        failed_at = {i for i, _ in bad}
-        return [False if i in failed_at else next(passed) for i in range(len(rows))], bad
+        kept = [False] * len(rows)
+        for i, reason in zip(judged, reasons):
+            kept[i] = reason is None
+        return kept, bad
 
     def add(self, acct: Accounting, tally: Tally) -> None:
         """One split's decisions (runner.run calls this in plan order)."""

@@ -172,10 +172,8 @@ def _collect(paths: list[str], unread: list[Unread]) -> list[str]:
             unread.append(Unread(path, "broken link"))
         elif not os.path.isfile(path):  # a FIFO or device: opening it could wait forever
             unread.append(Unread(path, "not a regular file"))
-        elif file_kind(path) is None:
-            unread.append(Unread(path, "unsupported type"))
-        elif path.endswith(".rejects.jsonl"):
-            unread.append(Unread(path, "a rejects file streamproc wrote"))
+        elif why := _not_input(path):
+            unread.append(Unread(path, why))
         else:
             files[real] = path
 
@@ -198,6 +196,15 @@ def _collect(paths: list[str], unread: list[Unread]) -> list[str]:
     return sorted(files.values())
 
 
+def _not_input(path: str) -> str | None:
+    """Why a file met in a directory or glob is not read, or None to read it."""
+    if file_kind(path) is None:
+        return "unsupported type"
+    if path.endswith(".rejects.jsonl"):
+        return "a rejects file streamproc wrote"
+    return None
+
+
 def _collect_uri(uri: str, unread: list[Unread]) -> list[str]:
     """The readable-kind files a URI names (a directory: listed recursively, sorted)."""
     try:
@@ -208,10 +215,9 @@ def _collect_uri(uri: str, unread: list[Unread]) -> list[str]:
         return found
     files = []
     for f in found:
-        if file_kind(f) is None:
-            unread.append(Unread(f, "unsupported type"))
-        elif f.endswith(".rejects.jsonl"):
-            unread.append(Unread(f, "a rejects file streamproc wrote"))
+        why = _not_input(f)
+        if why:
+            unread.append(Unread(f, why))
         else:
             files.append(f)
     if not files:

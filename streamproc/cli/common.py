@@ -13,6 +13,7 @@ from ..records import Tally
 from ..runner import Engine, Job, Local
 from ..sources import HUB_DATASET, ON_ERROR, Split, plan
 from .argtypes import positive_int
+from .manners import to_stdout
 
 if TYPE_CHECKING:
     from ..curate import Curator
@@ -55,6 +56,16 @@ def rows_file(path: str) -> str:
 def rows_output(path: str) -> str:
     """rows_file, or `-` for JSONL on stdout."""
     return path if path == "-" else rows_file(path)
+
+
+def add_rows_output(p: argparse.ArgumentParser) -> None:
+    """-o OUT for a command that writes rows or records (parse, export)."""
+    p.add_argument("-o", "--output", required=True, metavar="OUT", type=rows_output, help="OUT.jsonl (.gz, .zst), OUT.parquet, or - for JSONL on stdout")
+
+
+def rejects_beside(output: str) -> str | None:
+    """OUTPUT.rejects.jsonl, where rejected rows go by default; none for stdout (see finish)."""
+    return None if to_stdout(output) else f"{output}.rejects.jsonl"
 
 
 def add_curate_args(p: argparse.ArgumentParser, *, view: bool = False) -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 from ..chat import TOOL_FALLBACK
 from ..export import FORMATS, TOOL_ROLES, export
 from ..fileio import check_output_file
-from .common import add_input_args, check_rejects, engine_from, finish, rows_output, say, shards_from
+from .common import add_input_args, add_rows_output, check_rejects, engine_from, finish, rejects_beside, say, shards_from
 from .manners import RAW, output_path, to_stdout
 from . import COMMANDS
 
@@ -23,7 +23,7 @@ def add(sub) -> None:
         "prompt/completion pairs, for training tools other than `streamproc train`.",
         epilog=EXAMPLES, formatter_class=RAW,
     )
-    p.add_argument("-o", "--output", required=True, metavar="OUT", type=rows_output, help="OUT.jsonl (.gz, .zst), OUT.parquet, or - for JSONL on stdout")
+    add_rows_output(p)
     p.add_argument("--format", choices=FORMATS, default="messages", help="messages (default): one conversation per row; pairs: one prompt/completion per assistant turn")
     p.add_argument(
         "--tool-role", choices=TOOL_ROLES, default="keep",
@@ -44,7 +44,7 @@ def run(args) -> int:
             workers=engine_from(args), on_error=args.on_error,
         )
         written = records_in(out)
-    finish(args, tally, None if to_stdout(args.output) else f"{args.output}.rejects.jsonl")
+    finish(args, tally, rejects_beside(args.output))
     where = "stdout" if to_stdout(args.output) else args.output
     say(args, f"wrote {written:,} {args.format} records from {tally.parsed:,} traces to {where}")
     return 0

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from ..curate import features_job
-from .common import add_input_args, finish, run_jobs, say
+from .common import add_input_args, finish, rejects_beside, run_jobs, say
 from .manners import RAW
 from . import COMMANDS
 
@@ -33,6 +33,6 @@ def run(args) -> int:
     with features_job(args.output, args.tokenizer) as job:
         run_jobs(args, [job], progress="features")
     n, tally = job.rows, job.tally
-    finish(args, tally, f"{args.output}.rejects.jsonl")
+    finish(args, tally, rejects_beside(args.output))
     say(args, f"wrote {args.output} ({n:,} traces)")
     return 0

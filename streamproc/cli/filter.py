@@ -6,7 +6,7 @@ import orjson
 
 from ..curate import filter_job
 from ..fileio import write_json
-from .common import add_curate_args, add_input_args, curator_from, finish, run_jobs, say
+from .common import add_curate_args, add_input_args, curator_from, finish, rejects_beside, run_jobs, say
 from .manners import RAW
 from . import COMMANDS
 
@@ -46,6 +46,6 @@ def run(args) -> int:
     summary = f"{args.output}.summary.json"
     write_json(summary, doc)
     print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
-    finish(args, tally, f"{args.output}.rejects.jsonl")
+    finish(args, tally, rejects_beside(args.output))
     say(args, f"wrote {args.output} ({doc['kept']:,} of {doc['read']:,} rows) and {summary}")
     return 0

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from ..fileio import check_output_file
 from ..parse_job import parse_to_file
-from .common import add_input_args, check_rejects, engine_from, finish, rows_output, say, shards_from
+from .common import add_input_args, add_rows_output, check_rejects, engine_from, finish, rejects_beside, say, shards_from
 from .manners import RAW, output_path, to_stdout
 from . import COMMANDS
 
@@ -20,7 +20,7 @@ def add(sub) -> None:
         "and tool responses (content decoded, matched to their call). Bad rows are counted and set aside.",
         epilog=EXAMPLES, formatter_class=RAW,
     )
-    p.add_argument("-o", "--output", required=True, metavar="OUT", type=rows_output, help="OUT.jsonl (.gz, .zst), OUT.parquet, or - for JSONL on stdout")
+    add_rows_output(p)
     add_input_args(p)
     p.set_defaults(func=run)
 
@@ -31,7 +31,7 @@ def run(args) -> int:
     check_rejects(args)
     with output_path(args.output) as out:
         tally = parse_to_file(shards_from(args), out, workers=engine_from(args), on_error=args.on_error)
-    finish(args, tally, None if to_stdout(args.output) else f"{args.output}.rejects.jsonl")
+    finish(args, tally, rejects_beside(args.output))
     if not to_stdout(args.output):
         say(args, f"wrote {tally.parsed:,} records to {args.output}")
     return 0

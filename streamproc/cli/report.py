@@ -5,7 +5,7 @@ from ..fileio import check_output_file
 from ..stats_job import StatsJob
 from ..webview import write_page
 from .argtypes import positive_int
-from .common import add_input_args, check_rejects, finish, run_jobs, say
+from .common import add_input_args, check_rejects, finish, rejects_beside, run_jobs, say
 from .manners import RAW
 from . import COMMANDS
 
@@ -38,6 +38,6 @@ def run(args) -> int:
     say(args, f"drawing plots for {len(browser.entries):,} traces ...")
     plots = report.pngs(stats, dpi=100)
     write_page(args.output, browser, tables=report.tables(stats, args.top), plots=plots, note=tally.summary(), title=args.title)
-    finish(args, tally, f"{args.output}.rejects.jsonl")
+    finish(args, tally, rejects_beside(args.output))
     say(args, f"wrote {args.output} ({len(browser.entries):,} traces)")
     return 0
