@@ -1,4 +1,4 @@
-"""Compiles the parser (parse.py and the records it builds, turns.py) to C with mypyc.
+"""Compiles the parser (parse/parser.py and the records it builds, parse/turns.py) to C with mypyc.
 
 The same modules run as plain Python wherever they are not compiled: where mypyc or a C
 compiler is missing, with STREAMPROC_PURE_PYTHON=1 at install time, or at run time when their
@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).parent / "streamproc"
 _spec = importlib.util.spec_from_file_location("_compiled", PACKAGE / "_compiled.py")
 compiled = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(compiled)
-COMPILED = [f"streamproc/{m.rpartition('.')[2]}.py" for m in compiled.MODULES]
+COMPILED = [str(compiled._source(m, PACKAGE).relative_to(PACKAGE.parent)) for m in compiled.MODULES]
 
 
 def ext_modules():

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from streamproc import metrics
-from streamproc.engine_ray import RayEngine
+from streamproc.analyze import metrics
+from streamproc.run.ray_engine import RayEngine
 from streamproc.benchmarks import synthetic_file
-from streamproc.pack_job import pack_to_dir
-from streamproc.sources import plan
+from streamproc.prepare.job import pack_to_dir
+from streamproc.io.sources import plan
 
 ray = pytest.importorskip("ray")
 

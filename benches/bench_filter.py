@@ -16,7 +16,7 @@ import pytest
 
 from streamproc.benchmarks import synthetic_file
 from streamproc.benchmarks.filter import CLEAN, EXACT, NEAR, STATS, VIEW, VIEW_DEDUP, contenders
-from streamproc.sources import plan
+from streamproc.io.sources import plan
 
 ROWS = int(os.environ.get("STREAMPROC_BENCH_FILTER_ROWS", "14701"))
 

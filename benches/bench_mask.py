@@ -16,7 +16,7 @@ import pytest
 
 from streamproc.benchmarks import context
 from streamproc.benchmarks.mask import BARE, GUIDE, OURS, contenders, timed_rows
-from streamproc.mask import Masker
+from streamproc.prepare.mask import Masker
 
 
 @pytest.fixture(scope="module")

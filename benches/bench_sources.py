@@ -15,9 +15,9 @@ import os
 
 import pytest
 
-from streamproc import synth
+from streamproc.io import synth
 from streamproc.benchmarks.sources import DATASETS, DIRECT, count_rows, readers
-from streamproc.sources import plan
+from streamproc.io.sources import plan
 
 ROWS = int(os.environ.get("STREAMPROC_BENCH_ROWS", "1000"))
 

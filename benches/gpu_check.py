@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 
 from streamproc.benchmarks import train as bench
-from streamproc.fileio import write_json
-from streamproc.mask import DEFAULT_TOKENIZER
-from streamproc.pack import IGNORE
-from streamproc.shards import read_shard, shard_paths
+from streamproc.io.files import write_json
+from streamproc.prepare.mask import DEFAULT_TOKENIZER
+from streamproc.prepare.pack import IGNORE
+from streamproc.prepare.shards import read_shard, shard_paths
 
 TARGET_PACKED = 1.5  # packed rows / padded batches, tokens/s
 TARGET_SHARED = 2.0  # shared-prefix rows / standard packed rows, trained tokens/s, at seq-len 8192
@@ -255,7 +255,7 @@ def causal_mask(n: int, device: str, attn: str):
 
 def trainer_batch(rows: list[dict], device: str) -> dict:
     """`rows` as `streamproc train` feeds them (its PackedCollator), on `device`."""
-    from streamproc.train import SEQ_LENGTHS, PackedCollator
+    from streamproc.train.trainer import SEQ_LENGTHS, PackedCollator
 
     batch = PackedCollator()([{**r, SEQ_LENGTHS: seq_lens(r)} for r in rows])
     return {k: v.to(device) for k, v in batch.items()}
@@ -301,7 +301,7 @@ def isolation(m, rows: list[dict], attn: str, path: str, setup: Setup, *, contro
     ids = torch.tensor([t for r in rows for t in r["input_ids"]], device=device)[None]
     position_ids = torch.as_tensor(pos, device=device)[None]
     if any(prefix_len(r) for r in rows):
-        from streamproc.train import prefix_attention_mask  # the trainer's own mask
+        from streamproc.train.trainer import prefix_attention_mask  # the trainer's own mask
 
         batch = trainer_batch(rows, device)
         assert batch["position_ids"][0].tolist() == pos.tolist()
@@ -424,7 +424,7 @@ def _timed(m, batches: list[dict], setup: Setup, loss) -> float:
 
 
 def _trainer_loss(m, batch: dict):
-    from streamproc.train import packed_loss  # the trainer's: its mask, the head only where trained
+    from streamproc.train.trainer import packed_loss  # the trainer's: its mask, the head only where trained
 
     return packed_loss(m, batch)[0]
 

@@ -1,4 +1,4 @@
-"""Which parser runs: the mypyc build of parse.py and turns.py, or their Python source.
+"""Which parser runs: the mypyc build of parse/parser.py and parse/turns.py, or their Python source.
 
 setup.py compiles both where it can and writes the sha256 of the sources it compiled to
 BUILT_FROM. The build sits beside the source (in the package directory of an editable install
@@ -21,18 +21,18 @@ import sys
 import warnings
 from pathlib import Path
 
-MODULES = ("streamproc.turns", "streamproc.parse")
+MODULES = ("streamproc.parse.turns", "streamproc.parse.parser")
 BUILT_FROM = "_built_from.json"
 _HERE = Path(__file__).parent
 
 
-def _source(name: str) -> Path:
-    return _HERE / (name.rpartition(".")[2] + ".py")
+def _source(name: str, package_dir: Path = _HERE) -> Path:
+    return package_dir.joinpath(*name.split(".")[1:]).with_suffix(".py")
 
 
 def _is_built(name: str) -> bool:
-    stem = name.rpartition(".")[2]
-    return any((_HERE / (stem + suffix)).exists() for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+    source = _source(name)
+    return any(source.with_suffix(suffix).exists() for suffix in importlib.machinery.EXTENSION_SUFFIXES)
 
 
 class _FromSource:
@@ -45,7 +45,7 @@ class _FromSource:
 
 def source_hashes(package_dir: Path = _HERE) -> dict[str, str]:
     """sha256 of each compiled module's source, by module name."""
-    return {m: hashlib.sha256((package_dir / _source(m).name).read_bytes()).hexdigest() for m in MODULES}
+    return {m: hashlib.sha256(_source(m, package_dir).read_bytes()).hexdigest() for m in MODULES}
 
 
 def choose() -> None:
@@ -73,6 +73,6 @@ def choose() -> None:
 
 def parser_build() -> str:
     """"mypyc" when the imported parser is the compiled one, else "python"."""
-    from . import parse
+    from streamproc.parse import parser
 
-    return "python" if parse.__file__.endswith(".py") else "mypyc"
+    return "python" if parser.__file__.endswith(".py") else "mypyc"

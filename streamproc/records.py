@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from .turns import ToolCall, ToolResponse, Turn
+from streamproc.parse.turns import ToolCall, ToolResponse, Turn
 
 ROLES = {"system": "system", "human": "user", "gpt": "assistant", "tool": "tool"}
 """ShareGPT `from` values and the chat role each one maps to."""

@@ -13,9 +13,9 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from streamproc import synth
+from streamproc.io import synth
 from streamproc.records import BadRow, Row, RowError
-from streamproc.sources import good_rows, iter_rows, plan
+from streamproc.io.sources import good_rows, iter_rows, plan
 
 GOOD = list(synth.rows(3, seed=21))
 

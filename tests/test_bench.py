@@ -70,8 +70,8 @@ def test_pack_job_copies_change_every_message_but_the_system_prompt(real_rows, t
     import json
 
     from streamproc.benchmarks.pack_job import write_input
-    from streamproc.chat import unwrap_tool
-    from streamproc.parse import parse_trace
+    from streamproc.prepare.chat import unwrap_tool
+    from streamproc.parse.parser import parse_trace
     from streamproc.records import row_from_dict
 
     rows = [row_from_dict(d) for d in real_rows[:6]]

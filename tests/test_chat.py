@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from streamproc.chat import (
+from streamproc.prepare.chat import (
     CHATML_TEMPLATE,
     TOOL_FALLBACK,
     inspect_template,

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from streamproc.cli import COMMANDS, build_parser, main
-from streamproc.sources import SAMPLE
+from streamproc.io.sources import SAMPLE
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,8 @@ import pytest
 
 import streamproc
 from streamproc._compiled import MODULES, parser_build
-from streamproc.parse import parse_turn
-from streamproc.sources import SAMPLE, iter_rows
+from streamproc.parse.parser import parse_turn
+from streamproc.io.sources import SAMPLE, iter_rows
 
 TAGS = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
 PIECES = TAGS + [
@@ -27,7 +27,7 @@ PIECES = TAGS + [
 PURE = """
 import json, sys
 from streamproc._compiled import parser_build
-from streamproc.parse import parse_turn
+from streamproc.parse.parser import parse_turn
 assert parser_build() == "python", parser_build()
 for role, text in json.load(sys.stdin):
     print(repr(parse_turn(role, text)))
@@ -87,7 +87,7 @@ def test_a_build_of_other_source_is_not_used(tmp_path):
         return run.stdout.strip(), run.stderr
 
     assert build_in_use() == ("mypyc", "")
-    source = copy / (MODULES[1].rpartition(".")[2] + ".py")
+    source = copy.joinpath(*MODULES[1].split(".")[1:]).with_suffix(".py")
     source.write_text(source.read_text() + "# edited after the build\n")
     used, warned = build_in_use()
     assert used == "python" and "changed since the build" in warned

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-from streamproc.parse import parse_trace, parse_turn
-from streamproc.turns import REASONING
+from streamproc.parse.parser import parse_trace, parse_turn
+from streamproc.parse.turns import REASONING
 
 _CLOSED_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
 

@@ -16,22 +16,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from streamproc.cli import main
-from streamproc.curate import (
-    PRESETS,
-    ConditionError,
-    CurateStage,
-    Curator,
-    conditions_of,
-    exact_key,
-    features,
-    filter_to_file,
-    near_key,
-    row_record,
-    view,
-)
-from streamproc.parse import parse_trace
-from streamproc.runner import run_merged
-from streamproc.sources import SAMPLE, iter_rows, plan
+from streamproc.analyze.features import features
+from streamproc.curate.conditions import PRESETS, ConditionError, conditions_of
+from streamproc.curate.curator import Curator
+from streamproc.curate.dedup import exact_key, near_key
+from streamproc.curate.job import filter_to_file, row_record
+from streamproc.curate.stage import CurateStage, view
+from streamproc.parse.parser import parse_trace
+from streamproc.run.runner import run_merged
+from streamproc.io.sources import SAMPLE, iter_rows, plan
 
 
 def sample_rows(n: int = 40) -> list[dict]:
@@ -331,7 +324,7 @@ def test_a_view_of_conditions_reads_the_input_once_and_dedup_twice(tmp_path, cle
     """Conditions are decided in the command's own pass (a gate on each split): nothing is read
     before it. Dedup needs input order, so its decisions come from a first pass. Both views give
     the same kept rows and account as `filter`."""
-    from streamproc.metrics import collect
+    from streamproc.analyze.metrics import collect
 
     rows = sample_rows(30) + list(injected(clean_row).values())
     src = write_jsonl(tmp_path / "in.jsonl", rows)
@@ -355,7 +348,7 @@ def test_split_keys_are_the_same_in_every_process(tmp_path):
     import sys
 
     code = (
-        "from streamproc.sources import SAMPLE, plan; from streamproc.curate import Curator, PRESETS, view; "
+        "from streamproc.io.sources import SAMPLE, plan; from streamproc.curate.curator import Curator; from streamproc.curate.conditions import PRESETS; from streamproc.curate.stage import view; "
         "s = plan([SAMPLE]); print([x.key() for x in view(s, Curator(PRESETS['strict'], 'exact'))[0] + view(s, Curator(PRESETS['agentic']))[0]])"
     )
     root = str(Path(__file__).resolve().parents[1])
@@ -378,7 +371,7 @@ def test_features_command(tmp_path, real_row_files):
 
 
 def test_docs_define_every_feature_and_preset():
-    from streamproc.curate import FEATURES, TOKEN_FEATURES
+    from streamproc.analyze.features import FEATURES, TOKEN_FEATURES
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "curate.md").read_text()
     for name, _, definition in FEATURES + TOKEN_FEATURES:
@@ -396,7 +389,7 @@ def test_bench_section_runs(tmp_path, capsys):
 
 
 def test_every_preset_has_its_help_and_its_conditions():
-    from streamproc.curate import PRESETS
-    from streamproc.curate_options import PRESET_HELP
+    from streamproc.curate.conditions import PRESETS
+    from streamproc.curate.options import PRESET_HELP
 
     assert list(PRESET_HELP) == list(PRESETS)

@@ -21,15 +21,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from streamproc import engine_ray, metrics
+from streamproc.run import ray_engine as engine_ray
+from streamproc.analyze import metrics
 from streamproc.cli import main
-from streamproc.engine_ray import RayEngine
-from streamproc.pack_job import PROGRESS, PackOptions, pack_to_dir
+from streamproc.run.ray_engine import RayEngine
+from streamproc.prepare.job import PROGRESS, PackOptions, pack_to_dir
 from streamproc.records import RowError
-from streamproc.report import stats_document
-from streamproc.runner import Local, WorkerDied
-from streamproc.sources import plan
-from streamproc.stats_job import collect_with_browser
+from streamproc.views.report import stats_document
+from streamproc.run.runner import Local, WorkerDied
+from streamproc.io.sources import plan
+from streamproc.analyze.job import collect_with_browser
 
 ray = pytest.importorskip("ray")
 

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from streamproc.cli import main
-from streamproc.export import export
-from streamproc.sources import plan
+from streamproc.prepare.export import export
+from streamproc.io.sources import plan
 
 
 def read(path):

@@ -7,8 +7,8 @@ import pickle
 
 import pytest
 
-from streamproc.chat import TemplateError
-from streamproc.mask import (
+from streamproc.prepare.chat import TemplateError
+from streamproc.prepare.mask import (
     DEFAULT_TOKENIZER,
     IGNORE,
     Masker,
@@ -16,11 +16,11 @@ from streamproc.mask import (
     chat_template_hash,
     load_tokenizer,
 )
-from streamproc.parse import parse_turn
+from streamproc.parse.parser import parse_turn
 from streamproc.records import Location, RowError, row_from_dict
-from streamproc.turns import REASONING
-from streamproc.runner import map_ordered
-from streamproc.sources import plan, good_rows
+from streamproc.parse.turns import REASONING
+from streamproc.run.runner import map_ordered
+from streamproc.io.sources import plan, good_rows
 
 
 @pytest.fixture(scope="module")

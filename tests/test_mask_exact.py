@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from transformers import AutoTokenizer
 
-from streamproc.chat import CHATML_TEMPLATE, TemplateError
-from streamproc.mask import IGNORE, Masker, MaskOptions
+from streamproc.prepare.chat import CHATML_TEMPLATE, TemplateError
+from streamproc.prepare.mask import IGNORE, Masker, MaskOptions
 from streamproc.records import row_from_dict
 
 # (model directory, chat template choice): Qwen3's own template drops earlier <think> blocks,
@@ -128,7 +128,7 @@ def test_cached_pieces_equal_whole_text(masker, bits):
 def test_long_pieces_are_tokenized_in_chunks_exactly(masker, rows):
     """A piece longer than CHUNK_CHARS (a huge tool output) is cut into chunks at pre-token
     boundaries; ids and starts equal the whole text's, on real text."""
-    from streamproc.mask import CHUNK_CHARS
+    from streamproc.prepare.mask import CHUNK_CHARS
 
     assert masker._chunked
     text = "\n".join(v for r in rows for f, v in r.conversations if f in ("tool", "gpt"))

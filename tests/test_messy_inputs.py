@@ -15,9 +15,9 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamproc import synth
+from streamproc.io import synth
 from streamproc.records import BadRow
-from streamproc.sources import BOM, SourceError, iter_rows, plan, rows_in
+from streamproc.io.sources import BOM, SourceError, iter_rows, plan, rows_in
 
 ROWS = list(synth.rows(5, seed=17))
 IDS = [r["id"] for r in ROWS]
@@ -58,7 +58,7 @@ def test_byte_order_mark_with_byte_range_shards(tmp_path):
     p.write_bytes(BOM + jsonl(ROWS))
     for shard_bytes in (1, 7, 200, 1 << 20):
         shards = plan([p], shard_bytes=shard_bytes)
-        from streamproc.sources import read
+        from streamproc.io.sources import read
 
         items = [r for s in shards for r in read(s)]
         assert [r.id for r in items] == IDS, shard_bytes
@@ -229,8 +229,8 @@ def table_rows(path: Path) -> list[dict]:
 @pytest.mark.parametrize("ext", ["jsonl", "ndjson", "jsonl.gz", "jsonl.zst", "jsonl.zstd", "parquet", "pq"])
 def test_every_writer_honours_the_output_extension(tmp_path, ext):
     """synth, parse and export write what the extension says, and streamproc reads it back."""
-    from streamproc.export import export
-    from streamproc.parse_job import parse_to_file
+    from streamproc.prepare.export import export
+    from streamproc.parse.job import parse_to_file
 
     load = table_rows if ext in ("parquet", "pq") else decoded_lines
     want = [r["id"] for r in synth.rows(4, seed=2)]
@@ -252,7 +252,7 @@ def test_writing_commands_take_the_extension(tmp_path):
 
 @pytest.mark.parametrize("cmd, name", [(["synth", "--rows", "1"], "out.jsonl.bz2"), (["parse"], "out.txt"), (["export"], "out.json"), (["parse"], ".jsonl")])
 def test_an_output_extension_streamproc_does_not_write_is_a_usage_error(tmp_path, cmd, name):
-    from streamproc.fileio import output_format
+    from streamproc.io.files import output_format
 
     for other in ("out", "x.csv", "x.jsonl.gz.bak", "x.parquet.zst"):
         with pytest.raises(ValueError, match="unknown output type"):

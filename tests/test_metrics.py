@@ -11,10 +11,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from streamproc import outcomes, synth
-from streamproc.metrics import COUNT_EDGES, LENGTH_EDGES, Counts, Hist, Stats, add_trace, collect, token_counter
-from streamproc.parse import parse_trace, parse_turn
-from streamproc.sources import plan
+from streamproc.analyze import outcomes
+from streamproc.io import synth
+from streamproc.analyze.metrics import COUNT_EDGES, LENGTH_EDGES, Counts, Hist, Stats, add_trace, collect, token_counter
+from streamproc.parse.parser import parse_trace, parse_turn
+from streamproc.io.sources import plan
 
 
 def _response(content, name="terminal"):

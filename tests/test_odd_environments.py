@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamproc import synth
+from streamproc.io import synth
 
 ROOT = Path(__file__).resolve().parents[1]
 

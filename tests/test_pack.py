@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamproc.benchmarks.pack import lower_bound_rows
-from streamproc.pack import IGNORE, Packer, pack_lengths, pack_order
+from streamproc.prepare.pack import IGNORE, Packer, pack_lengths, pack_order
 
 
 def reference_bfd(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -199,7 +199,7 @@ def test_packer_refuses_a_sequence_longer_than_a_row():
 def test_python_and_numba_kernels_place_alike(capacity, lengths):
     """Small buffers pack in Python (no numba start-up), large ones compiled: the same code, the
     same rows."""
-    from streamproc.pack import _kernels
+    from streamproc.prepare.pack import _kernels
 
     lengths = np.minimum(np.asarray(lengths, np.int64), capacity)
     got = []

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamproc.cli import main
-from streamproc.pack_job import PackError, PackOptions, pack_to_dir
+from streamproc.prepare.job import PackError, PackOptions, pack_to_dir
 from streamproc.records import Location, row_from_dict
-from streamproc.sources import plan
+from streamproc.io.sources import plan
 
 KIMI = "hermes_harness__hermeswith_kimi.jsonl"
 SMOL = "smollm2-135m-instruct-gguf"
@@ -82,7 +82,7 @@ def test_every_row_is_accounted(kimi, models_dir, tmp_path):
     # read = written + dropped (listed) + rejected
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"conversations": 3}\n')
-    from streamproc.mask import MaskOptions
+    from streamproc.prepare.mask import MaskOptions
 
     res = pack([kimi, bad], tmp_path / "out", models_dir, seq_len=400, eval_fraction=0.4, mask=MaskOptions(overflow="drop"))
     c = res.manifest["counts"]
@@ -92,7 +92,7 @@ def test_every_row_is_accounted(kimi, models_dir, tmp_path):
 
 
 def test_eval_split_of_rows_without_id_does_not_depend_on_the_path(kimi, models_dir, tmp_path, monkeypatch):
-    from streamproc.shards import read_shards
+    from streamproc.prepare.shards import read_shards
 
     monkeypatch.chdir(kimi.parent)
     splits = []
@@ -102,7 +102,7 @@ def test_eval_split_of_rows_without_id_does_not_depend_on_the_path(kimi, models_
         splits.append({s: sorted(read_shards(out, s).column("trace_ids").combine_chunks().flatten().to_pylist()) for s in ("train", "eval")})
     assert splits[0] == splits[1] == splits[2]
     # Each id goes where the hash of the id says (which ids that is depends on the hash alone).
-    from streamproc.pack_job import is_eval
+    from streamproc.prepare.job import is_eval
 
     assert splits[0]["eval"] + splits[0]["train"]
     assert all(is_eval(i, 0.5) for i in splits[0]["eval"]) and not any(is_eval(i, 0.5) for i in splits[0]["train"])
@@ -137,7 +137,7 @@ def test_train_names_a_damaged_shard(kimi, models_dir, tmp_path, capsys, damage)
 
 
 def test_a_manifest_of_another_format_is_refused(kimi, models_dir, tmp_path, capsys):
-    from streamproc.shards import ShardFormatError, read_manifest
+    from streamproc.prepare.shards import ShardFormatError, read_manifest
 
     out = tmp_path / "shards"
     pack([kimi], out, models_dir)
@@ -154,7 +154,7 @@ def test_a_manifest_of_another_format_is_refused(kimi, models_dir, tmp_path, cap
 def test_version_1_shards_read_as_rows_without_prefix(kimi, models_dir, tmp_path):
     import pyarrow as pa
 
-    from streamproc.shards import read_shards, sha256
+    from streamproc.prepare.shards import read_shards, sha256
 
     out = tmp_path / "shards"
     pack([kimi], out, models_dir)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from streamproc.parse import parse_trace, parse_turn, trace_to_record
-from streamproc.turns import REASONING, TEXT, TOOL_CALL, TOOL_RESPONSE, Turn
+from streamproc.parse.parser import parse_trace, parse_turn, trace_to_record
+from streamproc.parse.turns import REASONING, TEXT, TOOL_CALL, TOOL_RESPONSE, Turn
 
 
 def kinds(turn: Turn) -> list[str]:
@@ -263,9 +263,9 @@ def test_parquet_rows_are_the_jsonl_records(tmp_path):
     JSON-text columns decoded, is the JSONL record, with the fields its turn's role lacks null."""
     import pyarrow.parquet as pq
 
-    from streamproc.parse_job import parse_to_file
-    from streamproc.record_schema import TurnRecord
-    from streamproc.sources import plan
+    from streamproc.parse.job import parse_to_file
+    from streamproc.parse.schema import TurnRecord
+    from streamproc.io.sources import plan
 
     parse_to_file(plan(), tmp_path / "p.jsonl")
     parse_to_file(plan(), tmp_path / "p.parquet")

@@ -8,8 +8,8 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamproc.parse import parse_turn
-from streamproc.turns import REASONING, TOOL_CALL, TOOL_RESPONSE
+from streamproc.parse.parser import parse_turn
+from streamproc.parse.turns import REASONING, TOOL_CALL, TOOL_RESPONSE
 
 TAGS = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
 PROFILE = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -128,8 +128,8 @@ def check_record_holds_the_text(role: str, text: str) -> None:
     arguments or, when invalid, its body as written, a response's content or its stripped text."""
     import orjson
 
-    from streamproc.parse import parse_trace, trace_to_record
-    from streamproc.turns import TEXT
+    from streamproc.parse.parser import parse_trace, trace_to_record
+    from streamproc.parse.turns import TEXT
 
     turn = parse_turn(role, text)
     assert "".join(text[s.start : s.end] for s in turn.segments) == text

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from streamproc.cli import main
-from streamproc.parse import parse_trace
-from streamproc.render import DEFAULT, shorten, status, to_text, trace_lines
+from streamproc.parse.parser import parse_trace
+from streamproc.views.render import DEFAULT, shorten, status, to_text, trace_lines
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

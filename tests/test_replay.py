@@ -15,9 +15,9 @@ import time
 import pytest
 
 from streamproc.cli import main
-from streamproc.parse import parse_trace
-from streamproc.render import to_text
-from streamproc.replay import play, step_lines, steps
+from streamproc.parse.parser import parse_trace
+from streamproc.views.render import to_text
+from streamproc.views.replay import play, step_lines, steps
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import sys
 
 import pyarrow as pa
 
-from streamproc.shards import read_shards
+from streamproc.prepare.shards import read_shards
 
 
 def test_run_writes_parse_report_and_shards(tmp_path, real_row_files):

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from streamproc.records import Tally, row_from_dict
-from streamproc.runner import Stage, WorkerDied, fold_items, map_ordered, run
-from streamproc.sources import SAMPLE, plan
+from streamproc.run.runner import Stage, WorkerDied, fold_items, map_ordered, run
+from streamproc.io.sources import SAMPLE, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -359,7 +359,7 @@ def test_cli_says_which_split_a_killed_worker_held(tmp_path, many):
 
 
 def test_atomic_outputs_leave_nothing_behind_and_get_the_usual_mode(tmp_path):
-    from streamproc.fileio import atomic_path
+    from streamproc.io.files import atomic_path
 
     target = tmp_path / "out.json"
     with pytest.raises(KeyboardInterrupt):

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from streamproc.cli import main
-from streamproc.sources import SAMPLE
+from streamproc.io.sources import SAMPLE
 
 
 def digest(path: Path) -> str:

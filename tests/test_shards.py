@@ -18,12 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from streamproc.mask import Masker, MaskOptions, load_tokenizer
-from streamproc.pack import IGNORE
+from streamproc.prepare.mask import Masker, MaskOptions, load_tokenizer
+from streamproc.prepare.pack import IGNORE
 from streamproc.records import row_from_dict
-from streamproc.pack_job import PROGRESS, PackError, PackOptions, is_eval, pack_to_dir
-from streamproc.shards import MANIFEST, SCHEMA, read_shard, read_shards, sha256
-from streamproc.sources import SAMPLE, plan
+from streamproc.prepare.job import PROGRESS, PackError, PackOptions, is_eval, pack_to_dir
+from streamproc.prepare.shards import MANIFEST, SCHEMA, read_shard, read_shards, sha256
+from streamproc.io.sources import SAMPLE, plan
 
 SEQ_LEN = 4096
 FILES, PER_FILE = 8, 5

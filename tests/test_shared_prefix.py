@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from streamproc.pack import IGNORE
-from streamproc.train import PackedCollator, packed_loss, prefix_attention_mask
+from streamproc.prepare.pack import IGNORE
+from streamproc.train.trainer import PackedCollator, packed_loss, prefix_attention_mask
 
 VOCAB = 211
 # fp32 on CPU: the packed row and the sequence alone differ only in summation order.
@@ -144,7 +144,7 @@ def test_logits_only_where_trained_leave_the_loss_unchanged():
 
 
 def test_a_remainder_whose_first_token_trains_is_refused():
-    from streamproc.shards import ShardFormatError
+    from streamproc.prepare.shards import ShardFormatError
 
     rows = [{"input_ids": [1, 2, 3, 4], "labels": [IGNORE, IGNORE, 3, 4], "seq_lengths": [2], "prefix_len": 2}]
     with pytest.raises(ShardFormatError, match="first token trains"):
@@ -152,7 +152,7 @@ def test_a_remainder_whose_first_token_trains_is_refused():
 
 
 def test_flash_attention_is_refused_for_prefix_rows():
-    from streamproc.train import ShardMismatch
+    from streamproc.train.trainer import ShardMismatch
 
     s = torch.tensor([0, 0, 1]), torch.tensor([0, 0, 0])
     with pytest.raises(ShardMismatch, match="shared prefix"):
@@ -162,13 +162,13 @@ def test_flash_attention_is_refused_for_prefix_rows():
 @pytest.mark.slow
 def test_smollm2_real_weights_prefix_rows_equal_sequences_alone(models_dir):
     pytest.importorskip("gguf")
-    from streamproc.train import load_model
+    from streamproc.train.trainer import load_model
 
     from test_train import SMOL
 
     model = load_model(str(models_dir / SMOL), attn="sdpa").eval()
     # Real text tokens (a real system prompt's ids as the prefix pool) keep the activations realistic.
-    from streamproc.mask import load_tokenizer
+    from streamproc.prepare.mask import load_tokenizer
 
     tok = load_tokenizer(str(models_dir / SMOL))
     pool = np.array(tok.encode("You are a helpful agent. Call tools with JSON arguments; think before answering."))
@@ -180,8 +180,8 @@ def test_smollm2_real_weights_prefix_rows_equal_sequences_alone(models_dir):
 
 
 def pack_real(out, files, tokenizer, seq_len, **kw):
-    from streamproc.pack_job import PackOptions, pack_to_dir
-    from streamproc.sources import plan
+    from streamproc.prepare.job import PackOptions, pack_to_dir
+    from streamproc.io.sources import plan
 
     return pack_to_dir(plan([str(f) for f in files]), out, PackOptions(seq_len=seq_len, tokenizer=str(tokenizer), **kw))
 
@@ -197,7 +197,7 @@ def kimi_shared(tmp_path_factory, real_dir, models_dir) -> str:
 
 def test_shared_rows_hold_the_sequences_of_unshared_packing(tmp_path, kimi_shared, real_dir, models_dir):
     # prefix + remainder is, id for id and label for label, the sequence the masker writes alone.
-    from streamproc.shards import read_manifest, read_shards, sequences
+    from streamproc.prepare.shards import read_manifest, read_shards, sequences
     from test_train import KIMI, SMOL
 
     plain = tmp_path / "plain"
@@ -221,7 +221,7 @@ def test_train_on_shared_prefix_shards(kimi_shared, models_dir, tmp_path):
     from transformers import LlamaConfig
     import shutil
 
-    from streamproc.train import TrainConfig, train
+    from streamproc.train.trainer import TrainConfig, train
 
     d = tmp_path / "tiny"
     LlamaConfig(

@@ -17,9 +17,9 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamproc import synth
+from streamproc.io import synth
 from streamproc.records import BadRow, Row
-from streamproc.sources import HUB_DATASET, SAMPLE, Shard, SourceError, hub_part, iter_rows, plan, read
+from streamproc.io.sources import HUB_DATASET, SAMPLE, Shard, SourceError, hub_part, iter_rows, plan, read
 
 N = 24
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from streamproc import synth
+from streamproc.io import synth
 from streamproc.cli import main
-from streamproc.metrics import Counts, counts_to_json
+from streamproc.analyze.metrics import Counts, counts_to_json
 
 STATS_DOC = Path(__file__).resolve().parents[1] / "docs" / "stats.md"
 REQUIRED = ["traces", "turns", "tool_calls", "tool_counts", "parallel_widths", "traces_with_errors", "categories"]
@@ -84,8 +84,8 @@ def test_every_json_key_is_documented():
 def test_tools_by_position_shows_each_turn_numbers_share_of_calls():
     from collections import Counter
 
-    from streamproc import report
-    from streamproc.metrics import POSITION_CAP
+    from streamproc.views import report
+    from streamproc.analyze.metrics import POSITION_CAP
 
     c = Counts()
     c.calls_by_position = Counter({("terminal", 1): 3, ("read_file", 1): 1, ("terminal", 2): 2, ("terminal", POSITION_CAP): 5})

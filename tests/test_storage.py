@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from streamproc import synth
+from streamproc.io import synth
 from streamproc.records import BadRow
-from streamproc.sources import SourceError, iter_rows, plan, read
+from streamproc.io.sources import SourceError, iter_rows, plan, read
 
 ROWS = list(synth.rows(40, seed=5))
 

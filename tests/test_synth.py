@@ -12,10 +12,10 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from streamproc import synth
-from streamproc.parse import parse_trace
+from streamproc.io import synth
+from streamproc.parse.parser import parse_trace
 from streamproc.records import BadRow, row_from_dict
-from streamproc.sources import SAMPLE, iter_rows
+from streamproc.io.sources import SAMPLE, iter_rows
 
 # The command docs/sources.md documents for the shipped sample.
 SAMPLE_ARGS = ["--rows", "300", "--seed", "0"]

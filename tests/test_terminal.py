@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 
 from streamproc.cli import main
-from streamproc.listing import summarize, unique_prefix_length
-from streamproc.parse import parse_trace
-from streamproc.render import status, to_text, trace_lines
-from streamproc.report import FIGURES
-from streamproc.sources import plan, read
-from streamproc.terminal import QUALITY, wrap
+from streamproc.views.listing import summarize, unique_prefix_length
+from streamproc.parse.parser import parse_trace
+from streamproc.views.render import status, to_text, trace_lines
+from streamproc.views.report import FIGURES
+from streamproc.io.sources import plan, read
+from streamproc.views.terminal import QUALITY, wrap
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

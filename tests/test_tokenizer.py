@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from transformers import AutoTokenizer
 
-from streamproc.chat import CHATML_TEMPLATE
-from streamproc.mask import load_tokenizer
-from streamproc.tokenizer import TokenizerError, load
+from streamproc.prepare.chat import CHATML_TEMPLATE
+from streamproc.prepare.mask import load_tokenizer
+from streamproc.prepare.tokenizer import TokenizerError, load
 
 MODELS = ["qwen2.5-instruct-tokenizer", "qwen3-tokenizer", "smollm2-135m-instruct-gguf"]
 

@@ -71,8 +71,8 @@ QWEN = "hermes_harness__neurareport_qwen.jsonl"  # long system prompts, tool cal
 
 
 def pack(tmp_path_factory, name: str, files: list, tokenizer, seq_len: int, limit=None, shard_rows=2048) -> str:
-    from streamproc.pack_job import PackOptions, pack_to_dir
-    from streamproc.sources import plan
+    from streamproc.prepare.job import PackOptions, pack_to_dir
+    from streamproc.io.sources import plan
 
     out = tmp_path_factory.mktemp(name)
     opts = PackOptions(seq_len=seq_len, tokenizer=str(tokenizer), eval_fraction=0.5, shard_rows=shard_rows)
@@ -108,11 +108,11 @@ def tiny_model_dir(tmp_path_factory, models_dir) -> str:
 
 
 def test_tool_prompts_end_where_the_reference_turn_starts(tool_shards, tiny_model_dir, real_dir):
-    from streamproc.evaluate import tool_prompts
+    from streamproc.train.evaluate import tool_prompts
     from transformers import AutoTokenizer
-    from streamproc.parse import parse_trace
-    from streamproc.shards import read_shards
-    from streamproc.sources import iter_rows
+    from streamproc.parse.parser import parse_trace
+    from streamproc.prepare.shards import read_shards
+    from streamproc.io.sources import iter_rows
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     rows = read_shards(tool_shards, "train").to_pylist() + read_shards(tool_shards, "eval").to_pylist()
@@ -130,7 +130,7 @@ def test_tool_prompts_end_where_the_reference_turn_starts(tool_shards, tiny_mode
 def test_first_tool_name_reads_real_kimi_turns(kimi_fragments):
     import json
 
-    from streamproc.evaluate import first_tool_name
+    from streamproc.train.evaluate import first_tool_name
 
     with_calls = [f["value"] for f in kimi_fragments if f["from"] == "gpt" and "<tool_call>" in f["value"]]
     assert with_calls
@@ -143,10 +143,10 @@ def test_first_tool_name_reads_real_kimi_turns(kimi_fragments):
 
 
 def test_tool_selection_decodes_every_prompt(tool_shards, tiny_model_dir):
-    from streamproc.evaluate import tool_prompts, tool_selection
+    from streamproc.train.evaluate import tool_prompts, tool_selection
     from transformers import AutoTokenizer
-    from streamproc.shards import read_shards
-    from streamproc.train import load_model
+    from streamproc.prepare.shards import read_shards
+    from streamproc.train.trainer import load_model
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     prompts = list(tool_prompts(read_shards(tool_shards, "eval").to_pylist(), tok))
@@ -163,7 +163,7 @@ def test_train_evaluate_checkpoint_and_resume(short_shards, tiny_model_dir, tmp_
     of the same pack); then a resumed run continues from the last checkpoint."""
     import json
 
-    from streamproc.train import TrainConfig, train
+    from streamproc.train.trainer import TrainConfig, train
 
     out = tmp_path / "run"
     cfg = dict(shards=short_shards, model=tiny_model_dir, output=str(out), init_random=True, save_steps=2, learning_rate=1e-3)
@@ -186,7 +186,7 @@ def test_shards_of_another_tokenizer_are_refused(short_shards, tmp_path, capsys)
     from streamproc.cli import main
 
     # A model whose tokenizer (the shipped Qwen2.5 one) is not the one the shards were made with.
-    from streamproc.mask import DEFAULT_TOKENIZER
+    from streamproc.prepare.mask import DEFAULT_TOKENIZER
 
     rc = main(["train", "--shards", short_shards, "--model", str(DEFAULT_TOKENIZER), "--output", str(tmp_path), "--init-random"])
     err = capsys.readouterr().err
@@ -198,9 +198,9 @@ def test_shards_of_another_tokenizer_are_refused(short_shards, tmp_path, capsys)
 def test_each_rank_reads_its_own_shard_files(short_shards):
     """What accelerate does under DDP when the dataset has a source shard per rank or more:
     `IterableDataset.shard`, so each rank opens only its own files."""
-    from streamproc.shards import read_shards
-    from streamproc.shards import shard_paths
-    from streamproc.train import packed_dataset
+    from streamproc.prepare.shards import read_shards
+    from streamproc.prepare.shards import shard_paths
+    from streamproc.train.trainer import packed_dataset
 
     ds = packed_dataset(short_shards, "train")
     assert ds.n_shards == len(shard_paths(short_shards, "train")) >= 2

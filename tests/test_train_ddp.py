@@ -14,7 +14,7 @@ from test_train import short_shards, tiny_model_dir  # noqa: F401  (fixtures)
 
 @pytest.mark.slow
 def test_two_cpu_processes_train_one_epoch(short_shards, tiny_model_dir, tmp_path):  # noqa: F811
-    from streamproc.shards import read_shards
+    from streamproc.prepare.shards import read_shards
 
     out = tmp_path / "ddp"
     cmd = [

@@ -10,7 +10,7 @@ from test_train import KIMI, SMOL, pack
 @pytest.mark.slow
 def test_smollm2_gguf_loss_falls_in_20_steps(tmp_path_factory, real_dir, models_dir):
     pytest.importorskip("gguf")
-    from streamproc.train import TrainConfig, train
+    from streamproc.train.trainer import TrainConfig, train
 
     # Short real traces (about 400 tokens each) keep a step of a 135M model on CPU to seconds.
     shards = pack(tmp_path_factory, "smol", [real_dir / KIMI], models_dir / SMOL, 512)

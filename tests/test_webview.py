@@ -16,12 +16,12 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from streamproc import webview
+from streamproc.views import page as webview
 from streamproc.cli import main
-from streamproc.parse import parse_trace
-from streamproc.render import status
-from streamproc.sources import plan
-from streamproc.stats_job import collect_with_browser
+from streamproc.parse.parser import parse_trace
+from streamproc.views.render import status
+from streamproc.io.sources import plan
+from streamproc.analyze.job import collect_with_browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -227,9 +227,9 @@ def test_page_with_15000_traces_stays_compact_and_usable(page, chromium, real_ro
 def test_stats_and_browser_in_one_pass_equal_the_two_passes(real_row_files, tmp_path):
     """`collect_with_browser` parses each trace once; what it gives equals the two separate passes,
     a rejected row included, for 1 and 2 workers."""
-    from streamproc import metrics
-    from streamproc.sources import plan
-    from streamproc.stats_job import collect_with_browser
+    from streamproc.analyze import metrics
+    from streamproc.io.sources import plan
+    from streamproc.analyze.job import collect_with_browser
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "b", "conversations": [{"from": "robot", "value": "x"}]}\n', encoding="utf-8")
@@ -443,7 +443,7 @@ def _odd_inputs(tmp_path: Path, real_dir: Path) -> dict[str, list[Path]]:
 
 @pytest.mark.parametrize("case", ["empty", "single trace", "no tool calls"])
 def test_every_plot_table_and_the_page_cope_with_odd_inputs(case, tmp_path, real_dir, chromium):
-    from streamproc import report
+    from streamproc.views import report
 
     files = _odd_inputs(tmp_path, real_dir)[case]
     stats, browser, tally = collect_with_browser(plan(files))
@@ -474,7 +474,7 @@ def test_every_plot_table_and_the_page_cope_with_odd_inputs(case, tmp_path, real
 
 
 def test_wilson_interval_brackets_the_rate_and_narrows_with_more_samples():
-    from streamproc.report import wilson
+    from streamproc.views.report import wilson
 
     for k, n in [(0, 1), (1, 1), (2, 9), (285, 1865), (0, 1000)]:
         lo, hi = wilson(k, n)
@@ -484,8 +484,8 @@ def test_wilson_interval_brackets_the_rate_and_narrows_with_more_samples():
 
 
 def test_training_section_reads_what_pack_wrote(page, real_row_files, tmp_path):
-    from streamproc import report
-    from streamproc.pack_job import PackOptions, pack_to_dir
+    from streamproc.views import report
+    from streamproc.prepare.job import PackOptions, pack_to_dir
 
     shards = plan(real_row_files)
     packed = pack_to_dir(shards, tmp_path / "packed", PackOptions(seq_len=4096))
@@ -520,7 +520,8 @@ def test_a_report_without_training_data_hides_its_tab(page, report):
 def test_plots_draw_any_subset_of_real_traces_split_among_sources(real_rows):
     """Hypothesis picks which real traces (none, one, a few) go to which of up to three sources:
     every plot draws, whatever is empty or single-valued."""
-    from streamproc import metrics, report
+    from streamproc.analyze import metrics
+    from streamproc.views import report
 
     traces = [parse_trace(r) for r in real_rows]
 
@@ -541,8 +542,8 @@ def test_plots_draw_any_subset_of_real_traces_split_among_sources(real_rows):
 def test_the_page_and_ls_filter_traces_alike(real_rows):
     """The page's index entry and `streamproc ls` read tools, failed tools and classes from one
     function: a filter by "tool X failed" or by class lists the same traces in both."""
-    from streamproc.listing import summarize
-    from streamproc.webview import entry
+    from streamproc.views.listing import summarize
+    from streamproc.views.page import entry
 
     traces = [parse_trace(r) for r in real_rows]
     assert any(entry(t).failed for t in traces)

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..records import BadRow, Row
-from ..sources import Shard, good_rows, plan
+from streamproc.records import BadRow, Row
+from streamproc.io.sources import Shard, good_rows, plan
 
 SECTIONS = [
     "sources",
@@ -82,7 +82,7 @@ def context(inputs: Sequence[str | os.PathLike] = (), *, quick: bool = False, wo
 def synthetic_file(rows: int) -> Path:
     """A `streamproc synth` Parquet file of `rows` rows (seed 0), made once and kept under
     STREAMPROC_BENCH_DIR (default /tmp): the input of the benches that need a big file."""
-    from ..synth import write
+    from streamproc.io.synth import write
 
     path = Path(os.environ.get("STREAMPROC_BENCH_DIR", "/tmp")) / f"streamproc-bench-synth-{rows}.parquet"
     if not path.exists():

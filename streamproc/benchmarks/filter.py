@@ -18,10 +18,16 @@ import tracemalloc
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..curate import PRESETS, Curator, filter_to_file, view
-from ..metrics import collect
-from ..sources import Split
-from . import Context, Result
+from streamproc.curate.conditions import PRESETS
+
+from streamproc.curate.curator import Curator
+
+from streamproc.curate.job import filter_to_file
+
+from streamproc.curate.stage import view
+from streamproc.analyze.metrics import collect
+from streamproc.io.sources import Split
+from streamproc.benchmarks import Context, Result
 
 STATS = "stats pass (parse + aggregate)"
 VIEW = "stats --preset clean (a view: conditions decided in the stats pass)"

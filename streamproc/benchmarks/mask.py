@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..mask import DEFAULT_TOKENIZER, Masker
-from ..records import Row
-from . import Context, Result, best_times
-from .guide import build_masked_example
+from streamproc.prepare.mask import DEFAULT_TOKENIZER, Masker
+from streamproc.records import Row
+from streamproc.benchmarks import Context, Result, best_times
+from streamproc.benchmarks.guide import build_masked_example
 
 GUIDE = "the per-message recipe"
 BARE = "bare encode_batch of rendered text"

@@ -21,12 +21,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..mask import Masker, MaskedSeq, MaskOptions
-from ..pack import IGNORE, Packer, pack_order
-from ..pack_job import PackOptions, cached_tokenizer, pack_to_dir
-from ..records import RowError
-from ..sources import Split, plan
-from . import Context, Result, best_times
+from streamproc.prepare.mask import Masker, MaskedSeq, MaskOptions
+from streamproc.prepare.pack import IGNORE, Packer, pack_order
+from streamproc.prepare.job import PackOptions, cached_tokenizer, pack_to_dir
+from streamproc.records import RowError
+from streamproc.io.sources import Split, plan
+from streamproc.benchmarks import Context, Result, best_times
 
 SEQ_LEN = 8192
 TRL_BATCH = 1000  # datasets.map's default batch size, which pack_dataset keeps

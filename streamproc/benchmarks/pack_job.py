@@ -25,9 +25,9 @@ from pathlib import Path
 
 import orjson
 
-from ..mask import DEFAULT_TOKENIZER
-from ..records import Row
-from . import Context, Result
+from streamproc.prepare.mask import DEFAULT_TOKENIZER
+from streamproc.records import Row
+from streamproc.benchmarks import Context, Result
 
 SEQ_LEN = 65536
 BENCHES = Path(__file__).resolve().parents[2] / "benches"

@@ -18,11 +18,11 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable
 
-from .._compiled import parser_build
-from ..parse import CALL_CLOSE, CALL_OPEN, RESP_CLOSE, RESP_OPEN, THINK_CLOSE, THINK_OPEN, parse_turn
-from ..records import Row
-from . import Context, Result, best_times
-from .guide import parse_assistant_message, parse_tool_message
+from streamproc._compiled import parser_build
+from streamproc.parse.parser import CALL_CLOSE, CALL_OPEN, RESP_CLOSE, RESP_OPEN, THINK_CLOSE, THINK_OPEN, parse_turn
+from streamproc.records import Row
+from streamproc.benchmarks import Context, Result, best_times
+from streamproc.benchmarks.guide import parse_assistant_message, parse_tool_message
 
 ASSISTANT_TAGS = (THINK_OPEN, THINK_CLOSE, CALL_OPEN, CALL_CLOSE)
 TOOL_TAGS = (RESP_OPEN, RESP_CLOSE)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..sources import Shard, hub_part, read
-from . import Context, Result, best_times
+from streamproc.io.sources import Shard, hub_part, read
+from streamproc.benchmarks import Context, Result, best_times
 
 BUILDERS = {"parquet": "parquet", "jsonl": "json"}  # part kind -> datasets builder
 DIRECT = "direct reader (default)"

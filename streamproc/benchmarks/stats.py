@@ -19,12 +19,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from ..metrics import Counts, add_trace, collect
-from ..parse import parse_trace
-from ..records import Row
-from ..sources import Shard, good_rows
-from . import Context, Result, best_times
-from .guide import tool_use_metrics
+from streamproc.analyze.metrics import Counts, add_trace, collect
+from streamproc.parse.parser import parse_trace
+from streamproc.records import Row
+from streamproc.io.sources import Shard, good_rows
+from streamproc.benchmarks import Context, Result, best_times
+from streamproc.benchmarks.guide import tool_use_metrics
 
 GUIDE = "a per-row loop over a regex parser"
 OURS = "streamproc parse + aggregate"

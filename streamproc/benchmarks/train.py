@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..shards import read_shard
-from ..shards import shard_paths
-from ..train import attention_implementation
-from . import Context, Result
+from streamproc.prepare.shards import read_shard
+from streamproc.prepare.shards import shard_paths
+from streamproc.train.trainer import attention_implementation
+from streamproc.benchmarks import Context, Result
 
 SEQ_LEN = 8192
 TARGET = ">= 1.5 (GPU)"
@@ -172,7 +172,7 @@ def head_where_trained(shards: str, shape: str, steps: int) -> tuple[float, floa
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from ..train import PackedCollator, packed_loss
+    from streamproc.train.trainer import PackedCollator, packed_loss
 
     rows = batches(shards, 1, steps + 1)[0]
     torch.manual_seed(0)
@@ -209,7 +209,7 @@ def head_where_trained(shards: str, shape: str, steps: int) -> tuple[float, floa
 def run(ctx: Context) -> list[Result]:
     import torch
 
-    from ..pack_job import PackOptions, pack_to_dir
+    from streamproc.prepare.job import PackOptions, pack_to_dir
 
     gpu = torch.cuda.is_available()
     # A CPU run is a smoke test of the code path (8192-token attention on CPU takes seconds a step).

@@ -9,9 +9,9 @@ import signal
 import sys
 import threading
 
-from .. import __version__
-from .._compiled import parser_build
-from .manners import command_error, quiet_progress
+from streamproc import __version__
+from streamproc._compiled import parser_build
+from streamproc.cli.manners import command_error, quiet_progress
 
 # Commands in the order `--help` lists them, with the line it shows (the one place it is written). Each module
 # streamproc.cli.<name> defines add(subparsers), which registers its parser with
@@ -97,7 +97,7 @@ def _run(args: argparse.Namespace, name: str) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as e:
-        from ..runner import WorkerDied
+        from streamproc.run.runner import WorkerDied
 
         if isinstance(e, WorkerDied):  # the machine's doing, not the input's: one line, exit 1
             print(f"{name}: error: {e}", file=sys.stderr)
@@ -111,14 +111,14 @@ def _run(args: argparse.Namespace, name: str) -> int:
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that a user's input or options cause: one line, exit 2. Imported once one is
     raised, so that a command does not load the modules of the others."""
-    from ..chat import TemplateError
-    from ..curate import ConditionError
-    from ..engine_ray import RayUnavailable
-    from ..fileio import OutputError
-    from ..pack_job import PackError
-    from ..records import RowError
-    from ..sources import SourceError
-    from ..tokenizer import TokenizerError
+    from streamproc.prepare.chat import TemplateError
+    from streamproc.curate.conditions import ConditionError
+    from streamproc.run.ray_engine import RayUnavailable
+    from streamproc.io.files import OutputError
+    from streamproc.prepare.job import PackError
+    from streamproc.records import RowError
+    from streamproc.io.sources import SourceError
+    from streamproc.prepare.tokenizer import TokenizerError
 
     return (SourceError, RowError, RayUnavailable, PackError, TemplateError, TokenizerError, ConditionError, OutputError)
 

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-from .. import benchmarks
-from ..fileio import write_json
-from .common import add_input_args, say
-from .manners import RAW, output_path, to_stdout
-from .progress import bar
-from . import COMMANDS
+from streamproc import benchmarks
+from streamproc.io.files import write_json
+from streamproc.cli.common import add_input_args, say
+from streamproc.cli.manners import RAW, output_path, to_stdout
+from streamproc.run.progress import bar
+from streamproc.cli import COMMANDS
 
 EXAMPLES = """examples:
   streamproc bench --quick                         a smoke run on the first 300 rows of the built-in sample

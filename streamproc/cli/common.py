@@ -8,15 +8,15 @@ import sys
 
 from typing import TYPE_CHECKING, Sequence
 
-from ..fileio import check_output_file, output_format, write_rejects
-from ..records import Tally
-from ..runner import Engine, Job, Local
-from ..sources import HUB_DATASET, ON_ERROR, Split, plan
-from .argtypes import positive_int
-from .manners import to_stdout
+from streamproc.io.files import check_output_file, output_format, write_rejects
+from streamproc.records import Tally
+from streamproc.run.runner import Engine, Job, Local
+from streamproc.io.sources import HUB_DATASET, ON_ERROR, Split, plan
+from streamproc.cli.argtypes import positive_int
+from streamproc.cli.manners import to_stdout
 
 if TYPE_CHECKING:
-    from ..curate import Curator
+    from streamproc.curate.curator import Curator
 
 
 def add_input_args(p: argparse.ArgumentParser, *, workers: bool = True, view: bool = False, engine: bool = True) -> None:
@@ -69,7 +69,7 @@ def rejects_beside(output: str) -> str | None:
 
 
 def add_curate_args(p: argparse.ArgumentParser, *, view: bool = False) -> None:
-    from ..curate_options import DEDUP_MODES, PRESET_HELP
+    from streamproc.curate.options import DEDUP_MODES, PRESET_HELP
 
     g = p.add_argument_group("curation" + (" (read only the rows kept, as `streamproc filter` would)" if view else ""))
     g.add_argument("--where", metavar="SQL", help='a SQL condition over the per-trace features, e.g. "failed_responses = 0 AND tool_calls > 2"')
@@ -81,7 +81,8 @@ def add_curate_args(p: argparse.ArgumentParser, *, view: bool = False) -> None:
 
 def curator_from(args: argparse.Namespace, tokens: bool = False) -> "Curator | None":
     """The Curator of --where/--preset/--dedup (checked before any data is read), or None when none is given."""
-    from ..curate import Curator, conditions_of
+    from streamproc.curate.curator import Curator
+    from streamproc.curate.conditions import conditions_of
 
     conditions = conditions_of(args.where, args.preset)
     if not conditions and not args.dedup:
@@ -100,7 +101,7 @@ def add_engine_args(g) -> None:
 def engine_from(args: argparse.Namespace) -> "Engine":
     """Where the splits are folded: --workers local processes, or Ray (--engine ray)."""
     if getattr(args, "engine", "local") == "ray":
-        from ..engine_ray import RayEngine, require_ray
+        from streamproc.run.ray_engine import RayEngine, require_ray
 
         require_ray()  # before any work: without Ray, say how to get it
         return RayEngine(args.address)
@@ -117,7 +118,7 @@ def shards_from(args: argparse.Namespace) -> list[Split]:
     args.unread = shards.unread  # for finish's count line
     if curator is None:
         return shards
-    from ..curate import view
+    from streamproc.curate.stage import view
 
     shards, args.view_acct = view(shards, curator, engine_from(args), args.on_error)
     return shards
@@ -125,7 +126,7 @@ def shards_from(args: argparse.Namespace) -> list[Split]:
 
 def run_jobs(args: argparse.Namespace, jobs: Sequence[Job], progress: str) -> None:
     """Every job from one pass over the input, on the engine asked for (`--engine`)."""
-    from .. import runner
+    from streamproc.run import runner
 
     runner.run_jobs(shards_from(args), jobs, workers=engine_from(args), on_error=args.on_error, progress=progress)
 

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..chat import TOOL_FALLBACK
-from ..export import FORMATS, TOOL_ROLES, export
-from ..fileio import check_output_file
-from .common import add_input_args, add_rows_output, check_rejects, engine_from, finish, rejects_beside, say, shards_from
-from .manners import RAW, output_path, to_stdout
-from . import COMMANDS
+from streamproc.prepare.chat import TOOL_FALLBACK
+from streamproc.prepare.export import FORMATS, TOOL_ROLES, export
+from streamproc.io.files import check_output_file
+from streamproc.cli.common import add_input_args, add_rows_output, check_rejects, engine_from, finish, rejects_beside, say, shards_from
+from streamproc.cli.manners import RAW, output_path, to_stdout
+from streamproc.cli import COMMANDS
 
 EXAMPLES = """examples:
   streamproc export -o chats.jsonl                          one conversation per row

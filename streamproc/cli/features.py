@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-from ..curate import features_job
-from .common import add_input_args, finish, rejects_beside, run_jobs, say
-from .manners import RAW
-from . import COMMANDS
+from streamproc.curate.job import features_job
+from streamproc.cli.common import add_input_args, finish, rejects_beside, run_jobs, say
+from streamproc.cli.manners import RAW
+from streamproc.cli import COMMANDS
 
 EXAMPLES = """examples:
   streamproc features -o features.parquet                      the built-in sample

@@ -4,11 +4,11 @@ import sys
 
 import orjson
 
-from ..curate import filter_job
-from ..fileio import write_json
-from .common import add_curate_args, add_input_args, curator_from, finish, rejects_beside, run_jobs, say
-from .manners import RAW
-from . import COMMANDS
+from streamproc.curate.job import filter_job
+from streamproc.io.files import write_json
+from streamproc.cli.common import add_curate_args, add_input_args, curator_from, finish, rejects_beside, run_jobs, say
+from streamproc.cli.manners import RAW
+from streamproc.cli import COMMANDS
 
 EXAMPLES = """examples:
   streamproc filter data/ --preset clean -o clean.parquet

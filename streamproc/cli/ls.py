@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from ..listing import Filters, Summary, scan, unique_prefix_length
-from ..outcomes import ERROR_CLASSES, MALFORMED_CALL
-from ..terminal import page, trimmed, use_color, width_of
-from .common import add_input_args, engine_from, shards_from
-from .manners import RAW
-from . import COMMANDS
+from streamproc.views.listing import Filters, Summary, scan, unique_prefix_length
+from streamproc.analyze.outcomes import ERROR_CLASSES, MALFORMED_CALL
+from streamproc.views.terminal import page, trimmed, use_color, width_of
+from streamproc.cli.common import add_input_args, engine_from, shards_from
+from streamproc.cli.manners import RAW
+from streamproc.cli import COMMANDS
 
 EXAMPLES = """examples:
   streamproc ls                                      every trace of the built-in sample

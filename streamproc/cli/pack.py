@@ -4,12 +4,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..chat import TemplateError
-from ..mask import DEFAULT_TOKENIZER_NAME, OVERFLOWS, MaskOptions
-from .argtypes import fraction, positive_int
-from .common import add_input_args, check_rejects, engine_from, finish, say, shards_from
-from .manners import RAW
-from . import COMMANDS
+from streamproc.prepare.chat import TemplateError
+from streamproc.prepare.mask import DEFAULT_TOKENIZER_NAME, OVERFLOWS, MaskOptions
+from streamproc.cli.argtypes import fraction, positive_int
+from streamproc.cli.common import add_input_args, check_rejects, engine_from, finish, say, shards_from
+from streamproc.cli.manners import RAW
+from streamproc.cli import COMMANDS
 
 EXAMPLES = """examples:
   streamproc pack -o packed/                                  the built-in sample, shipped Qwen2.5 tokenizer
@@ -19,7 +19,7 @@ EXAMPLES = """examples:
 
 
 if TYPE_CHECKING:  # imported where used: `pack --help` needs neither numba nor the engines
-    from ..pack_job import PackOptions, PackResult
+    from streamproc.prepare.job import PackOptions, PackResult
 
 
 def add(sub) -> None:
@@ -55,7 +55,7 @@ def add_pack_args(p) -> None:
 
 
 def pack_options(args) -> PackOptions:
-    from ..pack_job import PackError, PackOptions
+    from streamproc.prepare.job import PackError, PackOptions
 
     if args.row_len is not None and args.row_len < args.seq_len:
         raise PackError(f"--row-len {args.row_len} is below --seq-len {args.seq_len}: a row must hold any sequence")
@@ -86,8 +86,8 @@ def pack_options(args) -> PackOptions:
 
 
 def run(args) -> int:
-    from ..fileio import check_output_dir
-    from ..pack_job import pack_to_dir
+    from streamproc.io.files import check_output_dir
+    from streamproc.prepare.job import pack_to_dir
 
     check_output_dir(args.output)
     check_rejects(args)

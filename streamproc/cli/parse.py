@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from ..fileio import check_output_file
-from ..parse_job import parse_to_file
-from .common import add_input_args, add_rows_output, check_rejects, engine_from, finish, rejects_beside, say, shards_from
-from .manners import RAW, output_path, to_stdout
-from . import COMMANDS
+from streamproc.io.files import check_output_file
+from streamproc.parse.job import parse_to_file
+from streamproc.cli.common import add_input_args, add_rows_output, check_rejects, engine_from, finish, rejects_beside, say, shards_from
+from streamproc.cli.manners import RAW, output_path, to_stdout
+from streamproc.cli import COMMANDS
 
 EXAMPLES = """examples:
   streamproc parse -o parsed.jsonl                  the built-in sample, one record per trace

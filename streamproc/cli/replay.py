@@ -3,11 +3,11 @@ from __future__ import annotations
 import shutil
 import sys
 
-from ..render import DEFAULT
-from ..replay import Screen, commands_from, play, step_lines, steps, to_text
-from .manners import RAW
-from .show import add_view_args, trace_from, use_color
-from . import COMMANDS
+from streamproc.views.render import DEFAULT
+from streamproc.views.replay import Screen, commands_from, play, step_lines, steps, to_text
+from streamproc.cli.manners import RAW
+from streamproc.cli.show import add_view_args, trace_from, use_color
+from streamproc.cli import COMMANDS
 
 EXAMPLES = """examples:
   streamproc replay --id 8c679f12                   keys: Right/n next, Left/p previous, Up/Down scroll, 12 Enter, q

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-from .. import report
-from ..fileio import check_output_file
-from ..stats_job import StatsJob
-from ..webview import write_page
-from .argtypes import positive_int
-from .common import add_input_args, check_rejects, finish, rejects_beside, run_jobs, say
-from .manners import RAW
-from . import COMMANDS
+from streamproc.views import report
+from streamproc.io.files import check_output_file
+from streamproc.analyze.job import StatsJob
+from streamproc.views.page import write_page
+from streamproc.cli.argtypes import positive_int
+from streamproc.cli.common import add_input_args, check_rejects, finish, rejects_beside, run_jobs, say
+from streamproc.cli.manners import RAW
+from streamproc.cli import COMMANDS
 
 EXAMPLES = """examples:
   streamproc report -o report.html                        the built-in sample

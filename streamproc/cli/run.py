@@ -9,17 +9,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..fileio import check_output_dir, write_rejects
-from ..pack_job import PackJob
-from ..parse_job import ParseJob
-from ..report import write_report
-from ..runner import run_jobs
-from ..stats_job import StatsJob
-from ..terminal import print_tables
-from .common import add_input_args, check_rejects, engine_from, finish, shards_from
-from .manners import RAW
-from .pack import add_pack_args, no_training_data, pack_options, print_counts
-from . import COMMANDS
+from streamproc.io.files import check_output_dir, write_rejects
+from streamproc.prepare.job import PackJob
+from streamproc.parse.job import ParseJob
+from streamproc.views.report import write_report
+from streamproc.run.runner import run_jobs
+from streamproc.analyze.job import StatsJob
+from streamproc.views.terminal import print_tables
+from streamproc.cli.common import add_input_args, check_rejects, engine_from, finish, shards_from
+from streamproc.cli.manners import RAW
+from streamproc.cli.pack import add_pack_args, no_training_data, pack_options, print_counts
+from streamproc.cli import COMMANDS
 
 EXAMPLES = """examples:
   streamproc run                              the built-in sample into ./out

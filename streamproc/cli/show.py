@@ -3,16 +3,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..fileio import write_rejects
-from ..listing import lookup
-from ..parse import parse_trace
-from ..records import BadRow, Row, RowError, Trace
-from ..render import DEFAULT, Line, to_text, trace_lines
-from ..sources import Split, read
-from ..terminal import page, use_color as color_for, width_of, wrap
-from .common import add_input_args, engine_from, shards_from
-from .manners import RAW
-from . import COMMANDS
+from streamproc.io.files import write_rejects
+from streamproc.views.listing import lookup
+from streamproc.parse.parser import parse_trace
+from streamproc.records import BadRow, Row, RowError, Trace
+from streamproc.views.render import DEFAULT, Line, to_text, trace_lines
+from streamproc.io.sources import Split, read
+from streamproc.views.terminal import page, use_color as color_for, width_of, wrap
+from streamproc.cli.common import add_input_args, engine_from, shards_from
+from streamproc.cli.manners import RAW
+from streamproc.cli import COMMANDS
 
 EXAMPLES = """examples:
   streamproc ls --failed-tool terminal              find a trace first: ids to pass to --id

@@ -2,14 +2,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..fileio import check_output_dir, check_output_file, write_json
-from ..report import stats_document, write_report
-from ..stats_job import StatsJob
-from ..terminal import print_tables
-from .argtypes import positive_int
-from .common import add_input_args, check_rejects, finish, run_jobs, say
-from .manners import RAW, output_path, to_stdout
-from . import COMMANDS
+from streamproc.io.files import check_output_dir, check_output_file, write_json
+from streamproc.views.report import stats_document, write_report
+from streamproc.analyze.job import StatsJob
+from streamproc.views.terminal import print_tables
+from streamproc.cli.argtypes import positive_int
+from streamproc.cli.common import add_input_args, check_rejects, finish, run_jobs, say
+from streamproc.cli.manners import RAW, output_path, to_stdout
+from streamproc.cli import COMMANDS
 
 EXAMPLES = """examples:
   streamproc stats                                  the built-in sample

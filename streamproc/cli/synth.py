@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import sys
 
-from ..synth import CONFIG_CHOICES, configs_of, write
-from .argtypes import count, positive_int
-from .common import rows_file, say
-from .manners import RAW
-from .progress import bar
-from . import COMMANDS
+from streamproc.io.synth import CONFIG_CHOICES, configs_of, write
+from streamproc.cli.argtypes import count, positive_int
+from streamproc.cli.common import rows_file, say
+from streamproc.cli.manners import RAW
+from streamproc.run.progress import bar
+from streamproc.cli import COMMANDS
 
 EXAMPLES = """examples:
   streamproc synth --rows 10000 -o synth.parquet            same seed, same bytes

@@ -1,14 +1,14 @@
-"""`streamproc train`: SFT on the shards of `streamproc pack` (see streamproc.train)."""
+"""`streamproc train`: SFT on the shards of `streamproc pack` (see streamproc.train.trainer)."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-from ..shards import ShardFormatError
-from ..train import ShardMismatch, TrainConfig, train
-from .manners import RAW
-from . import COMMANDS
+from streamproc.prepare.shards import ShardFormatError
+from streamproc.train.trainer import ShardMismatch, TrainConfig, train
+from streamproc.cli.manners import RAW
+from streamproc.cli import COMMANDS
 
 D = TrainConfig.__dataclass_fields__
 

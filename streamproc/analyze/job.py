@@ -1,0 +1,44 @@
+"""The stats job: metrics and, for a report, the trace browser, from one pass over the input."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from streamproc.analyze.metrics import Stats, StatsStage
+from streamproc.records import Tally
+from streamproc.run.runner import Engine, run_jobs, union
+from streamproc.io.sources import Split
+from streamproc.views.page import Browser, ViewPart, ViewStage, merge as merge_views
+
+
+class StatsJob:
+    """Stats of every row, and with `browser` the trace browser of the same traces."""
+
+    def __init__(self, tokenizer: str | None = None, browser: bool = False):
+        if tokenizer:  # each worker loads its own; loading it here first makes a bad name fail before any work
+            from streamproc.prepare.mask import load_tokenizer
+
+            load_tokenizer(tokenizer)
+        self.stages = [StatsStage(tokenizer), ViewStage()] if browser else [StatsStage(tokenizer)]
+        self.stats = Stats(tokenizer=tokenizer)
+        self.views: list[ViewPart] = []
+        self.tally = Tally()
+        self.browser = browser
+
+    def add(self, partials: list[Any], tallies: list[Tally]) -> None:
+        self.stats.merge(partials[0])
+        self.tally.add(union(tallies))
+        if self.browser:
+            self.views.append(partials[1])
+
+    def result(self) -> tuple[Stats, Browser | None, Tally]:
+        return self.stats, merge_views(self.views)[0] if self.browser else None, self.tally
+
+
+def collect_with_browser(
+    splits: Sequence[Split], workers: int | Engine = 1, on_error: str = "skip", tokenizer: str | None = None
+) -> tuple[Stats, Browser, Tally]:
+    """metrics.collect() and webview.collect() in one pass: each trace is read and parsed once."""
+    job = StatsJob(tokenizer, browser=True)
+    run_jobs(splits, [job], workers=workers, on_error=on_error, progress="stats")
+    return job.result()  # type: ignore[return-value]

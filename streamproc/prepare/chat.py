@@ -1,0 +1,279 @@
+"""Chat messages from dataset rows, and what a tokenizer's chat template does with them.
+
+Roles map human -> user, gpt -> assistant, system -> system, tool -> tool. Assistant content
+is passed as written (reasoning, text and `<tool_call>` blocks), never as structured
+`tool_calls`, and `tools=` is never given: the system prompt already lists the tools.
+
+Tool turns already carry `<tool_response>` tags. A template that wraps tool content in those
+tags itself (Qwen) gets one tool message per response with the tags taken off, so the rendered
+text holds each tag once; a template that renders the tool role as is (SmolLM2, ChatML) gets the
+turn unchanged; a template that cannot render it gets a user message with a prefix.
+
+`inspect_template` learns all this by rendering probe conversations with sentinel strings, and
+also whether every assistant content reaches the text verbatim (Qwen3's template drops earlier
+`<think>` blocks). `render` turns a whole conversation into text plus the character span of each
+assistant turn's trainable region: its content and the end-of-turn token after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from streamproc.parse.parser import parse_turn
+from streamproc.records import ROLES
+from streamproc.prepare.tokenizer import render_chat
+from streamproc.parse.turns import REASONING, TOOL_CALL, TOOL_RESPONSE, Segment
+
+TOOL_FALLBACK = "[TOOL OUTPUT]\n"
+"""Prefix of a tool turn sent as a user message when the template has no tool role (the guide's)."""
+
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+"""A faithful ChatML template: every message verbatim, any role, no default system prompt."""
+
+RESP_OPEN, RESP_CLOSE = "<tool_response>\n", "\n</tool_response>"
+
+
+class TemplateError(ValueError):
+    """A chat template that cannot give exact labels for these conversations."""
+
+
+@dataclass(slots=True)
+class Message:
+    role: str
+    content: str
+    turn: int  # index of the row's turn it came from
+
+    def as_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(slots=True, frozen=True)
+class TemplateInfo:
+    """What a chat template does, learned from probe renders."""
+
+    template: str
+    tool_role: bool  # renders a tool message (else: user fallback)
+    wraps_tool: bool  # puts <tool_response> tags around tool content itself
+    verbatim: bool  # every assistant content reaches the text unchanged
+    injects_system: bool  # adds a default system prompt when there is none
+    header: str  # text right before an assistant content, e.g. "<|im_start|>assistant\n"
+    eot: str  # text right after it, up to and including the end-of-turn token
+    problem: str = ""  # why it is not verbatim
+
+    @property
+    def tool_mode(self) -> str:
+        return "unwrap" if self.tool_role and self.wraps_tool else "keep" if self.tool_role else "user"
+
+
+@dataclass(slots=True)
+class AssistantSpan:
+    """An assistant turn in rendered text: [start, end) is its content plus end-of-turn token."""
+
+    turn: int
+    start: int
+    end: int
+    reasoning: list[tuple[int, int]] = field(default_factory=list)  # <think> blocks, absolute
+    tool_calls: bool = False
+
+
+@dataclass(slots=True)
+class Rendered:
+    text: str
+    spans: list[AssistantSpan]
+    ends: list[int]  # per message: where its content ends in text
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+def to_messages(
+    conversations: Sequence[tuple[str, str]],
+    tool_mode: str = "keep",
+    tool_fallback: str = TOOL_FALLBACK,
+    segments: Sequence[list[Segment]] | None = None,
+) -> list[Message]:
+    """Chat messages for a row's (from, value) turns. tool_mode: keep | unwrap | user.
+    `segments`, each turn's as the parser found them, spares unwrapping a second parse."""
+    out = []
+    for i, (frm, value) in enumerate(conversations):
+        role = ROLES.get(frm, frm)
+        if role != "tool" or tool_mode == "keep":
+            out.append(Message(role, value, i))
+        elif tool_mode == "user":
+            out.append(Message("user", tool_fallback + value, i))
+        else:
+            out.extend(Message("tool", body, i) for body in unwrap_tool(value, segments[i] if segments else None))
+    return out
+
+
+def unwrap_tool(text: str, segments: list[Segment] | None = None) -> list[str]:
+    """The responses of a tool turn without their tags, when the turn is exactly responses joined
+    by newlines (as the harness writes it); else the turn as one piece, which the template then
+    wraps once. `segments`: the turn's, parsed already."""
+    segs = parse_turn("tool", text).segments if segments is None else segments
+    bodies = [text[s.body_start + 1 : s.body_end - 1] for s in segs if s.kind == TOOL_RESPONSE]
+    if bodies and "\n".join(RESP_OPEN + b + RESP_CLOSE for b in bodies) == text:
+        return bodies
+    return [text]
+
+
+# ----------------------------------------------------------------------------- templates
+
+
+def render_text(tokenizer, messages: Sequence[Message], template: str) -> str:
+    """The text transformers' apply_chat_template(tokenize=False) gives, without transformers."""
+    return render_chat(template, [m.as_dict() for m in messages], tokenizer.special_tokens_map)
+
+
+_R = "\u27e6probe-{}\u27e7"  # sentinels no template or tokenizer treats specially
+
+
+def _probe_assistant(k: int, call: bool) -> str:
+    text = f"<think>\n{_R.format(f'reason{k}')}\n</think>\n{_R.format(f'text{k}')}"
+    if call:
+        text += '\n<tool_call>\n{"name": "probe", "arguments": {}}\n</tool_call>'
+    return text
+
+
+def inspect_template(tokenizer, template: str) -> TemplateInfo:
+    """Render probe conversations through `template` and report what it does (see TemplateInfo)."""
+    specials = sorted(tokenizer.get_added_vocab(), key=len, reverse=True)
+    sys_, user = _R.format("system"), _R.format("user")
+    a1, a2 = _probe_assistant(1, True), _probe_assistant(2, False)
+    convo = [("system", sys_), ("human", user), ("gpt", a1), ("human", _R.format("user2")), ("gpt", a2)]
+    try:
+        text = render_text(tokenizer, to_messages(convo), template)
+    except Exception as e:
+        raise TemplateError(f"the chat template cannot render a plain system/user/assistant conversation: {e}") from e
+
+    problem = ""
+    for k, a in ((1, a1), (2, a2)):
+        if a not in text:
+            problem = f"assistant turn {a!r} is rendered as {_around(text, k)!r}"
+            break
+    header = eot = ""
+    if not problem:
+        header = _header(text, a2, specials)
+        eot = _eot(text, a1, specials)
+        if eot != _eot(text, a2, specials) or not text[: text.index(a1)].endswith(header):
+            problem = "assistant turns are not rendered alike"
+
+    tool = _R.format("tool")
+    wrapped = RESP_OPEN + tool + RESP_CLOSE
+    try:
+        with_tool = render_text(tokenizer, to_messages(convo[:3] + [("tool", tool)] + convo[4:]), template)
+        tool_role = tool in with_tool
+    except Exception:
+        with_tool, tool_role = "", False
+    sys_header = text[: text.index(sys_)]
+    no_sys = render_text(tokenizer, to_messages(convo[1:]), template)
+    return TemplateInfo(
+        template=template,
+        tool_role=tool_role,
+        wraps_tool=tool_role and wrapped in with_tool,
+        verbatim=not problem,
+        injects_system=bool(sys_header) and sys_header in no_sys,
+        header=header,
+        eot=eot,
+        problem=problem,
+    )
+
+
+def _around(text: str, k: int) -> str:
+    """The rendered text of probe assistant turn k, up to its text sentinel."""
+    sentinel = _R.format(f"text{k}")
+    i = text.find(sentinel)
+    return text[max(0, i - 60) : i + len(sentinel)] + "..." if i >= 0 else "(missing)"
+
+
+def _header(text: str, content: str, specials: list[str]) -> str:
+    """From the last added token before `content` up to it, e.g. `<|im_start|>assistant\\n`."""
+    i = text.index(content)
+    start = max((text.rfind(s, 0, i) for s in specials), default=-1)
+    return text[start:i] if start >= 0 else ""
+
+
+def _eot(text: str, content: str, specials: list[str]) -> str:
+    """From the end of `content` up to and including the first added token after it."""
+    i = text.index(content) + len(content)
+    hits = [(j, s) for s in specials if (j := text.find(s, i)) >= 0]
+    if not hits:
+        return ""
+    j, s = min(hits, key=lambda h: (h[0], -len(h[1])))
+    return text[i : j + len(s)]
+
+
+def template_of(tokenizer, choice: str) -> str:
+    """The template string for a choice: `auto` (the tokenizer's own), `chatml`, or Jinja text."""
+    if choice == "chatml":
+        return CHATML_TEMPLATE
+    if choice == "auto":
+        if not getattr(tokenizer, "chat_template", None):
+            raise TemplateError("the tokenizer has no chat template; use the faithful ChatML template (chat_template='chatml', CLI --chat-template chatml)")
+        t = tokenizer.chat_template
+        return t if isinstance(t, str) else t["default"]
+    return choice
+
+
+def check_faithful(info: TemplateInfo, tokenizer, name: str = "the tokenizer's") -> None:
+    """Refuse a template that changes assistant content, or ChatML on a tokenizer without its tokens."""
+    if not info.verbatim:
+        raise TemplateError(
+            f"{name} chat template does not keep assistant content verbatim ({info.problem}); the model "
+            "would be trained on text it never sees. Render through a faithful ChatML template instead: "
+            "chat_template='chatml' (CLI: --chat-template chatml)."
+        )
+    if info.template == CHATML_TEMPLATE:
+        missing = [t for t in ("<|im_start|>", "<|im_end|>") if t not in tokenizer.get_added_vocab()]
+        if missing:
+            raise TemplateError(f"ChatML needs {', '.join(missing)} as single tokens: add them with --add-tokens {','.join(missing)}")
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def render(tokenizer, messages: Sequence[Message], info: TemplateInfo) -> Rendered:
+    """Render a whole conversation once; locate every message's content in order.
+
+    Each content is searched from the end of the previous one, an assistant content together
+    with its header and followed by the end-of-turn text, so template text between messages can
+    never be taken for content. A content the template changed is not found: TemplateError.
+    """
+    try:
+        text = render_text(tokenizer, messages, info.template)
+    except Exception as e:  # e.g. a template that insists on alternating roles
+        raise TemplateError(f"the chat template cannot render this conversation: {e}") from e
+    spans, ends = [], []
+    pos = 0
+    for m in messages:
+        if m.role == "assistant":
+            j = text.find(info.header + m.content + info.eot, pos)
+            if j < 0:
+                raise TemplateError(f"turn {m.turn}: the chat template changed this assistant content")
+            start = j + len(info.header)
+            pos = start + len(m.content)
+            spans.append(_span(m, start, pos + len(info.eot)))
+        else:
+            j = text.find(m.content, pos)
+            if j < 0:
+                raise TemplateError(f"turn {m.turn}: the chat template changed this {m.role} content")
+            pos = j + len(m.content)
+        ends.append(pos)
+    return Rendered(text, spans, ends)
+
+
+def _span(m: Message, start: int, end: int) -> AssistantSpan:
+    segs = parse_turn("assistant", m.content).segments
+    return AssistantSpan(
+        turn=m.turn,
+        start=start,
+        end=end,
+        reasoning=[(start + s.start, start + s.end) for s in segs if s.kind == REASONING],
+        tool_calls=any(s.kind == TOOL_CALL for s in segs),
+    )

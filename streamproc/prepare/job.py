@@ -1,0 +1,354 @@
+"""The pack job: source -> mask (worker processes) -> pack -> Arrow shards + manifest.json.
+
+Deterministic: workers return masked sequences per input split in plan order, and the packers
+are flushed only at input-split boundaries once they hold `buffer_size` sequences (and at the
+end), so flush points depend on the data alone, never on `workers`. Each flush is a checkpoint:
+its shards are written atomically, then `progress.json` (also atomic) records the input splits
+consumed, the shards written and the running counts. A rerun with the same inputs and options
+skips what was consumed and ends with the same bytes as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import re
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import orjson
+
+from streamproc.io.files import atomic_path, dir_lock, write_json
+from streamproc.prepare.mask import DEFAULT_TOKENIZER_NAME, Masker, MaskOptions, load_tokenizer, tokenizer_hash
+from streamproc.prepare.stage import _MASKERS, MaskStage, SplitCounts, is_eval, min_system  # noqa: F401  (is_eval: part of this module's API)
+from streamproc.prepare.pack import Packer
+from streamproc.records import BadRow, Location, RowError, Tally
+from streamproc.run.runner import Engine, Stage, run_jobs
+from streamproc.prepare.shards import FORMAT, MANIFEST, SPLITS, ShardInfo, write_shards
+from streamproc.io.sources import Split
+
+PROGRESS = "progress.json"
+TOKENIZER_DIR = "tokenizer"
+LOCK = ".pack.lock"
+DROPPED = "dropped.jsonl"
+REJECTS = "rejects.jsonl"
+_SHARD_FILE = re.compile(r"(%s)-\d{5}\.arrow" % "|".join(SPLITS))
+_OURS = (MANIFEST, PROGRESS, DROPPED, REJECTS, LOCK)
+
+
+class PackError(RuntimeError):
+    """An output directory that cannot be used as asked (an unfinished run with other options, or
+    files pack did not write), or a run that wrote no training data."""
+
+
+@dataclass(slots=True)
+class PackOptions:
+    seq_len: int = 8192
+    tokenizer: str = DEFAULT_TOKENIZER_NAME  # Hub id or local directory
+    mask: MaskOptions = field(default_factory=MaskOptions)  # max_len is always seq_len
+    buffer_size: int = 100_000  # sequences packed together; larger packs tighter
+    shard_rows: int = 2048  # packed rows per output shard
+    eval_fraction: float = 0.0  # share of traces (by id hash) held out in eval shards
+    add_tokens: tuple[str, ...] = ()  # added to the tokenizer as single special tokens if missing
+    row_len: int | None = None  # tokens per packed row; None: seq_len
+    share_prefix: bool = False  # rows hold a shared system-turn prefix once (docs/shared-prefix.md)
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 1 or self.buffer_size < 1 or self.shard_rows < 1:
+            raise ValueError("seq_len, buffer_size and shard_rows must be at least 1")
+        if self.row_len is None:
+            self.row_len = self.seq_len
+        if self.row_len < self.seq_len:
+            raise ValueError(f"row_len {self.row_len} is below seq_len {self.seq_len}: a row must hold any sequence")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction {self.eval_fraction}: must be in [0, 1)")
+        self.mask.max_len = self.seq_len
+
+
+# ----------------------------------------------------------------------------- job
+
+
+@dataclass(slots=True)
+class _State:
+    """What a checkpoint records; progress.json holds it between runs."""
+
+    fingerprint: str
+    consumed: int = 0  # input splits fully packed and written
+    tally: Tally = field(default_factory=Tally)
+    counts: dict[str, SplitCounts] = field(default_factory=lambda: {s: SplitCounts() for s in SPLITS})
+    shards: list[ShardInfo] = field(default_factory=list)
+    dropped: list[dict] = field(default_factory=list)
+    min_system: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "dropped": self.dropped,
+            "min_system": self.min_system,
+            "fingerprint": self.fingerprint,
+            "consumed": self.consumed,
+            "read": self.tally.read,
+            "parsed": self.tally.parsed,
+            "rejected": [{"file": b.loc.file, "row": b.loc.row, "field": b.field, "error": b.message} for b in self.tally.rejected],
+            "counts": {s: asdict(c) for s, c in self.counts.items()},
+            "shards": [asdict(s) for s in self.shards],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "_State":
+        rejected = [BadRow(Location(b["file"], b["row"]), b["field"], b["error"]) for b in d["rejected"]]
+        return cls(
+            d["fingerprint"],
+            d["consumed"],
+            Tally(d["read"], d["parsed"], rejected),
+            {s: SplitCounts(**c) for s, c in d["counts"].items()},
+            [ShardInfo(**s) for s in d["shards"]],
+            d["dropped"],
+            d["min_system"],
+        )
+
+
+@dataclass(slots=True)
+class PackResult:
+    manifest: dict
+    tally: Tally
+    resumed_after: int  # input splits a previous run had already packed
+    nothing_written: str = ""  # why no training data was written, and what would fit; "" when some was
+
+
+class PackJob:
+    """Masked sequences packed into shards in DIR, checkpointed at split boundaries.
+
+    Used as a context manager: entering loads the tokenizer, locks DIR (a second run into it is
+    refused) and finds where an unfinished run with the same inputs and options stopped
+    (`resumed_after` splits); `add` takes each later split's partial in plan order; `finish`
+    writes the manifest. Leaving on an error keeps the last checkpoint, so a rerun resumes
+    (after Ctrl-C and SIGTERM as after SIGKILL); under --on-error fail a bad row discards the
+    run instead, so nothing in DIR looks like one.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, options: PackOptions | None, plan: list[str], *, on_error: str = "skip", restart: bool = False):
+        self.opts = options or PackOptions()
+        self.out = Path(out_dir)
+        self.plan, self.on_error, self.restart = plan, on_error, restart
+        self._lock = dir_lock(self.out, LOCK)
+
+    def __enter__(self) -> "PackJob":
+        opts, out = self.opts, self.out
+        created = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        _check_dir(out)
+        self._lock.__enter__()
+        try:
+            tok, tok_ref, added = _tokenizer(opts, out)
+            # Built here, so an unusable template fails before any work starts.
+            self.masker = _MASKERS[(tok_ref, repr(opts.mask))] = Masker(tok, opts.mask)
+            self.tok_info = {
+                "name": opts.tokenizer,
+                "hash": tokenizer_hash(tok),
+                "vocab_size": len(tok),
+                "pad_token_id": tok.pad_token_id,
+                "eos_token_id": tok.eos_token_id,
+                "added_tokens": added,
+                "dir": TOKENIZER_DIR if added else None,
+            }
+            self.options_json = _options_json(opts)
+            fingerprint = _digest(
+                {"options": self.options_json, "tokenizer": self.tok_info, "template": self.masker.chat_template_hash, "plan": self.plan}
+            )
+            self.state = _start(out, fingerprint, self.restart)
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            if created and not any(out.iterdir()):  # a bad tokenizer or template leaves no empty directory behind
+                out.rmdir()
+            raise
+        self.resumed_after = self.skip = self.state.consumed
+        self.stages: list[Stage] = [MaskStage(tok_ref, opts.mask, opts.eval_fraction)]
+        self.packers = {s: Packer(opts.seq_len, opts.buffer_size, opts.row_len, opts.share_prefix) for s in SPLITS}
+        return self
+
+    def add(self, partials: list, tallies: list[Tally]) -> None:
+        """One split's MaskedSplit, in plan order; the first `skip` ones (packed by an earlier
+        run) are passed over."""
+        if self.skip:
+            self.skip -= 1
+            return
+        (r,) = partials
+        state = self.state
+        state.tally.add(tallies[0])
+        state.dropped += r.dropped
+        state.min_system = min_system(state.min_system, r.min_system)
+        for s in SPLITS:
+            state.counts[s].add(r.counts[s])
+            self.packers[s].add(r.seqs[s])
+        state.consumed += 1
+        if sum(len(p) for p in self.packers.values()) >= self.opts.buffer_size:
+            _checkpoint(self.out, state, self.packers, self.opts.shard_rows)
+
+    def finish(self) -> PackResult:
+        opts, state, out = self.opts, self.state, self.out
+        _checkpoint(out, state, self.packers, opts.shard_rows)
+        manifest = {
+            "format": FORMAT,
+            "tokenizer": self.tok_info,
+            "chat_template_hash": self.masker.chat_template_hash,
+            "seq_len": opts.seq_len,
+            "row_len": opts.row_len,
+            "share_prefix": opts.share_prefix,
+            "options": self.options_json,
+            "counts": {
+                "rows_read": state.tally.read,
+                "rows_rejected": len(state.tally.rejected),
+                "rows_dropped": len(state.dropped),  # listed in dropped.jsonl
+                "shortest_system_prompt_tokens": state.min_system,
+                **{s: state.counts[s].summary(opts.row_len) for s in SPLITS},
+            },
+            "shards": [asdict(s) for s in state.shards],
+        }
+        if state.dropped:
+            with atomic_path(out / DROPPED) as tmp, open(tmp, "wb") as f:
+                for d in state.dropped:
+                    f.write(orjson.dumps(d, option=orjson.OPT_APPEND_NEWLINE))
+        write_json(out / MANIFEST, manifest)
+        (out / PROGRESS).unlink()
+        empty = "" if state.counts["train"].sequences else _nothing_written(out, state, opts)
+        return PackResult(manifest, state.tally, self.resumed_after, empty)
+
+    def __exit__(self, kind, e, tb) -> None:
+        try:
+            if isinstance(e, RowError) and self.on_error == "fail":
+                _discard(self.out, self.state)
+        finally:
+            self._lock.__exit__(None, None, None)
+
+
+def pack_to_dir(
+    splits: Sequence[Split],
+    out_dir: str | os.PathLike,
+    options: PackOptions | None = None,
+    *,
+    workers: int | Engine = 1,
+    on_error: str = "skip",
+    restart: bool = False,
+) -> PackResult:
+    """Mask, pack and write every row of `splits` into `out_dir`; resume an unfinished run there
+    with the same inputs and options unless `restart`."""
+    with PackJob(out_dir, options, [s.key() for s in splits], on_error=on_error, restart=restart) as job:
+        job.skip = 0  # the splits already packed are not read at all
+        run_jobs(splits[job.resumed_after :], [job], workers=workers, on_error=on_error, progress="pack")
+        return job.finish()
+
+
+def _nothing_written(out: Path, state: _State, opts: PackOptions) -> str:
+    """Why a run wrote no training data, and what would fit."""
+    msg = f"no training data written to {out}: "
+    if not state.tally.parsed:
+        return msg + f"none of the {state.tally.read:,} rows read could be used (see the rejects)"
+    msg += f"all {len(state.dropped):,} traces were dropped (each listed with the reason in {out / DROPPED})"
+    if state.min_system and state.min_system + 2 > opts.seq_len:
+        msg += f"; the shortest system prompt alone is {state.min_system:,} tokens, so --seq-len must be well above that"
+    return msg
+
+
+cached_tokenizer = functools.lru_cache(maxsize=4)(load_tokenizer)
+"""Loading takes a second or more; a notebook or a test packing again reuses it (never mutated)."""
+
+
+def _tokenizer(opts: PackOptions, out: Path):
+    """The tokenizer, extended with `add_tokens` it lacks (saved under out/tokenizer), and the
+    name workers load it by."""
+    tok = cached_tokenizer(opts.tokenizer)
+    added = [t for t in dict.fromkeys(opts.add_tokens) if tok.convert_tokens_to_ids(t) is None]
+    if not added:
+        return tok, opts.tokenizer, []
+    from tokenizers import AddedToken
+
+    tok = load_tokenizer(opts.tokenizer)  # a copy of its own to extend
+
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in added], special_tokens=True)
+    tok.save_pretrained(str(out / TOKENIZER_DIR))
+    return tok, str(out / TOKENIZER_DIR), added
+
+
+def _options_json(opts: PackOptions) -> dict:
+    d = asdict(opts)
+    d["add_tokens"] = list(opts.add_tokens)
+    d["mask"].pop("cache_chars")  # a speed setting: same output whatever it is
+    return d
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _start(out: Path, fingerprint: str, restart: bool) -> _State:
+    """The state to continue from; clears what an earlier, different or finished run left."""
+    progress = out / PROGRESS
+    state = None
+    if progress.exists() and not restart:
+        try:
+            state = _State.from_json(orjson.loads(progress.read_bytes()))
+        except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+            raise PackError(f"{progress}: not a progress file of this version ({type(e).__name__}: {e}); pass --restart to start over") from e
+        if state.fingerprint != fingerprint:
+            raise PackError(
+                f"{out} holds an unfinished run with other inputs or options ({progress}); "
+                f"rerun it with the same ones to resume, or pass --restart to start over"
+            )
+        print(f"resuming: {state.consumed} input split(s) and {len(state.shards)} output shard(s) already done", file=sys.stderr)
+    keep = {s.file for s in state.shards} if state else set()
+    _clear(out, keep)
+    state = state or _State(fingerprint)
+    write_json(progress, state.to_json())
+    return state
+
+
+def _ours(name: str) -> bool:
+    """A file a pack run writes (or atomic_path's temporary file of one, `.NAME.PID.XXXX.tmp`)."""
+    if name.startswith(".") and name.endswith(".tmp"):
+        name = name[1:].rsplit(".", 3)[0]
+    return name in _OURS or name == TOKENIZER_DIR or bool(_SHARD_FILE.fullmatch(name))
+
+
+def _check_dir(out: Path) -> None:
+    """Refuse an output directory holding anything but what a pack run writes, or such files
+    without a manifest or progress file of a pack run beside them: pack never deletes a user's
+    files."""
+    names = sorted(p.name for p in out.iterdir() if p.name != LOCK)
+    others = [n for n in names if not _ours(n)]
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise PackError(f"{out} holds files streamproc pack did not write ({shown}); use an empty or new directory")
+    if names and not {MANIFEST, PROGRESS} & set(names):
+        raise PackError(f"{out} holds {', '.join(names[:5])} but no {MANIFEST} or {PROGRESS} of a pack run; use an empty or new directory")
+
+
+def _clear(out: Path, keep: set[str]) -> None:
+    """Remove what an earlier, different or finished run left (all of it checked as ours by
+    _check_dir): temporary files, an old manifest, unrecorded shards, an old dropped list."""
+    for p in out.iterdir():
+        if p.name not in keep and p.name not in (PROGRESS, TOKENIZER_DIR, LOCK):
+            p.unlink()
+
+
+def _discard(out: Path, state: _State) -> None:
+    """Remove every file this run and the runs it resumed wrote: a failed run leaves no output."""
+    for info in state.shards:
+        (out / info.file).unlink(missing_ok=True)
+    for name in (PROGRESS, MANIFEST, DROPPED):
+        (out / name).unlink(missing_ok=True)
+    if (out / TOKENIZER_DIR).is_dir():
+        shutil.rmtree(out / TOKENIZER_DIR)
+
+
+def _checkpoint(out: Path, state: _State, packers: dict[str, Packer], shard_rows: int) -> None:
+    for s in SPLITS:
+        packed = packers[s].flush()
+        first = sum(i.split == s for i in state.shards)
+        for info in write_shards(out, s, packed, first, shard_rows):
+            state.shards.append(info)
+            state.counts[s].add_shard(info)
+    write_json(out / PROGRESS, state.to_json())

@@ -1,0 +1,318 @@
+"""Best-fit-decreasing packing of token sequences into rows of at most `seq_len` tokens.
+
+Pure and deterministic. `pack_order` is the core: a counting sort, O(N + seq_len), then
+O(N log seq_len) for placement, with a segment tree over free space (leaf s is "present" while some open row has
+exactly s tokens free) so the tightest row that still fits is found in one descent. Rows with
+the same free space wait in FIFO order, which makes the result independent of anything but the
+lengths. `Packer` buffers masked sequences and packs a whole buffer at once: the larger the
+buffer, the closer streaming gets to packing everything globally.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol
+
+import numpy as np
+
+IGNORE = -100
+"""Label of a position that carries no loss."""
+COMPILED_FROM = 20_000
+"""Sequences from which the kernels below run compiled by numba. Below, they run as Python:
+importing numba and loading its cached machine code costs about 1 s of CPU (most of a small
+pack run), more than Python takes to place that many sequences. Same code, same result."""
+
+
+def _longest_first(lengths: np.ndarray, capacity: int) -> np.ndarray:
+    """Counting sort of the indices by length, longest first, ties in input order: O(N + capacity)."""
+    start = np.zeros(capacity + 2, np.int64)
+    for n in lengths:
+        start[capacity - n + 1] += 1
+    for k in range(1, capacity + 2):
+        start[k] += start[k - 1]
+    order = np.empty(len(lengths), np.int64)
+    for i in range(len(lengths)):
+        k = capacity - lengths[i]
+        order[start[k]] = i
+        start[k] += 1
+    return order
+
+
+def _place(lengths: np.ndarray, order: np.ndarray, capacity: int) -> tuple[np.ndarray, int]:
+    """Row number of every sequence, placing them in `order` (longest first); and the row count."""
+    n = len(order)
+    size = 1
+    while size < capacity + 1:
+        size *= 2
+    tree = np.full(2 * size, -1, np.int64)  # max over the subtree of present free-space values
+    head = np.full(capacity + 1, -1, np.int64)  # FIFO of rows per free space: first, last, next
+    tail = np.full(capacity + 1, -1, np.int64)
+    nxt = np.full(max(n, 1), -1, np.int64)
+    row_of = np.empty(n, np.int64)
+    rows = 0
+    for k in range(n):
+        i = order[k]
+        need = lengths[i]
+        if tree[1] >= need:
+            node = 1  # leftmost present leaf with value >= need: the smallest free space that fits
+            while node < size:
+                node = 2 * node if tree[2 * node] >= need else 2 * node + 1
+            space = node - size
+            r = head[space]
+            head[space] = nxt[r]
+            if head[space] == -1:
+                tail[space] = -1
+                node = space + size  # the leaf leaves the tree: -1 up to the root
+                tree[node] = -1
+                node //= 2
+                while node >= 1:
+                    tree[node] = max(tree[2 * node], tree[2 * node + 1])
+                    node //= 2
+        else:
+            r = rows
+            rows += 1
+            space = capacity
+        row_of[i] = r
+        space -= need
+        if space > 0:
+            nxt[r] = -1
+            if tail[space] == -1:
+                head[space] = r
+                node = space + size  # the leaf joins the tree with its value
+                tree[node] = space
+                node //= 2
+                while node >= 1:
+                    tree[node] = max(tree[2 * node], tree[2 * node + 1])
+                    node //= 2
+            else:
+                nxt[tail[space]] = r
+            tail[space] = r
+    return row_of, rows
+
+
+def _by_row(order: np.ndarray, row_of: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices grouped by row, each row in placement order, and the row bounds (counting sort)."""
+    bounds = np.zeros(rows + 1, np.int64)
+    for r in row_of:
+        bounds[r + 1] += 1
+    for r in range(rows):
+        bounds[r + 1] += bounds[r]
+    pos = bounds[:-1].copy()
+    out = np.empty(len(order), np.int64)
+    for i in order:
+        out[pos[row_of[i]]] = i
+        pos[row_of[i]] += 1
+    return out, bounds
+
+
+def pack_order(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best-fit decreasing, flat: (order, bounds) where row r holds sequences
+    order[bounds[r]:bounds[r + 1]], longest first. Raises ValueError for a length outside
+    [1, capacity]. Ties (equal lengths) go in input order."""
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    if capacity < 1:
+        raise ValueError(f"capacity must be at least 1, not {capacity}")
+    if len(lengths) and (lengths.min() < 1 or lengths.max() > capacity):
+        bad = int(np.flatnonzero((lengths < 1) | (lengths > capacity))[0])
+        raise ValueError(f"sequence {bad} has length {lengths[bad]}, outside [1, {capacity}]")
+    longest_first, place, by_row = _kernels(len(lengths) >= COMPILED_FROM)
+    order = longest_first(lengths, capacity)
+    row_of, rows = place(lengths, order, capacity)
+    return by_row(order, row_of, rows)
+
+
+@functools.cache
+def _kernels(compiled: bool):
+    if not compiled:
+        return _longest_first, _place, _by_row
+    return tuple(_njit(f) for f in (_longest_first, _place, _by_row))
+
+
+def _njit(fn):
+    """numba.njit with its on-disk cache where numba finds a writable place for one
+    (NUMBA_CACHE_DIR, the package's __pycache__, the user's cache directory), else uncached:
+    a read-only install under a read-only or missing HOME still runs, compiling at first use."""
+    import numba
+
+    try:
+        return numba.njit(cache=True)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(fn)
+
+
+def pack_lengths(lengths, capacity: int) -> list[list[int]]:
+    """Best-fit decreasing: the rows, each a list of indices into `lengths`, none over capacity."""
+    order, bounds = pack_order(np.asarray(lengths), capacity)
+    return [order[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+class Masked(Protocol):
+    """What the packer needs of a masked sequence (streamproc.prepare.mask.MaskedSeq)."""
+
+    trace_id: str
+    input_ids: np.ndarray
+    labels: np.ndarray
+    prefix_len: int
+
+
+@dataclass(slots=True)
+class Packed:
+    """Packed rows, flat: row r holds tokens[row_bounds[r]:row_bounds[r+1]]: first a shared prefix
+    of prefix_lens[r] tokens (0: none), then the sequences seq_lens[seq_bounds[r]:seq_bounds[r+1]]
+    (from trace_ids at the same positions). In a row with a prefix each listed sequence is a
+    remainder: it follows the prefix as if alone, never attending to another remainder."""
+
+    input_ids: np.ndarray  # int32
+    labels: np.ndarray  # int32, IGNORE or the input id at the same position
+    row_bounds: np.ndarray  # int64, len rows + 1
+    seq_lens: np.ndarray  # int32
+    seq_bounds: np.ndarray  # int64, len rows + 1
+    trace_ids: list[str]
+    prefix_lens: np.ndarray  # int32, len rows
+
+    @property
+    def rows(self) -> int:
+        return len(self.row_bounds) - 1
+
+    def slice(self, start: int, stop: int) -> "Packed":
+        """Rows [start, stop)."""
+        t0, t1 = int(self.row_bounds[start]), int(self.row_bounds[stop])
+        s0, s1 = int(self.seq_bounds[start]), int(self.seq_bounds[stop])
+        return Packed(
+            self.input_ids[t0:t1],
+            self.labels[t0:t1],
+            self.row_bounds[start : stop + 1] - t0,
+            self.seq_lens[s0:s1],
+            self.seq_bounds[start : stop + 1] - s0,
+            self.trace_ids[s0:s1],
+            self.prefix_lens[start:stop],
+        )
+
+    @property
+    def written_tokens(self) -> int:
+        return len(self.input_ids)
+
+    def sequence_tokens(self) -> int:
+        """Tokens of the sequences as they would be written without sharing (prefix repeated)."""
+        per_row = np.diff(self.seq_bounds)
+        return int(self.seq_lens.sum() + (self.prefix_lens.astype(np.int64) * per_row).sum())
+
+
+@dataclass(slots=True)
+class _Row:
+    prefix_of: int  # the sequence whose first prefix_len ids are this row's prefix; -1: none
+    prefix_len: int
+    seqs: list[int]
+
+
+@dataclass(slots=True)
+class Packer:
+    """Buffers masked sequences; `flush` packs everything buffered into rows of <= row_len tokens
+    (default seq_len), each sequence <= seq_len.
+
+    With `share_prefix`, sequences that begin with the same system turn (the same `prefix_len`
+    leading ids) are packed by BFD within their group into rows that hold that prefix once,
+    followed by the remainders. A group of one, and a group's row that ends up with a single
+    remainder, are written as plain sequences. Labels are kept as a boolean "trained" mask while
+    buffered (5 bytes a token instead of 8), since a label is always either IGNORE or the input id.
+    """
+
+    seq_len: int
+    buffer_size: int = 100_000
+    row_len: int | None = None
+    share_prefix: bool = False
+    _ids: list[np.ndarray] = field(default_factory=list)
+    _trained: list[np.ndarray] = field(default_factory=list)
+    _trace_ids: list[str] = field(default_factory=list)
+    _prefix: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.row_len is None:
+            self.row_len = self.seq_len
+        if self.row_len < self.seq_len:
+            raise ValueError(f"row_len {self.row_len} is below seq_len {self.seq_len}: a row must hold any sequence")
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def full(self) -> bool:
+        return len(self._ids) >= self.buffer_size
+
+    def add(self, seqs: Iterable[Masked]) -> None:
+        for s in seqs:
+            if len(s.input_ids) > self.seq_len:
+                raise ValueError(f"trace {s.trace_id}: sequence of {len(s.input_ids)} tokens is longer than seq_len {self.seq_len}")
+            self._ids.append(np.asarray(s.input_ids, np.int32))
+            self._trained.append(np.asarray(s.labels) != IGNORE)
+            self._trace_ids.append(s.trace_id)
+            self._prefix.append(int(getattr(s, "prefix_len", 0)) if self.share_prefix else 0)
+
+    def _rows(self) -> list[_Row]:
+        """Rows of sequence indices: the plain sequences' rows, then each prefix group's, groups in
+        order of first appearance (the order depends on the data alone)."""
+        groups: dict[bytes, list[int]] = {}
+        plain: list[int] = []
+        for i, p in enumerate(self._prefix):
+            if p:
+                groups.setdefault(self._ids[i][:p].tobytes(), []).append(i)
+            else:
+                plain.append(i)
+        rows: list[_Row] = []
+        shared: list[_Row] = []
+        for members in groups.values():
+            if len(members) == 1:
+                plain.extend(members)
+                continue
+            p = self._prefix[members[0]]
+            rest = np.fromiter((len(self._ids[i]) - p for i in members), np.int64, len(members))
+            order, bounds = pack_order(rest, self.row_len - p)
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                seqs = [members[k] for k in order[a:b]]
+                if len(seqs) == 1:
+                    plain.extend(seqs)  # a prefix with one remainder is just that sequence
+                else:
+                    shared.append(_Row(seqs[0], p, seqs))
+        plain.sort()  # input order, so ties in BFD keep it
+        lengths = np.fromiter((len(self._ids[i]) for i in plain), np.int64, len(plain))
+        order, bounds = pack_order(lengths, self.row_len)
+        rows = [_Row(-1, 0, [plain[k] for k in order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])]
+        return rows + shared
+
+    def flush(self) -> Packed:
+        rows = self._rows()
+        ids_parts: list[np.ndarray] = []
+        trained_parts: list[np.ndarray] = []
+        seq_lens: list[int] = []
+        trace_ids: list[str] = []
+        row_bounds = np.zeros(len(rows) + 1, np.int64)
+        seq_bounds = np.zeros(len(rows) + 1, np.int64)
+        for r, row in enumerate(rows):
+            p = row.prefix_len
+            if p:
+                ids_parts.append(self._ids[row.prefix_of][:p])
+                trained_parts.append(np.zeros(p, np.bool_))
+            for i in row.seqs:
+                ids_parts.append(self._ids[i][p:])
+                trained_parts.append(self._trained[i][p:])
+                seq_lens.append(len(self._ids[i]) - p)
+                trace_ids.append(self._trace_ids[i])
+            row_bounds[r + 1] = row_bounds[r] + p + sum(len(self._ids[i]) - p for i in row.seqs)
+            seq_bounds[r + 1] = seq_bounds[r] + len(row.seqs)
+        ids = np.concatenate(ids_parts).astype(np.int32, copy=False) if ids_parts else np.zeros(0, np.int32)
+        trained = np.concatenate(trained_parts) if trained_parts else np.zeros(0, np.bool_)
+        packed = Packed(
+            ids,
+            np.where(trained, ids, np.int32(IGNORE)).astype(np.int32),
+            row_bounds,
+            np.asarray(seq_lens, np.int32),
+            seq_bounds,
+            trace_ids,
+            np.fromiter((row.prefix_len for row in rows), np.int32, len(rows)),
+        )
+        self._ids, self._trained, self._trace_ids, self._prefix = [], [], [], []
+        return packed

@@ -1,0 +1,124 @@
+"""The pack job's stage: masked sequences of a split's rows, train or eval by trace id.
+
+Apart from pack_job.py so that a worker, which unpickles this stage, imports the masker and
+not the packer, the shard writer or numba.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from streamproc.prepare.mask import Masker, MaskOptions, MaskedSeq, load_tokenizer
+from streamproc.records import SPLITS, BadRow, Row, RowError, Trace
+from streamproc.run.runner import Stage
+
+if TYPE_CHECKING:
+    from streamproc.prepare.shards import ShardInfo
+
+
+def is_eval(trace_id: str, fraction: float) -> bool:
+    """The held-out split, by a hash of the trace id: stable across runs, machines and workers."""
+    h = int.from_bytes(hashlib.blake2b(trace_id.encode(), digest_size=8).digest(), "big")
+    return h < fraction * 2**64
+
+
+@dataclass(slots=True)
+class SplitCounts:
+    """Per-split counts. Workers fill the trace-level ones; shards give the token-level ones."""
+
+    traces: int = 0  # traces with at least one sequence written
+    dropped: int = 0  # traces with nothing written (too long for --overflow drop, or no trained token)
+    tokens_cut: int = 0  # tokens tokenized but not written
+    sequences: int = 0
+    tokens: int = 0
+    trainable: int = 0
+    rows: int = 0
+    sequence_tokens: int = 0  # tokens the sequences hold whole; more than `tokens` where rows share a prefix
+    system_prompt_tokens: int = 0  # of those, in the system turns the sequences begin with
+
+    def add(self, o: "SplitCounts") -> None:
+        for f in self.__slots__:
+            setattr(self, f, getattr(self, f) + getattr(o, f))
+
+    def add_shard(self, s: ShardInfo) -> None:
+        self.sequences += s.sequences
+        self.tokens += s.tokens
+        self.trainable += s.trainable
+        self.rows += s.rows
+        self.sequence_tokens += s.sequence_tokens
+
+    def summary(self, row_len: int) -> dict:
+        capacity = self.rows * row_len
+        return {
+            **asdict(self),
+            "padding": capacity - self.tokens,
+            "packing_efficiency": round(self.tokens / capacity, 6) if capacity else None,
+            "tokens_per_trained_token": round(self.tokens / self.trainable, 4) if self.trainable else None,
+            "prefix_tokens_saved": self.sequence_tokens - self.tokens,
+        }
+
+
+# ----------------------------------------------------------------------------- workers
+
+_MASKERS: dict[tuple, Masker] = {}
+"""Maskers by (tokenizer, options): one per process, built on first use (a worker builds its own)."""
+
+
+def _masker(tokenizer: str, options: MaskOptions) -> Masker:
+    key = (tokenizer, repr(options))
+    if key not in _MASKERS:
+        _MASKERS[key] = Masker(load_tokenizer(tokenizer), options)
+    return _MASKERS[key]
+
+
+@dataclass(slots=True)
+class MaskedSplit:
+    """A split's masked sequences and trace counts, per output split (train, eval)."""
+
+    seqs: dict[str, list[MaskedSeq]]
+    counts: dict[str, SplitCounts]
+    dropped: list[dict] = field(default_factory=list)  # traces nothing was written of: id, split, reason, file, row
+    min_system: int = 0  # tokens of the shortest system turn seen (0: none)
+
+
+def min_system(a: int, b: int) -> int:
+    """The shorter of two system-turn lengths, 0 meaning none seen."""
+    return min(a, b) if a and b else a or b
+
+
+class MaskStage(Stage):
+    """Masked sequences of a split's rows, train or eval by trace id. Each worker loads the
+    tokenizer (by name or directory) once, itself."""
+
+    name = "mask"
+    trace = True  # the masker renders the parsed turns: tool turns are not parsed again
+
+    def __init__(self, tokenizer: str, options: MaskOptions, eval_fraction: float):
+        self.tokenizer, self.options, self.eval_fraction = tokenizer, options, eval_fraction
+
+    def start(self) -> MaskedSplit:
+        return MaskedSplit({s: [] for s in SPLITS}, {s: SplitCounts() for s in SPLITS})
+
+    def fold_batch(self, acc: MaskedSplit, rows: list[tuple[Row, Trace | None]]) -> list[tuple[int, BadRow]]:
+        bad = []
+        masker = _masker(self.tokenizer, self.options)
+        parsed = [trace if trace is not None else row for row, trace in rows]
+        for i, (_, res) in enumerate(masker.mask_many(parsed, batch=len(rows) or 1)):
+            row = rows[i][0]
+            if isinstance(res, RowError):
+                bad.append((i, replace(res.bad, loc=row.loc) if row.loc else res.bad))  # a Trace does not know its place
+                continue
+            split = "eval" if is_eval(row.id, self.eval_fraction) else "train"
+            c = acc.counts[split]
+            c.traces += not res.dropped
+            c.dropped += res.dropped
+            acc.min_system = min_system(acc.min_system, res.system_tokens)
+            if res.dropped:
+                loc = row.loc
+                acc.dropped.append({"id": row.id, "split": split, "reason": res.reason, "file": loc.file if loc else None, "row": loc.row if loc else None})
+            c.tokens_cut += res.tokens_cut
+            c.system_prompt_tokens += sum(s.prefix_len for s in res.seqs)
+            acc.seqs[split].extend(res.seqs)
+        return bad

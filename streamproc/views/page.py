@@ -1,0 +1,272 @@
+"""The web trace viewer: one self-contained HTML page with the summary, plots and a trace browser.
+
+Built for the full dataset (15,000 traces of ~60 KB): the page carries a small index inline (one
+row per trace: what the filters need) and the trace bodies compact (parsed turns, system prompt
+left out, long values shortened with their length noted), in zlib chunks of CHUNK traces,
+base64 in inert <script> tags. The browser inflates a chunk with DecompressionStream only when a
+trace in it is opened, so the page opens fast, needs no network and stays a single file.
+
+Index rows and compressed chunks are made per shard in worker processes (`collect`, or
+`stats_job.collect_with_browser` in the same pass as the statistics);
+`write_page` streams them into the template `data/viewer.html`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import orjson
+
+from streamproc.io.files import atomic_path
+from streamproc.records import Row, Tally, Trace
+from streamproc.parse.turns import REASONING, TEXT
+from streamproc.analyze.outcomes import status, trace_failures
+from streamproc.views.render import assistant_blocks, clip_values, shorten
+from streamproc.run.runner import Engine, Stage, run_merged
+from streamproc.io.sources import Split
+
+CHUNK = 200  # traces per compressed chunk: one inflate is a few MB at most
+LIMIT = 2000  # characters of any one value kept in the page (the full length is noted)
+TEMPLATE = Path(__file__).parents[1] / "data" / "viewer.html"
+
+
+@dataclass(slots=True)
+class Entry:
+    """One trace in the page's index: what the list shows and filters on, and where its body is."""
+
+    id: str
+    source: str
+    category: str
+    subcategory: str
+    task: str
+    tools: list[str]  # distinct tools called, in order of first use
+    errors: int  # failed tool responses plus malformed calls
+    turns: int
+    calls: int
+    failed: list[str] = field(default_factory=list)  # distinct tools with a failed response or a malformed call
+    classes: list[str] = field(default_factory=list)  # distinct failure classes (status), malformed_call too
+    chunk: int = 0
+    pos: int = 0
+
+
+@dataclass(slots=True)
+class Browser:
+    """The page's trace list: index entries and the compressed chunks their bodies are in."""
+
+    entries: list[Entry] = field(default_factory=list)
+    chunks: list[bytes] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- per trace (pure)
+
+
+def entry(trace: Trace) -> Entry:
+    f = trace_failures(trace)
+    return Entry(trace.id, trace.source, trace.category, trace.subcategory, shorten(trace.task, 300),
+                 list(f.tools), f.errors, len(trace.turns), len(trace.calls), list(f.failed), list(f.classes))
+
+
+def body(trace: Trace) -> dict[str, Any]:
+    """The compact form the page renders: turns as blocks, values shortened to LIMIT."""
+    turns = []
+    for ti, turn in enumerate(trace.turns):
+        if turn.role == "system":
+            turns.append({"role": "system", "chars": len(turn.text)})
+        elif turn.role == "assistant":
+            turns.append({"role": "assistant", "turn": ti, "blocks": [_block(k, v, n) for k, v, n in assistant_blocks(trace, ti)]})
+        elif turn.role == "tool":
+            responses = [
+                {"call": r.call, "name": r.name, "status": status(r), "content": clip_values(r.content, LIMIT),
+                 "error": r.error}
+                for r in turn.tool_responses
+            ]
+            text = "" if responses else shorten(turn.text, LIMIT)
+            turns.append({"role": "tool", "turn": ti, "responses": responses, "text": text})
+        else:
+            turns.append({"role": turn.role, "turn": ti, "text": shorten(turn.text, LIMIT)})
+    return {"id": trace.id, "task": trace.task, "category": trace.category, "subcategory": trace.subcategory,
+            "source": trace.source, "turns": turns}
+
+
+def _block(kind: str, value: Any, number: int | None) -> dict[str, Any]:
+    if kind in (REASONING, TEXT):
+        return {"kind": kind, "text": shorten(value, LIMIT), "chars": len(value)}
+    return {"kind": "call", "n": number, "name": value.name, "args": clip_values(value.arguments, LIMIT),
+            "error": value.error, "raw": None if value.valid else shorten(value.raw, LIMIT),
+            "answered": value.response is not None}
+
+
+# ----------------------------------------------------------------------------- per shard (workers)
+
+
+@dataclass(slots=True)
+class ViewPart:
+    entries: list[Entry]
+    chunks: list[bytes]
+    tally: Tally
+
+
+class ViewFold:
+    """Index entries and compressed body chunks of traces, added in order (one per shard)."""
+
+    def __init__(self):
+        self.entries: list[Entry] = []
+        self.chunks: list[bytes] = []
+        self._bodies: list[bytes] = []  # each encoded alone, so a trace that cannot be is named
+
+    def add(self, trace: Trace) -> None:
+        e = entry(trace)
+        encoded = orjson.dumps(body(trace))
+        e.chunk, e.pos = len(self.chunks), len(self._bodies)
+        self.entries.append(e)
+        self._bodies.append(encoded)
+        if len(self._bodies) == CHUNK:
+            self.chunks.append(_compress(self._bodies))
+            self._bodies = []
+
+    def part(self, tally: Tally | None = None) -> ViewPart:
+        if self._bodies:
+            self.chunks.append(_compress(self._bodies))
+            self._bodies = []
+        return ViewPart(self.entries, self.chunks, tally or Tally())
+
+
+class ViewStage(Stage):
+    """The trace browser's part of a split: index entries and compressed body chunks."""
+
+    name = "browser"
+
+    def start(self) -> ViewFold:
+        return ViewFold()
+
+    def fold(self, acc: ViewFold, row: Row, trace: Trace | None) -> None:
+        acc.add(trace)
+
+    def end(self, acc: ViewFold) -> ViewPart:
+        return acc.part()
+
+
+def _compress(bodies: list[bytes]) -> bytes:
+    # The JSON array of the bodies, as orjson writes it; zlib format is what the browser's
+    # DecompressionStream("deflate") reads.
+    return zlib.compress(b"[" + b",".join(bodies) + b"]", 6)
+
+
+def collect(splits: Sequence[Split], workers: int | Engine = 1, on_error: str = "skip") -> tuple[Browser, Tally]:
+    """Index and body chunks of every trace, in input order, made in worker processes."""
+    (parts,), (tally,) = run_merged(splits, [ViewStage()], workers=workers, on_error=on_error, progress="index traces")
+    return merge(parts)[0], tally
+
+
+def merge(parts: Iterable[ViewPart]) -> tuple[Browser, Tally]:
+    """One Browser of per-shard parts, in the order given."""
+    browser, tally = Browser(), Tally()
+    for part in parts:
+        for e in part.entries:
+            e.chunk += len(browser.chunks)
+        browser.entries.extend(part.entries)
+        browser.chunks.extend(part.chunks)
+        tally.add(part.tally)
+    return browser, tally
+
+
+# ----------------------------------------------------------------------------- the page
+
+
+Table = tuple[str, Sequence[str], Sequence[Sequence[str]]]  # title, header, rows
+
+
+def write_page(
+    path: str | os.PathLike,
+    browser: Browser,
+    *,
+    tables: Sequence[Table] = (),
+    plots: Mapping[str, bytes] | None = None,
+    note: str = "",
+    title: str = "streamproc report",
+    training: Sequence[Table] = (),
+    training_plots: Mapping[str, bytes] | None = None,
+) -> None:
+    """Write the page atomically: the trace browser first, then summary `tables` (report.tables
+    gives them), `plots` (PNG bytes by caption) and, when a pack run's figures are given,
+    `training` tables and `training_plots`, each a tab away; `note` goes under the title."""
+    values = {
+        "title": html.escape(title),
+        "note": html.escape(note),
+        "summary": "".join(_table_html(t) for t in tables if t[2]) or "<p class=\"hint\">No summary was collected.</p>",
+        "plots": "".join(_img(caption, png) for caption, png in (plots or {}).items())
+        or "<p class=\"hint\">No plots were drawn.</p>",
+        "training": "".join(_table_html(t) for t in training if t[2])
+        + "".join(_img(caption, png) for caption, png in (training_plots or {}).items()),
+        "has_training": "" if training else "hidden",
+        "index": _script_json(_index(browser)),
+    }
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        # The template alternates text and {{name}} markers; chunks are written one at a time.
+        for i, piece in enumerate(re.split(r"\{\{(\w+)\}\}", TEMPLATE.read_text(encoding="utf-8"))):
+            if i % 2 == 0:
+                f.write(piece)
+            elif piece == "chunks":
+                for k, c in enumerate(browser.chunks):
+                    f.write(f'<script type="application/x-deflate-base64" id="chunk-{k}">')
+                    f.write(base64.b64encode(c).decode("ascii"))
+                    f.write("</script>\n")
+            else:
+                f.write(values[piece])
+
+
+def _index(browser: Browser) -> dict[str, Any]:
+    """Columnar and dictionary-coded: 15,000 rows of repeated names stay small."""
+    names: dict[str, dict[str, int]] = {"source": {}, "category": {}, "subcategory": {}, "tool": {}, "class": {}}
+
+    def code(kind: str, value: str) -> int:
+        return names[kind].setdefault(value, len(names[kind]))
+
+    rows = [
+        [e.id, code("source", e.source), code("category", e.category), code("subcategory", e.subcategory), e.task,
+         [code("tool", t) for t in e.tools], e.errors, e.turns, e.calls, e.chunk, e.pos,
+         [code("tool", t) for t in e.failed], [code("class", k) for k in e.classes]]
+        for e in browser.entries
+    ]
+    return {"names": {k: list(v) for k, v in names.items()}, "rows": rows}
+
+
+def _script_json(obj: Any) -> str:
+    # "</" would end the <script> element early; "<\/" is the same string to JSON.
+    return orjson.dumps(obj).decode().replace("</", "<\\/")
+
+
+def _img(caption: str, png: bytes) -> str:
+    alt = html.escape(caption.replace("_", " "))
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><button class="zoom" title="open full size"><img alt="{alt}" src="data:image/png;base64,{data}">'
+            f'</button><figcaption>{alt}</figcaption></figure>')
+
+
+# A summary table whose first column names one of these filters gets rows that filter the list.
+_ROW_FILTERS = {"tool": "tool", "class": "class", "category": "category", "source": "source"}
+
+
+def _table_html(table: Table) -> str:
+    title, header, rows = table
+    key = _ROW_FILTERS.get(header[0]) if header else None
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for row in rows:
+        attrs = f' data-filter="{key}" data-value="{html.escape(row[0])}" title="list the traces with this {key}"' if key else ""
+        cells = "".join(
+            f'<td data-err="yes" title="list the traces where this tool failed">{html.escape(v)}</td>'
+            if key == "tool" and header[k] == "failed" else f"<td>{html.escape(v)}</td>"
+            for k, v in enumerate(row)
+        )
+        body.append(f"<tr{attrs}>{cells}</tr>")
+    cls = "summary wide" if len(header) > 5 or not key else "summary"
+    return (f'<div class="{cls}"><h3>{html.escape(title)}</h3><table><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>")
