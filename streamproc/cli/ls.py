@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from streamproc.views.listing import Filters, Summary, scan, unique_prefix_length
+from streamproc.views.listing import Filters, ScanJob, Summary, unique_prefix_length
 from streamproc.analyze.outcomes import ERROR_CLASSES, MALFORMED_CALL
 from streamproc.views.terminal import page, trimmed, use_color, width_of
-from streamproc.cli.common import add_input_args, engine_from, shards_from
+from streamproc.cli.common import add_input_args, input_from
 from streamproc.cli.manners import RAW
 from streamproc.cli import COMMANDS
 
@@ -46,7 +46,9 @@ def add(sub) -> None:
 def run(args) -> int:
     filters = Filters(source=args.from_source, category=args.category, tool=args.tool, failed_tool=args.failed_tool,
                       failure=args.failure, errors=args.errors, text=args.search)
-    found = scan(shards_from(args), filters, workers=engine_from(args), on_error=args.on_error)
+    job = ScanJob(filters)
+    input_from(args).run([job], progress="ls")
+    found = job.found
     if sys.stdout.isatty():
         page(table_text(found.matches, unique_prefix_length(found.ids), width_of(sys.stdout), use_color(sys.stdout)),
              pager=not args.no_pager)

@@ -535,12 +535,12 @@ def training(packed: str | os.PathLike | Mapping) -> Training:
     directory, the sequence lengths are read from its shards too."""
     if isinstance(packed, Mapping):
         return Training(dict(packed))
-    from streamproc.prepare.shards import MANIFEST, SPLITS, read_manifest, read_shards
+    from streamproc.prepare.shards import MANIFEST, PARTITIONS, read_manifest, read_shards
 
     out = Path(packed)
     out = out.parent if out.name == MANIFEST else out
     manifest = read_manifest(out)
-    lengths = {s: read_shards(out, s).column("seq_lens").combine_chunks().flatten().to_numpy() for s in SPLITS
+    lengths = {s: read_shards(out, s).column("seq_lens").combine_chunks().flatten().to_numpy() for s in PARTITIONS
                if manifest["counts"].get(s, {}).get("sequences")}
     return Training(manifest, lengths)
 
