@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import textwrap
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,7 +324,9 @@ def tools_by_category(c: Counts | Stats, ax=None, top: int = 12) -> Figure:
     c = c.total() if isinstance(c, Stats) else c
     tools = [k for k, _ in c.tool_counts.most_common(top)]
     cats = [k for k, _ in c.categories.most_common()]
-    ax = _axes(ax, (10, 1.8 + 0.4 * max(3, len(cats))))
+    # the tool names hang below at 40 degrees: room for names longer than the usual ones (about 0.055 in a character)
+    names = max((len(_label(t)) for t in tools), default=0)
+    ax = _axes(ax, (10, 1.8 + 0.4 * max(3, len(cats)) + 0.055 * max(0, names - 16)))
     title = f"Tool usage by category (top {len(tools)} tools)"
     if not tools or not cats:
         return _nothing(ax, "Tool usage by category", "no tool was called in these traces")
@@ -468,7 +471,10 @@ def overview(data: Stats | Counts, fig: Figure | None = None) -> Figure:
     if not _merged(groups).traces:
         _nothing(fig.add_subplot(), "Overview", "no traces")
         return fig
-    names = [f"{_label(name)}\n{c.traces:,} traces" for name, c in groups]
+    # six small plots side by side: each name on lines short enough for its bar's share of the width
+    line = max(8, 48 // len(groups))
+    names = ["\n".join(textwrap.wrap(_label(name), line, break_on_hyphens=False)) + f"\n{c.traces:,} traces"
+             for name, c in groups]
     for ax, (label, fn) in zip(fig.subplots(2, 3).ravel(), _COMPARED):
         values = [fn(c) for _, c in groups]
         # at positions, not by name: two sources whose names are cut alike stay two bars
