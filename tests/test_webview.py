@@ -23,12 +23,6 @@ from streamproc.views.render import status
 from streamproc.io.sources import plan
 from streamproc.analyze.job import collect_with_browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-
 
 def _chunk_bodies(page: str, k: int) -> list[dict]:
     m = re.search(rf'<script type="application/x-deflate-base64" id="chunk-{k}">([^<]*)</script>', page)
@@ -71,17 +65,6 @@ def test_bodies_shorten_long_values_and_note_their_length(real_rows, monkeypatch
 
 
 # ----------------------------------------------------------------------------- the page in Chromium
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium) to test the web page")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
