@@ -287,7 +287,7 @@ def to_text(lines: Iterable[Line], color: bool = False) -> str:
     """The lines as text, control characters from the data shown as escapes (safe.visible);
     with `color`, each line wrapped in its ANSI style."""
     if not color:
-        return "\n".join(visible(line.text) for line in lines) + "\n"
+        return visible("\n".join(line.text for line in lines)) + "\n"
     parts = []
     for line in lines:
         code = _ANSI.get(line.style)
