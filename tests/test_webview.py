@@ -16,6 +16,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+import streamproc
 from streamproc.views import page as webview
 from streamproc.cli import main
 from streamproc.parse.parser import parse_trace
@@ -230,7 +231,7 @@ def test_stats_and_browser_in_one_pass_equal_the_two_passes(real_row_files, tmp_
 # ----------------------------------------------------------------------------- the list: sort, filter, link, keys
 
 
-SAMPLE = Path(webview.__file__).parent / "data" / "sample.parquet"
+SAMPLE = streamproc.SAMPLE
 
 
 @pytest.fixture(scope="module")
