@@ -324,17 +324,17 @@ def tools_by_category(c: Counts | Stats, ax=None, top: int = 12) -> Figure:
     c = c.total() if isinstance(c, Stats) else c
     tools = [k for k, _ in c.tool_counts.most_common(top)]
     cats = [k for k, _ in c.categories.most_common()]
+    names = [_label(t) for t in tools]
     # the tool names hang below at 40 degrees: room for names longer than the usual ones (about 0.055 in a character)
-    names = max((len(_label(t)) for t in tools), default=0)
-    ax = _axes(ax, (10, 1.8 + 0.4 * max(3, len(cats)) + 0.055 * max(0, names - 16)))
+    ax = _axes(ax, (10, 1.8 + 0.4 * max(3, len(cats)) + 0.055 * max(0, max(map(len, names), default=0) - 16)))
     title = f"Tool usage by category (top {len(tools)} tools)"
     if not tools or not cats:
         return _nothing(ax, "Tool usage by category", "no tool was called in these traces")
     calls = np.array([[c.tools_by_category[(cat, t)] for t in tools] for cat in cats], dtype=float)
     per_cat = calls.sum(axis=1, keepdims=True)
     _heat(ax, calls / np.maximum(per_cat, 1), calls, per_cat[:, 0],
-          [_label(t) for t in tools], [f"{_label(k) if k else '(none)'} ({int(n):,})" for k, n in zip(cats, per_cat[:, 0])], "share of the category's calls")
-    ax.set_xticks(range(len(tools)), [_label(t) for t in tools], rotation=40, ha="right")
+          names, [f"{_label(k) if k else '(none)'} ({int(n):,})" for k, n in zip(cats, per_cat[:, 0])], "share of the category's calls")
+    ax.set_xticks(range(len(tools)), names, rotation=40, ha="right")
     ax.set_title(title)
     return ax.figure
 
