@@ -266,8 +266,8 @@ def test_no_control_character_reaches_the_terminal(text, tool, tmp_path_factory)
         assert "1 bad rows" in out or "1 bad row" in out, out[-500:]  # the bad row's line, quoting it, escaped too
 
 
-def test_replay_on_a_terminal_draws_only_its_own_codes(tmp_path):
-    """Interactive replay (alternate screen, redraws) and show in colour: the only escape
+def test_replay_on_a_terminal_and_colour_views_write_only_their_own_codes(tmp_path):
+    """Interactive replay (alternate screen, redraws), show and ls in colour: the only escape
     sequences are the ones the views write; every character of the data is escaped."""
     text = "".join(PAYLOADS) + "".join(CONTROLS)
     path = write_rows(tmp_path / "rows.jsonl", [hostile_row(text, "tool" + PAYLOADS[1])])
@@ -277,6 +277,8 @@ def test_replay_on_a_terminal_draws_only_its_own_codes(tmp_path):
     assert "\\x1b]0;PWNED title\\x07" in out and "[red]red[/red]" in out
     shown = on_terminal(["show", "--index", "0", str(path), "--workers", "1", "-q", "--color", "always", "--no-pager"])
     assert SGR.search(shown) and not unsafe(SGR.sub("", shown))
+    listed = on_terminal(["ls", str(path), "--workers", "1", "-q", "--no-pager"], env={"NO_COLOR": ""})
+    assert SGR.search(listed) and "hostile-" in listed and not unsafe(SGR.sub("", listed))
 
 
 # ----------------------------------------------------------------------------- plots and the report
