@@ -14,6 +14,7 @@ from streamproc.records import Tally
 from streamproc.run.runner import Engine, Job, Local, View
 from streamproc.io.sources import HUB_DATASET, ON_ERROR, Plan, plan
 from streamproc.cli.argtypes import positive_int
+from streamproc.views.safe import visible
 
 if TYPE_CHECKING:
     from streamproc.curate.curator import Curator
@@ -155,10 +156,10 @@ def finish(args: argparse.Namespace, source: Input, tally: Tally, default_reject
         more = f", and {len(unread) - 5} more" if len(unread) > 5 else ""
         msg += f"; {len(unread)} {'path' if len(unread) == 1 else 'paths'} not read: {', '.join(map(str, unread[:5]))}{more}"
     if tally.rejected or unread or not getattr(args, "quiet", False):
-        print(msg, file=sys.stderr)
+        print(visible(msg), file=sys.stderr)  # it quotes a rejected value and file names
 
 
 def say(args: argparse.Namespace, msg: str) -> None:
     """A progress or result note for people: on stderr, so stdout stays the data; not with --quiet."""
     if not getattr(args, "quiet", False):
-        print(msg, file=sys.stderr)
+        print(visible(msg), file=sys.stderr)

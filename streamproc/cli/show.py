@@ -8,6 +8,7 @@ from streamproc.views.listing import lookup
 from streamproc.parse.parser import parse_trace
 from streamproc.records import BadRow, Row, RowError, Trace
 from streamproc.views.render import DEFAULT, Line, to_text, trace_lines
+from streamproc.views.safe import visible
 from streamproc.io.sources import Split, read
 from streamproc.views.terminal import page, use_color as color_for, width_of, wrap
 from streamproc.cli.common import add_input_args, input_from
@@ -62,8 +63,8 @@ def use_color(args) -> bool:
 
 
 def wrapped(lines: list[Line], width: int) -> list[Line]:
-    """Each line broken at word boundaries to fit `width`, in its own style."""
-    return [Line(line.style, part) for line in lines for part in wrap(line.text, width).split("\n")]
+    """Each line broken at word boundaries to fit `width` as printed (escapes and all), in its own style."""
+    return [Line(line.style, part) for line in lines for part in wrap(visible(line.text), width).split("\n")]
 
 
 def trace_from(args) -> Trace | None:
@@ -78,14 +79,14 @@ def trace_from(args) -> Trace | None:
             row = found.row
             if found.others:
                 where = ", ".join(str(loc) for loc in found.others[:10]) + (" ..." if len(found.others) > 10 else "")
-                print(f"streamproc {args.command}: {len(found.others) + 1} rows have id {row.id!r}: showing {row.loc}; "
-                      f"the others: {where}", file=sys.stderr)
+                print(visible(f"streamproc {args.command}: {len(found.others) + 1} rows have id {row.id!r}: showing "
+                              f"{row.loc}; the others: {where}"), file=sys.stderr)
     except LookupError as e:
-        print(f"streamproc {args.command}: {e}", file=sys.stderr)
+        print(visible(f"streamproc {args.command}: {e}"), file=sys.stderr)
         return None
     finally:
         if rejects:
-            print(f"passed over {len(rejects):,} bad rows (first: {rejects[0]})", file=sys.stderr)
+            print(visible(f"passed over {len(rejects):,} bad rows (first: {rejects[0]})"), file=sys.stderr)
             if args.rejects:
                 write_rejects(args.rejects, rejects)
     return parse_trace(row)
