@@ -490,7 +490,7 @@ def overview(data: Stats | Counts, fig: Figure | None = None) -> Figure:
 
 
 def sequence_lengths(training: "Training", ax=None) -> Figure:
-    """Lengths of the packed sequences (tokens) per split, against the row length."""
+    """Lengths of the packed sequences (tokens) per partition (train, eval), against the row length."""
     ax = _axes(ax)
     seq_len = training.manifest.get("seq_len") or 0
     title = f"Packed sequence lengths (rows of {seq_len:,} tokens)"
@@ -567,7 +567,7 @@ def training(packed: str | os.PathLike | Mapping) -> Training:
 
 
 def training_table(t: Training) -> tuple[str, list[str], list[list[str]]]:
-    """(title, header, rows): the pack run's figures per split (eval only when it has traces)."""
+    """(title, header, rows): the pack run's figures per partition (eval only when it has traces)."""
     counts = t.manifest.get("counts", {})
     splits = [s for s in ("train", "eval") if s in counts and (s == "train" or counts[s].get("traces"))]
 
