@@ -133,3 +133,6 @@ def test_a_parquet_batch_that_does_not_fit_the_first_is_named(tmp_path):
         w.write([{"a": 1}])
         w.write([{"a": 2}])
     assert pq.read_table(out).equals(pa.table({"a": [1, 2]}))
+    with RowWriter(tmp_path / "none.parquet"):  # no schema declared, no row: an empty file still
+        pass
+    assert pq.read_table(tmp_path / "none.parquet").num_rows == 0

@@ -20,7 +20,6 @@ import orjson
 from streamproc.io.files import (
     OUTPUT_EXTENSIONS, OutputError, OutputFormat, atomic_path, check_output_file, jsonl_writer, output_format, output_path, to_stdout,
 )
-
 from streamproc.records import Tally
 from streamproc.run.runner import Job, Stage
 
@@ -124,9 +123,11 @@ class RowWriter:
             if self._parquet is not None:
                 self._parquet.close()
             elif self.format.kind == "parquet" and exc[0] is None:  # no row: still a valid, empty file
+                import pyarrow as pa
                 import pyarrow.parquet as pq
 
-                pq.write_table((self.encoding.empty or self.encoding.schema).empty_table(), self._tmp, compression=self.encoding.compression)
+                schema = self.encoding.empty or self.encoding.schema or pa.schema([])
+                pq.write_table(schema.empty_table(), self._tmp, compression=self.encoding.compression)
         except BaseException:
             self._stack.__exit__(*sys.exc_info())
             raise
