@@ -562,14 +562,20 @@ def _read_hub(part: Part) -> Iterator[Row | BadRow]:
 ON_ERROR = ("skip", "fail")
 
 
+def apply_on_error(items: Iterable[Row | BadRow], on_error: str) -> Iterator[Row | BadRow]:
+    """Read items under --on-error, the one definition of it: `fail` raises RowError at the
+    first bad row; `skip` passes bad rows on, to be counted and set aside."""
+    for item in items:
+        if isinstance(item, BadRow) and on_error == "fail":
+            raise RowError(item)
+        yield item
+
+
 def good_rows(split: Split, on_error: str, rejects: list[BadRow]) -> Iterator[Row]:
-    """Rows of a split under an error policy, in this process (the runner applies it to a
-    run's splits): `skip` sets bad rows aside in `rejects` and goes on; `fail` raises RowError
-    at the first one."""
-    for item in read(split):
+    """The good rows of a split, in this process (a notebook, a benchmark; commands use the
+    runner), bad ones set aside in `rejects` under `skip`."""
+    for item in apply_on_error(read(split), on_error):
         if isinstance(item, BadRow):
-            if on_error == "fail":
-                raise RowError(item)
             rejects.append(item)
         else:
             yield item

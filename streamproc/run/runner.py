@@ -29,7 +29,7 @@ from multiprocessing.connection import wait
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 from streamproc.records import BadRow, Row, RowError, Tally, Trace
-from streamproc.io.sources import ON_ERROR, Split, read
+from streamproc.io.sources import ON_ERROR, Split, apply_on_error, read
 
 BATCH = 64  # rows handed to each stage at once (the masker tokenizes a batch's new pieces together)
 
@@ -117,9 +117,7 @@ def fold_items(
     seen = (account, Tally()) if view is not None else None
     parse = (view is not None and view.needs_trace) or any(s.needs_trace for s in stages)
     batch: list[Row | BadRow] = []
-    for item in items:
-        if isinstance(item, BadRow) and on_error == "fail":
-            raise RowError(item)
+    for item in apply_on_error(items, on_error):
         batch.append(item)
         if len(batch) == BATCH:
             _fold_batch(batch, stages, accs, tallies, on_error, parse, view, seen)
