@@ -158,7 +158,7 @@ class PackJob(Job):
             fingerprint = _digest(
                 {"options": self.options_json, "tokenizer": self.tok_info, "template": self.masker.chat_template_hash, "plan": self.plan}
             )
-            self.state = _start(out, fingerprint, self.restart)
+            self.state, self.resumed = _start(out, fingerprint, self.restart)
         except BaseException:
             self._lock.__exit__(None, None, None)
             if created and not any(out.iterdir()):  # a bad tokenizer or template leaves no empty directory behind
@@ -171,7 +171,7 @@ class PackJob(Job):
 
     def resuming(self) -> str:
         """What an earlier run had done, for the command to say; "" when this run starts afresh."""
-        if not self.resumed_after:
+        if not self.resumed:
             return ""
         return f"resuming: {self.resumed_after} input split(s) and {len(self.state.shards)} output shard(s) already done"
 
@@ -290,8 +290,9 @@ def _digest(obj) -> str:
     return hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def _start(out: Path, fingerprint: str, restart: bool) -> _State:
-    """The state to continue from; clears what an earlier, different or finished run left."""
+def _start(out: Path, fingerprint: str, restart: bool) -> tuple[_State, bool]:
+    """The state to continue from, and whether an unfinished run left it; clears what an
+    earlier, different or finished run left."""
     progress = out / PROGRESS
     state = None
     if progress.exists() and not restart:
@@ -306,9 +307,10 @@ def _start(out: Path, fingerprint: str, restart: bool) -> _State:
             )
     keep = {s.file for s in state.shards} if state else set()
     _clear(out, keep)
+    resumed = state is not None
     state = state or _State(fingerprint)
     write_json(progress, state.to_json())
-    return state
+    return state, resumed
 
 
 def _ours(name: str) -> bool:
