@@ -48,7 +48,7 @@ def test_classify(content, name, expected):
 
 def test_classifier_versus_the_guides_substring_on_terminal_results():
     ok = _response({"output": "done", "exit_code": 0, "error": None})
-    assert outcomes.classify(ok) is None and outcomes.guide_flags(ok)  # the trap FORMAT.md describes
+    assert outcomes.classify(ok) is None and outcomes.flagged_by_substring(ok)  # the trap FORMAT.md describes
 
 
 def test_real_responses_classes(real_rows):
@@ -238,4 +238,4 @@ def test_classifier_recovers_the_synthetic_failure_rate():
     rate = sum(c.error_classes.values()) / c.tool_responses
     assert c.tool_responses > 1500
     assert abs(rate - (synth.FAIL + synth.UNKNOWN)) < 0.025
-    assert c.guide_flagged_responses > 3 * sum(c.error_classes.values())  # the substring flags successes too
+    assert c.substring_flagged_responses > 3 * sum(c.error_classes.values())  # the substring flags successes too

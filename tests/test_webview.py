@@ -20,7 +20,7 @@ from streamproc.views import page as webview
 from streamproc.cli import main
 from streamproc.parse.parser import parse_trace
 from streamproc.views.render import status
-from streamproc.io.sources import plan
+from streamproc.io.sources import SAMPLE, plan
 from streamproc.analyze.job import collect_with_browser
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -47,15 +47,16 @@ def test_collect_indexes_every_trace_and_finds_each_body(real_row_files, real_ro
     monkeypatch.setattr(webview, "CHUNK", 7)  # several chunks per file, and a short last one
     browser, tally = webview.collect(plan(real_row_files), workers=1)
     assert tally.parsed == tally.read == len(real_rows) and not tally.rejected
-    assert [e.id for e in browser.entries] == [r["id"] for r in real_rows]
+    assert [e.summary.id for e in browser.entries] == [r["id"] for r in real_rows]
     bodies = [orjson.loads(zlib.decompress(c)) for c in browser.chunks]
     for e, row in zip(browser.entries, real_rows):
         body = bodies[e.chunk][e.pos]
-        assert body["id"] == e.id == row["id"]
+        s = e.summary
+        assert body["id"] == s.id == row["id"]
         trace = parse_trace(row)
-        assert e.calls == len(trace.calls) and e.turns == len(trace.turns)
-        assert e.tools == list(dict.fromkeys(trace.call(i).name for i in range(len(trace.calls))))
-        assert e.errors == sum(status(trace.response(i)) is not None for i in range(len(trace.responses)))
+        assert s.calls == len(trace.calls) and s.turns == len(trace.turns)
+        assert s.tools == tuple(dict.fromkeys(trace.call(i).name for i in range(len(trace.calls))))
+        assert s.errors == sum(status(trace.response(i)) is not None for i in range(len(trace.responses)))
         assert body["turns"][0] == {"role": "system", "chars": len(row["conversations"][0]["value"])}
         calls = [b["name"] for t in body["turns"] if t["role"] == "assistant" for b in t["blocks"] if b["kind"] == "call"]
         assert calls == [trace.call(i).name for i in range(len(trace.calls))]
@@ -163,7 +164,7 @@ def test_filtering_by_a_tool_narrows_the_list_and_with_errors_means_that_tool_fa
     assert _listed(page) == expected
     page.select_option("#filter-err", "yes")
     failed = [t.id for t in traces if _tool_failed(t, tool)]
-    other = [t.id for t in traces if t.id in expected and t.id not in failed and webview.entry(t).errors]
+    other = [t.id for t in traces if t.id in expected and t.id not in failed and webview.entry(t).summary.errors]
     assert _listed(page) == failed and other, "a trace where only another tool failed must not be listed"
     assert f"tool={tool}" in page.url and "err=yes" in page.url
 
@@ -201,8 +202,8 @@ def test_page_with_15000_traces_stays_compact_and_usable(page, chromium, real_ro
     chunk = zlib.compress(orjson.dumps([webview.body(traces[i % len(traces)]) for i in range(webview.CHUNK)]), 6)
     n = 15_000
     browser = webview.Browser(
-        [dataclasses.replace(entries[i % webview.CHUNK % len(traces)], id=f"replica-{i:05d}",
-                             chunk=i // webview.CHUNK, pos=i % webview.CHUNK) for i in range(n)],
+        [webview.Entry(dataclasses.replace(entries[i % webview.CHUNK % len(traces)].summary, id=f"replica-{i:05d}"),
+                       i // webview.CHUNK, i % webview.CHUNK) for i in range(n)],
         [chunk] * -(-n // webview.CHUNK),
     )
     path = tmp_path / "big.html"
@@ -245,9 +246,6 @@ def test_stats_and_browser_in_one_pass_equal_the_two_passes(real_row_files, tmp_
 
 
 # ----------------------------------------------------------------------------- the list: sort, filter, link, keys
-
-
-SAMPLE = Path(webview.__file__).parent / "data" / "sample.parquet"
 
 
 @pytest.fixture(scope="module")
@@ -539,14 +537,35 @@ def test_plots_draw_any_subset_of_real_traces_split_among_sources(real_rows):
     draw()
 
 
-def test_the_page_and_ls_filter_traces_alike(real_rows):
-    """The page's index entry and `streamproc ls` read tools, failed tools and classes from one
-    function: a filter by "tool X failed" or by class lists the same traces in both."""
+def test_the_page_ls_stats_and_features_name_and_count_tools_alike(real_rows):
+    """One walk (analyze.facts) decides which tool a response belongs to and what a call without a
+    name is called: the page's index, `ls`, stats and features agree on every real trace, and on
+    a trace with a nameless call and a response paired with nothing."""
+    from streamproc.analyze.features import features
+    from streamproc.analyze.metrics import Counts, add_trace
     from streamproc.views.listing import summarize
-    from streamproc.views.page import entry
+    from streamproc.views.page import TASK_CHARS, entry
 
-    traces = [parse_trace(r) for r in real_rows]
-    assert any(entry(t).failed for t in traces)
+    odd = {"id": "odd", "conversations": [
+        {"from": "human", "value": "go"},
+        {"from": "gpt", "value": '<tool_call>{"arguments": {"x": 1}}</tool_call>'},
+        {"from": "tool", "value": '<tool_response>{"content": {"error": "boom"}}</tool_response>'},
+        {"from": "tool", "value": '<tool_response>{"content": {"exit_code": 2}}</tool_response>'},
+    ]}
+    traces = [parse_trace(r) for r in [*real_rows, odd]]
+    assert any(entry(t).summary.failed_tools for t in traces)
     for t in traces:
-        e, s = entry(t), summarize(t)
-        assert (tuple(e.tools), tuple(e.failed), tuple(e.classes), e.errors) == (s.tools, s.failed_tools, s.classes, s.errors)
+        s, c = summarize(t), Counts()
+        add_trace(c, t)
+        assert entry(t).summary == summarize(t, TASK_CHARS)
+        unparsed = sum(status(t.response(i)) == "unparsed" for i in range(len(t.responses)))
+        assert set(s.tools) == set(c.tool_counts)
+        assert s.errors == sum(c.error_classes.values()) + c.quality["malformed_calls"] + unparsed
+        assert set(c.errors_by_tool) <= set(s.failed_tools)
+        assert features(t)["failed_responses"] == sum(c.error_classes.values())
+    s, c = summarize(traces[-1]), Counts()
+    add_trace(c, traces[-1])
+    assert s.tools == ("<malformed>",) and s.failed_tools == ("<malformed>", "<unpaired>")
+    assert s.classes == ("malformed_call", "error_field", "exit_code") and s.errors == 3
+    assert c.tool_counts == {"<malformed>": 1} and c.errors_by_tool == {"<malformed>": 1, "<unpaired>": 1}
+    assert features(traces[-1])["unrecovered_failures"] == 2

@@ -27,31 +27,24 @@ import orjson
 from streamproc.io.files import atomic_path
 from streamproc.records import Row, Tally, Trace
 from streamproc.parse.turns import REASONING, TEXT
-from streamproc.analyze.outcomes import status, trace_failures
+from streamproc.analyze.outcomes import status
+from streamproc.views.listing import Summary, summarize
 from streamproc.views.render import assistant_blocks, clip_values, shorten
 from streamproc.run.runner import Engine, Stage, run_merged
 from streamproc.io.sources import Split
 
 CHUNK = 200  # traces per compressed chunk: one inflate is a few MB at most
 LIMIT = 2000  # characters of any one value kept in the page (the full length is noted)
+TASK_CHARS = 300  # of a trace's task in the index, which every trace's row carries inline
 TEMPLATE = Path(__file__).parents[1] / "data" / "viewer.html"
 
 
 @dataclass(slots=True)
 class Entry:
-    """One trace in the page's index: what the list shows and filters on, and where its body is."""
+    """One trace in the page's index: what the list shows and filters on (the record `ls` lists),
+    and where its body is."""
 
-    id: str
-    source: str
-    category: str
-    subcategory: str
-    task: str
-    tools: list[str]  # distinct tools called, in order of first use
-    errors: int  # failed tool responses plus malformed calls
-    turns: int
-    calls: int
-    failed: list[str] = field(default_factory=list)  # distinct tools with a failed response or a malformed call
-    classes: list[str] = field(default_factory=list)  # distinct failure classes (status), malformed_call too
+    summary: Summary
     chunk: int = 0
     pos: int = 0
 
@@ -68,9 +61,7 @@ class Browser:
 
 
 def entry(trace: Trace) -> Entry:
-    f = trace_failures(trace)
-    return Entry(trace.id, trace.source, trace.category, trace.subcategory, shorten(trace.task, 300),
-                 list(f.tools), f.errors, len(trace.turns), len(trace.calls), list(f.failed), list(f.classes))
+    return Entry(summarize(trace, TASK_CHARS))
 
 
 def body(trace: Trace) -> dict[str, Any]:
@@ -230,10 +221,11 @@ def _index(browser: Browser) -> dict[str, Any]:
         return names[kind].setdefault(value, len(names[kind]))
 
     rows = [
-        [e.id, code("source", e.source), code("category", e.category), code("subcategory", e.subcategory), e.task,
-         [code("tool", t) for t in e.tools], e.errors, e.turns, e.calls, e.chunk, e.pos,
-         [code("tool", t) for t in e.failed], [code("class", k) for k in e.classes]]
+        [s.id, code("source", s.source), code("category", s.category), code("subcategory", s.subcategory), s.task,
+         [code("tool", t) for t in s.tools], s.errors, s.turns, s.calls, e.chunk, e.pos,
+         [code("tool", t) for t in s.failed_tools], [code("class", k) for k in s.classes]]
         for e in browser.entries
+        for s in (e.summary,)
     ]
     return {"names": {k: list(v) for k, v in names.items()}, "rows": rows}
 

@@ -52,7 +52,7 @@ FIGURES: list[tuple[str, Callable[[Counts], str]]] = [
     ("distinct tools called", lambda c: f"{len(c.tool_counts):,}"),
     ("failed tool responses", lambda c: f"{sum(c.error_classes.values()):,} of {c.tool_responses:,} ({_pct(sum(c.error_classes.values()), c.tool_responses)})"),
     ("traces with a failed response", lambda c: f"{c.traces_with_errors:,} ({_pct(c.traces_with_errors, c.traces)})"),
-    ("\"error\" substring heuristic flags (responses / traces)", lambda c: f"{c.guide_flagged_responses:,} / {c.guide_flagged_traces:,}"),
+    ("\"error\" substring heuristic flags (responses / traces)", lambda c: f"{c.substring_flagged_responses:,} / {c.substring_flagged_traces:,}"),
     ("reasoning chars per assistant turn (mean / p50 / p90 / max)", lambda c: _dist(c.reasoning_chars_per_turn)),
     ("reasoning chars per trace (mean / p50 / p90 / max)", lambda c: _dist(c.reasoning_chars_per_trace)),
     ("reasoning tokens per assistant turn (mean / p50 / p90 / max)", lambda c: _dist(c.reasoning_tokens_per_turn)),
