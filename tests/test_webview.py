@@ -490,12 +490,11 @@ def test_training_section_reads_what_pack_wrote(page, real_row_files, tmp_path):
     train = packed.manifest["counts"]["train"]
     t = report.training(tmp_path / "packed")
     assert len(t.lengths["train"]) == train["sequences"] and int(t.lengths["train"].sum()) == train["tokens"]
-    title, header, rows = report.training_table(t)
-    figures = dict((r[0], r[1]) for r in rows)
-    assert figures["tokens written"] == f"{train['tokens']:,}"
+    figures = {r.key: r.cells[1] for r in report.training_table(t).rows}
+    assert figures["tokens"] == f"{train['tokens']:,}"
     share = f"{100 * train['trainable'] / train['tokens']:.1f}%"
-    assert share in figures["trained tokens (share of written)"]
-    assert f"{100 * train['packing_efficiency']:.1f}%" in figures["packing efficiency (padding)"]
+    assert share in figures["trainable"]
+    assert f"{100 * train['packing_efficiency']:.1f}%" in figures["packing_efficiency"]
     stats, browser, tally = collect_with_browser(shards)
     written = report.write_report(stats, tmp_path / "rep", tally, 10, browser, packed=tmp_path / "packed")
     assert tmp_path / "rep" / "sequence_lengths.png" in written
@@ -531,8 +530,8 @@ def test_plots_draw_any_subset_of_real_traces_split_among_sources(real_rows):
             metrics.add_trace(stats.source(source), traces[i])
         for stem, fig in report.plots(stats).items():
             assert report.png(fig, dpi=40)[:4] == b"\x89PNG", stem
-        for title, header, rows in report.tables(stats, 10):
-            assert all(len(r) == len(header) for r in rows), title
+        for table in report.tables(stats, 10):
+            assert all(len(r.cells) == len(table.columns) for r in table.rows), table.title
 
     draw()
 
@@ -569,3 +568,23 @@ def test_the_page_ls_stats_and_features_name_and_count_tools_alike(real_rows):
     assert s.classes == ("malformed_call", "error_field", "exit_code") and s.errors == 3
     assert c.tool_counts == {"<malformed>": 1} and c.errors_by_tool == {"<malformed>": 1, "<unpaired>": 1}
     assert features(traces[-1])["unrecovered_failures"] == 2
+
+
+def test_filter_links_and_failure_cells_follow_column_keys_not_labels(real_rows):
+    """Renaming every column label keeps the summary's rows linked to the list's filters."""
+    from streamproc.analyze.metrics import Stats, add_trace
+    from streamproc.views import report
+    from streamproc.views.tables import CATEGORIES_TABLE, CLASSES_TABLE, TOOLS_TABLE
+
+    stats = Stats()
+    for r in real_rows:
+        add_trace(stats.source("real"), parse_trace(r))
+    filters = {TOOLS_TABLE: "tool", CLASSES_TABLE: "class", CATEGORIES_TABLE: "category"}
+    for table in report.tables(stats, 10):
+        assert table.rows, table.title
+        relabelled = dataclasses.replace(table, columns=[dataclasses.replace(c, label=f"[{c.label}]") for c in table.columns])
+        html = webview._table_html(relabelled)
+        assert f"<th>[{table.columns[0].label}]</th>" in html
+        links = re.findall(r'data-filter="(\w+)" data-value="([^"]*)"', html)
+        assert links == ([(filters[table.key], r.cells[0]) for r in table.rows] if table.key in filters else []), table.key
+        assert html.count('data-err="yes"') == (len(table.rows) if table.key == TOOLS_TABLE else 0)

@@ -29,6 +29,7 @@ from streamproc.records import Row, Tally, Trace
 from streamproc.parse.turns import REASONING, TEXT
 from streamproc.analyze.outcomes import status
 from streamproc.views.listing import Summary, summarize
+from streamproc.views.tables import CATEGORY, CLASS, TOOL, Table
 from streamproc.views.render import assistant_blocks, clip_values, shorten
 from streamproc.run.runner import Engine, Stage, run_merged
 from streamproc.io.sources import Split
@@ -171,9 +172,6 @@ def merge(parts: Iterable[ViewPart]) -> tuple[Browser, Tally]:
 # ----------------------------------------------------------------------------- the page
 
 
-Table = tuple[str, Sequence[str], Sequence[Sequence[str]]]  # title, header, rows
-
-
 def write_page(
     path: str | os.PathLike,
     browser: Browser,
@@ -191,10 +189,10 @@ def write_page(
     values = {
         "title": html.escape(title),
         "note": html.escape(note),
-        "summary": "".join(_table_html(t) for t in tables if t[2]) or "<p class=\"hint\">No summary was collected.</p>",
+        "summary": "".join(_table_html(t) for t in tables if t.rows) or "<p class=\"hint\">No summary was collected.</p>",
         "plots": "".join(_img(caption, png) for caption, png in (plots or {}).items())
         or "<p class=\"hint\">No plots were drawn.</p>",
-        "training": "".join(_table_html(t) for t in training if t[2])
+        "training": "".join(_table_html(t) for t in training if t.rows)
         + "".join(_img(caption, png) for caption, png in (training_plots or {}).items()),
         "has_training": "" if training else "hidden",
         "index": _script_json(_index(browser)),
@@ -242,23 +240,24 @@ def _img(caption: str, png: bytes) -> str:
             f'</button><figcaption>{alt}</figcaption></figure>')
 
 
-# A summary table whose first column names one of these filters gets rows that filter the list.
-_ROW_FILTERS = {"tool": "tool", "class": "class", "category": "category", "source": "source"}
+# A summary table whose first column holds one of these gets rows that filter the list by it (the
+# page's filter of that name).
+_ROW_FILTERS = {TOOL: "tool", CLASS: "class", CATEGORY: "category"}
 
 
 def _table_html(table: Table) -> str:
-    title, header, rows = table
-    key = _ROW_FILTERS.get(header[0]) if header else None
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    key = _ROW_FILTERS.get(table.columns[0].key) if table.columns else None
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
     body = []
-    for row in rows:
-        attrs = f' data-filter="{key}" data-value="{html.escape(row[0])}" title="list the traces with this {key}"' if key else ""
+    for row in table.rows:
+        # The filter's value is the name the page lists (an empty category is "(none)" there too).
+        attrs = f' data-filter="{key}" data-value="{html.escape(row.cells[0])}" title="list the traces with this {key}"' if key else ""
         cells = "".join(
             f'<td data-err="yes" title="list the traces where this tool failed">{html.escape(v)}</td>'
-            if key == "tool" and header[k] == "failed" else f"<td>{html.escape(v)}</td>"
-            for k, v in enumerate(row)
+            if key == "tool" and column.key == "failed" else f"<td>{html.escape(v)}</td>"
+            for column, v in zip(table.columns, row.cells)
         )
         body.append(f"<tr{attrs}>{cells}</tr>")
-    cls = "summary wide" if len(header) > 5 or not key else "summary"
-    return (f'<div class="{cls}"><h3>{html.escape(title)}</h3><table><thead><tr>{head}</tr></thead>'
+    cls = "summary wide" if len(table.columns) > 5 or not key else "summary"
+    return (f'<div class="{cls}"><h3>{html.escape(table.title)}</h3><table><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table></div>")
