@@ -282,7 +282,7 @@ def _block(text: str, body_start: int, close_at: int, close: str, opener: str) -
             value = loads(body)
         except JSONDecodeError:
             return (*_block_fallback(text, body_start, close_at, close, opener), close_at)
-        deep = None if _few_containers(value) else _too_deep(body)
+        deep = None if _shallow(body, value) else _too_deep(body)
         if deep is not None:
             return body, close_at, close_at + len(close), None, deep, close_at
         return body, close_at, close_at + len(close), value, None, close_at
@@ -330,27 +330,31 @@ def _decode(body: str) -> tuple[Any, str | None]:
         # orjson reads 1,024 levels: a deeper body fails here, and is named for its depth.
         deep = _too_deep(body)
         return None, f"malformed JSON: {e}" if deep is None else deep
-    deep = None if _few_containers(value) else _too_deep(body)
+    deep = None if _shallow(body, value) else _too_deep(body)
     return (value, None) if deep is None else (None, deep)
 
 
-def _few_containers(value: Any) -> bool:
-    """Whether `value` holds at most FEW_CONTAINERS dicts and lists, and so nests no deeper: true
-    of nearly every body, found by walking a few of them instead of scanning the body's text."""
-    stack = [value]
+def _shallow(body: str, value: Any) -> bool:
+    """Whether `body`, decoded to `value`, surely nests no deeper than MAX_NESTING: it is too short
+    to (valid JSON that deep has that many brackets on each side), or `value` holds at most
+    FEW_CONTAINERS dicts and lists. True of nearly every body, found without scanning its text."""
+    if len(body) <= 2 * MAX_NESTING:
+        return True
+    stack: list[Any] = [value]
     seen = 0
     while stack:
         v = stack.pop()
         if type(v) is dict:
-            items = list(v.values())
+            d: dict[Any, Any] = v
+            children: Any = d.values()
         elif type(v) is list:
-            items = v
+            children = v
         else:
             continue
         seen += 1
         if seen > FEW_CONTAINERS:
             return False
-        for x in items:
+        for x in children:
             if type(x) is dict or type(x) is list:
                 stack.append(x)
     return True
