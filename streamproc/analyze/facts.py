@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from streamproc.analyze.outcomes import MALFORMED_CALL, UNPARSED, check_call, flagged_by_substring, parse_tools, status
+from streamproc.analyze.outcomes import MALFORMED_CALL, UNPARSED, ToolSpec, check_call, flagged_by_substring, parse_tools, status
+from streamproc.parse.turns import ToolCall, ToolResponse, Turn
 from streamproc.records import Trace
 
 MALFORMED = "<malformed>"
@@ -20,30 +21,36 @@ UNPAIRED = "<unpaired>"
 
 @dataclass(slots=True)
 class CallFacts:
-    name: str  # as the parser read it; "" when the call has none
+    call: ToolCall
+    tool: str  # the call's name, or MALFORMED when it has none
     turn: int  # the assistant turn's number, from 1
     valid: bool
     answered: bool  # a response was paired with it
-    problems: list[str]  # outcomes.check_call against the row's tools
-    chars: int  # of the body as written
+    specs: dict[str, ToolSpec] | None  # the row's declared tools (outcomes.parse_tools)
 
     @property
-    def tool(self) -> str:
-        return self.name or MALFORMED
+    def problems(self) -> list[str]:
+        """outcomes.check_call against the row's tools (worked out when asked: the trace list needs none)."""
+        return check_call(self.call, self.specs)
 
 
 @dataclass(slots=True)
 class ResponseFacts:
+    response: ToolResponse
     tool: str  # the paired call's tool, else the response's own name, else UNPAIRED
     paired: bool
     readable: bool  # the parser decoded its body
     status: str | None  # outcomes.status: a failure class, UNPARSED, or None when it succeeded
-    flagged_by_substring: bool  # what a naive `"error" in text` check says (outcomes.flagged_by_substring)
 
     @property
     def failure(self) -> str | None:
         """The tool's failure class (outcomes.classify), None when it succeeded or was unreadable."""
         return None if self.status == UNPARSED else self.status
+
+    @property
+    def flagged_by_substring(self) -> bool:
+        """What a naive `"error" in text` check says (outcomes.flagged_by_substring), when asked."""
+        return flagged_by_substring(self.response)
 
 
 @dataclass(slots=True)
@@ -58,13 +65,35 @@ class AssistantFacts:
 
 @dataclass(slots=True)
 class Facts:
-    messages: int
-    chars: int  # of every `conversations` value
-    longest_value_chars: int
+    """A trace's calls and responses with the tool each belongs to and how each went, decided
+    once; what only some readers need is worked out when asked."""
+
+    trace: Trace
     declared_tools: int | None  # None: the row's `tools` is not readable JSON
-    assistant: list[AssistantFacts]
     calls: list[CallFacts]  # in trace order
     responses: list[ResponseFacts]  # in trace order
+
+    def assistant(self) -> list[AssistantFacts]:
+        """The assistant turns' reasoning, call and answer lengths."""
+        return [
+            AssistantFacts(len(t.tool_calls), len(t.thoughts), t.thoughts.count(""), sum(map(len, t.thoughts)),
+                           sum(len(k.raw) for k in t.tool_calls), len(t.answer))
+            for t in self.trace.turns
+            if t.role == "assistant"
+        ]
+
+    @property
+    def messages(self) -> int:
+        return len(self.trace.turns)
+
+    @property
+    def chars(self) -> int:
+        """Of every `conversations` value."""
+        return sum(len(t.text) for t in self.trace.turns)
+
+    @property
+    def longest_value_chars(self) -> int:
+        return max((len(t.text) for t in self.trace.turns), default=0)
 
     def tools(self) -> list[str]:
         """Distinct tools called, in order of first use."""
@@ -85,25 +114,16 @@ class Facts:
 
 def trace_facts(trace: Trace) -> Facts:
     specs = parse_tools(trace.tools)
-    assistant: list[AssistantFacts] = []
     calls: list[CallFacts] = []
+    turn_number = 0
     for turn in trace.turns:
-        if turn.role != "assistant":
-            continue
-        number = len(assistant) + 1
-        for call in turn.tool_calls:
-            calls.append(CallFacts(call.name, number, call.valid, call.response is not None, check_call(call, specs), len(call.raw)))
-        thoughts = turn.thoughts
-        assistant.append(AssistantFacts(len(turn.tool_calls), len(thoughts), thoughts.count(""), sum(map(len, thoughts)),
-                                        sum(len(k.raw) for k in turn.tool_calls), len(turn.answer)))
+        if turn.role == "assistant":
+            turn_number += 1
+            calls.extend(CallFacts(c, c.name or MALFORMED, turn_number, c.valid, c.response is not None, specs) for c in turn.tool_calls)
     responses = []
     for i in range(len(trace.responses)):
         resp = trace.response(i)
-        if resp.call is not None:
-            tool = calls[resp.call].tool
-        else:
-            tool = resp.name or UNPAIRED
-        responses.append(ResponseFacts(tool, resp.call is not None, resp.error is None, status(resp), flagged_by_substring(resp)))
-    lengths = [len(t.text) for t in trace.turns]
-    return Facts(len(trace.turns), sum(lengths), max(lengths, default=0), None if specs is None else len(specs),
-                 assistant, calls, responses)
+        paired = resp.call is not None
+        tool = calls[resp.call].tool if resp.call is not None else resp.name or UNPAIRED
+        responses.append(ResponseFacts(resp, tool, paired, resp.error is None, status(resp)))
+    return Facts(trace, None if specs is None else len(specs), calls, responses)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any, Sequence
 
 import pyarrow as pa
@@ -70,18 +69,31 @@ def features_table(records: list[dict[str, Any]], tokens: bool = False) -> pa.Ta
 def features(trace: Trace) -> dict[str, Any]:
     """The quality features of one parsed trace (definitions in FEATURES)."""
     facts = trace_facts(trace)
-    problems = Counter(p for call in facts.calls for p in call.problems)
+    names: set[str] = set()
+    malformed = unanswered = unknown_tool = missing = unknown_arg = 0
+    for call in facts.calls:
+        for problem in call.problems:
+            unknown_tool += problem == UNKNOWN_TOOL
+            missing += problem == MISSING_ARGUMENT
+            unknown_arg += problem == UNKNOWN_ARGUMENT
+        if call.call.name:
+            names.add(call.call.name)
+        malformed += not call.valid
+        unanswered += not call.answered
     failed = dict.fromkeys(ERROR_CLASSES, 0)
-    unrecovered = 0
+    unpaired = unreadable = unrecovered = 0
     succeeded_later: set[str] = set()
     # Backwards, so "a later success from the same tool" is a set lookup.
     for resp in reversed(facts.responses):
-        if resp.failure is None:
+        unpaired += not resp.paired
+        unreadable += not resp.readable
+        failure = resp.failure
+        if failure is None:
             succeeded_later.add(resp.tool)
         else:
-            failed[resp.failure] += 1
+            failed[failure] += 1
             unrecovered += resp.tool not in succeeded_later
-    assistant = facts.assistant
+    assistant = facts.assistant()
     return {
         "id": trace.id,
         "source": trace.source,
@@ -91,19 +103,19 @@ def features(trace: Trace) -> dict[str, Any]:
         "assistant_turns": len(assistant),
         "tool_calls": len(facts.calls),
         "tool_responses": len(facts.responses),
-        "distinct_tools": len({c.name for c in facts.calls if c.name}),
+        "distinct_tools": len(names),
         "max_parallel_calls": max((t.calls for t in assistant), default=0),
         "failed_responses": sum(failed.values()),
         **{f"failed_{c}": n for c, n in failed.items()},
         "unrecovered_failures": unrecovered,
-        "malformed_calls": sum(not c.valid for c in facts.calls),
-        "malformed_responses": sum(not r.readable for r in facts.responses),
+        "malformed_calls": malformed,
+        "malformed_responses": unreadable,
         "declared_tools": facts.declared_tools,
-        "unknown_tool_calls": problems[UNKNOWN_TOOL],
-        "missing_arguments": problems[MISSING_ARGUMENT],
-        "unknown_arguments": problems[UNKNOWN_ARGUMENT],
-        "calls_without_response": sum(not c.answered for c in facts.calls),
-        "responses_without_call": sum(not r.paired for r in facts.responses),
+        "unknown_tool_calls": unknown_tool,
+        "missing_arguments": missing,
+        "unknown_arguments": unknown_arg,
+        "calls_without_response": unanswered,
+        "responses_without_call": unpaired,
         "think_blocks": sum(t.think_blocks for t in assistant),
         "empty_think_blocks": sum(t.empty_think_blocks for t in assistant),
         "reasoning_chars": sum(t.reasoning_chars for t in assistant),

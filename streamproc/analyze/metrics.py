@@ -197,9 +197,10 @@ def add_trace(c: Counts, trace: Trace, tokens=None) -> None:
     c.turns_per_trace.add(facts.messages)
     c.categories[trace.category] += 1
     c.subcategories[(trace.category, trace.subcategory)] += 1
-    c.assistant_turns += len(facts.assistant)
-    c.assistant_turns_per_trace.add(len(facts.assistant))
-    for turn in facts.assistant:
+    assistant = facts.assistant()
+    c.assistant_turns += len(assistant)
+    c.assistant_turns_per_trace.add(len(assistant))
+    for turn in assistant:
         if turn.calls:
             c.parallel_widths[turn.calls] += 1
         c.reasoning_chars_per_turn.add(turn.reasoning_chars)
@@ -220,8 +221,8 @@ def add_trace(c: Counts, trace: Trace, tokens=None) -> None:
             c.quality[problem] += 1
     c.tool_calls += len(facts.calls)
     c.calls_per_trace.add(len(facts.calls))
-    c.reasoning_chars_per_trace.add(sum(t.reasoning_chars for t in facts.assistant))
-    if tokens is not None and facts.assistant:
+    c.reasoning_chars_per_trace.add(sum(t.reasoning_chars for t in assistant))
+    if tokens is not None and assistant:
         _add_tokens(c, [t for t in trace.turns if t.role == "assistant"], tokens)
     failed = flagged = False
     for resp in facts.responses:
