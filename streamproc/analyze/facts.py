@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from streamproc.analyze.outcomes import MALFORMED_CALL, UNPARSED, ToolSpec, check_call, flagged_by_substring, parse_tools, status
-from streamproc.parse.turns import ToolCall, ToolResponse, Turn
+from streamproc.parse.turns import ToolCall, ToolResponse
 from streamproc.records import Trace
 
 MALFORMED = "<malformed>"

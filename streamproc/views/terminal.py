@@ -17,12 +17,14 @@ import textwrap
 from dataclasses import replace
 from typing import TYPE_CHECKING, TextIO
 
+from streamproc.views.tables import FAILURE, FIGURES_TABLE, QUALITY, TableRow
+from streamproc.views.tables import Table as SummaryTable
+
 if TYPE_CHECKING:  # rich and matplotlib load only for the commands that print tables
     from rich.console import Console
     from rich.table import Table
 
     from streamproc.analyze.metrics import Stats
-    from streamproc.views.tables import Table as SummaryTable
 
 LABEL_MAX = 44  # characters of a figure's name on one line before it wraps
 
@@ -65,7 +67,6 @@ def print_tables(stats: Stats, top: int, file: TextIO | None = None) -> None:
     from rich.text import Text
 
     from streamproc.views.report import tables
-    from streamproc.views.tables import FIGURES_TABLE
 
     file = file or sys.stdout
     color = use_color(file)
@@ -91,12 +92,9 @@ def print_tables(stats: Stats, top: int, file: TextIO | None = None) -> None:
 def _quality_folded(table: SummaryTable) -> tuple[SummaryTable, str]:
     """The Figures table without data-quality rows that are zero everywhere, and a line saying
     what was left out."""
-    from streamproc.views.report import FIGURES
-    from streamproc.views.tables import QUALITY
-
     zero = [r for r in table.rows if r.mark == QUALITY and all(_zero(v) for v in r.cells[1:])]
     kept = replace(table, rows=[r for r in table.rows if r not in zero])
-    if len(zero) == sum(f.mark == QUALITY for f in FIGURES):
+    if len(zero) == sum(r.mark == QUALITY for r in table.rows):
         return kept, "no data-quality problems (malformed or unmatched calls, unknown tools or arguments, unreadable tools JSON)"
     return kept, f"{len(zero)} other data-quality checks found nothing" if zero else ""
 
@@ -105,8 +103,6 @@ def _table(table: SummaryTable, width: int) -> Table:
     from rich import box
     from rich.table import Table
     from rich.text import Text
-
-    from streamproc.views.tables import FAILURE
 
     t = Table(title=table.title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, show_edge=False,
               pad_edge=False, header_style="bold")
@@ -140,8 +136,6 @@ def _needed(table: SummaryTable, cols: list[int], width: int) -> int:
 def _column_chunks(console: Console, table: SummaryTable) -> list[Table]:
     """As many value columns per table as fit the width (at least one): a wide Figures table
     becomes a stack of narrower ones, each with the figure names."""
-    from streamproc.views.tables import TableRow
-
     n = len(table.columns) - 1
     width = console.width
     per = n
