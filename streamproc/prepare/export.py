@@ -11,15 +11,12 @@ tags themselves, like Qwen's) or `user` (a user message with `tool_prefix` in fr
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Iterable, Sequence
-
-import orjson
+from typing import Sequence
 
 from streamproc.prepare.chat import TOOL_FALLBACK, to_messages
-from streamproc.io.files import atomic_path, jsonl_writer, output_format
+from streamproc.io.writer import Encoding, RowsJob
 from streamproc.records import Row, Tally, Trace
-from streamproc.run.runner import Engine, Folded, Stage, run
+from streamproc.run.runner import Engine, Stage, run_jobs
 from streamproc.io.sources import Split
 
 FORMATS = ("messages", "pairs")
@@ -43,7 +40,7 @@ class ExportStage(Stage):
     """Export records of a split's rows (the Row's turns: no parse needed)."""
 
     name = "export"
-    trace = False
+    needs_trace = False
 
     def __init__(self, fmt: str, tool_role: str, tool_prefix: str):
         self.fmt, self.tool_role, self.tool_prefix = fmt, tool_role, tool_prefix
@@ -53,6 +50,18 @@ class ExportStage(Stage):
 
     def fold(self, acc: list[dict], row: Row, trace: Trace | None) -> None:
         acc.extend(row_records(row, self.fmt, self.tool_role, self.tool_prefix))
+
+
+class ExportJob(RowsJob):
+    """Export records of every row into OUT (io/writer.py: JSONL, .gz, .zst, Parquet or `-`), in
+    input order; the file is complete on leaving the `with` block without an error, or absent."""
+
+    def __init__(self, out: str | os.PathLike, fmt: str = "messages", tool_role: str = "keep", tool_prefix: str = TOOL_FALLBACK):
+        if fmt not in FORMATS:
+            raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        if tool_role not in TOOL_ROLES:
+            raise ValueError(f"tool role {tool_role!r}: expected one of {', '.join(TOOL_ROLES)}")
+        super().__init__(ExportStage(fmt, tool_role, tool_prefix), out, Encoding(schema=_schema(fmt)))
 
 
 def export(
@@ -65,36 +74,10 @@ def export(
     workers: int | Engine = 1,
     on_error: str = "skip",
 ) -> Tally:
-    """Write the records of every row to OUT as JSONL (.gz, .zst) or Parquet by its extension, atomically."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    if tool_role not in TOOL_ROLES:
-        raise ValueError(f"tool role {tool_role!r}: expected one of {', '.join(TOOL_ROLES)}")
-    out = Path(out)
-    kind = output_format(out)
-    tally = Tally()
-    results = run(splits, [ExportStage(fmt, tool_role, tool_prefix)], workers=workers, on_error=on_error, progress="export")
-    with atomic_path(out) as tmp:
-        if kind.kind == "parquet":
-            _write_parquet(tmp, results, tally, fmt)
-        else:
-            with jsonl_writer(tmp, kind.compression) as f:
-                for r in results:
-                    tally.add(r.tallies[0])
-                    f.writelines(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE) for rec in r.partials[0])
-    return tally
-
-
-def _write_parquet(tmp: Path, results: Iterable[Folded], tally: Tally, fmt: str) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = _schema(fmt)
-    with pq.ParquetWriter(tmp, schema) as writer:
-        for r in results:
-            tally.add(r.tallies[0])
-            if r.partials[0]:
-                writer.write_table(pa.Table.from_pylist(r.partials[0], schema=schema))
+    """Write the records of every row to OUT: JSONL (.gz, .zst), Parquet or `-`, by its name, atomically."""
+    with ExportJob(out, fmt, tool_role, tool_prefix) as job:
+        run_jobs(splits, [job], workers=workers, on_error=on_error, progress="export")
+    return job.tally
 
 
 def _schema(fmt: str):

@@ -17,6 +17,7 @@ import textwrap
 from dataclasses import replace
 from typing import TYPE_CHECKING, TextIO
 
+from streamproc.views.safe import visible
 from streamproc.views.tables import FAILURE, FIGURES_TABLE, QUALITY, TableRow
 from streamproc.views.tables import Table as SummaryTable
 
@@ -76,6 +77,9 @@ def print_tables(stats: Stats, top: int, file: TextIO | None = None) -> None:
         for table in tables(stats, top):
             if not table.rows:
                 continue
+            # escaped before the widths are reckoned (_label_width, _needed)
+            table = replace(table, columns=[replace(c, label=visible(c.label)) for c in table.columns],
+                            rows=[replace(r, cells=[visible(v) for v in r.cells]) for r in table.rows])
             if table.key == FIGURES_TABLE:
                 table, quiet = _quality_folded(table)
                 for part in _column_chunks(console, table):
@@ -104,13 +108,14 @@ def _table(table: SummaryTable, width: int) -> Table:
     from rich.table import Table
     from rich.text import Text
 
-    t = Table(title=table.title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, show_edge=False,
+    # Text, never str, for what the data names (tools, sources, categories): rich would take `[red]` for markup.
+    t = Table(title=Text(table.title, style="bold"), title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
               pad_edge=False, header_style="bold")
     fit = width < PIPE_WIDTH  # off a terminal, names are never wrapped
     first, *columns = table.columns
-    t.add_column(first.label, overflow="fold", max_width=_label_width(table, width) if fit else None)
+    t.add_column(Text(first.label), overflow="fold", max_width=_label_width(table, width) if fit else None)
     for c in columns:
-        t.add_column(c.label, justify="right", no_wrap=True)
+        t.add_column(Text(c.label), justify="right", no_wrap=True)
     for r in table.rows:
         cells = [Text(r.cells[0])]
         for c, v in zip(columns, r.cells[1:]):
