@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from streamproc.parse.parser import parse_turn
+from streamproc.parse.parser import RESP_CLOSE, RESP_OPEN, parse_turn
 from streamproc.records import ROLES
 from streamproc.prepare.tokenizer import render_chat
 from streamproc.parse.turns import REASONING, TOOL_CALL, TOOL_RESPONSE, Segment
@@ -35,9 +35,6 @@ CHATML_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 """A faithful ChatML template: every message verbatim, any role, no default system prompt."""
-
-RESP_OPEN, RESP_CLOSE = "<tool_response>\n", "\n</tool_response>"
-
 
 class TemplateError(ValueError):
     """A chat template that cannot give exact labels for these conversations."""
@@ -118,7 +115,8 @@ def unwrap_tool(text: str, segments: list[Segment] | None = None) -> list[str]:
     wraps once. `segments`: the turn's, parsed already."""
     segs = parse_turn("tool", text).segments if segments is None else segments
     bodies = [text[s.body_start + 1 : s.body_end - 1] for s in segs if s.kind == TOOL_RESPONSE]
-    if bodies and "\n".join(RESP_OPEN + b + RESP_CLOSE for b in bodies) == text:
+    # The harness writes each response on lines of its own: the tags, a newline, the body, a newline.
+    if bodies and "\n".join(f"{RESP_OPEN}\n{b}\n{RESP_CLOSE}" for b in bodies) == text:
         return bodies
     return [text]
 
@@ -165,7 +163,7 @@ def inspect_template(tokenizer, template: str) -> TemplateInfo:
             problem = "assistant turns are not rendered alike"
 
     tool = _R.format("tool")
-    wrapped = RESP_OPEN + tool + RESP_CLOSE
+    wrapped = f"{RESP_OPEN}\n{tool}\n{RESP_CLOSE}"
     try:
         with_tool = render_text(tokenizer, to_messages(convo[:3] + [("tool", tool)] + convo[4:]), template)
         tool_role = tool in with_tool

@@ -35,12 +35,12 @@ from streamproc.prepare.chat import (
     template_of,
     to_messages,
 )
+from streamproc.prepare.pack import IGNORE
 from streamproc.records import BadRow, Location, Row, RowError, Trace
 from streamproc.prepare.tokenizer import Tokenizer, load
 
 DEFAULT_TOKENIZER = Path(__file__).parents[1] / "data" / "tokenizers" / "qwen2.5-0.5b-instruct"
 DEFAULT_TOKENIZER_NAME = "Qwen/Qwen2.5-0.5B-Instruct"
-IGNORE = -100
 CHUNK_CHARS = 1 << 18
 """Longest text the tokenizer is given at once (see Masker._encode_pieces)."""
 _BATCH_CHARS = 4 * CHUNK_CHARS
