@@ -36,8 +36,29 @@ class Location:
 
 
 @dataclass(slots=True)
+class ChatLayout:
+    """What a row read from the chat `messages` layout keeps of its structure (io/layouts.py).
+
+    `messages` are normalized: roles system / user / assistant / tool, `content` a string,
+    `reasoning_content` where the row had reasoning, `tool_calls` as `{id, type, function: {name,
+    arguments}}` with `arguments` an object, tool results with `tool_call_id` and `name`. `turn_of[i]`
+    is the turn of `Row.conversations` message i became (consecutive tool results are one turn, as
+    ShareGPT writes them). `turns`, `calls` and `responses` are the parsed trace, built from the
+    structure (calls paired with results by `tool_call_id`), so parsing such a row scans no text.
+    `tools` are the tool definitions in the OpenAI form, for a chat template's `tools=`."""
+
+    messages: list[dict[str, Any]]
+    turn_of: list[int]
+    tools: list[dict[str, Any]] | None
+    turns: list[Turn]
+    calls: list[tuple[int, int]]
+    responses: list[tuple[int, int]]
+
+
+@dataclass(slots=True)
 class Row:
-    """One validated row in the dataset schema."""
+    """One validated row in the dataset schema. A row read from the chat `messages` layout has
+    its turns written as ShareGPT text (`conversations`) and its structure in `chat`."""
 
     id: str
     conversations: list[tuple[str, str]]  # (from, value) with from in ROLES
@@ -48,6 +69,7 @@ class Row:
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     loc: Location | None = None
+    chat: ChatLayout | None = None
 
 
 @dataclass(slots=True)
@@ -62,6 +84,7 @@ class Trace:
     calls: list[tuple[int, int]] = field(default_factory=list)  # (turn, index in turn.tool_calls)
     responses: list[tuple[int, int]] = field(default_factory=list)  # (turn, index in turn.tool_responses)
     extra: dict[str, Any] = field(default_factory=dict)
+    chat: ChatLayout | None = None  # the row's chat-layout structure, where it had one
 
     def call(self, i: int) -> ToolCall:
         t, k = self.calls[i]

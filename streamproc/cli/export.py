@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from streamproc.prepare.chat import TOOL_FALLBACK
-from streamproc.prepare.export import FORMATS, TOOL_ROLES, export
+from streamproc.prepare.export import FORMATS, LAYOUTS, TOOL_ROLES, export
 from streamproc.io.files import check_output_file
 from streamproc.cli.common import add_input_args, add_rows_output, check_rejects, engine_from, finish, rejects_beside, say, shards_from
 from streamproc.cli.manners import RAW, output_path, to_stdout
@@ -13,6 +14,8 @@ EXAMPLES = """examples:
   streamproc export -o chats.jsonl                          one conversation per row
   streamproc export data/ --format pairs -o pairs.parquet   one prompt/completion per assistant turn
   streamproc export --tool-role unwrap -o - | head -c 2000  JSONL on stdout
+  streamproc export data/ --layout openai -o chat.parquet   messages with tool_calls and a tools column (TRL)
+  streamproc export chat.parquet --layout sharegpt -o sharegpt.jsonl   back to from/value with tags
 """
 
 
@@ -29,19 +32,27 @@ def add(sub) -> None:
         "--tool-role", choices=TOOL_ROLES, default="keep",
         help="keep (default): tool role, text as in the data; unwrap: one tool message per response without <tool_response> tags (for Qwen-style templates); user: user role with --tool-prefix",
     )
+    p.add_argument(
+        "--layout", choices=LAYOUTS, default="text",
+        help="text (default): role/content messages, tool calls as tags in the text; openai: the chat messages layout with "
+        "structured tool_calls, tool_call_id, reasoning_content and a tools column; sharegpt: the dataset schema (conversations of from/value)",
+    )
     p.add_argument("--tool-prefix", default=TOOL_FALLBACK, help="prefix of tool turns written as user messages (default %(default)r)")
     add_input_args(p, view=True)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.layout == "sharegpt" and args.format == "pairs":
+        print("streamproc export: error: --layout sharegpt writes whole conversations: use --format messages", file=sys.stderr)
+        return 2
     if not to_stdout(args.output):
         check_output_file(args.output)
     check_rejects(args)
     with output_path(args.output) as out:
         tally = export(
             shards_from(args), out, fmt=args.format, tool_role=args.tool_role, tool_prefix=args.tool_prefix,
-            workers=engine_from(args), on_error=args.on_error,
+            layout=args.layout, workers=engine_from(args), on_error=args.on_error,
         )
         written = records_in(out)
     finish(args, tally, rejects_beside(args.output))
