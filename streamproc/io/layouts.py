@@ -348,7 +348,8 @@ def _assistant_turn(reasoning: str | None, content: str, calls: list[dict]) -> T
     """The assistant turn as ShareGPT text, `<think>` block, text, then one `<tool_call>` block per
     call, with the segments, thoughts and calls the parser finds in that text (parse_turn of the
     text gives the same Turn: tested)."""
-    think = "" if reasoning is None else "<think>\n</think>\n" if reasoning == "" else f"<think>\n{reasoning}\n</think>\n"
+    head = "" if reasoning is None else "<think>\n</think>" if reasoning == "" else f"<think>\n{reasoning}\n</think>"
+    think = head + "\n" if head and (content or calls) else head  # a turn that is only reasoning ends at </think>
     bodies = [f"\n{_dumps({'name': c['function']['name'], 'arguments': c['function']['arguments']})}\n" for c in calls]
     blocks = [f"<tool_call>{b}</tool_call>" for b in bodies]
     text = think + content + ("\n" if content and blocks else "") + "\n".join(blocks)
@@ -357,8 +358,8 @@ def _assistant_turn(reasoning: str | None, content: str, calls: list[dict]) -> T
     segments: list[Segment] = []
     thoughts = []
     pos = 0
-    if think:
-        pos = len(think) - 1  # the newline after </think> is text, as the parser sees it
+    if head:
+        pos = len(head)  # the newline after </think> is text, as the parser sees it
         segments.append(Segment(REASONING, 0, pos, 7, pos - 8))
         thoughts.append(reasoning.strip())  # type: ignore[union-attr]
     made = []
