@@ -39,15 +39,14 @@ class Location:
 class ChatLayout:
     """What a row read from the chat `messages` layout keeps of its structure (io/layouts.py).
 
-    `messages` are normalized: roles system / user / assistant / tool, `content` a string,
-    `reasoning_content` where the row had reasoning, `tool_calls` as `{id, type, function: {name,
-    arguments}}` with `arguments` an object, tool results with `tool_call_id` and `name`. `turn_of[i]`
-    is the turn of `Row.conversations` message i became (consecutive tool results are one turn, as
-    ShareGPT writes them). `turns`, `calls` and `responses` are the parsed trace, built from the
-    structure (calls paired with results by `tool_call_id`), so parsing such a row scans no text.
-    `tools` are the tool definitions in the OpenAI form, for a chat template's `tools=`."""
+    `source` are its messages as read (validated); `layouts.chat_messages` gives them normalized,
+    as a chat template reads them. `turn_of[i]` is the turn of `Row.conversations` message i
+    became (consecutive tool results are one turn, as ShareGPT writes them). `turns`, `calls`
+    and `responses` are the parsed trace, built from the structure (calls paired with results by
+    `tool_call_id`), so parsing such a row scans no text. `tools` are the tool definitions in
+    the OpenAI form, for a chat template's `tools=`."""
 
-    messages: list[dict[str, Any]]
+    source: list[dict[str, Any]]
     turn_of: list[int]
     tools: list[dict[str, Any]] | None
     turns: list[Turn]

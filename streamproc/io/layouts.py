@@ -26,6 +26,7 @@ by name and order otherwise. The same trace in either layout parses to the same 
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any, Callable, NoReturn
 
 import orjson
@@ -52,6 +53,20 @@ _TAGS = ("<think>", "</think>", "<tool_call>")
 def _dumps(obj: Any) -> str:
     # As the hermes harness writes its JSON: json.dumps(ensure_ascii=False), ", " and ": ".
     return json.dumps(obj, ensure_ascii=False)
+
+
+def _json_text(s: str | None) -> str:
+    """A string (or None) as JSON, as _dumps writes it, at orjson's speed."""
+    if s is None:
+        return "null"
+    try:
+        return orjson.dumps(s).decode()
+    except orjson.JSONEncodeError:  # a lone surrogate, which orjson refuses
+        return _dumps(s)
+
+
+_json_name = lru_cache(maxsize=4096)(_json_text)
+"""A tool name as JSON: names repeat, so each is encoded once."""
 
 
 # ----------------------------------------------------------------------------- reading
@@ -144,30 +159,43 @@ def _tools(d: dict, key: str | None, loc: Location) -> tuple[str, list[dict] | N
     if key is None:
         return "", None
     v = d[key]
-    text = v if isinstance(v, str) else _dumps(v)
     if isinstance(v, str):
-        if not v.strip():
-            return "", None
-        try:
-            v = orjson.loads(v)
-        except orjson.JSONDecodeError as e:
-            _bad(loc, d, key, f"is a string that is not JSON: {e}")
+        tools = _tools_in(v)  # the same few tool lists repeat in every row: decoded once each
+        if isinstance(tools, str):
+            _bad(loc, d, key, tools)
+        return v, tools
+    tools = _tool_list(v)
+    if isinstance(tools, str):
+        _bad(loc, d, key, tools)
+    return _dumps(v), tools
+
+
+@lru_cache(maxsize=64)
+def _tools_in(text: str) -> list[dict] | None | str:
+    """Tool definitions from JSON text, or why not (a string)."""
+    if not text.strip():
+        return None
+    try:
+        return _tool_list(orjson.loads(text))
+    except orjson.JSONDecodeError as e:
+        return f"is a string that is not JSON: {e}"
+
+
+def _tool_list(v: Any) -> list[dict] | str:
     if not isinstance(v, list) or not all(isinstance(t, dict) for t in v):
-        _bad(loc, d, key, f"is a {type(v).__name__}, not a list of tool definitions")
+        return f"is a {type(v).__name__}, not a list of tool definitions"
     # Bare {name, description, parameters} schemas (glaive) in the form templates read.
-    return text, [t if "function" in t else {"type": "function", "function": t} for t in v]
+    return [t if "function" in t else {"type": "function", "function": t} for t in v]
 
 
 def _bad(loc: Location, d: Any, field: str, message: str) -> NoReturn:
     raise RowError(BadRow(loc, field, message, d))
 
 
-def _content(m: dict, field: str, bad: Callable[[str, str], NoReturn]) -> str:
-    c = m.get("content")
+def _content(c: Any, field: str, bad: Callable[[str, str], NoReturn]) -> str:
+    """A content that is not a string: none, or a list of text parts."""
     if c is None:
         return ""
-    if isinstance(c, str):
-        return c
     if isinstance(c, list):  # content parts: text ones only
         parts = []
         for k, p in enumerate(c):
@@ -178,138 +206,145 @@ def _content(m: dict, field: str, bad: Callable[[str, str], NoReturn]) -> str:
     bad(f"{field}.content", f"is a {type(c).__name__}, not a string")
 
 
-def _arguments(v: Any, field: str, bad: Callable[[str, str], NoReturn]) -> dict:
+def _arguments(v: Any, field: str, bad: Callable[[str, str], NoReturn]) -> tuple[dict, str]:
+    """The arguments as an object, and as the JSON text the ShareGPT call embeds: a string is
+    embedded as written (it decodes to the same object), so it is not encoded again."""
     if v is None:
-        return {}
+        return {}, "{}"
+    text = v
     if isinstance(v, str):
         if not v.strip():  # some writers give a function without parameters ""
-            return {}
+            return {}, "{}"
         try:
             v = orjson.loads(v)
         except orjson.JSONDecodeError as e:
             bad(field, f"is not JSON: {e}")
     if not isinstance(v, dict):
         bad(field, f"is a JSON {type(v).__name__}, not an object")
-    return v
+    return v, text if type(text) is str else _dumps(v)
 
 
-def _calls(m: dict, field: str, bad: Callable[[str, str], NoReturn]) -> list[dict]:
-    """An assistant message's calls as `{id, type, function: {name, arguments}}`, arguments decoded."""
-    raw = m.get("tool_calls")
-    if raw is None:
-        fc = m.get("function_call")  # Qwen-Agent, the older OpenAI API: one call, no id
-        raw, field = ([fc], f"{field}.function_call") if fc is not None else ([], field)
-    elif not isinstance(raw, list):
-        bad(f"{field}.tool_calls", f"is a {type(raw).__name__}, not a list")
-    else:
-        field = f"{field}.tool_calls"
-    calls = []
-    for k, c in enumerate(raw):
-        f = f"{field}[{k}]" if field.endswith("tool_calls") else field
-        if not isinstance(c, dict):
-            bad(f, f"is a {type(c).__name__}, not an object")
-        fn = c.get("function", c)
-        if not isinstance(fn, dict):
-            bad(f"{f}.function", f"is a {type(fn).__name__}, not an object")
-        name = fn.get("name")
-        if not isinstance(name, str) or not name:
-            bad(f"{f}.name", "missing" if name is None else f"{name!r} is not a tool name")
-        cid = c.get("id")
-        calls.append({"id": cid if isinstance(cid, str) and cid else None, "type": "function",
-                      "function": {"name": name, "arguments": _arguments(fn.get("arguments"), f"{f}.arguments", bad)}})
-    return calls
-
-
-def _result_ids(m: dict) -> list[str]:
-    ids = m.get("tool_call_ids")  # SWE-agent: a list
-    one = m.get("tool_call_id")
-    if isinstance(one, str) and one:
-        return [one]
-    return [i for i in ids if isinstance(i, str) and i] if isinstance(ids, list) else []
+def _listed_id(m: dict) -> str | None:
+    """A result's call id from SWE-agent's `tool_call_ids` list (its first), else None."""
+    ids = m.get("tool_call_ids")
+    return next((i for i in ids if isinstance(i, str) and i), None) if isinstance(ids, list) else None
 
 
 def _build(messages: list, key: str, tools: list[dict] | None, loc: Location, d: dict) -> tuple[ChatLayout, list[tuple[str, str]]]:
-    """Normalize and validate the messages; build the ShareGPT text and the parsed turns together."""
+    """Normalize and validate the messages; build the ShareGPT text and the parsed turns together.
+    Written for speed (the chat layout parses at least as fast as ShareGPT text): the common
+    case of every field is tested first, field names are made only for an error."""
 
     def bad(field: str, message: str) -> NoReturn:
         _bad(loc, d, field, message)
 
-    norm: list[dict] = []
     turn_of: list[int] = []
     turns: list[Turn] = []
     calls: list[tuple[int, int]] = []
     responses: list[tuple[int, int]] = []
     call_ids: list[str | None] = []  # per call, its id
-    answered: list[bool] = []
     pending: list[int] = []  # calls not answered yet, in order
-    open_tool: list[tuple[dict, ToolResponse]] = []  # the tool turn being gathered: (message, response)
-
-    def close_tool() -> None:
-        if open_tool:
-            turns.append(_tool_turn(open_tool))
-            open_tool.clear()
-
+    gathered: list[tuple[str, ToolResponse]] = []  # the tool turn being gathered: (body, response)
     for i, m in enumerate(messages):
-        field = f"{key}[{i}]"
-        if not isinstance(m, dict):
-            bad(field, f"is a {type(m).__name__}, not an object")
+        if type(m) is not dict:
+            bad(f"{key}[{i}]", f"is a {type(m).__name__}, not an object")
         role = _ROLE.get(m.get("role"))  # type: ignore[arg-type]
         if role is None:
-            bad(f"{field}.role", f"{m.get('role')!r} is not one of {', '.join(_ROLE)}")
-        content = _content(m, field, bad)
+            bad(f"{key}[{i}].role", f"{m.get('role')!r} is not one of {', '.join(_ROLE)}")
+        content = m.get("content")
+        if type(content) is not str:
+            content = _content(content, f"{key}[{i}]", bad)
         if role == "tool":
-            ids = _result_ids(m)
-            name = m.get("name") if isinstance(m.get("name"), str) else None
-            ci = _answers(ids[0] if ids else None, name, pending, call_ids, answered, field, bad, turns, calls)
-            pending.remove(ci)
-            answered[ci] = True
-            call = turns[calls[ci][0]].tool_calls[calls[ci][1]]
-            cid = ids[0] if ids else call_ids[ci]
-            name = name or call.name
-            norm.append({"role": "tool", "content": content, "tool_call_id": cid, "name": name})
+            cid = m.get("tool_call_id")
+            if type(cid) is not str or not cid:
+                cid = _listed_id(m)
+            name = m.get("name")
+            if type(name) is not str:
+                name = None
+            if pending and cid is not None and call_ids[pending[0]] == cid:  # results in call order
+                ci = pending.pop(0)
+            else:
+                ci = _answers(cid, name, pending, call_ids, f"{key}[{i}]", bad, turns, calls)
+                pending.remove(ci)
+            t, k = calls[ci]
+            call = turns[t].tool_calls[k]
+            if cid is None:
+                cid = call_ids[ci]
+            if name is None:
+                name = call.name
             turn_of.append(len(turns))
-            ri = len(responses)
-            call.response = ri
-            responses.append((len(turns), len(open_tool)))
-            open_tool.append((norm[-1], ToolResponse(cid, name, _result_value(content), "", None, 0, ci)))
+            call.response = len(responses)
+            responses.append((len(turns), len(gathered)))
+            value = _result_value(content)
+            # An object result is embedded as written; text is written as a JSON string.
+            body = f'\n{{"tool_call_id": {_json_text(cid)}, "name": {_json_name(name)}, "content": {content if value is not content else _json_text(content)}}}\n'
+            gathered.append((body, ToolResponse(cid, name, value, body, None, 0, ci)))
             continue
-        close_tool()
-        if pending and role != "assistant":
-            ci = pending[0]
-            bad(_call_field(key, norm, turn_of, calls[ci]), f"call {call_ids[ci] or turns[calls[ci][0]].tool_calls[calls[ci][1]].name!r} "
-                f"is never answered: message {i} ({role}) comes before its result")
-        msg: dict[str, Any] = {"role": role, "content": content}
-        if role != "assistant":
-            turns.append(parse_turn(role, content))
-        else:
-            reasoning = next((m[k] for k in _REASONING_KEYS if isinstance(m.get(k), str)), None)
-            made = _calls(m, field, bad)
-            if reasoning is not None:
-                msg["reasoning_content"] = reasoning
-            if made:
-                msg["tool_calls"] = made
-            turn = _assistant_turn(reasoning, content, made)
+        if gathered:
+            turns.append(_tool_turn(gathered))
+            gathered = []
+        if role == "assistant":
+            reasoning = m.get("reasoning_content")
+            if type(reasoning) is not str:
+                reasoning = next((m[k] for k in _REASONING_KEYS if isinstance(m.get(k), str)), None)
+            turn, ids = _assistant_turn(m, content, reasoning, f"{key}[{i}]", bad)
             t = len(turns)
-            first = len(turn.tool_calls) - len(made)  # calls written as text in `content` come first
+            first = len(turn.tool_calls) - len(ids)  # calls written as text in `content` come first
             for k in range(len(turn.tool_calls)):
                 pending.append(len(calls))
                 calls.append((t, k))
-                call_ids.append(made[k - first]["id"] if k >= first else None)
-                answered.append(False)
+                call_ids.append(ids[k - first] if k >= first else None)
             turns.append(turn)
-        norm.append(msg)
+        else:
+            if pending:
+                t, k = calls[pending[0]]
+                bad(f"{key}[{turn_of.index(t)}].tool_calls[{k}]", f"call {call_ids[pending[0]] or turns[t].tool_calls[k].name!r} "
+                    f"is never answered: message {i} ({role}) comes before its result")
+            turns.append(parse_turn(role, content))
         turn_of.append(len(turns) - 1)
-    close_tool()
+    if gathered:
+        turns.append(_tool_turn(gathered))
     conversations = [(_FROM[t.role], t.text) for t in turns]
-    return ChatLayout(norm, turn_of, tools, turns, calls, responses), conversations
+    return ChatLayout(messages, turn_of, tools, turns, calls, responses), conversations
 
 
-def _call_field(key: str, norm: list[dict], turn_of: list[int], at: tuple[int, int]) -> str:
-    i = turn_of.index(at[0])
-    return f"{key}[{i}].tool_calls[{at[1]}]"
+def chat_messages(chat: ChatLayout) -> list[dict[str, Any]]:
+    """The row's messages normalized, as a chat template reads them: roles system / user /
+    assistant / tool, `content` a string, `reasoning_content` where the row had reasoning,
+    `tool_calls` as `{id, type, function: {name, arguments}}` with `arguments` an object (as
+    decoded when read), results with the `tool_call_id` and `name` of the call they answer."""
+    out: list[dict[str, Any]] = []
+    j = 0  # the next result of the tool turn
+    for m, t in zip(chat.source, chat.turn_of):
+        role = _ROLE[m["role"]]
+        content = m.get("content")
+        if type(content) is not str:
+            content = _content(content, "", _never)
+        if role == "tool":
+            j = j + 1 if out and out[-1]["role"] == "tool" else 0
+            r = chat.turns[t].tool_responses[j]
+            out.append({"role": "tool", "content": content, "tool_call_id": r.tool_call_id, "name": r.name})
+            continue
+        msg: dict[str, Any] = {"role": role, "content": content}
+        if role == "assistant":
+            reasoning = next((m[k] for k in _REASONING_KEYS if isinstance(m.get(k), str)), None)
+            if reasoning is not None:
+                msg["reasoning_content"] = reasoning
+            raw = m.get("tool_calls") or ([m["function_call"]] if m.get("function_call") is not None else [])
+            made = chat.turns[t].tool_calls[len(chat.turns[t].tool_calls) - len(raw) :]
+            if raw:
+                msg["tool_calls"] = [
+                    {"id": c.get("id") or None, "type": "function", "function": {"name": k.name, "arguments": k.arguments}} for c, k in zip(raw, made)
+                ]
+        out.append(msg)
+    return out
 
 
-def _answers(cid: str | None, name: str | None, pending: list[int], call_ids: list, answered: list, field: str,
+def _never(field: str, message: str) -> NoReturn:
+    raise AssertionError(f"{field}: {message} (the row was validated when read)")
+
+
+def _answers(cid: str | None, name: str | None, pending: list[int], call_ids: list, field: str,
              bad: Callable[[str, str], NoReturn], turns: list[Turn], calls: list) -> int:
     """The call a tool result answers: the unanswered one with its id, else the first unanswered
     one of its name, else the first unanswered one."""
@@ -344,53 +379,82 @@ def _result_value(content: str) -> Any:
     return content
 
 
-def _assistant_turn(reasoning: str | None, content: str, calls: list[dict]) -> Turn:
-    """The assistant turn as ShareGPT text, `<think>` block, text, then one `<tool_call>` block per
-    call, with the segments, thoughts and calls the parser finds in that text (parse_turn of the
-    text gives the same Turn: tested)."""
-    head = "" if reasoning is None else "<think>\n</think>" if reasoning == "" else f"<think>\n{reasoning}\n</think>"
-    think = head + "\n" if head and (content or calls) else head  # a turn that is only reasoning ends at </think>
-    bodies = [f"\n{_dumps({'name': c['function']['name'], 'arguments': c['function']['arguments']})}\n" for c in calls]
-    blocks = [f"<tool_call>{b}</tool_call>" for b in bodies]
-    text = think + content + ("\n" if content and blocks else "") + "\n".join(blocks)
-    if any(tag in content for tag in _TAGS) or (reasoning is not None and "</think>" in reasoning):
-        return parse_turn("assistant", text)  # text that holds tags of its own: the parser reads it
+def _assistant_turn(m: dict, content: str, reasoning: str | None, field: str, bad: Callable[[str, str], NoReturn]) -> tuple[Turn, list[str | None]]:
+    """The assistant message as the ShareGPT turn the harness writes (`<think>` block, text, one
+    `<tool_call>` block per call) with the segments, thoughts and calls the parser finds in that
+    text (parse_turn of the text gives the same Turn: tested), and its calls' ids. One pass, for speed."""
+    raw = m.get("tool_calls")
+    label = "tool_calls"
+    if raw is None:
+        fc = m.get("function_call")  # Qwen-Agent, the older OpenAI API: one call, no id
+        raw, label = ((), label) if fc is None else ((fc,), "function_call")
+    elif type(raw) is not list:
+        bad(f"{field}.tool_calls", f"is a {type(raw).__name__}, not a list")
+    parts: list[str] = []
     segments: list[Segment] = []
-    thoughts = []
-    pos = 0
-    if head:
-        pos = len(head)  # the newline after </think> is text, as the parser sees it
+    thoughts: list[str] = []
+    made: list[ToolCall] = []
+    ids: list[str | None] = []
+    pos = at = 0  # pos: end of the last segment; at: end of the text so far
+    if reasoning is not None:
+        head = f"<think>\n{reasoning}\n</think>" if reasoning else "<think>\n</think>"
+        pos = at = len(head)
         segments.append(Segment(REASONING, 0, pos, 7, pos - 8))
-        thoughts.append(reasoning.strip())  # type: ignore[union-attr]
-    made = []
-    at = len(think) + len(content) + (1 if content else 0)  # where the first block starts
-    for body, block, c in zip(bodies, blocks, calls):
+        thoughts.append(reasoning.strip())
+        parts.append(head)
+        if content or raw:  # the newline after </think> is text, as the parser sees it; a turn that is only reasoning ends at </think>
+            parts.append("\n")
+            at += 1
+    if content:
+        parts.append(content)
+        at += len(content)
+    for k, c in enumerate(raw):
+        f = f"{field}.{label}[{k}]" if label == "tool_calls" else f"{field}.{label}"
+        if type(c) is not dict:
+            bad(f, f"is a {type(c).__name__}, not an object")
+        fn = c.get("function", c)
+        if type(fn) is not dict:
+            bad(f"{f}.function", f"is a {type(fn).__name__}, not an object")
+        name = fn.get("name")
+        if type(name) is not str or not name:
+            bad(f"{f}.name", "missing" if name is None else f"{name!r} is not a tool name")
+        args, args_text = _arguments(fn.get("arguments"), f"{f}.arguments", bad)
+        cid = c.get("id")
+        ids.append(cid if type(cid) is str and cid else None)
+        if k or content:
+            parts.append("\n")
+            at += 1
         if at > pos:
             segments.append(Segment(TEXT, pos, at, pos, at))
-        made.append(ToolCall(c["function"]["name"], c["function"]["arguments"], body, True, None, len(segments)))
-        pos = at + len(block)
+        body = f'\n{{"name": {_json_name(name)}, "arguments": {args_text}}}\n'
+        made.append(ToolCall(name, args, body, True, None, len(segments)))
+        pos = at + 23 + len(body)  # <tool_call> and </tool_call>
         segments.append(Segment(TOOL_CALL, at, pos, at + 11, pos - 12))
-        at = pos + 1
-    if pos < len(text):
-        segments.append(Segment(TEXT, pos, len(text), pos, len(text)))
-    return Turn("assistant", text, segments, thoughts, made, content.strip(), [])
+        parts += ("<tool_call>", body, "</tool_call>")
+        at = pos
+    text = "".join(parts)
+    if "<" in content and any(tag in content for tag in _TAGS) or reasoning is not None and "</think>" in reasoning:
+        return parse_turn("assistant", text), ids  # text that holds tags of its own: the parser reads it
+    if at > pos:
+        segments.append(Segment(TEXT, pos, at, pos, at))
+    return Turn("assistant", text, segments, thoughts, made, content.strip(), []), ids
 
 
-def _tool_turn(results: list[tuple[dict, ToolResponse]]) -> Turn:
-    """Consecutive tool results as one ShareGPT tool turn: `<tool_response>` blocks joined by newlines."""
+def _tool_turn(results: list[tuple[str, ToolResponse]]) -> Turn:
+    """Consecutive tool results (body, response) as one ShareGPT tool turn: `<tool_response>`
+    blocks joined by newlines."""
     parts, segments, out = [], [], []
     pos = 0
-    for k, (m, r) in enumerate(results):
+    for k, (body, r) in enumerate(results):
         if k:
             segments.append(Segment(TEXT, pos, pos + 1, pos, pos + 1))
             parts.append("\n")
             pos += 1
-        body = f"\n{_dumps({'tool_call_id': m['tool_call_id'], 'name': m['name'], 'content': r.content})}\n"
-        block = f"<tool_response>{body}</tool_response>"
-        r.raw, r.segment = body, len(segments)
-        segments.append(Segment(TOOL_RESPONSE, pos, pos + len(block), pos + 15, pos + 15 + len(body)))
-        parts.append(block)
-        pos += len(block)
+        r.segment = len(segments)
+        end = pos + 31 + len(body)  # <tool_response> and </tool_response>
+        segments.append(Segment(TOOL_RESPONSE, pos, end, pos + 15, end - 16))
+        parts += ("<tool_response>", body, "</tool_response>")
+        pos = end
         out.append(r)
     return Turn("tool", "".join(parts), segments, [], [], "", out)
 
@@ -426,13 +490,11 @@ def openai_record(trace: Trace) -> dict[str, Any]:
     }
 
 
-MESSAGE_FIELDS = ("role", "content", "reasoning_content", "tool_calls", "tool_call_id", "name")
-
-
 def openai_messages(trace: Trace) -> list[dict[str, Any]]:
-    """The chat messages of a trace, every field present (None where unset)."""
+    """The chat messages of a trace: `role`, `content`, and `reasoning_content`, `tool_calls`,
+    `tool_call_id`, `name` where set (Parquet writes the unset ones as nulls)."""
     if trace.chat is not None:
-        return [_written(m) for m in trace.chat.messages]
+        return [_written(m) for m in chat_messages(trace.chat)]
     out = []
     ids = _call_ids(trace)
     for ti, t in enumerate(trace.turns):
@@ -451,14 +513,16 @@ def openai_messages(trace: Trace) -> list[dict[str, Any]]:
 
 
 def _message(role: str, content: str, **fields: Any) -> dict[str, Any]:
-    return {"role": role, "content": content, **{f: fields.get(f) for f in MESSAGE_FIELDS[2:]}}
+    return {"role": role, "content": content, **{f: v for f, v in fields.items() if v is not None}}
 
 
 def _written(m: dict) -> dict[str, Any]:
+    """A normalized message as written: arguments as JSON text."""
     calls = m.get("tool_calls")
-    if calls:
-        calls = [{"id": c["id"], "type": "function", "function": {"name": c["function"]["name"], "arguments": _dumps(c["function"]["arguments"])}} for c in calls]
-    return {**_message(m["role"], m["content"]), **{f: m.get(f) for f in MESSAGE_FIELDS[2:]}, "tool_calls": calls or None}
+    if not calls:
+        return m
+    calls = [{"id": c["id"], "type": "function", "function": {"name": c["function"]["name"], "arguments": _dumps(c["function"]["arguments"])}} for c in calls]
+    return {**m, "tool_calls": calls}
 
 
 def _call_ids(trace: Trace) -> dict[tuple[int, int], str]:
