@@ -160,7 +160,7 @@ def _tools(d: dict, key: str | None, loc: Location) -> tuple[str, list[dict] | N
         return "", None
     v = d[key]
     if isinstance(v, str):
-        tools = _tools_in(v)  # the same few tool lists repeat in every row: decoded once each
+        tools = tool_definitions(v)  # the same few tool lists repeat in every row: decoded once each
         if isinstance(tools, str):
             _bad(loc, d, key, tools)
         return v, tools
@@ -171,8 +171,9 @@ def _tools(d: dict, key: str | None, loc: Location) -> tuple[str, list[dict] | N
 
 
 @lru_cache(maxsize=64)
-def _tools_in(text: str) -> list[dict] | None | str:
-    """Tool definitions from JSON text, or why not (a string)."""
+def tool_definitions(text: str) -> list[dict] | None | str:
+    """Tool definitions from a tools column's JSON text, in the OpenAI form templates read, or
+    why not (a string). Cached: the list returned is shared, never to be changed."""
     if not text.strip():
         return None
     try:
