@@ -327,3 +327,38 @@ def test_a_file_of_both_layouts_and_bad_rows_counts_every_row(tmp_path, real_row
     items = list(iter_rows([p]))
     assert [type(i).__name__ for i in items] == ["Row", "Row", "BadRow", "BadRow"]
     assert [i.loc.row for i in items] == [0, 1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "streamproc", *args], capture_output=True, text=True)
+
+
+def test_synth_writes_the_same_traces_in_the_openai_layout(tmp_path):
+    files = {"sharegpt": tmp_path / "s.jsonl", "openai": tmp_path / "o.parquet"}
+    for layout, path in files.items():
+        p = cli("synth", "--rows", "40", "--seed", "3", "--layout", layout, "-o", str(path), "-q")
+        assert p.returncode == 0, p.stderr
+    assert pq.read_schema(files["openai"]) == arrow_schema("openai")
+    sharegpt = [parse_trace(r) for r in iter_rows([files["sharegpt"]])]
+    openai = [parse_trace(r) for r in iter_rows([files["openai"]])]
+    assert all(t.chat is not None for t in openai)
+    assert [trace_facts(t) for t in openai] == [trace_facts(t) for t in sharegpt]
+
+
+def test_show_and_export_on_chat_layout_rows(tmp_path):
+    toucan = need(CHAT / "toucan_kimi_k2_sample.jsonl")
+    p = cli("show", str(toucan), "--id", "4d80c0a2", "--color", "never", "--no-pager")
+    assert p.returncode == 0, p.stderr
+    assert "pubchem-data-access-server-search_compound" in p.stdout and "aspirin" in p.stdout
+    pairs = tmp_path / "pairs.jsonl"
+    p = cli("export", str(toucan), "--layout", "openai", "--format", "pairs", "-o", str(pairs), "-q")
+    assert p.returncode == 0, p.stderr
+    recs = [json.loads(line) for line in pairs.open()]
+    assert len(recs) == sum(1 for r in iter_rows([toucan]) for m in chat_messages(r.chat) if m["role"] == "assistant")
+    assert all(r["completion"][0]["role"] == "assistant" and r["tools"] for r in recs)
+    assert any(r["completion"][0].get("tool_calls") for r in recs)
+    p = cli("export", str(toucan), "--layout", "sharegpt", "--format", "pairs", "-o", str(tmp_path / "x.jsonl"))
+    assert p.returncode == 2 and "use --format messages" in p.stderr

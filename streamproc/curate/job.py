@@ -12,6 +12,7 @@ from streamproc.analyze.features import feature_schema
 from streamproc.curate.conditions import ConditionError
 from streamproc.curate.curator import Curator
 from streamproc.curate.stage import CurateStage
+from streamproc.io.layouts import sharegpt_record
 from streamproc.records import Row, Tally
 from streamproc.run.runner import Engine, Stage, run_jobs
 from streamproc.io.sources import Shard
@@ -20,18 +21,7 @@ from streamproc.io.sources import Shard
 ROW_FORMATS = (".parquet", ".jsonl", ".jsonl.zst")
 
 
-def row_record(row: Row) -> dict[str, Any]:
-    """A row back in the dataset schema, every extra column carried."""
-    return {
-        "id": row.id,
-        "conversations": [{"from": f, "value": v} for f, v in row.conversations],
-        "tools": row.tools,
-        "category": row.category,
-        "subcategory": row.subcategory,
-        "task": row.task,
-        "source": row.source,
-        **row.extra,
-    }
+row_record = sharegpt_record  # a row back in the dataset schema, every extra column carried
 
 
 def check_row_path(path: str) -> None:

@@ -464,7 +464,8 @@ def _tool_turn(results: list[tuple[str, ToolResponse]]) -> Turn:
 
 
 def sharegpt_record(row: Row) -> dict[str, Any]:
-    """A row in the dataset schema (ShareGPT `conversations`, tags in the text)."""
+    """A row in the dataset schema (ShareGPT `conversations`, tags in the text), whichever
+    layout it was read from, every extra column carried."""
     return {
         "id": row.id,
         "conversations": [{"from": f, "value": v} for f, v in row.conversations],
@@ -473,13 +474,14 @@ def sharegpt_record(row: Row) -> dict[str, Any]:
         "subcategory": row.subcategory,
         "task": row.task,
         "source": row.source,
+        **row.extra,
     }
 
 
 def openai_record(trace: Trace) -> dict[str, Any]:
     """A trace in the chat `messages` layout: structured `tool_calls` (arguments as JSON strings,
     as the OpenAI API writes them, so every row has one Arrow schema), `tool_call_id`s,
-    `reasoning_content`, and the `tools` column as JSON text."""
+    `reasoning_content`, and the `tools` column as JSON text; every extra column carried."""
     return {
         "id": trace.id,
         "messages": openai_messages(trace),
@@ -488,6 +490,7 @@ def openai_record(trace: Trace) -> dict[str, Any]:
         "subcategory": trace.subcategory,
         "task": trace.task,
         "source": trace.source,
+        **trace.extra,
     }
 
 
@@ -564,7 +567,8 @@ def _openai_assistant(ti: int, t: Turn, ids: dict[tuple[int, int], str]) -> dict
 
 
 def arrow_schema(layout: str):
-    """The Parquet schema of `sharegpt_record` / `openai_record` rows."""
+    """The Parquet schema of `sharegpt_record` / `openai_record` rows (their extra columns,
+    whose types differ from row to row, are left out)."""
     import pyarrow as pa
 
     s = pa.string()
