@@ -207,22 +207,16 @@ def _content(c: Any, field: str, bad: Callable[[str, str], NoReturn]) -> str:
     bad(f"{field}.content", f"is a {type(c).__name__}, not a string")
 
 
-def _arguments(v: Any, field: str, bad: Callable[[str, str], NoReturn]) -> tuple[dict, str]:
-    """The arguments as an object, and as the JSON text the ShareGPT call embeds: a string is
-    embedded as written (it decodes to the same object), so it is not encoded again."""
-    if v is None:
-        return {}, "{}"
-    text = v
-    if isinstance(v, str):
-        if not v.strip():  # some writers give a function without parameters ""
-            return {}, "{}"
-        try:
-            v = orjson.loads(v)
-        except orjson.JSONDecodeError as e:
-            bad(field, f"is not JSON: {e}")
-    if not isinstance(v, dict):
-        bad(field, f"is a JSON {type(v).__name__}, not an object")
-    return v, text if type(text) is str else _dumps(v)
+def _call_field(field: str, label: str, k: int) -> str:
+    return f"{field}.{label}[{k}]" if label == "tool_calls" else f"{field}.{label}"
+
+
+def _bad_call(c: Any, fn: Any, name: Any, field: str, bad: Callable[[str, str], NoReturn]) -> NoReturn:
+    if type(c) is not dict:
+        bad(field, f"is a {type(c).__name__}, not an object")
+    if type(fn) is not dict:
+        bad(f"{field}.function", f"is a {type(fn).__name__}, not an object")
+    bad(f"{field}.name", "missing" if name is None else f"{name!r} is not a tool name")
 
 
 def _listed_id(m: dict) -> str | None:
@@ -245,7 +239,11 @@ def _build(messages: list, key: str, tools: list[dict] | None, loc: Location, d:
     responses: list[tuple[int, int]] = []
     call_ids: list[str | None] = []  # per call, its id
     pending: list[int] = []  # calls not answered yet, in order
-    gathered: list[tuple[str, ToolResponse]] = []  # the tool turn being gathered: (body, response)
+    # The tool turn being gathered (consecutive results): its text pieces, segments, results.
+    t_parts: list[str] = []
+    t_segments: list[Segment] = []
+    t_results: list[ToolResponse] = []
+    t_pos = 0
     for i, m in enumerate(messages):
         if type(m) is not dict:
             bad(f"{key}[{i}]", f"is a {type(m).__name__}, not an object")
@@ -275,15 +273,23 @@ def _build(messages: list, key: str, tools: list[dict] | None, loc: Location, d:
                 name = call.name
             turn_of.append(len(turns))
             call.response = len(responses)
-            responses.append((len(turns), len(gathered)))
-            value = _result_value(content)
+            responses.append((len(turns), len(t_results)))
+            value = _result_value(content) if content[:1] == "{" else content
             # An object result is embedded as written; text is written as a JSON string.
             body = f'\n{{"tool_call_id": {_json_text(cid)}, "name": {_json_name(name)}, "content": {content if value is not content else _json_text(content)}}}\n'
-            gathered.append((body, ToolResponse(cid, name, value, body, None, 0, ci)))
+            if t_results:  # results are joined by newlines
+                t_segments.append(Segment(TEXT, t_pos, t_pos + 1, t_pos, t_pos + 1))
+                t_parts.append("\n")
+                t_pos += 1
+            end = t_pos + 31 + len(body)  # <tool_response> and </tool_response>
+            t_results.append(ToolResponse(cid, name, value, body, None, len(t_segments), ci))
+            t_segments.append(Segment(TOOL_RESPONSE, t_pos, end, t_pos + 15, end - 16))
+            t_parts += ("<tool_response>", body, "</tool_response>")
+            t_pos = end
             continue
-        if gathered:
-            turns.append(_tool_turn(gathered))
-            gathered = []
+        if t_results:
+            turns.append(Turn("tool", "".join(t_parts), t_segments, [], [], "", t_results))
+            t_parts, t_segments, t_results, t_pos = [], [], [], 0
         if role == "assistant":
             reasoning = m.get("reasoning_content")
             if type(reasoning) is not str:
@@ -303,8 +309,8 @@ def _build(messages: list, key: str, tools: list[dict] | None, loc: Location, d:
                     f"is never answered: message {i} ({role}) comes before its result")
             turns.append(parse_turn(role, content))
         turn_of.append(len(turns) - 1)
-    if gathered:
-        turns.append(_tool_turn(gathered))
+    if t_results:
+        turns.append(Turn("tool", "".join(t_parts), t_segments, [], [], "", t_results))
     conversations = [(_FROM[t.role], t.text) for t in turns]
     return ChatLayout(messages, turn_of, tools, turns, calls, responses), conversations
 
@@ -410,17 +416,29 @@ def _assistant_turn(m: dict, content: str, reasoning: str | None, field: str, ba
         parts.append(content)
         at += len(content)
     for k, c in enumerate(raw):
-        f = f"{field}.{label}[{k}]" if label == "tool_calls" else f"{field}.{label}"
-        if type(c) is not dict:
-            bad(f, f"is a {type(c).__name__}, not an object")
-        fn = c.get("function", c)
-        if type(fn) is not dict:
-            bad(f"{f}.function", f"is a {type(fn).__name__}, not an object")
-        name = fn.get("name")
+        fn = c.get("function", c) if type(c) is dict else None
+        name = fn.get("name") if type(fn) is dict else None
         if type(name) is not str or not name:
-            bad(f"{f}.name", "missing" if name is None else f"{name!r} is not a tool name")
-        args, args_text = _arguments(fn.get("arguments"), f"{f}.arguments", bad)
-        cid = c.get("id")
+            _bad_call(c, fn, name, _call_field(field, label, k), bad)
+        # Arguments as an object, and as the JSON text the ShareGPT call embeds: a string is
+        # embedded as written (it decodes to the same object), not encoded again.
+        args_text = fn.get("arguments")  # type: ignore[union-attr]
+        if type(args_text) is str:
+            try:
+                args = orjson.loads(args_text)
+            except orjson.JSONDecodeError as e:
+                if args_text.strip():
+                    bad(f"{_call_field(field, label, k)}.arguments", f"is not JSON: {e}")
+                args, args_text = {}, "{}"  # some writers give a function without parameters ""
+        elif args_text is None:
+            args, args_text = {}, "{}"
+        else:
+            args = args_text
+        if type(args) is not dict:
+            bad(f"{_call_field(field, label, k)}.arguments", f"is a JSON {type(args).__name__}, not an object")
+        if type(args_text) is not str:
+            args_text = _dumps(args)
+        cid = c.get("id")  # type: ignore[union-attr]
         ids.append(cid if type(cid) is str and cid else None)
         if k or content:
             parts.append("\n")
@@ -439,25 +457,6 @@ def _assistant_turn(m: dict, content: str, reasoning: str | None, field: str, ba
     if at > pos:
         segments.append(Segment(TEXT, pos, at, pos, at))
     return Turn("assistant", text, segments, thoughts, made, content.strip(), []), ids
-
-
-def _tool_turn(results: list[tuple[str, ToolResponse]]) -> Turn:
-    """Consecutive tool results (body, response) as one ShareGPT tool turn: `<tool_response>`
-    blocks joined by newlines."""
-    parts, segments, out = [], [], []
-    pos = 0
-    for k, (body, r) in enumerate(results):
-        if k:
-            segments.append(Segment(TEXT, pos, pos + 1, pos, pos + 1))
-            parts.append("\n")
-            pos += 1
-        r.segment = len(segments)
-        end = pos + 31 + len(body)  # <tool_response> and </tool_response>
-        segments.append(Segment(TOOL_RESPONSE, pos, end, pos + 15, end - 16))
-        parts += ("<tool_response>", body, "</tool_response>")
-        pos = end
-        out.append(r)
-    return Turn("tool", "".join(parts), segments, [], [], "", out)
 
 
 # ----------------------------------------------------------------------------- writing
