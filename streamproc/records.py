@@ -43,12 +43,10 @@ class ChatLayout:
     as a chat template reads them. `turn_of[i]` is the turn of `Row.conversations` message i
     became (consecutive tool results are one turn, as ShareGPT writes them). `turns`, `calls`
     and `responses` are the parsed trace, built from the structure (calls paired with results by
-    `tool_call_id`), so parsing such a row scans no text. `tools` are the tool definitions in
-    the OpenAI form, for a chat template's `tools=`."""
+    `tool_call_id`), so parsing such a row scans no text. The tools column stays `Row.tools`."""
 
     source: list[dict[str, Any]]
     turn_of: list[int]
-    tools: list[dict[str, Any]] | None
     turns: list[Turn]
     calls: list[tuple[int, int]]
     responses: list[tuple[int, int]]

@@ -71,9 +71,9 @@ def test_every_chat_layout_row_packs_exactly(masker, chat_rows):
         assert [(c.name, c.arguments) for c in made] == [(c.name, c.arguments) for c in calls], row.id
         if masker.info.renders_calls:
             assert all(m.tool_calls for m in msgs if m.role == "assistant" and any(t.tool_calls for t in [trace.turns[m.turn]]))
-            if row.chat.tools:  # the tool definitions sit in the system turn (Qwen2.5's), before any user turn
+            if tool_definitions(row.tools):  # the tool definitions sit in the system turn (Qwen2.5's), before any user turn
                 head = text[: text.index("<|im_start|>user")]
-                assert all(t["function"]["name"] in head for t in row.chat.tools), row.id
+                assert all(t["function"]["name"] in head for t in tool_definitions(row.tools)), row.id
         else:
             assert not any(m.tool_calls for m in msgs)  # ChatML: the ShareGPT text, calls as tags
 

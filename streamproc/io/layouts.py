@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+from json.encoder import encode_basestring  # a string as json.dumps(ensure_ascii=False) writes it
 from typing import Any, Callable, NoReturn
 
 import orjson
@@ -55,17 +56,16 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
-def _json_text(s: str | None) -> str:
-    """A string (or None) as JSON, as _dumps writes it, at orjson's speed."""
-    if s is None:
-        return "null"
+def _json_text(s: str) -> str:
+    """A long string as JSON, as _dumps writes it, at orjson's speed (faster than the standard
+    encoder on long text, slower on short)."""
     try:
         return orjson.dumps(s).decode()
     except orjson.JSONEncodeError:  # a lone surrogate, which orjson refuses
         return _dumps(s)
 
 
-_json_name = lru_cache(maxsize=4096)(_json_text)
+_json_name = lru_cache(maxsize=4096)(encode_basestring)
 """A tool name as JSON: names repeat, so each is encoded once."""
 
 
@@ -129,8 +129,10 @@ def row_from_messages(d: dict, key: str, loc: Location, source: str) -> Row:
 
 def _row(d: dict, messages: list, key: str, loc: Location, source: str) -> Row:
     tools_key = next((k for k in TOOLS_KEYS if d.get(k) is not None), None)
-    tools_text, tools = _tools(d, tools_key, loc)
-    chat, conversations = _build(messages, key, tools, loc, d)
+    tools = "" if tools_key is None else d[tools_key]
+    if not isinstance(tools, str):  # a nested list: kept as JSON text, like the dataset's column
+        tools = _dumps(tools)
+    chat, conversations = _build(messages, key, loc, d)
     rid = next((d[k] for k in ID_KEYS if d.get(k) not in (None, "")), None)
     strs = {}
     for f in _STR_FIELDS:
@@ -145,7 +147,7 @@ def _row(d: dict, messages: list, key: str, loc: Location, source: str) -> Row:
     return Row(
         id=content_id(conversations) if rid is None else str(rid),
         conversations=conversations,
-        tools=tools_text,
+        tools=tools,
         source=src if isinstance(src, str) and src else source,
         extra={k: v for k, v in d.items() if k not in used},
         loc=loc,
@@ -154,37 +156,17 @@ def _row(d: dict, messages: list, key: str, loc: Location, source: str) -> Row:
     )
 
 
-def _tools(d: dict, key: str | None, loc: Location) -> tuple[str, list[dict] | None]:
-    """The tools column as JSON text (Row.tools) and as OpenAI-form definitions for a template."""
-    if key is None:
-        return "", None
-    v = d[key]
-    if isinstance(v, str):
-        tools = tool_definitions(v)  # the same few tool lists repeat in every row: decoded once each
-        if isinstance(tools, str):
-            _bad(loc, d, key, tools)
-        return v, tools
-    tools = _tool_list(v)
-    if isinstance(tools, str):
-        _bad(loc, d, key, tools)
-    return _dumps(v), tools
-
-
 @lru_cache(maxsize=64)
-def tool_definitions(text: str) -> list[dict] | None | str:
-    """Tool definitions from a tools column's JSON text, in the OpenAI form templates read, or
-    why not (a string). Cached: the list returned is shared, never to be changed."""
-    if not text.strip():
-        return None
+def tool_definitions(text: str) -> list[dict] | None:
+    """The tool definitions of a tools column (JSON text), in the OpenAI form templates read;
+    None where there are none, or the text is not a JSON list of objects (which stats report
+    as unreadable tools JSON). Cached: the list returned is shared, never to be changed."""
     try:
-        return _tool_list(orjson.loads(text))
-    except orjson.JSONDecodeError as e:
-        return f"is a string that is not JSON: {e}"
-
-
-def _tool_list(v: Any) -> list[dict] | str:
+        v = orjson.loads(text) if text.strip() else None
+    except orjson.JSONDecodeError:
+        return None
     if not isinstance(v, list) or not all(isinstance(t, dict) for t in v):
-        return f"is a {type(v).__name__}, not a list of tool definitions"
+        return None
     # Bare {name, description, parameters} schemas (glaive) in the form templates read.
     return [t if "function" in t else {"type": "function", "function": t} for t in v]
 
@@ -225,7 +207,7 @@ def _listed_id(m: dict) -> str | None:
     return next((i for i in ids if isinstance(i, str) and i), None) if isinstance(ids, list) else None
 
 
-def _build(messages: list, key: str, tools: list[dict] | None, loc: Location, d: dict) -> tuple[ChatLayout, list[tuple[str, str]]]:
+def _build(messages: list, key: str, loc: Location, d: dict) -> tuple[ChatLayout, list[tuple[str, str]]]:
     """Normalize and validate the messages; build the ShareGPT text and the parsed turns together.
     Written for speed (the chat layout parses at least as fast as ShareGPT text): the common
     case of every field is tested first, field names are made only for an error."""
@@ -276,7 +258,7 @@ def _build(messages: list, key: str, tools: list[dict] | None, loc: Location, d:
             responses.append((len(turns), len(t_results)))
             value = _result_value(content) if content[:1] == "{" else content
             # An object result is embedded as written; text is written as a JSON string.
-            body = f'\n{{"tool_call_id": {_json_text(cid)}, "name": {_json_name(name)}, "content": {content if value is not content else _json_text(content)}}}\n'
+            body = f'\n{{"tool_call_id": {"null" if cid is None else encode_basestring(cid)}, "name": {_json_name(name)}, "content": {content if value is not content else _json_text(content)}}}\n'
             if t_results:  # results are joined by newlines
                 t_segments.append(Segment(TEXT, t_pos, t_pos + 1, t_pos, t_pos + 1))
                 t_parts.append("\n")
@@ -312,7 +294,7 @@ def _build(messages: list, key: str, tools: list[dict] | None, loc: Location, d:
     if t_results:
         turns.append(Turn("tool", "".join(t_parts), t_segments, [], [], "", t_results))
     conversations = [(_FROM[t.role], t.text) for t in turns]
-    return ChatLayout(messages, turn_of, tools, turns, calls, responses), conversations
+    return ChatLayout(messages, turn_of, turns, calls, responses), conversations
 
 
 def chat_messages(chat: ChatLayout) -> list[dict[str, Any]]:
@@ -404,11 +386,14 @@ def _assistant_turn(m: dict, content: str, reasoning: str | None, field: str, ba
     ids: list[str | None] = []
     pos = at = 0  # pos: end of the last segment; at: end of the text so far
     if reasoning is not None:
-        head = f"<think>\n{reasoning}\n</think>" if reasoning else "<think>\n</think>"
-        pos = at = len(head)
+        if reasoning:
+            parts += ("<think>\n", reasoning, "\n</think>")
+            pos = at = 17 + len(reasoning)
+        else:
+            parts.append("<think>\n</think>")
+            pos = at = 16
         segments.append(Segment(REASONING, 0, pos, 7, pos - 8))
         thoughts.append(reasoning.strip())
-        parts.append(head)
         if content or raw:  # the newline after </think> is text, as the parser sees it; a turn that is only reasoning ends at </think>
             parts.append("\n")
             at += 1

@@ -185,7 +185,7 @@ def render_text(tokenizer, messages: Sequence[Message], template: str) -> str:
     """The text transformers' apply_chat_template(tokenize=False, tools=...) gives, without
     transformers; `tools` are the messages' (a chat-layout row's tools column)."""
     tools = tool_definitions(messages[0].tools) if messages and messages[0].tools else None
-    return render_chat(template, [m.as_dict() for m in messages], tokenizer.special_tokens_map, tools=tools if isinstance(tools, list) else None)
+    return render_chat(template, [m.as_dict() for m in messages], tokenizer.special_tokens_map, tools=tools)
 
 
 _R = "\u27e6probe-{}\u27e7"  # sentinels no template or tokenizer treats specially
