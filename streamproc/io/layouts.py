@@ -76,7 +76,7 @@ def row_from_record(d: Any, loc: Location, source: str) -> Row:
     """Validate one decoded record in whichever layout its columns say. Raises RowError naming
     the row and the field; a record of neither layout names the columns it has."""
     if isinstance(d, dict) and "conversations" not in d:
-        key = next((k for k in MESSAGE_KEYS if k in d), None)
+        key = "messages" if "messages" in d else "history" if "history" in d else None  # MESSAGE_KEYS
         if key is None:
             _bad(loc, d, "conversations", f"missing: a row of unknown layout, with columns {', '.join(map(str, d)) or 'none'} "
                  "(expected `conversations` of from/value, or chat `messages` of role/content)")
@@ -128,12 +128,14 @@ def row_from_messages(d: dict, key: str, loc: Location, source: str) -> Row:
 
 
 def _row(d: dict, messages: list, key: str, loc: Location, source: str) -> Row:
-    tools_key = next((k for k in TOOLS_KEYS if d.get(k) is not None), None)
+    tools_key = "tools" if d.get("tools") is not None else "available_tools" if d.get("available_tools") is not None else None  # TOOLS_KEYS
     tools = "" if tools_key is None else d[tools_key]
-    if not isinstance(tools, str):  # a nested list: kept as JSON text, like the dataset's column
+    if type(tools) is not str:  # a nested list: kept as JSON text, like the dataset's column
         tools = _dumps(tools)
     chat, conversations = _build(messages, key, loc, d)
-    rid = next((d[k] for k in ID_KEYS if d.get(k) not in (None, "")), None)
+    rid = d.get("id")
+    if rid is None or rid == "":
+        rid = next((d[k] for k in ID_KEYS if d.get(k) not in (None, "")), None)
     strs = {}
     for f in _STR_FIELDS:
         v = d.get(f)
@@ -189,8 +191,8 @@ def _content(c: Any, field: str, bad: Callable[[str, str], NoReturn]) -> str:
     bad(f"{field}.content", f"is a {type(c).__name__}, not a string")
 
 
-def _call_field(field: str, label: str, k: int) -> str:
-    return f"{field}.{label}[{k}]" if label == "tool_calls" else f"{field}.{label}"
+def _call_field(key: str, i: int, label: str, k: int) -> str:
+    return f"{key}[{i}].{label}[{k}]" if label == "tool_calls" else f"{key}[{i}].{label}"
 
 
 def _bad_call(c: Any, fn: Any, name: Any, field: str, bad: Callable[[str, str], NoReturn]) -> NoReturn:
@@ -220,6 +222,7 @@ def _build(messages: list, key: str, loc: Location, d: dict) -> tuple[ChatLayout
     calls: list[tuple[int, int]] = []
     responses: list[tuple[int, int]] = []
     call_ids: list[str | None] = []  # per call, its id
+    made: list[ToolCall] = []  # per call, the record
     pending: list[int] = []  # calls not answered yet, in order
     # The tool turn being gathered (consecutive results): its text pieces, segments, results.
     t_parts: list[str] = []
@@ -247,8 +250,7 @@ def _build(messages: list, key: str, loc: Location, d: dict) -> tuple[ChatLayout
             else:
                 ci = _answers(cid, name, pending, call_ids, f"{key}[{i}]", bad, turns, calls)
                 pending.remove(ci)
-            t, k = calls[ci]
-            call = turns[t].tool_calls[k]
+            call = made[ci]
             if cid is None:
                 cid = call_ids[ci]
             if name is None:
@@ -276,20 +278,21 @@ def _build(messages: list, key: str, loc: Location, d: dict) -> tuple[ChatLayout
             reasoning = m.get("reasoning_content")
             if type(reasoning) is not str:
                 reasoning = next((m[k] for k in _REASONING_KEYS if isinstance(m.get(k), str)), None)
-            turn, ids = _assistant_turn(m, content, reasoning, f"{key}[{i}]", bad)
+            turn, ids = _assistant_turn(m, content, reasoning, key, i, bad)
             t = len(turns)
             first = len(turn.tool_calls) - len(ids)  # calls written as text in `content` come first
-            for k in range(len(turn.tool_calls)):
+            for k, c in enumerate(turn.tool_calls):
                 pending.append(len(calls))
                 calls.append((t, k))
                 call_ids.append(ids[k - first] if k >= first else None)
+                made.append(c)
             turns.append(turn)
         else:
             if pending:
                 t, k = calls[pending[0]]
                 bad(f"{key}[{turn_of.index(t)}].tool_calls[{k}]", f"call {call_ids[pending[0]] or turns[t].tool_calls[k].name!r} "
                     f"is never answered: message {i} ({role}) comes before its result")
-            turns.append(parse_turn(role, content))
+            turns.append(Turn(role, content, [Segment(TEXT, 0, len(content), 0, len(content))] if content else []))
         turn_of.append(len(turns) - 1)
     if t_results:
         turns.append(Turn("tool", "".join(t_parts), t_segments, [], [], "", t_results))
@@ -368,7 +371,7 @@ def _result_value(content: str) -> Any:
     return content
 
 
-def _assistant_turn(m: dict, content: str, reasoning: str | None, field: str, bad: Callable[[str, str], NoReturn]) -> tuple[Turn, list[str | None]]:
+def _assistant_turn(m: dict, content: str, reasoning: str | None, key: str, i: int, bad: Callable[[str, str], NoReturn]) -> tuple[Turn, list[str | None]]:
     """The assistant message as the ShareGPT turn the harness writes (`<think>` block, text, one
     `<tool_call>` block per call) with the segments, thoughts and calls the parser finds in that
     text (parse_turn of the text gives the same Turn: tested), and its calls' ids. One pass, for speed."""
@@ -378,7 +381,7 @@ def _assistant_turn(m: dict, content: str, reasoning: str | None, field: str, ba
         fc = m.get("function_call")  # Qwen-Agent, the older OpenAI API: one call, no id
         raw, label = ((), label) if fc is None else ((fc,), "function_call")
     elif type(raw) is not list:
-        bad(f"{field}.tool_calls", f"is a {type(raw).__name__}, not a list")
+        bad(f"{key}[{i}].tool_calls", f"is a {type(raw).__name__}, not a list")
     parts: list[str] = []
     segments: list[Segment] = []
     thoughts: list[str] = []
@@ -404,7 +407,7 @@ def _assistant_turn(m: dict, content: str, reasoning: str | None, field: str, ba
         fn = c.get("function", c) if type(c) is dict else None
         name = fn.get("name") if type(fn) is dict else None
         if type(name) is not str or not name:
-            _bad_call(c, fn, name, _call_field(field, label, k), bad)
+            _bad_call(c, fn, name, _call_field(key, i, label, k), bad)
         # Arguments as an object, and as the JSON text the ShareGPT call embeds: a string is
         # embedded as written (it decodes to the same object), not encoded again.
         args_text = fn.get("arguments")  # type: ignore[union-attr]
@@ -413,14 +416,14 @@ def _assistant_turn(m: dict, content: str, reasoning: str | None, field: str, ba
                 args = orjson.loads(args_text)
             except orjson.JSONDecodeError as e:
                 if args_text.strip():
-                    bad(f"{_call_field(field, label, k)}.arguments", f"is not JSON: {e}")
+                    bad(f"{_call_field(key, i, label, k)}.arguments", f"is not JSON: {e}")
                 args, args_text = {}, "{}"  # some writers give a function without parameters ""
         elif args_text is None:
             args, args_text = {}, "{}"
         else:
             args = args_text
         if type(args) is not dict:
-            bad(f"{_call_field(field, label, k)}.arguments", f"is a JSON {type(args).__name__}, not an object")
+            bad(f"{_call_field(key, i, label, k)}.arguments", f"is a JSON {type(args).__name__}, not an object")
         if type(args_text) is not str:
             args_text = _dumps(args)
         cid = c.get("id")  # type: ignore[union-attr]
