@@ -361,3 +361,37 @@ def test_show_and_export_on_chat_layout_rows(tmp_path):
     assert any(r["completion"][0].get("tool_calls") for r in recs)
     p = cli("export", str(toucan), "--layout", "sharegpt", "--format", "pairs", "-o", str(tmp_path / "x.jsonl"))
     assert p.returncode == 2 and "use --format messages" in p.stderr
+
+
+_ANY = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.sampled_from(["", "{}", "[1]", "{\"a\": 1}", "<think>", "call_1", "x"]) | PLAIN,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["role", "content", "tool_calls", "function", "name", "arguments", "id", "tool_call_id", "tool_call_ids",
+                         "function_call", "reasoning_content", "type", "text"]), inner, max_size=5),
+    max_leaves=20,
+)
+_ROLES = st.sampled_from(["system", "user", "assistant", "tool", "function", "developer", "robot", None])
+_MESSAGES = st.one_of(_ANY, st.fixed_dictionaries(
+    {"role": _ROLES}, optional={"content": _ANY, "tool_calls": _ANY, "tool_call_id": _ANY, "name": _ANY, "function_call": _ANY}))
+
+
+@PROFILE
+@given(st.lists(_MESSAGES, max_size=8), st.booleans())
+def test_any_messages_read_as_a_row_or_a_reason(messages, as_text):
+    """Whatever the messages hold, reading gives a Row whose trace is what the parser finds in its
+    text, whose normalized calls are its structured ones, and which writes back alike; or a
+    RowError naming a field: never another exception."""
+    d = {"messages": json.dumps(messages) if as_text else messages}
+    try:
+        row = read(d)
+    except RowError as e:
+        assert e.bad.field.startswith("messages") and e.bad.message
+        return
+    t = parse_trace(row)
+    for (frm, text), turn in zip(row.conversations, t.turns, strict=True):
+        assert turn_facts(turn) == turn_facts(parse_turn(frm, text))
+    for m, ti in zip(chat_messages(row.chat), row.chat.turn_of, strict=True):  # structured calls come last in a turn
+        made = m.get("tool_calls", [])
+        tail = t.turns[ti].tool_calls[len(t.turns[ti].tool_calls) - len(made) :]
+        assert [(c["function"]["name"], c["function"]["arguments"]) for c in made] == [(c.name, c.arguments) for c in tail]
+    assert meaning(parse_trace(read(openai_record(t)))) == meaning(t)

@@ -232,7 +232,8 @@ def _build(messages: list, key: str, loc: Location, d: dict) -> tuple[ChatLayout
     for i, m in enumerate(messages):
         if type(m) is not dict:
             bad(f"{key}[{i}]", f"is a {type(m).__name__}, not an object")
-        role = _ROLE.get(m.get("role"))  # type: ignore[arg-type]
+        role = m.get("role")
+        role = _ROLE.get(role) if type(role) is str else None
         if role is None:
             bad(f"{key}[{i}].role", f"{m.get('role')!r} is not one of {', '.join(_ROLE)}")
         content = m.get("content")
@@ -322,7 +323,9 @@ def chat_messages(chat: ChatLayout) -> list[dict[str, Any]]:
             reasoning = next((m[k] for k in _REASONING_KEYS if isinstance(m.get(k), str)), None)
             if reasoning is not None:
                 msg["reasoning_content"] = reasoning
-            raw = m.get("tool_calls") or ([m["function_call"]] if m.get("function_call") is not None else [])
+            raw = m.get("tool_calls")
+            if raw is None:  # as _assistant_turn reads them
+                raw = [] if m.get("function_call") is None else [m["function_call"]]
             made = chat.turns[t].tool_calls[len(chat.turns[t].tool_calls) - len(raw) :]
             if raw:
                 msg["tool_calls"] = [
