@@ -17,8 +17,9 @@ from streamproc.parse.turns import ToolCall, ToolResponse, Turn
 ROLES = {"system": "system", "human": "user", "gpt": "assistant", "tool": "tool"}
 """ShareGPT `from` values and the chat role each one maps to."""
 
-SPLITS = ("train", "eval")
-"""The output splits of packed data (mask_stage.is_eval decides a trace's)."""
+PARTITIONS = ("train", "eval")
+"""The partitions of packed data, the training set and the eval set (prepare/stage.is_eval
+decides a trace's). "Split" is the input's unit of work (io/sources.Split)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -66,6 +67,7 @@ class Row:
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     loc: Location | None = None
+    source_in_data: bool = True  # False: the input gave no `source`, and `source` is its file's label
     chat: ChatLayout | None = None
 
 
@@ -170,6 +172,7 @@ def row_from_dict(d: Any, loc: Location | None = None, source: str = "") -> Row:
         source=src if isinstance(src, str) and src else source,
         loc=loc,
         extra=extra,
+        source_in_data=isinstance(src, str) and bool(src),
         **strs,
     )
 

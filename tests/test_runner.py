@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from streamproc.records import Tally, row_from_dict
-from streamproc.run.runner import Stage, WorkerDied, fold_items, map_ordered, run
+from streamproc.run.runner import Gather, Job, Stage, WorkerDied, fold_items, map_ordered, run, run_jobs
 from streamproc.io.sources import SAMPLE, plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def test_pool_keeps_order_and_reraises_a_worker_error():
 
 class _Fails(Stage):
     name = "fails"
-    trace = False
+    needs_trace = False
 
     def start(self) -> list:
         return []
@@ -122,6 +122,90 @@ def test_a_stage_failure_sets_that_row_aside_for_that_stage_only():
     t = folded.tallies
     assert (t[0].read, t[0].parsed, len(t[0].rejected)) == (3, 2, 1) and t[0].rejected[0].field == "<fails>"
     assert (t[1].read, t[1].parsed, t[1].rejected) == (3, 3, [])
+
+
+class _Ids(Stage):
+    """The ids of a split's rows, in order (a real stage of its own: needs no trace)."""
+
+    name = "ids"
+    needs_trace = False
+
+    def start(self) -> list:
+        return []
+
+    def fold(self, acc, row, trace) -> None:
+        acc.append(row.id)
+
+
+class _Holds(Gather):
+    def __init__(self, held: set[int]):
+        super().__init__(_Ids())
+        self.held = held
+
+    def holds(self, index: int) -> bool:
+        return index in self.held
+
+
+def test_a_job_is_not_given_the_splits_it_holds_and_a_split_all_hold_is_not_read(tmp_path, splits4):
+    ids = [[json.loads(line)["id"] for line in Path(p).read_text().splitlines()] for p in splits4]
+    gone = tmp_path / "gone.jsonl"  # held by every job: read, it would be a rejected file
+    gone.write_text("x")
+    splits = plan([*splits4, str(gone)])
+    gone.unlink()
+    for workers in (1, 2):
+        every, some, most = Gather(_Ids()), _Holds({0, 2, 4}), _Holds({1, 4})
+        run_jobs(splits, [every], workers=workers)
+        assert [b.field for b in every.tally.rejected] == ["<file>"]  # the missing file, read
+        run_jobs(splits, [some, most], workers=workers)
+        assert every.partials == [*ids, []]
+        assert some.partials == [ids[1], ids[3]] and most.partials == [ids[0], ids[2], ids[3]]
+        assert some.tally.read == 30 and most.tally.read == 45 and not some.tally.rejected and not most.tally.rejected
+
+
+class _StopsAt(Job):
+    """Interrupts a run when it is given its `n`th split, as Ctrl-C would there."""
+
+    def __init__(self, n: int):
+        self.stages = [_Ids()]
+        self.n = n
+
+    def add(self, partials, tallies) -> None:
+        self.n -= 1
+        if not self.n:
+            raise KeyboardInterrupt
+
+
+def test_a_resumed_run_masks_only_the_splits_the_pack_job_does_not_hold(tmp_path, splits4):
+    """`streamproc run` resumed: parse and stats read every split again, the pack job's masker
+    only those it had not packed; the shards are those of a run never stopped."""
+    from streamproc.parse.job import ParseJob
+    from streamproc.prepare.job import PackJob, PackOptions, pack_to_dir
+    from streamproc.prepare.stage import MaskStage
+    from streamproc.run.runner import plan_key
+
+    splits = plan(splits4)
+    out = tmp_path / "packed"
+    with pytest.raises(KeyboardInterrupt):
+        with PackJob(out, PackOptions(seq_len=4096, buffer_size=1), plan_key(splits)) as pack:
+            assert not pack.resuming()
+            run_jobs(splits, [pack, _StopsAt(2)])  # after the pack job took the second
+    masked: list[str] = []
+
+    class Recorded(MaskStage):  # the real masker, noting the rows it is given
+        def fold_batch(self, acc, rows):
+            masked.extend(row.id for row, _ in rows)
+            return super().fold_batch(acc, rows)
+
+    with ParseJob(tmp_path / "parsed.jsonl") as parse, PackJob(out, PackOptions(seq_len=4096, buffer_size=1), plan_key(splits)) as pack:
+        assert pack.resumed_after == 2 and pack.resuming().startswith("resuming: 2 input split(s) and ")
+        m = pack.stages[0]
+        pack.stages = [Recorded(m.tokenizer, m.options, m.eval_fraction)]
+        run_jobs(splits, [parse, pack])
+        pack.finish()
+    assert masked == [json.loads(line)["id"] for p in splits4[2:] for line in Path(p).read_text().splitlines()]
+    assert parse.tally.read == 60
+    pack_to_dir(splits, tmp_path / "whole", PackOptions(seq_len=4096, buffer_size=1))
+    assert digests(out) == digests(tmp_path / "whole")
 
 
 # ----------------------------------------------------------------------------- interrupts
@@ -313,7 +397,7 @@ class _KillsAt(Stage):
     """Kills its own worker at one row, as the kernel's out-of-memory killer would."""
 
     name = "kills"
-    trace = False
+    needs_trace = False
 
     def __init__(self, row_id: str):
         self.row_id = row_id

@@ -16,18 +16,13 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+import streamproc
 from streamproc.views import page as webview
 from streamproc.cli import main
 from streamproc.parse.parser import parse_trace
 from streamproc.views.render import status
 from streamproc.io.sources import plan
 from streamproc.analyze.job import collect_with_browser
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 
 
 def _chunk_bodies(page: str, k: int) -> list[dict]:
@@ -71,17 +66,6 @@ def test_bodies_shorten_long_values_and_note_their_length(real_rows, monkeypatch
 
 
 # ----------------------------------------------------------------------------- the page in Chromium
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium) to test the web page")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +231,7 @@ def test_stats_and_browser_in_one_pass_equal_the_two_passes(real_row_files, tmp_
 # ----------------------------------------------------------------------------- the list: sort, filter, link, keys
 
 
-SAMPLE = Path(webview.__file__).parent / "data" / "sample.parquet"
+SAMPLE = streamproc.SAMPLE
 
 
 @pytest.fixture(scope="module")

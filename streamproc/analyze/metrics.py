@@ -19,7 +19,7 @@ import numpy as np
 
 from streamproc.analyze.outcomes import check_call, classify, guide_flags, parse_tools
 from streamproc.records import Row, Tally, Trace
-from streamproc.run.runner import Engine, Stage, run_merged
+from streamproc.run.runner import Engine, Gather, Stage, run_jobs
 from streamproc.io.sources import Split
 
 # Small integer quantities (turns, calls): one bin per value up to 1023, then one overflow bin,
@@ -308,8 +308,9 @@ def collect(
 ) -> tuple[Stats, Tally]:
     """Aggregate every row of `splits` in `workers` processes. `tokenizer` (see token_counter)
     adds reasoning lengths in tokens."""
-    (parts,), (tally,) = run_merged(splits, [StatsStage(tokenizer)], workers=workers, on_error=on_error, progress="stats")
-    return merge(parts, tokenizer), tally
+    job = Gather(StatsStage(tokenizer))
+    run_jobs(splits, [job], workers=workers, on_error=on_error, progress="stats")
+    return merge(job.partials, tokenizer), job.tally
 
 
 @lru_cache(maxsize=4)

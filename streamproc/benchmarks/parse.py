@@ -89,7 +89,7 @@ def best_cpu_times(contenders: dict[str, Callable[[], object]], repeat: int) -> 
 
 
 def contenders(turns: list[tuple[str, str]]) -> dict[str, Callable[[], None]]:
-    """The three timed runs over `turns` (benches/bench_parse.py times the same ones)."""
+    """The three timed runs over `turns` (a checkout's pytest-benchmark wrapper times the same ones)."""
     return {STREAMPROC: lambda: parse_all(turns), GUIDE: lambda: guide_all(turns), SCAN: lambda: scan_all(turns)}
 
 

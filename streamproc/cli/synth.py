@@ -4,7 +4,7 @@ import sys
 
 from streamproc.io.synth import CONFIG_CHOICES, LAYOUTS, configs_of, write
 from streamproc.cli.argtypes import count, positive_int
-from streamproc.cli.common import rows_file, say
+from streamproc.cli.common import say
 from streamproc.cli.manners import RAW
 from streamproc.run.progress import bar
 from streamproc.cli import COMMANDS
@@ -24,7 +24,7 @@ def add(sub) -> None:
         epilog=EXAMPLES, formatter_class=RAW,
     )
     p.add_argument("--rows", type=count, required=True, metavar="N", help="traces to write")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", type=rows_file, help="FILE.parquet, FILE.jsonl, FILE.jsonl.gz or FILE.jsonl.zst")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.parquet, FILE.jsonl, FILE.jsonl.gz or FILE.jsonl.zst")
     p.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same rows (default %(default)s)")
     p.add_argument(
         "--config", choices=CONFIG_CHOICES, default="both",

@@ -151,6 +151,7 @@ def _row(d: dict, messages: list, key: str, loc: Location, source: str) -> Row:
         conversations=conversations,
         tools=tools,
         source=src if isinstance(src, str) and src else source,
+        source_in_data=isinstance(src, str) and bool(src),
         extra={k: v for k, v in d.items() if k not in used},
         loc=loc,
         chat=chat,
@@ -453,19 +454,22 @@ def _assistant_turn(m: dict, content: str, reasoning: str | None, key: str, i: i
 # ----------------------------------------------------------------------------- writing
 
 
-def sharegpt_record(row: Row) -> dict[str, Any]:
+def sharegpt_record(row: Row, with_source: bool = True) -> dict[str, Any]:
     """A row in the dataset schema (ShareGPT `conversations`, tags in the text), whichever
-    layout it was read from, every extra column carried."""
-    return {
+    layout it was read from, every extra column carried; `source` where the input gave one, or
+    `with_source`."""
+    rec = {
         "id": row.id,
         "conversations": [{"from": f, "value": v} for f, v in row.conversations],
         "tools": row.tools,
         "category": row.category,
         "subcategory": row.subcategory,
         "task": row.task,
-        "source": row.source,
-        **row.extra,
     }
+    if with_source or row.source_in_data:
+        rec["source"] = row.source
+    rec.update(row.extra)
+    return rec
 
 
 def openai_record(trace: Trace) -> dict[str, Any]:

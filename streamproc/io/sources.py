@@ -1,8 +1,8 @@
 """Streaming sources: local Parquet / JSONL (plain, gzip, zstd) / JSON, and Hugging Face datasets.
 
-Work is planned as shards without reading the data: Parquet splits by row groups (from the
-footer), plain JSONL by byte ranges (aligned to the next newline when read), anything else is one
-shard per file. A shard is a small picklable record, so worker processes each open their own.
+Work is planned as splits without reading the data: Parquet by row groups (from the footer),
+plain JSONL by byte ranges (aligned to the next newline when read), anything else is one split
+per file. A split is a small picklable record, so worker processes each open their own.
 Rows come out validated (`Row`) or set aside (`BadRow`); reading never raises on bad data.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import gzip
-import hashlib
 import io
 import os
 from dataclasses import dataclass, replace
@@ -61,18 +60,14 @@ class Split:
 
     parts: tuple[Part, ...]
     limit: int | None = None
-    skip: frozenset[Location] = frozenset()  # good rows (by their location) left out: a filtered view
-    gate: Any = None  # a view's row gate (curate.ConditionGate), applied by the runner to parsed rows
 
     @property
     def nbytes(self) -> int:
         return sum(p.nbytes for p in self.parts)
 
     def key(self) -> str:
-        """What the split reads, as a stable string (a pack run's plan, to resume it): repr's
-        order of `skip` changes from one process to the next, and it could be millions long."""
-        skip = hashlib.sha256("\n".join(sorted(map(str, self.skip))).encode()).hexdigest()[:16] if self.skip else ""
-        return f"Split({self.parts!r}, limit={self.limit}, skip={skip}, gate={self.gate!r})"
+        """What the split reads, as a stable string (a pack run's plan, to resume it)."""
+        return f"Split({self.parts!r}, limit={self.limit})"
 
     def where(self) -> str:
         """What the split reads, for messages: `a.jsonl (bytes 0-33554432)`, `b.parquet (row groups 4-7)`."""
@@ -89,9 +84,6 @@ def _part_where(p: Part) -> str:
     if p.kind == "hub" and p.num_shards > 1:
         return f"{p.path} (shard {p.index} of {p.num_shards})"
     return p.path
-
-
-Shard = Split  # its old name: output files are shards (shards.py), input work units are splits
 
 
 class SourceError(RuntimeError):
@@ -113,8 +105,8 @@ class Plan(list):
     """The splits of a run (a plain list of Split), and `unread`: what the inputs named that
     is not read, so a run can say so."""
 
-    def __init__(self, shards: Iterable[Split] = (), unread: Iterable[Unread] = ()):
-        super().__init__(shards)
+    def __init__(self, splits: Iterable[Split] = (), unread: Iterable[Unread] = ()):
+        super().__init__(splits)
         self.unread: tuple[Unread, ...] = tuple(unread)
 
 
@@ -249,7 +241,7 @@ def plan(
     shard_bytes: int = SHARD_BYTES,
     hub_shards: int = 8,
 ) -> Plan:
-    """Plan shards for local inputs or a Hub dataset. With no input at all: the built-in sample.
+    """Plan splits for local inputs or a Hub dataset. With no input at all: the built-in sample.
 
     With `limit`, the first N rows of a sequential read, exactly: Parquet parts whose row counts
     (from their footers) fit in what is left stay splits of their own, read in parallel; the rest
@@ -369,25 +361,22 @@ def _load_streaming(dataset: str, config: str | None, split: str, data_files: tu
 # ----------------------------------------------------------------------------- reading
 
 
-def read(shard: Split) -> Iterator[Row | BadRow]:
-    """Rows of a shard in order: validated Rows, or BadRows for what does not fit; the good rows
-    in `shard.skip` (a filtered view) are left out."""
-    left = shard.limit
-    for part in shard.parts:
+def read(split: Split) -> Iterator[Row | BadRow]:
+    """Rows of a split in order: validated Rows, or BadRows for what does not fit."""
+    left = split.limit
+    for part in split.parts:
         for item in _read_part(part):
             if left is not None:
                 if left <= 0:
                     return
                 left -= 1
-            if shard.skip and not isinstance(item, BadRow) and item.loc in shard.skip:
-                continue
             yield item
 
 
 def iter_rows(inputs: Sequence[str | os.PathLike] = (), **plan_kwargs) -> Iterator[Row | BadRow]:
     """Every row of the inputs in order, in this process (the notebook entry point)."""
-    for shard in plan(inputs, **plan_kwargs):
-        yield from read(shard)
+    for split in plan(inputs, **plan_kwargs):
+        yield from read(split)
 
 
 def _read_part(part: Part) -> Iterator[Row | BadRow]:
@@ -577,15 +566,11 @@ def _read_hub(part: Part) -> Iterator[Row | BadRow]:
 ON_ERROR = ("skip", "fail")
 
 
-def good_rows(shard: Split, on_error: str, rejects: list[BadRow]) -> Iterator[Row]:
-    """Rows of a shard under an error policy: `skip` sets bad rows aside in `rejects` and goes
-    on; `fail` raises RowError at the first one. Rows in `shard.skip` are left out (by read)."""
-    return keep_good(read(shard), on_error, rejects)
-
-
-def keep_good(items: Iterable[Row | BadRow], on_error: str, rejects: list[BadRow]) -> Iterator[Row]:
-    """The error policy of `good_rows` over any stream of read items."""
-    for item in items:
+def good_rows(split: Split, on_error: str, rejects: list[BadRow]) -> Iterator[Row]:
+    """Rows of a split under an error policy, in this process (the runner applies it to a
+    run's splits): `skip` sets bad rows aside in `rejects` and goes on; `fail` raises RowError
+    at the first one."""
+    for item in read(split):
         if isinstance(item, BadRow):
             if on_error == "fail":
                 raise RowError(item)

@@ -17,16 +17,13 @@ layout), written as JSONL or Parquet.
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Iterable, Sequence
-
-import orjson
+from typing import Sequence
 
 from streamproc.prepare.chat import TOOL_FALLBACK, to_messages
-from streamproc.io.files import atomic_path, jsonl_writer, output_format
 from streamproc.io.layouts import arrow_schema, openai_record, sharegpt_record
+from streamproc.io.writer import Encoding, RowsJob
 from streamproc.records import Row, Tally, Trace
-from streamproc.run.runner import Engine, Folded, Stage, run
+from streamproc.run.runner import Engine, Stage, run_jobs
 from streamproc.io.sources import Split
 
 FORMATS = ("messages", "pairs")
@@ -41,11 +38,11 @@ def row_records(
     if layout == "sharegpt":
         return [sharegpt_record(row)]
     if layout == "openai":
-        rec = openai_record(trace)
+        rec = openai_record(trace)  # type: ignore[arg-type]
         if fmt == "messages":
             return [rec]
         dicts, head = rec.pop("messages"), {k: rec.pop(k) for k in ("id", "source")}
-        turns = trace.chat.turn_of if trace.chat is not None else _turn_of(trace)
+        turns = trace.chat.turn_of if trace.chat is not None else _turn_of(trace)  # type: ignore[union-attr]
         return [{**head, "turn": turns[i], "prompt": dicts[:i], "completion": [m], **rec} for i, m in enumerate(dicts) if m["role"] == "assistant"]
     msgs = to_messages(row.conversations, tool_role, tool_prefix)
     dicts = [m.as_dict() for m in msgs]
@@ -71,13 +68,29 @@ class ExportStage(Stage):
 
     def __init__(self, fmt: str, tool_role: str, tool_prefix: str, layout: str = "text"):
         self.fmt, self.tool_role, self.tool_prefix, self.layout = fmt, tool_role, tool_prefix, layout
-        self.trace = layout == "openai"
+        self.needs_trace = layout == "openai"
 
     def start(self) -> list[dict]:
         return []
 
     def fold(self, acc: list[dict], row: Row, trace: Trace | None) -> None:
         acc.extend(row_records(row, self.fmt, self.tool_role, self.tool_prefix, self.layout, trace))
+
+
+class ExportJob(RowsJob):
+    """Export records of every row into OUT (io/writer.py: JSONL, .gz, .zst, Parquet or `-`), in
+    input order; the file is complete on leaving the `with` block without an error, or absent."""
+
+    def __init__(self, out: str | os.PathLike, fmt: str = "messages", tool_role: str = "keep", tool_prefix: str = TOOL_FALLBACK, layout: str = "text"):
+        if fmt not in FORMATS:
+            raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        if tool_role not in TOOL_ROLES:
+            raise ValueError(f"tool role {tool_role!r}: expected one of {', '.join(TOOL_ROLES)}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+        if layout == "sharegpt" and fmt == "pairs":
+            raise ValueError("the sharegpt layout writes whole conversations: use --format messages")
+        super().__init__(ExportStage(fmt, tool_role, tool_prefix, layout), out, Encoding(schema=_schema(fmt, layout)))
 
 
 def export(
@@ -91,39 +104,10 @@ def export(
     workers: int | Engine = 1,
     on_error: str = "skip",
 ) -> Tally:
-    """Write the records of every row to OUT as JSONL (.gz, .zst) or Parquet by its extension, atomically."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    if tool_role not in TOOL_ROLES:
-        raise ValueError(f"tool role {tool_role!r}: expected one of {', '.join(TOOL_ROLES)}")
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
-    if layout == "sharegpt" and fmt == "pairs":
-        raise ValueError("the sharegpt layout writes whole conversations: use --format messages")
-    out = Path(out)
-    kind = output_format(out)
-    tally = Tally()
-    results = run(splits, [ExportStage(fmt, tool_role, tool_prefix, layout)], workers=workers, on_error=on_error, progress="export")
-    with atomic_path(out) as tmp:
-        if kind.kind == "parquet":
-            _write_parquet(tmp, results, tally, _schema(fmt, layout))
-        else:
-            with jsonl_writer(tmp, kind.compression) as f:
-                for r in results:
-                    tally.add(r.tallies[0])
-                    f.writelines(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE) for rec in r.partials[0])
-    return tally
-
-
-def _write_parquet(tmp: Path, results: Iterable[Folded], tally: Tally, schema) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    with pq.ParquetWriter(tmp, schema) as writer:
-        for r in results:
-            tally.add(r.tallies[0])
-            if r.partials[0]:
-                writer.write_table(pa.Table.from_pylist(r.partials[0], schema=schema))
+    """Write the records of every row to OUT: JSONL (.gz, .zst), Parquet or `-`, by its name, atomically."""
+    with ExportJob(out, fmt, tool_role, tool_prefix, layout) as job:
+        run_jobs(splits, [job], workers=workers, on_error=on_error, progress="export")
+    return job.tally
 
 
 def _schema(fmt: str, layout: str = "text"):

@@ -29,7 +29,7 @@ from streamproc.records import Row, Tally, Trace
 from streamproc.parse.turns import REASONING, TEXT
 from streamproc.analyze.outcomes import status, trace_failures
 from streamproc.views.render import assistant_blocks, clip_values, shorten
-from streamproc.run.runner import Engine, Stage, run_merged
+from streamproc.run.runner import Engine, Gather, Stage, run_jobs
 from streamproc.io.sources import Split
 
 CHUNK = 200  # traces per compressed chunk: one inflate is a few MB at most
@@ -110,7 +110,6 @@ def _block(kind: str, value: Any, number: int | None) -> dict[str, Any]:
 class ViewPart:
     entries: list[Entry]
     chunks: list[bytes]
-    tally: Tally
 
 
 class ViewFold:
@@ -131,11 +130,11 @@ class ViewFold:
             self.chunks.append(_compress(self._bodies))
             self._bodies = []
 
-    def part(self, tally: Tally | None = None) -> ViewPart:
+    def part(self) -> ViewPart:
         if self._bodies:
             self.chunks.append(_compress(self._bodies))
             self._bodies = []
-        return ViewPart(self.entries, self.chunks, tally or Tally())
+        return ViewPart(self.entries, self.chunks)
 
 
 class ViewStage(Stage):
@@ -161,20 +160,20 @@ def _compress(bodies: list[bytes]) -> bytes:
 
 def collect(splits: Sequence[Split], workers: int | Engine = 1, on_error: str = "skip") -> tuple[Browser, Tally]:
     """Index and body chunks of every trace, in input order, made in worker processes."""
-    (parts,), (tally,) = run_merged(splits, [ViewStage()], workers=workers, on_error=on_error, progress="index traces")
-    return merge(parts)[0], tally
+    job = Gather(ViewStage())
+    run_jobs(splits, [job], workers=workers, on_error=on_error, progress="index traces")
+    return merge(job.partials), job.tally
 
 
-def merge(parts: Iterable[ViewPart]) -> tuple[Browser, Tally]:
-    """One Browser of per-shard parts, in the order given."""
-    browser, tally = Browser(), Tally()
+def merge(parts: Iterable[ViewPart]) -> Browser:
+    """One Browser of per-split parts, in the order given."""
+    browser = Browser()
     for part in parts:
         for e in part.entries:
             e.chunk += len(browser.chunks)
         browser.entries.extend(part.entries)
         browser.chunks.extend(part.chunks)
-        tally.add(part.tally)
-    return browser, tally
+    return browser
 
 
 # ----------------------------------------------------------------------------- the page

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import textwrap
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter, PercentFormatter
 from streamproc.io.files import write_bytes, write_json
 from streamproc.analyze.metrics import COUNT_EDGES, POSITION_CAP, Counts, Hist, Stats
 from streamproc.records import Tally
+from streamproc.views.safe import visible
 
 # ----------------------------------------------------------------------------- figures as text
 
@@ -120,8 +122,9 @@ def summary_markdown(stats: Stats, tally: Tally | None = None, top: int = 10, pl
     for title, header, rows in [*tables(stats, top), *extra]:
         if not rows:
             continue
-        out += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        out += ["| " + " | ".join(v.replace("|", "\\|") for v in r) + " |" for r in rows]
+        # a file people `cat`: names from the data with their control characters escaped
+        out += [f"## {title}", "", "| " + " | ".join(map(visible, header)) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(visible(v).replace("|", "\\|") for v in r) + " |" for r in rows]
         out.append("")
     if plots:
         out += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
@@ -131,6 +134,17 @@ def summary_markdown(stats: Stats, tally: Tally | None = None, top: int = 10, pl
 # ----------------------------------------------------------------------------- plots
 
 FEW = 30  # a share resting on fewer samples than this is drawn faded or hollow, its count shown
+LABEL_MAX = 40  # characters of a name from the data on a plot; a longer one would take the plot's room
+
+
+def _label(name: str) -> str:
+    """A name from the data (tool, source, category) as a plot shows it: control characters as
+    escapes (safe.visible), cut to LABEL_MAX characters, and `$` written as itself, not taken
+    for the start of mathtext."""
+    text = visible(name)
+    if len(text) > LABEL_MAX:
+        text = text[: LABEL_MAX - 1] + "…"
+    return text.replace("$", r"\$")
 
 
 def _axes(ax, size=(7, 4.5)):
@@ -215,9 +229,9 @@ def top_tools(data: Stats | Counts, ax=None, top: int = 15) -> Figure:
     y = np.arange(len(names))
     for i, (source, c) in enumerate(groups):
         bars = ax.barh(y + (len(groups) - 1 - i) * height - 0.4 + height / 2, [c.tool_counts[t] for t in names],
-                       height, label=source, color=colours[source])
+                       height, label=_label(source), color=colours[source])
         ax.bar_label(bars, [f"{c.tool_counts[t]:,}" if c.tool_counts[t] else "" for t in names], padding=2, fontsize=7)
-    ax.set_yticks(y, names)
+    ax.set_yticks(y, [_label(t) for t in names])
     ax.margins(x=0.12)
     ax.set_title(f"{title} (top {len(names)})")
     ax.set_xlabel("Calls")
@@ -240,7 +254,7 @@ def parallel_widths(data: Stats | Counts, ax=None) -> Figure:
     for i, (source, c) in enumerate(groups):
         n = sum(c.parallel_widths.values())
         shares = [c.parallel_widths[w] / n if n else 0 for w in widths]
-        bars = ax.bar(x + i * width - 0.4 + width / 2, shares, width, label=f"{source} ({n:,} turns)", color=colours[source])
+        bars = ax.bar(x + i * width - 0.4 + width / 2, shares, width, label=f"{_label(source)} ({n:,} turns)", color=colours[source])
         ax.bar_label(bars, [f"{c.parallel_widths[w]:,}" if c.parallel_widths[w] else "" for w in widths], fontsize=7)
     ax.set_xticks(x, [str(w) for w in widths])
     ax.set_yscale("log")
@@ -269,7 +283,7 @@ def conversation_length(data: Stats | Counts, ax=None, bars: int = 40) -> Figure
         if not h.n:
             continue
         counts = np.add.reduceat(h.counts[:top], starts) / h.n
-        ax.stairs(counts, np.append(starts, top), label=f"{source}: {h.n:,} traces, mean {h.mean():.1f}",
+        ax.stairs(counts, np.append(starts, top), label=f"{_label(source)}: {h.n:,} traces, mean {h.mean():.1f}",
                   color=f"C{i}", fill=len(groups) == 1, alpha=0.85 if len(groups) == 1 else 1, linewidth=1.6)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.set_title(title)
@@ -292,11 +306,11 @@ def categories(data: Stats | Counts, ax=None) -> Figure:
     left = np.zeros(len(cats))
     for i, (source, c) in enumerate(groups):
         n = np.array([c.categories[k] for k in cats], dtype=float)
-        ax.barh(y, n, left=left, label=source, color=f"C{i}", height=0.7)
+        ax.barh(y, n, left=left, label=_label(source), color=f"C{i}", height=0.7)
         left += n
     for yi, k in zip(y, cats):
         ax.text(left[yi], yi, f" {total.categories[k]:,} ({_pct(total.categories[k], total.traces)})", va="center", fontsize=8)
-    ax.set_yticks(y, [k or "(none)" for k in cats])
+    ax.set_yticks(y, [_label(k) if k else "(none)" for k in cats])
     ax.margins(x=0.2)
     ax.set_title(title)
     ax.set_xlabel("Traces")
@@ -310,15 +324,17 @@ def tools_by_category(c: Counts | Stats, ax=None, top: int = 12) -> Figure:
     c = c.total() if isinstance(c, Stats) else c
     tools = [k for k, _ in c.tool_counts.most_common(top)]
     cats = [k for k, _ in c.categories.most_common()]
-    ax = _axes(ax, (10, 1.8 + 0.4 * max(3, len(cats))))
+    names = [_label(t) for t in tools]
+    # the tool names hang below at 40 degrees: room for names longer than the usual ones (about 0.055 in a character)
+    ax = _axes(ax, (10, 1.8 + 0.4 * max(3, len(cats)) + 0.055 * max(0, max(map(len, names), default=0) - 16)))
     title = f"Tool usage by category (top {len(tools)} tools)"
     if not tools or not cats:
         return _nothing(ax, "Tool usage by category", "no tool was called in these traces")
     calls = np.array([[c.tools_by_category[(cat, t)] for t in tools] for cat in cats], dtype=float)
     per_cat = calls.sum(axis=1, keepdims=True)
     _heat(ax, calls / np.maximum(per_cat, 1), calls, per_cat[:, 0],
-          tools, [f"{k or '(none)'} ({int(n):,})" for k, n in zip(cats, per_cat[:, 0])], "share of the category's calls")
-    ax.set_xticks(range(len(tools)), tools, rotation=40, ha="right")
+          names, [f"{_label(k) if k else '(none)'} ({int(n):,})" for k, n in zip(cats, per_cat[:, 0])], "share of the category's calls")
+    ax.set_xticks(range(len(tools)), names, rotation=40, ha="right")
     ax.set_title(title)
     return ax.figure
 
@@ -342,7 +358,7 @@ def tools_by_position(c: Counts | Stats, ax=None, top: int = 12) -> Figure:
     cols = [str(p) for p in positions]
     if last == POSITION_CAP:
         cols[-1] += "+"
-    _heat(ax, calls / np.maximum(totals, 1), calls, totals, cols, tools, "share of the calls at that turn", by_column=True)
+    _heat(ax, calls / np.maximum(totals, 1), calls, totals, cols, [_label(t) for t in tools], "share of the calls at that turn", by_column=True)
     ax.set_xlabel(f"Assistant turn number (faded: fewer than {FEW} calls at that turn; top: calls at that turn)")
     ax.set_title(f"Tool usage by turn position (top {len(tools)} tools)")
     return ax.figure
@@ -390,7 +406,7 @@ def reasoning_length(stats: Stats | Counts, ax=None) -> Figure:
         x = [1.0] + [lo for lo, _, _ in bins if lo > 0] + [h.max + 1]
         y = np.cumsum([without] + [n for lo, _, n in bins if lo > 0]) / h.n
         ax.step(x, np.append(y, 1.0), where="post", color=f"C{i}", linewidth=1.8,
-                label=f"{name}: median {_lengths(h.percentile(50))}, {_pct(without, h.n)} of {h.n:,} turns without")
+                label=f"{_label(name)}: median {_lengths(h.percentile(50))}, {_pct(without, h.n)} of {h.n:,} turns without")
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(_lengths))
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -426,7 +442,7 @@ def error_rate(data: Stats | Counts, ax=None, top: int = 15) -> Figure:
             ax.plot([lo, hi], [y, y], color=colours[source], linewidth=2, alpha=0.6, solid_capstyle="butt")
             ax.plot([k / n], [y], "o", color=colours[source], markerfacecolor=colours[source] if n >= FEW else "white")
             ax.text(hi + 0.01, y, f"{k:,}/{n:,}", va="center", fontsize=7, color="0.2")
-    ax.set_yticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), [_label(t) for t in names])
     ax.set_xlim(0, 1.12)
     ax.set_xticks(np.linspace(0, 1, 6))
     ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
@@ -434,7 +450,7 @@ def error_rate(data: Stats | Counts, ax=None, top: int = 15) -> Figure:
     ax.set_title(title)
     ax.set_xlabel(f"Failed responses / responses (hollow: fewer than {FEW} responses)")
     _legend(ax, groups, [Line2D([], [], color=colours[name], marker="o", linewidth=2) for name, _ in groups],
-            [name for name, _ in groups])
+            [_label(name) for name, _ in groups])
     return ax.figure
 
 
@@ -455,10 +471,15 @@ def overview(data: Stats | Counts, fig: Figure | None = None) -> Figure:
     if not _merged(groups).traces:
         _nothing(fig.add_subplot(), "Overview", "no traces")
         return fig
-    names = [f"{name}\n{c.traces:,} traces" for name, c in groups]
+    # six small plots side by side: each name on lines short enough for its bar's share of the width
+    line = max(8, 48 // len(groups))
+    names = ["\n".join(textwrap.wrap(_label(name), line, break_on_hyphens=False)) + f"\n{c.traces:,} traces"
+             for name, c in groups]
     for ax, (label, fn) in zip(fig.subplots(2, 3).ravel(), _COMPARED):
         values = [fn(c) for _, c in groups]
-        bars = ax.bar(names, values, color=[f"C{i}" for i in range(len(groups))], width=0.6)
+        # at positions, not by name: two sources whose names are cut alike stay two bars
+        bars = ax.bar(range(len(names)), values, color=[f"C{i}" for i in range(len(groups))], width=0.6)
+        ax.set_xticks(range(len(names)), names)
         ax.bar_label(bars, [f"{v:,.1f}" for v in values], fontsize="small", padding=2)
         ax.set_ylim(0, max(values) * 1.18 or 1)  # room for the labels; all zero stays a flat, readable axis
         ax.set_title(label, fontsize="medium")
@@ -535,12 +556,12 @@ def training(packed: str | os.PathLike | Mapping) -> Training:
     directory, the sequence lengths are read from its shards too."""
     if isinstance(packed, Mapping):
         return Training(dict(packed))
-    from streamproc.prepare.shards import MANIFEST, SPLITS, read_manifest, read_shards
+    from streamproc.prepare.shards import MANIFEST, PARTITIONS, read_manifest, read_shards
 
     out = Path(packed)
     out = out.parent if out.name == MANIFEST else out
     manifest = read_manifest(out)
-    lengths = {s: read_shards(out, s).column("seq_lens").combine_chunks().flatten().to_numpy() for s in SPLITS
+    lengths = {s: read_shards(out, s).column("seq_lens").combine_chunks().flatten().to_numpy() for s in PARTITIONS
                if manifest["counts"].get(s, {}).get("sequences")}
     return Training(manifest, lengths)
 

@@ -16,6 +16,8 @@ import sys
 import textwrap
 from typing import TYPE_CHECKING, TextIO
 
+from streamproc.views.safe import visible
+
 if TYPE_CHECKING:  # rich and matplotlib load only for the commands that print tables
     from rich.console import Console
     from rich.table import Table
@@ -87,6 +89,8 @@ def print_tables(stats: Stats, top: int, file: TextIO | None = None) -> None:
         for title, header, rows in tables(stats, top):
             if not rows:
                 continue
+            # escaped before the widths are reckoned (_label_width, _needed)
+            header, rows = [visible(h) for h in header], [[visible(v) for v in r] for r in rows]
             if title == "Figures":
                 rows, quiet = _quality_folded(rows)
                 for part in _column_chunks(console, title, header, rows):
@@ -115,12 +119,13 @@ def _table(title: str, header: list[str], rows: list[list[str]], width: int) -> 
     from rich.table import Table
     from rich.text import Text
 
-    t = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, show_edge=False,
+    # Text, never str, for what the data names (tools, sources, categories): rich would take `[red]` for markup.
+    t = Table(title=Text(title, style="bold"), title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
               pad_edge=False, header_style="bold")
     fit = width < PIPE_WIDTH  # off a terminal, names are never wrapped
-    t.add_column(header[0], overflow="fold", max_width=_label_width(rows, width) if fit else None)
+    t.add_column(Text(header[0]), overflow="fold", max_width=_label_width(rows, width) if fit else None)
     for h in header[1:]:
-        t.add_column(h, justify="right", no_wrap=True)
+        t.add_column(Text(h), justify="right", no_wrap=True)
     for r in rows:
         cells = [Text(r[0])]
         for h, v in zip(header[1:], r[1:]):
