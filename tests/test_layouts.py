@@ -136,6 +136,9 @@ def test_a_json_file_of_message_rows_and_json_string_columns_in_parquet(tmp_path
     (tmp_path / "sample_raw.json").write_text(json.dumps(rows))  # as the ADP repository keeps them
     got = list(iter_rows([tmp_path / "sample_raw.json"]))
     assert len(got) == 6 and not any(isinstance(r, BadRow) for r in got)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "swe.parquet")  # nested: messages a list of structs, nulls filled in
+    nested = [parse_trace(r) for r in iter_rows([tmp_path / "swe.parquet"])]
+    assert [meaning(t) for t in nested] == [meaning(parse_trace(r)) for r in got]
     toucan = [json.loads(line) for line in need(CHAT / "toucan_kimi_k2_sample.jsonl").open()]
     pq.write_table(pa.Table.from_pylist(toucan), tmp_path / "toucan.parquet")  # every column a string
     got = list(iter_rows([tmp_path / "toucan.parquet"]))
