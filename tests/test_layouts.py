@@ -131,6 +131,14 @@ def test_turns_built_from_the_structure_are_what_the_parser_finds_in_their_text(
                 assert turn_facts(turn) == turn_facts(parse_turn(frm, text)), (name, row.id)
 
 
+def test_function_call_turns_may_hold_parallel_calls():
+    calls = [{"name": "a", "arguments": {"x": 1}}, {"name": "b", "arguments": {}}]
+    row = read({"conversations": [{"from": "human", "value": "go"}, {"from": "function_call", "value": json.dumps(calls)},
+                                  {"from": "observation", "value": "1"}, {"from": "observation", "value": "2"}, {"from": "gpt", "value": "done"}]})
+    t = parse_trace(row)
+    assert [(t.call(i).name, t.call(i).arguments, t.response(t.call(i).response).content) for i in range(2)] == [("a", {"x": 1}, "1"), ("b", {}, "2")]
+
+
 def test_a_json_file_of_message_rows_and_json_string_columns_in_parquet(tmp_path):
     rows = [json.loads(line) for line in need(CHAT / "swe_gym_openhands_sampled_trajectories.jsonl").open()]
     (tmp_path / "sample_raw.json").write_text(json.dumps(rows))  # as the ADP repository keeps them

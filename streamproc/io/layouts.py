@@ -104,7 +104,8 @@ def _row_from_function_roles(d: dict, loc: Location, source: str) -> Row:
                 call = orjson.loads(value)
             except orjson.JSONDecodeError as e:
                 _bad(loc, d, f"conversations[{i}].value", f"a function_call that is not JSON: {e}")
-            messages.append({"role": "assistant", "content": "", "function_call": call})
+            # One call, or a list of parallel ones.
+            messages.append({"role": "assistant", "content": "", **({"tool_calls": call} if isinstance(call, list) else {"function_call": call})})
         elif frm == "observation":
             messages.append({"role": "tool", "content": value})
         elif frm in ("system", "human", "gpt"):
