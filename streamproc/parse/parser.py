@@ -70,13 +70,18 @@ def parse_trace(row: Row | Mapping[str, Any], source: str | None = None) -> Trac
     across the conversation), else by position among the latest assistant turn's unanswered calls.
     """
     if not isinstance(row, Row):
-        from streamproc.records import row_from_dict
+        from streamproc.io.layouts import row_from_record
+        from streamproc.records import Location
 
-        row = row_from_dict(row)
+        row = row_from_record(row, Location("<memory>", 0), "")
+    src = row.source if source is None else source
+    if row.chat is not None:  # the chat layout: turns built from its structure when it was read
+        c = row.chat
+        return Trace(row.id, src, row.category, row.subcategory, row.task, c.turns, row.tools, list(c.calls), list(c.responses), row.extra, c)
     turns = [parse_turn(frm, value) for frm, value in row.conversations]
     trace = Trace(
         id=row.id,
-        source=row.source if source is None else source,
+        source=src,
         category=row.category,
         subcategory=row.subcategory,
         task=row.task,
