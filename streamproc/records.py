@@ -37,8 +37,26 @@ class Location:
 
 
 @dataclass(slots=True)
+class ChatLayout:
+    """What a row read from the chat `messages` layout keeps of its structure (io/layouts.py).
+
+    `source` are its messages as read (validated); `layouts.chat_messages` gives them normalized,
+    as a chat template reads them. `turn_of[i]` is the turn of `Row.conversations` message i
+    became (consecutive tool results are one turn, as ShareGPT writes them). `turns`, `calls`
+    and `responses` are the parsed trace, built from the structure (calls paired with results by
+    `tool_call_id`), so parsing such a row scans no text. The tools column stays `Row.tools`."""
+
+    source: list[dict[str, Any]]
+    turn_of: list[int]
+    turns: list[Turn]
+    calls: list[tuple[int, int]]
+    responses: list[tuple[int, int]]
+
+
+@dataclass(slots=True)
 class Row:
-    """One validated row in the dataset schema."""
+    """One validated row in the dataset schema. A row read from the chat `messages` layout has
+    its turns written as ShareGPT text (`conversations`) and its structure in `chat`."""
 
     id: str
     conversations: list[tuple[str, str]]  # (from, value) with from in ROLES
@@ -50,6 +68,7 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
     loc: Location | None = None
     source_in_data: bool = True  # False: the input gave no `source`, and `source` is its file's label
+    chat: ChatLayout | None = None
 
 
 @dataclass(slots=True)
@@ -64,6 +83,7 @@ class Trace:
     calls: list[tuple[int, int]] = field(default_factory=list)  # (turn, index in turn.tool_calls)
     responses: list[tuple[int, int]] = field(default_factory=list)  # (turn, index in turn.tool_responses)
     extra: dict[str, Any] = field(default_factory=dict)
+    chat: ChatLayout | None = None  # the row's chat-layout structure, where it had one
 
     def call(self, i: int) -> ToolCall:
         t, k = self.calls[i]

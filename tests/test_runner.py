@@ -1,5 +1,5 @@
 """The stage runner in real processes: worker pools that cannot hang, prompt interrupts, atomic
-outputs, locked pack directories, and rows the writer cannot encode."""
+outputs, locked pack directories, and rows nested deeper than a record can hold."""
 
 from __future__ import annotations
 
@@ -301,21 +301,17 @@ def with_deep_row(tmp_path, splits4) -> list[str]:
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
-def test_a_record_too_deep_to_encode_is_a_bad_row_and_the_rest_is_kept(tmp_path, with_deep_row, workers, suffix):
+def test_a_call_too_deep_for_a_record_is_written_with_its_body_as_text(tmp_path, with_deep_row, workers, suffix):
     out = tmp_path / f"p{suffix}"
-    p = streamproc("parse", *with_deep_row, "-o", str(out), "--workers", workers)
+    p = streamproc("parse", *with_deep_row, "-o", str(out), "--workers", workers, "--on-error", "fail")
     assert p.returncode == 0, p.stderr
-    assert "31 rows read, 30 parsed, 1 rejected" in p.stderr
-    (reject,) = [json.loads(line) for line in open(f"{out}.rejects.jsonl")]
-    assert reject["field"] == "<parse>" and "Recursion limit" in reject["error"] and "deep" in reject["error"]
-    n = pq.read_metadata(out).num_rows if suffix == ".parquet" else len(out.read_bytes().splitlines())
-    assert n == 30
-
-
-def test_fail_stops_at_a_record_too_deep_to_encode(tmp_path, with_deep_row):
-    p = streamproc("parse", *with_deep_row, "-o", str(tmp_path / "p.jsonl"), "--on-error", "fail", "--workers", "2")
-    assert p.returncode == 2 and "Recursion limit" in p.stderr and "Traceback" not in p.stderr
-    assert list(tmp_path.iterdir()) == [tmp_path / "deep.jsonl"]
+    assert "31 rows read, 31 parsed, 0 rejected" in p.stderr
+    records = pq.read_table(out).to_pylist() if suffix == ".parquet" else [json.loads(x) for x in out.read_bytes().splitlines()]
+    (deep_record,) = [r for r in records if r["id"] == "deep"]
+    (call,) = deep_record["turns"][1]["tool_calls"]
+    assert call["name"] == "f" and not call["valid"] and "nested deeper than" in call["error"]
+    assert call["raw"] == '\n{"name": "f", "arguments": ' + deep(300) + "}\n"
+    assert records.index(deep_record) == 15  # in input order, between the two sample splits
 
 
 @pytest.mark.parametrize(
@@ -378,13 +374,13 @@ def test_tally_lives_with_the_records():
     assert t.summary() == "3 rows read, 2 parsed, 0 rejected"
 
 
-def test_a_trace_the_browser_cannot_encode_is_set_aside_and_the_report_is_written(tmp_path, with_deep_row):
+def test_a_trace_too_deep_for_a_record_is_in_the_report(tmp_path, with_deep_row):
     p = streamproc("stats", *with_deep_row, "--report", str(tmp_path / "rep"), "--workers", "2")
     assert p.returncode == 0, p.stderr
-    assert "31 rows read, 30 parsed, 1 rejected" in p.stderr
-    (reject,) = [json.loads(line) for line in (tmp_path / "rep" / "stats.rejects.jsonl").open()]
-    assert reject["field"] == "<browser>" and "Recursion limit" in reject["error"]
-    assert (tmp_path / "rep" / "index.html").exists()
+    assert "31 rows read, 31 parsed, 0 rejected" in p.stderr
+    assert not (tmp_path / "rep" / "stats.rejects.jsonl").exists()
+    assert json.loads((tmp_path / "rep" / "stats.json").read_text())["quality"]["malformed_calls"] == 1
+    assert '"deep"' in (tmp_path / "rep" / "index.html").read_text()
 
 
 def _dies_on_3(x: int) -> int:

@@ -12,6 +12,7 @@ import pyarrow as pa
 from streamproc.analyze.features import feature_schema
 from streamproc.curate.curator import Curator
 from streamproc.curate.stage import CuratedSplit, CurateStage
+from streamproc.io.layouts import sharegpt_record
 from streamproc.records import Row, Tally
 from streamproc.run.runner import Engine, Job, Stage, run_jobs
 from streamproc.io.files import OutputError, to_stdout
@@ -22,18 +23,7 @@ from streamproc.io.writer import Encoding, RowWriter, RowsJob
 def row_record(row: Row, with_source: bool = False) -> dict[str, Any]:
     """A row back in the dataset schema as it was read, every extra column carried; `source`
     where the input gave one, or `with_source`."""
-    rec = {
-        "id": row.id,
-        "conversations": [{"from": f, "value": v} for f, v in row.conversations],
-        "tools": row.tools,
-        "category": row.category,
-        "subcategory": row.subcategory,
-        "task": row.task,
-    }
-    if with_source or row.source_in_data:
-        rec["source"] = row.source
-    rec.update(row.extra)
-    return rec
+    return sharegpt_record(row, with_source)
 
 
 def rows_encoding(with_source: bool = False) -> Encoding:

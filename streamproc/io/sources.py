@@ -19,7 +19,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import orjson
 
 from streamproc.io import storage
-from streamproc.records import BadRow, Location, Row, RowError, row_from_dict
+from streamproc.io.layouts import MESSAGE_KEYS, row_from_record
+from streamproc.records import BadRow, Location, Row, RowError
 
 HUB_DATASET = "lambda/hermes-agent-reasoning-traces"
 SAMPLE = Path(__file__).parents[1] / "data" / "sample.parquet"
@@ -392,9 +393,9 @@ def _read_part(part: Part) -> Iterator[Row | BadRow]:
 
 
 def validate_row(obj, loc: Location, source: str) -> Row | BadRow:
-    """A decoded record as a Row, or the BadRow saying which field is wrong."""
+    """A decoded record as a Row (in either layout, io/layouts.py), or the BadRow saying which field is wrong."""
     try:
-        return row_from_dict(obj, loc, source)
+        return row_from_record(obj, loc, source)
     except RowError as e:
         return e.bad
 
@@ -526,18 +527,21 @@ def _read_json(part: Part) -> Iterator[Row | BadRow]:
         yield validate_row(r, Location(part.path, i), part.source)
 
 
+_TURN_KEYS = ("conversations", *MESSAGE_KEYS)
+
+
 def rows_in(obj: Any) -> list | str:
     """The rows of a decoded .json file, or why they cannot be told: an array of rows, one row,
-    or an object whose one list of rows (objects with `conversations`) holds them, else the list
-    under a well-known key (data, rows, train)."""
+    or an object whose one list of rows (objects with `conversations` or `messages`) holds them,
+    else the list under a well-known key (data, rows, train)."""
     if isinstance(obj, list):
         return obj
     if not isinstance(obj, dict):
         return f"expected a JSON array of rows, found a {type(obj).__name__}"
-    if "conversations" in obj:
+    if any(k in obj for k in _TURN_KEYS):
         return [obj]
-    lists = {k: v for k, v in obj.items() if isinstance(v, list)}
-    holding = [k for k, v in lists.items() if any(isinstance(r, dict) and "conversations" in r for r in v)]
+    lists = {k: v for k, v in obj.items() if isinstance(v, list) and k not in _TURN_KEYS}
+    holding = [k for k, v in lists.items() if any(isinstance(r, dict) and any(t in r for t in _TURN_KEYS) for r in v)]
     if len(holding) == 1:
         return lists[holding[0]]
     known = [k for k in lists if k in ROW_KEYS]

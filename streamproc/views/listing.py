@@ -11,7 +11,8 @@ from typing import Sequence
 
 from streamproc.parse.parser import parse_trace
 from streamproc.records import BadRow, Location, Row, Trace
-from streamproc.analyze.outcomes import trace_failures
+from streamproc.analyze.facts import trace_facts
+from streamproc.views.render import shorten
 from streamproc.run.runner import Engine, Job, Stage, run_jobs
 from streamproc.io.sources import Split
 
@@ -21,7 +22,8 @@ AMBIGUOUS_SHOWN = 10  # ids named when a prefix matches several
 
 @dataclass(slots=True, frozen=True)
 class Summary:
-    """What `streamproc ls` shows of one trace and filters on."""
+    """What the trace list shows of one trace and filters on: `streamproc ls` and the report
+    page's index read this one record."""
 
     id: str
     source: str
@@ -32,15 +34,17 @@ class Summary:
     calls: int
     errors: int  # failed tool responses plus malformed calls
     tools: tuple[str, ...]  # distinct tools called, in order of first use
-    failed_tools: tuple[str, ...]  # tools with at least one failed response
-    classes: tuple[str, ...]  # failure classes of its failed responses
+    failed_tools: tuple[str, ...]  # tools with a malformed call or a failed response (named by the call it answers)
+    classes: tuple[str, ...]  # failure classes: MALFORMED_CALL, then the statuses of failed responses
 
 
-def summarize(row: Row | Trace) -> Summary:
+def summarize(row: Row | Trace, task_chars: int | None = None) -> Summary:
+    """`task_chars`: the task shortened to about that many characters (the page keeps a short one)."""
     trace = parse_trace(row) if isinstance(row, Row) else row
-    f = trace_failures(trace)
-    return Summary(trace.id, trace.source, trace.category, trace.subcategory, trace.task, len(trace.turns),
-                   len(trace.calls), f.errors, f.tools, f.failed, f.classes)
+    f = trace_facts(trace)
+    return Summary(trace.id, trace.source, trace.category, trace.subcategory, shorten(trace.task, task_chars),
+                   len(trace.turns), len(trace.calls), f.errors(), tuple(f.tools()), tuple(f.failed_tools()),
+                   tuple(f.failure_classes()))
 
 
 @dataclass(slots=True, frozen=True)

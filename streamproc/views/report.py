@@ -25,6 +25,10 @@ from streamproc.io.files import write_bytes, write_json
 from streamproc.analyze.metrics import COUNT_EDGES, POSITION_CAP, Counts, Hist, Stats
 from streamproc.records import Tally
 from streamproc.views.safe import visible
+from streamproc.views.tables import (
+    CATEGORIES_TABLE, CATEGORY, CLASS, CLASSES_TABLE, FAILURE, FIGURES_TABLE, QUALITY, TOOL, TOOLS_TABLE, TRAINING_TABLE,
+    WARNING, Column, Table, TableRow,
+)
 
 # ----------------------------------------------------------------------------- figures as text
 
@@ -43,31 +47,49 @@ def _share(c: dict) -> str:
     return " / ".join(_pct(c[k], total) for k in ("reasoning", "tool_calls", "answer")) if total else "-"
 
 
-FIGURES: list[tuple[str, Callable[[Counts], str]]] = [
-    ("traces", lambda c: f"{c.traces:,}"),
-    ("turns", lambda c: f"{c.turns:,}"),
-    ("turns per trace (mean / p50 / p90 / max)", lambda c: _dist(c.turns_per_trace)),
-    ("assistant turns", lambda c: f"{c.assistant_turns:,}"),
-    ("tool calls", lambda c: f"{c.tool_calls:,}"),
-    ("tool calls per trace (mean / p50 / p90 / max)", lambda c: _dist(c.calls_per_trace)),
-    ("assistant turns with 2+ parallel calls", lambda c: _pct(sum(n for w, n in c.parallel_widths.items() if w > 1), c.assistant_turns)),
-    ("distinct tools called", lambda c: f"{len(c.tool_counts):,}"),
-    ("failed tool responses", lambda c: f"{sum(c.error_classes.values()):,} of {c.tool_responses:,} ({_pct(sum(c.error_classes.values()), c.tool_responses)})"),
-    ("traces with a failed response", lambda c: f"{c.traces_with_errors:,} ({_pct(c.traces_with_errors, c.traces)})"),
-    ("\"error\" substring heuristic flags (responses / traces)", lambda c: f"{c.guide_flagged_responses:,} / {c.guide_flagged_traces:,}"),
-    ("reasoning chars per assistant turn (mean / p50 / p90 / max)", lambda c: _dist(c.reasoning_chars_per_turn)),
-    ("reasoning chars per trace (mean / p50 / p90 / max)", lambda c: _dist(c.reasoning_chars_per_trace)),
-    ("reasoning tokens per assistant turn (mean / p50 / p90 / max)", lambda c: _dist(c.reasoning_tokens_per_turn)),
-    ("empty think blocks", lambda c: f"{c.empty_think_blocks:,} of {c.think_blocks:,}"),
-    ("assistant output chars: reasoning / calls / answer", lambda c: _share(c.output_chars)),
-    ("assistant output tokens: reasoning / calls / answer", lambda c: _share(c.output_tokens)),
-    ("malformed tool calls", lambda c: f"{c.quality['malformed_calls']:,}"),
-    ("calls to a tool not in the row's tools", lambda c: f"{c.quality['unknown_tool']:,}"),
-    ("calls missing a required argument", lambda c: f"{c.quality['missing_argument']:,}"),
-    ("calls passing an unknown argument", lambda c: f"{c.quality['unknown_argument']:,}"),
-    ("calls with no response", lambda c: f"{c.quality['calls_without_response']:,}"),
-    ("responses with no call", lambda c: f"{c.quality['responses_without_call']:,}"),
-    ("rows whose tools JSON is unreadable", lambda c: f"{c.quality['unreadable_tools']:,}"),
+@dataclass(slots=True, frozen=True)
+class SummaryFigure:
+    """One row of the Figures table: `key` names it in code, `label` only in print."""
+
+    key: str
+    label: str
+    value: Callable[[Counts], str]
+    mark: str = ""  # FAILURE, WARNING, QUALITY or ""
+
+
+FIGURES: list[SummaryFigure] = [
+    SummaryFigure("traces", "traces", lambda c: f"{c.traces:,}"),
+    SummaryFigure("turns", "turns", lambda c: f"{c.turns:,}"),
+    SummaryFigure("turns_per_trace", "turns per trace (mean / p50 / p90 / max)", lambda c: _dist(c.turns_per_trace)),
+    SummaryFigure("assistant_turns", "assistant turns", lambda c: f"{c.assistant_turns:,}"),
+    SummaryFigure("tool_calls", "tool calls", lambda c: f"{c.tool_calls:,}"),
+    SummaryFigure("calls_per_trace", "tool calls per trace (mean / p50 / p90 / max)", lambda c: _dist(c.calls_per_trace)),
+    SummaryFigure("parallel_turns", "assistant turns with 2+ parallel calls",
+                  lambda c: _pct(sum(n for w, n in c.parallel_widths.items() if w > 1), c.assistant_turns)),
+    SummaryFigure("distinct_tools", "distinct tools called", lambda c: f"{len(c.tool_counts):,}"),
+    SummaryFigure("failed_responses", "failed tool responses",
+                  lambda c: f"{sum(c.error_classes.values()):,} of {c.tool_responses:,} ({_pct(sum(c.error_classes.values()), c.tool_responses)})",
+                  FAILURE),
+    SummaryFigure("traces_with_errors", "traces with a failed response",
+                  lambda c: f"{c.traces_with_errors:,} ({_pct(c.traces_with_errors, c.traces)})", FAILURE),
+    SummaryFigure("error_substring_check", "\"error\" substring heuristic flags (responses / traces)",
+                  lambda c: f"{c.substring_flagged_responses:,} / {c.substring_flagged_traces:,}"),
+    SummaryFigure("reasoning_chars_per_turn", "reasoning chars per assistant turn (mean / p50 / p90 / max)",
+                  lambda c: _dist(c.reasoning_chars_per_turn)),
+    SummaryFigure("reasoning_chars_per_trace", "reasoning chars per trace (mean / p50 / p90 / max)",
+                  lambda c: _dist(c.reasoning_chars_per_trace)),
+    SummaryFigure("reasoning_tokens_per_turn", "reasoning tokens per assistant turn (mean / p50 / p90 / max)",
+                  lambda c: _dist(c.reasoning_tokens_per_turn)),
+    SummaryFigure("empty_think_blocks", "empty think blocks", lambda c: f"{c.empty_think_blocks:,} of {c.think_blocks:,}", WARNING),
+    SummaryFigure("output_share_chars", "assistant output chars: reasoning / calls / answer", lambda c: _share(c.output_chars)),
+    SummaryFigure("output_share_tokens", "assistant output tokens: reasoning / calls / answer", lambda c: _share(c.output_tokens)),
+    SummaryFigure("malformed_calls", "malformed tool calls", lambda c: f"{c.quality['malformed_calls']:,}", QUALITY),
+    SummaryFigure("unknown_tool", "calls to a tool not in the row's tools", lambda c: f"{c.quality['unknown_tool']:,}", QUALITY),
+    SummaryFigure("missing_argument", "calls missing a required argument", lambda c: f"{c.quality['missing_argument']:,}", QUALITY),
+    SummaryFigure("unknown_argument", "calls passing an unknown argument", lambda c: f"{c.quality['unknown_argument']:,}", QUALITY),
+    SummaryFigure("calls_without_response", "calls with no response", lambda c: f"{c.quality['calls_without_response']:,}", QUALITY),
+    SummaryFigure("responses_without_call", "responses with no call", lambda c: f"{c.quality['responses_without_call']:,}", QUALITY),
+    SummaryFigure("unreadable_tools", "rows whose tools JSON is unreadable", lambda c: f"{c.quality['unreadable_tools']:,}", QUALITY),
 ]
 
 
@@ -79,35 +101,40 @@ def _columns(stats: Stats) -> list[tuple[str, Counts]]:
     return cols
 
 
-def tables(stats: Stats, top: int) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) of every summary table, shared by the terminal, Markdown and web views."""
+def tables(stats: Stats, top: int) -> list[Table]:
+    """Every summary table, shared by the terminal, Markdown and web views."""
     cols = _columns(stats)
     total = cols[0][1]
-    figures = [[label] + [fn(c) for _, c in cols] for label, fn in FIGURES]
-    figures = [r for r in figures if any(v != "-" for v in r[1:])]  # e.g. tokens when not counted
+    figures = [TableRow(f.key, [f.label] + [f.value(c) for _, c in cols], f.mark) for f in FIGURES]
+    figures = [r for r in figures if any(v != "-" for v in r.cells[1:])]  # e.g. tokens when not counted
     tools = [
-        [name, f"{n:,}", f"{total.responses_by_tool[name]:,}", f"{total.errors_by_tool[name]:,}",
-         _pct(total.errors_by_tool[name], total.responses_by_tool[name])]
+        TableRow(name, [name, f"{n:,}", f"{total.responses_by_tool[name]:,}", f"{total.errors_by_tool[name]:,}",
+                    _pct(total.errors_by_tool[name], total.responses_by_tool[name])])
         for name, n in total.tool_counts.most_common(top)
     ]
-    classes = [[k, f"{n:,}", _pct(n, total.tool_responses)] for k, n in total.error_classes.most_common()]
-    cats = [[k or "(none)", f"{n:,}", _pct(n, total.traces)] for k, n in total.categories.most_common()]
+    classes = [TableRow(k, [k, f"{n:,}", _pct(n, total.tool_responses)]) for k, n in total.error_classes.most_common()]
+    cats = [TableRow(k, [k or "(none)", f"{n:,}", _pct(n, total.traces)]) for k, n in total.categories.most_common()]
     return [
-        ("Figures", ["figure"] + [name for name, _ in cols], figures),
-        (f"Top {top} tools", ["tool", "calls", "responses", "failed", "failure rate"], tools),
-        ("Failed responses by class", ["class", "responses", "share of responses"], classes),
-        ("Categories", ["category", "traces", "share"], cats),
+        Table(FIGURES_TABLE, "Figures", [Column("figure", "figure")] + [Column(name, name) for name, _ in cols], figures),
+        Table(TOOLS_TABLE, f"Top {top} tools",
+              [Column(TOOL, "tool"), Column("calls", "calls"), Column("responses", "responses"),
+               Column("failed", "failed", FAILURE), Column("failure_rate", "failure rate", FAILURE)], tools),
+        Table(CLASSES_TABLE, "Failed responses by class",
+              [Column(CLASS, "class"), Column("responses", "responses"), Column("share", "share of responses")], classes),
+        Table(CATEGORIES_TABLE, "Categories",
+              [Column(CATEGORY, "category"), Column("traces", "traces"), Column("share", "share")], cats),
     ]
 
 
 def summary_text(stats: Stats, tally: Tally | None = None, top: int = 10) -> str:
     """The terminal summary: aligned plain-text tables."""
     out = [tally.summary()] if tally else []
-    for title, header, rows in tables(stats, top):
-        if not rows:
+    for table in tables(stats, top):
+        if not table.rows:
             continue
+        header, rows = table.header, [r.cells for r in table.rows]
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        out += ["", title, "  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
+        out += ["", table.title, "  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
         out += ["  ".join([r[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(r[1:], widths[1:])]) for r in rows]
     return "\n".join(out)
 
@@ -119,12 +146,12 @@ def summary_markdown(stats: Stats, tally: Tally | None = None, top: int = 10, pl
         out += [tally.summary() + ".", ""]
     if stats.tokenizer:
         out += [f"Tokens counted with `{stats.tokenizer}`.", ""]
-    for title, header, rows in [*tables(stats, top), *extra]:
-        if not rows:
+    for table in [*tables(stats, top), *extra]:
+        if not table.rows:
             continue
         # a file people `cat`: names from the data with their control characters escaped
-        out += [f"## {title}", "", "| " + " | ".join(map(visible, header)) + " |", "|" + "---|" * len(header)]
-        out += ["| " + " | ".join(visible(v).replace("|", "\\|") for v in r) + " |" for r in rows]
+        out += [f"## {table.title}", "", "| " + " | ".join(map(visible, table.header)) + " |", "|" + "---|" * len(table.columns)]
+        out += ["| " + " | ".join(visible(v).replace("|", "\\|") for v in r.cells) + " |" for r in table.rows]
         out.append("")
     if plots:
         out += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
@@ -566,32 +593,33 @@ def training(packed: str | os.PathLike | Mapping) -> Training:
     return Training(manifest, lengths)
 
 
-def training_table(t: Training) -> tuple[str, list[str], list[list[str]]]:
-    """(title, header, rows): the pack run's figures per partition (eval only when it has traces)."""
+def training_table(t: Training) -> Table:
+    """The pack run's figures per partition (eval only when it has traces)."""
     counts = t.manifest.get("counts", {})
     splits = [s for s in ("train", "eval") if s in counts and (s == "train" or counts[s].get("traces"))]
 
-    def row(label: str, fn: Callable[[dict], str]) -> list[str]:
-        return [label] + [fn(counts[s]) for s in splits]
+    def row(key: str, label: str, fn: Callable[[dict], str]) -> TableRow:
+        return TableRow(key, [label] + [fn(counts[s]) for s in splits])
 
     def eff(c: dict) -> str:
         return "-" if c.get("packing_efficiency") is None else f"{100 * c['packing_efficiency']:.1f}%"
 
     rows = [
-        row("traces written / dropped", lambda c: f"{c['traces']:,} / {c['dropped']:,}"),
-        row("sequences", lambda c: f"{c['sequences']:,}"),
-        row("tokens written", lambda c: f"{c['tokens']:,}"),
-        row("trained tokens (share of written)", lambda c: f"{c['trainable']:,} ({_pct(c['trainable'], c['tokens'])})"),
-        row("tokens cut to fit (share of tokenized)", lambda c: f"{c['tokens_cut']:,} ({_pct(c['tokens_cut'], c['tokens'] + c['tokens_cut'])})"),
-        row(f"rows of {t.manifest.get('seq_len', 0):,} tokens", lambda c: f"{c['rows']:,}"),
-        row("packing efficiency (padding)", lambda c: f"{eff(c)} ({c['padding']:,})"),
+        row("traces", "traces written / dropped", lambda c: f"{c['traces']:,} / {c['dropped']:,}"),
+        row("sequences", "sequences", lambda c: f"{c['sequences']:,}"),
+        row("tokens", "tokens written", lambda c: f"{c['tokens']:,}"),
+        row("trainable", "trained tokens (share of written)", lambda c: f"{c['trainable']:,} ({_pct(c['trainable'], c['tokens'])})"),
+        row("tokens_cut", "tokens cut to fit (share of tokenized)",
+            lambda c: f"{c['tokens_cut']:,} ({_pct(c['tokens_cut'], c['tokens'] + c['tokens_cut'])})"),
+        row("rows", f"rows of {t.manifest.get('seq_len', 0):,} tokens", lambda c: f"{c['rows']:,}"),
+        row("packing_efficiency", "packing efficiency (padding)", lambda c: f"{eff(c)} ({c['padding']:,})"),
     ]
     for split, v in t.lengths.items():
         if len(v) and split in splits:
-            rows[1][1 + splits.index(split)] += f" (median {int(np.median(v)):,} tokens)"
+            rows[1].cells[1 + splits.index(split)] += f" (median {int(np.median(v)):,} tokens)"
     tok = t.manifest.get("tokenizer", {}).get("name") or "?"
-    return (f"Training data ({tok}, {counts.get('rows_read', 0):,} rows read)", ["figure", *splits], rows)
-
+    return Table(TRAINING_TABLE, f"Training data ({tok}, {counts.get('rows_read', 0):,} rows read)",
+                 [Column("figure", "figure")] + [Column(s, s) for s in splits], rows)
 
 
 def write_report(
