@@ -136,3 +136,9 @@ def test_a_parquet_batch_that_does_not_fit_the_first_is_named(tmp_path):
     with RowWriter(tmp_path / "none.parquet"):  # no schema declared, no row: an empty file still
         pass
     assert pq.read_table(tmp_path / "none.parquet").num_rows == 0
+
+
+def test_filter_removed_rows_go_to_a_file_only(tmp_path, no_source, capsys):
+    assert main(["filter", str(no_source), "-o", "-", "--removed", "-", "--where", "true"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--removed -: the kept rows may go to stdout, the removed ones only to a file" in err
