@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from streamproc.prepare.mask import DEFAULT_TOKENIZER
+from streamproc.train.config import read_config
 from streamproc.train.trainer import PackedCollator, TrainConfig, packed_loss, train
 from test_shared_prefix import alone_loss_sum, make_rows
 from test_train import KIMI
@@ -110,7 +111,7 @@ def test_lora_trains_only_adapters_that_reload_and_merge(kind, kimi_shards, base
     # A standard peft adapter directory, no full model; the resolved configuration beside the metrics.
     assert json.loads((out / "adapter_config.json").read_text())["r"] == R
     assert (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists()
-    assert (out / "train_config.yaml").exists() and (out / "metrics.json").exists()
+    assert TrainConfig(**read_config(out / "train_config.yaml")) == TrainConfig(**m["config"])
 
     # The adapter, loaded by peft on the base, is the trained model: its eval loss is the one
     # measured in memory after training.
