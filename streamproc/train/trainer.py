@@ -124,18 +124,17 @@ def load_model(model: str, *, init_random: bool = False, attn: str | None = None
         config = AutoConfig.from_pretrained(model)
         return AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=dtype)
     if load_in_4bit:
-        from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
 
         quant = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16
         )
-        m = AutoModelForCausalLM.from_pretrained(
+        # Embeddings and norms stay bf16 (peft's prepare_model_for_kbit_training would make them
+        # fp32: 4 GiB more on a 7B); bitsandbytes quantizes as it places the weights on this rank's GPU.
+        return AutoModelForCausalLM.from_pretrained(
             model, quantization_config=quant, dtype=torch.bfloat16, attn_implementation=attn,
-            device_map={"": int(os.environ.get("LOCAL_RANK", "0"))},  # bitsandbytes quantizes as it places the weights
+            device_map={"": int(os.environ.get("LOCAL_RANK", "0"))},
         )  # fmt: skip
-        # Norms and embeddings to fp32, the base frozen; the Trainer turns checkpointing on if asked.
-        return prepare_model_for_kbit_training(m, use_gradient_checkpointing=False)
     gguf = gguf_file(model)
     m = AutoModelForCausalLM.from_pretrained(model, gguf_file=gguf, dtype=dtype, attn_implementation=attn)
     if gguf:
@@ -199,11 +198,28 @@ def parameter_counts(model) -> dict[str, int]:
     return {"trainable": int(trainable), "total": int(total)}
 
 
-def save_merged(model, tokenizer, path: Path) -> None:
+def fit_embeddings(model, tokenizer) -> int:
+    """Grow the embeddings to the tokens that `pack --add-tokens` added; returns the model's own
+    vocabulary size (the first added id)."""
+    vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
+        model.resize_token_embeddings(len(tokenizer))
+    return vocab
+
+
+def save_merged(model, tokenizer, path: Path, cfg: TrainConfig) -> None:
     """Base + adapters merged into one plain model at `path`, written beside it and renamed into
-    place, so an interrupted merge leaves no half model."""
+    place, so an interrupted merge leaves no half model. A 4-bit base is loaded again in bf16 on
+    the CPU and the saved adapter merged into it: merging into NF4 weights would round them."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
+        if cfg.load_in_4bit:
+            import torch
+            from peft import PeftModel
+
+            base = load_model(cfg.model, attn="sdpa", dtype=torch.bfloat16)
+            fit_embeddings(base, tokenizer)
+            model = PeftModel.from_pretrained(base, cfg.output)
         model.merge_and_unload().save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if path.exists():
@@ -469,10 +485,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     )
     if args.process_index == 0:
         write_config(cfg, Path(cfg.output) / CONFIG_FILE)  # before training: a run that stops still says what it ran
-    model = load_model(cfg.model, init_random=cfg.init_random, attn=cfg.attn or attention_implementation(prefix), load_in_4bit=cfg.load_in_4bit)
-    vocab = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > vocab:
-        model.resize_token_embeddings(len(tokenizer))  # tokens that `pack --add-tokens` added
+    # A frozen base needs no fp32 master copy: bf16 where training runs in bf16 (adapters stay fp32).
+    base_dtype = torch.bfloat16 if cfg.lora is not None and args.bf16 else None
+    model = load_model(
+        cfg.model, init_random=cfg.init_random, attn=cfg.attn or attention_implementation(prefix), dtype=base_dtype, load_in_4bit=cfg.load_in_4bit
+    )
+    vocab = fit_embeddings(model, tokenizer)
     train_ds = packed_dataset(cfg.shards, "train", seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer)
     eval_ds = packed_dataset(cfg.eval_shards, "eval") if cfg.eval_shards else None
     trainer = _packed_trainer(SFTTrainer)(
@@ -515,6 +533,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     }
     if trainer.is_world_process_zero():
         if cfg.merge:
-            save_merged(trainer.model, tokenizer, Path(cfg.output) / "merged")
+            save_merged(trainer.model, tokenizer, Path(cfg.output) / "merged", cfg)
         write_json(Path(cfg.output) / "metrics.json", metrics)
     return metrics
