@@ -580,11 +580,15 @@ def throughput(m, standard_shards: Path, shared_shards: Path | None, longer: lis
             if why_not:
                 report.skipped.append(why_not)
                 continue
-            _peak_reset(device)
-            lm = adapter_model(setup, four_bit="QLoRA" in mode)
-            seconds = _timed(lm, [trainer_batch(b, device) for b in packed], setup, _trainer_loss)
-            record(mode, seconds, computed_packed, trained, computed_packed, bench.flops(m, lens, trained))
-            del lm
+            try:
+                _peak_reset(device)
+                lm = adapter_model(setup, four_bit="QLoRA" in mode)
+                seconds = _timed(lm, [trainer_batch(b, device) for b in packed], setup, _trainer_loss)
+                record(mode, seconds, computed_packed, trained, computed_packed, bench.flops(m, lens, trained))
+                del lm
+            except Exception as e:  # the figures measured so far are kept
+                traceback.print_exc()
+                report.failures.append(f"throughput {mode}: {type(e).__name__}: {e}")
     finally:
         m.to(device)
     return out

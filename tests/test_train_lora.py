@@ -13,7 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import AutoModelForCausalLM, Qwen2Config
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
 from streamproc.prepare.mask import DEFAULT_TOKENIZER
 from streamproc.train.config import read_config
@@ -58,6 +58,14 @@ def kimi_shards(tmp_path_factory, real_dir) -> dict[str, str]:
     return out
 
 
+def adapter_parameters() -> int:
+    """r x (in + out) for each linear layer of each block."""
+    h, i = SHAPE["hidden_size"], SHAPE["intermediate_size"]
+    kv = SHAPE["num_key_value_heads"] * h // SHAPE["num_attention_heads"]
+    dims = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]  # q, k, v, o, gate, up, down
+    return SHAPE["num_hidden_layers"] * R * sum(a + b for a, b in dims)
+
+
 def load_base(base_dir: str):
     return AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
 
@@ -98,15 +106,9 @@ def test_lora_trains_only_adapters_that_reload_and_merge(kind, kimi_shards, base
     assert len(losses) == 10 and sum(losses[-3:]) < 0.9 * sum(losses[:3]), losses
     assert m["eval_after"]["loss"] < m["eval_before"]["loss"]
 
-    # Only the adapters train: r x (in + out) per linear layer of each block.
-    c = Qwen2Config(**SHAPE)
-    kv = c.num_key_value_heads * c.hidden_size // c.num_attention_heads
-    dims = {"q_proj": (32, 32), "k_proj": (32, kv), "v_proj": (32, kv), "o_proj": (32, 32), "gate_proj": (32, 64), "up_proj": (32, 64), "down_proj": (64, 32)}
+    # Only the adapters train.
     base = load_base(base_dir)
-    assert m["parameters"] == {
-        "trainable": c.num_hidden_layers * R * sum(i + o for i, o in dims.values()),
-        "total": sum(p.numel() for p in base.parameters()) + c.num_hidden_layers * R * sum(i + o for i, o in dims.values()),
-    }
+    assert m["parameters"] == {"trainable": adapter_parameters(), "total": sum(p.numel() for p in base.parameters()) + adapter_parameters()}
 
     # A standard peft adapter directory, no full model; the resolved configuration beside the metrics.
     assert json.loads((out / "adapter_config.json").read_text())["r"] == R
@@ -124,6 +126,7 @@ def test_lora_trains_only_adapters_that_reload_and_merge(kind, kimi_shards, base
     base_sd, merged_sd = base.state_dict(), merged.state_dict()
     assert merged_sd.keys() == base_sd.keys()
     moved = 0
+    c = Qwen2Config(**SHAPE)
     for key, w in base_sd.items():
         module = key.removesuffix(".weight")
         if module.split(".")[-1] in LINEAR:
@@ -239,3 +242,38 @@ def test_load_in_4bit_without_a_gpu_is_one_error_before_any_work(tmp_path, capsy
     assert rc == 2
     assert err == ["streamproc train: error: --load-in-4bit needs a CUDA GPU (bitsandbytes' 4-bit kernels): none is visible here"]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_tokens_that_pack_added_train_their_embeddings(real_dir, base_dir, tmp_path):
+    """`pack --add-tokens <think> </think>` (Qwen2.5 has neither): with LoRA their embedding rows
+    train too (peft's trainable tokens), every other row stays the base's."""
+    from peft import PeftModel
+
+    from streamproc.io.sources import plan
+    from streamproc.prepare.job import PackOptions, pack_to_dir
+    from streamproc.train.trainer import fit_embeddings
+
+    shards = tmp_path / "shards"
+    opts = PackOptions(seq_len=1024, tokenizer=str(DEFAULT_TOKENIZER), eval_fraction=0.4, add_tokens=("<think>", "</think>"))
+    pack_to_dir(plan([str(real_dir / KIMI)]), shards, opts)
+    out = tmp_path / "run"
+    m = train(TrainConfig(shards=str(shards), model=base_dir, output=str(out), max_steps=3, learning_rate=1e-2, save_steps=1000,
+                          tool_eval_max=0, lora=R, merge=True))  # fmt: skip
+    new = [151665, 151666]  # the first ids after Qwen2.5's own tokens
+    assert m["parameters"]["trainable"] == adapter_parameters() + len(new) * SHAPE["hidden_size"]
+
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32).get_input_embeddings().weight
+    base = load_base(base_dir)
+    assert merged.shape[0] == base.get_input_embeddings().num_embeddings  # Qwen2.5's spare rows held the new ids
+    unchanged = torch.ones(merged.shape[0], dtype=torch.bool)
+    unchanged[new] = False
+    assert torch.equal(merged[unchanged], base.get_input_embeddings().weight[unchanged])
+    assert (merged[new] - base.get_input_embeddings().weight[new]).abs().max() > 1e-4
+    # The adapter directory carries those rows: loaded by peft it gives the merged model's logits.
+    fit_embeddings(base, AutoTokenizer.from_pretrained(out))
+    adapter = PeftModel.from_pretrained(base, str(out)).eval()
+    ids = torch.tensor([[151644, 77091, 198, new[0], 9707, new[1], 198]])
+    with torch.no_grad():
+        whole = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32).eval()
+        torch.testing.assert_close(whole(ids).logits, adapter(ids).logits, atol=1e-5, rtol=1e-4)

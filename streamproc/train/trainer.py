@@ -173,7 +173,7 @@ def check_options(cfg: TrainConfig) -> None:
 
 def lora_config(cfg: TrainConfig, added_tokens: list[int] = ()):
     """The peft LoraConfig of `cfg` (None without --lora). Tokens that `pack --add-tokens` added
-    train their embedding rows (peft's trainable tokens), since they start untrained."""
+    train their embedding rows (peft's trainable tokens): a new one starts untrained."""
     if cfg.lora is None:
         return None
     from peft import LoraConfig
@@ -198,13 +198,15 @@ def parameter_counts(model) -> dict[str, int]:
     return {"trainable": int(trainable), "total": int(total)}
 
 
-def fit_embeddings(model, tokenizer) -> int:
-    """Grow the embeddings to the tokens that `pack --add-tokens` added; returns the model's own
-    vocabulary size (the first added id)."""
-    vocab = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > vocab:
+def fit_embeddings(model, tokenizer) -> None:
+    """Grow the embeddings to the tokens that `pack --add-tokens` added."""
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
-    return vocab
+
+
+def added_token_ids(shards: str | os.PathLike, tokenizer) -> list[int]:
+    """The ids of the tokens `pack --add-tokens` asked for (the manifest lists them)."""
+    return sorted({tokenizer.convert_tokens_to_ids(t) for t in read_manifest(shards)["tokenizer"].get("added_tokens") or ()})
 
 
 def save_merged(model, tokenizer, path: Path, cfg: TrainConfig) -> None:
@@ -490,12 +492,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model = load_model(
         cfg.model, init_random=cfg.init_random, attn=cfg.attn or attention_implementation(prefix), dtype=base_dtype, load_in_4bit=cfg.load_in_4bit
     )
-    vocab = fit_embeddings(model, tokenizer)
+    fit_embeddings(model, tokenizer)
     train_ds = packed_dataset(cfg.shards, "train", seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer)
     eval_ds = packed_dataset(cfg.eval_shards, "eval") if cfg.eval_shards else None
     trainer = _packed_trainer(SFTTrainer)(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, data_collator=PackedCollator(),
-        peft_config=lora_config(cfg, list(range(vocab, len(tokenizer)))),
+        peft_config=lora_config(cfg, added_token_ids(cfg.shards, tokenizer)),
     )  # fmt: skip
     counts = parameter_counts(trainer.model)
     if cfg.lora is not None and trainer.is_world_process_zero():
