@@ -664,7 +664,6 @@ def train_end_to_end(shards: Path, model: Path, out: Path, setup: Setup, report:
         report.failures.append(f"streamproc train exited {rc}, metrics.json {'written' if metrics else 'missing'}")
         report.train = {"returncode": rc, "wall_seconds": wall}
         return
-    metrics = json.loads(metrics_path.read_text())
     losses = [h["loss"] for h in metrics["loss_history"]]
     k = max(1, len(losses) // 5)
     first, last = float(np.mean(losses[:k])), float(np.mean(losses[-k:]))

@@ -13,13 +13,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_shared_prefix import alone_loss_sum, make_rows
+from test_train import KIMI
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
 from streamproc.prepare.mask import DEFAULT_TOKENIZER
 from streamproc.train.config import read_config
 from streamproc.train.trainer import PackedCollator, TrainConfig, packed_loss, train
-from test_shared_prefix import alone_loss_sum, make_rows
-from test_train import KIMI
 
 R = 8
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -73,8 +73,8 @@ def load_base(base_dir: str):
 def eval_loss(model, shards: str) -> float:
     """The Trainer's eval loss as `streamproc train` computes it: the mean over eval rows (one per
     batch) of each row's packed_loss."""
-    from streamproc.train.trainer import SEQ_LENGTHS
     from streamproc.prepare.shards import read_shards
+    from streamproc.train.trainer import SEQ_LENGTHS
 
     losses = []
     with torch.no_grad():
@@ -162,7 +162,6 @@ def lora_tiny(seed: int):
     fp32: the sums agree to about 1e-8), wrapped with LoRA whose B is not zero, so every adapter
     weight has a gradient."""
     from peft import LoraConfig, get_peft_model
-
     from test_shared_prefix import tiny_qwen2
 
     model = tiny_qwen2("sdpa").double()
@@ -197,7 +196,7 @@ def test_lora_gradients_of_a_packed_row_are_the_sum_alone(spec, seed):
     total.backward()
     torch.testing.assert_close(loss.detach().double(), total.detach(), atol=1e-6, rtol=1e-6)
     for n, g in packed.items():
-        torch.testing.assert_close(g, trainable[n].grad, atol=1e-6, rtol=1e-5, msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(g, trainable[n].grad, atol=1e-6, rtol=1e-5, msg=lambda m, n=n: f"{n}: {m}")
     assert any(g.abs().max() > 1e-6 for g in packed.values())
 
 
