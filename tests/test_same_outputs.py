@@ -7,6 +7,8 @@ share out of order. A change that alters an output on purpose updates the digest
 
 Re-pinned once since: shard format 2 (shared-prefix packing) adds a `prefix_len` column and new
 manifest counts; the shards' other columns were checked equal to format 1's, column by column.
+The three stats.json digests moved once more for one rename: the key `guide_heuristic` is now
+`error_substring_check` (the files were checked equal with the old key name put back).
 """
 
 from __future__ import annotations

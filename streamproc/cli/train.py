@@ -34,10 +34,10 @@ def add(sub) -> None:
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument("--config", metavar="FILE", help="options from a TOML, YAML or JSON file (keys: the option names); the command line overrides it")
-    p.add_argument("--shards", metavar="DIR", help="output of `streamproc pack` (its train split); required here or in --config")
+    p.add_argument("--shards", metavar="DIR", help="output of `streamproc pack` (its training set); required here or in --config")
     p.add_argument("--model", metavar="NAME_OR_DIR", help="Hub id, local model directory, or a directory holding one .gguf; required here or in --config")
     p.add_argument("--output", metavar="DIR", help="checkpoints, final model (or adapter), metrics.json and train_config.yaml; required here or in --config")
-    p.add_argument("--eval-shards", metavar="DIR", help="`streamproc pack` output whose eval split is evaluated before and after training")
+    p.add_argument("--eval-shards", metavar="DIR", help="`streamproc pack` output whose eval set is evaluated before and after training")
     p.add_argument("--init-random", action="store_true", help="random weights from the model's config (tests, throughput runs)")
     p.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps (default: --epochs over the train rows)")
     p.add_argument("--epochs", type=float, help=f"passes over the train rows (default {D['epochs'].default})")
