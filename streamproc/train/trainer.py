@@ -436,7 +436,8 @@ def _packed_trainer(base):
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train, evaluate before and after, write checkpoints and OUTPUT/metrics.json; return the metrics."""
+    """Train (every weight, or LoRA adapters), evaluate before and after, write checkpoints,
+    OUTPUT/train_config.yaml and OUTPUT/metrics.json; return the metrics."""
     import torch
     from trl import SFTConfig, SFTTrainer
 
