@@ -11,10 +11,13 @@ is.
    every attention path the trainer can take here; the same row through a path that ignores the
    boundaries must differ (the control), or the check proves nothing.
 2. Throughput on the same sequences and steps: padded batches, packed rows (TRL's fused head:
-   logits only where trained), packed rows with logits everywhere, and shared-prefix rows where
-   `pack --share-prefix` exists.
+   logits only where trained), packed rows with logits everywhere, shared-prefix rows where
+   `pack --share-prefix` exists, rows whose shared prefix runs past the system turn (built here
+   from the packed sequences), and LoRA r=16 (QLoRA where bitsandbytes imports) beside full
+   fine-tuning on the same packed rows, with peak memory.
 3. `streamproc train` for a few dozen steps: loss falls, metrics.json, tool selection evaluated
-   before and after.
+   before and after; then `streamproc train --lora 16 --merge` (and `--load-in-4bit` where
+   bitsandbytes imports) for a few steps: an adapter directory and a merged model.
 
 Results: OUT/gpu_check.json and OUT/gpu_check.md. The exit status is 1 when a check fails.
 """
@@ -46,6 +49,7 @@ from streamproc.prepare.shards import read_shard, shard_paths
 
 TARGET_PACKED = 1.5  # packed rows / padded batches, tokens/s
 TARGET_SHARED = 2.0  # shared-prefix rows / standard packed rows, trained tokens/s, at seq-len 8192
+LORA_RANK = 16
 
 
 @dataclass(slots=True)
@@ -68,6 +72,7 @@ class Setup:
     logit_stride: int  # logits compared at every n-th position (the CPU cannot afford the 151,936-wide head everywhere)
     pack_args: tuple[str, ...] = ()
     shared_row_len: int = 4  # --share-prefix rows up to this many times seq-len (issue 14's figures use 4)
+    adapter_steps: int = 10  # `streamproc train --lora` end to end: it runs, writes an adapter and a merged model
 
     @property
     def bf16(self) -> bool:
@@ -75,7 +80,7 @@ class Setup:
 
 
 GPU = Setup("cuda", "qwen2.5-0.5b", 8192, 2, 10, 1, None, 30, 5e-4, 8, 64, 2e-2, 2, 1)
-DRY = Setup("cpu", "toy", 4096, 1, 1, 0, 14, 3, 5e-3, 1, 2, 1e-4, 2, 16, ("--overflow", "truncate"), 2)
+DRY = Setup("cpu", "toy", 4096, 1, 1, 0, 14, 3, 5e-3, 1, 2, 1e-4, 2, 16, ("--overflow", "truncate"), 2, 2)
 # The dry run truncates each trace to one window: split, its one eval trace is 8 rows, and each row
 # costs the CPU most of a minute through TRL's fused head at the 151,936-wide vocabulary.
 # Why 2e-2 in bf16: bf16 operands alone give 1e-3 to 1e-2 relative error on one matrix product;
@@ -130,6 +135,7 @@ class Report:
     throughput: list[dict] = field(default_factory=list)
     ratios: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
+    train_adapters: dict = field(default_factory=dict)  # "lora", "qlora": `streamproc train --lora` end to end
     failures: list[str] = field(default_factory=list)
 
 
@@ -170,6 +176,19 @@ def flash_attention_available() -> bool:
     import torch
 
     return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+
+
+def qlora_unavailable() -> str | None:
+    """Why QLoRA cannot run here, or None: it needs a CUDA GPU and an importable bitsandbytes."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "QLoRA: no CUDA GPU"
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as e:  # an install without its CUDA library fails with other errors than ImportError
+        return f"QLoRA: bitsandbytes does not import here ({type(e).__name__}: {e})"
+    return None
 
 
 # ----------------------------------------------------------------------------- data and model
@@ -322,7 +341,7 @@ def isolation(m, rows: list[dict], attn: str, path: str, setup: Setup, *, contro
     return Isolation(path, attn, control, len(errors), ids.shape[1], worst, errors[0], setup.tolerance)
 
 
-def isolation_checks(m, standard: list[dict], shared: list[dict] | None, setup: Setup, report: Report) -> None:
+def isolation_checks(m, standard: list[dict], shared: list[dict] | None, longer: list[dict], setup: Setup, report: Report) -> None:
     paths = [("sdpa", "SDPA, padding-free position ids", standard)]
     if flash_attention_available():
         paths.append(("flash_attention_2", "flash-attention varlen, padding-free position ids", standard))
@@ -330,6 +349,11 @@ def isolation_checks(m, standard: list[dict], shared: list[dict] | None, setup: 
         report.skipped.append("flash_attention_2: flash_attn is not importable here" + ("" if setup.device == "cuda" else " (no GPU)"))
     if shared is not None:
         paths.append((*prefix_attention(setup.device), shared))
+    if longer:
+        attn, path = prefix_attention(setup.device)
+        paths.append((attn, f"{path}, prefix past the system turn", longer))
+    else:
+        report.skipped.append("prefix past the system turn: no packed sequence has an assistant turn after its first user turn")
     for attn, path, rows in paths:
         for control in (False, True):
             r = isolation(m, rows, attn, path, setup, control=control)
@@ -342,6 +366,46 @@ def isolation_checks(m, standard: list[dict], shared: list[dict] | None, setup: 
 def rows_for_isolation(rows: list[dict], n: int) -> list[dict]:
     """The `n` rows with the most sequences: the most boundaries to get wrong."""
     return sorted(rows, key=lambda r: -len(seq_lens(r)))[:n]
+
+
+def turn_start_id() -> int:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(DEFAULT_TOKENIZER / "tokenizer.json")).token_to_id("<|im_start|>")
+
+
+def longer_prefix_rows(rows: list[dict], turn_start: int) -> list[dict]:
+    """Rows whose shared prefix runs past the system turn, built from packed sequences as
+    per-action samples share one: for each whole sequence with a trained turn after its first user
+    turn, the prefix is everything before an assistant turn (the second one where there are three
+    or more, else the first), and each remainder is one sample, from there to the end of one later
+    assistant turn, only that turn trained. Each prefix + remainder is a prefix of the sequence."""
+    out = []
+    for row in rows:
+        if prefix_len(row):
+            continue
+        bounds = np.cumsum([0, *seq_lens(row)])
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            ids, labels = np.asarray(row["input_ids"][a:b]), np.asarray(row["labels"][a:b])
+            trained = labels != IGNORE
+            edges = np.flatnonzero(np.diff(np.concatenate(([0], trained.astype(np.int8), [0]))))
+            runs = list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+            starts = np.flatnonzero(ids == turn_start)
+            if len(runs) < 1 or len(starts) < 3:  # system, user, assistant at least
+                continue
+            first = 1 if len(runs) > 2 else 0
+            cut = int(starts[starts < runs[first][0]].max())  # the `<|im_start|>` of that assistant turn
+            if cut <= starts[1]:  # the prefix would be the system turn alone
+                continue
+            r_ids, r_labels, lens = ids[:cut].tolist(), [IGNORE] * cut, []
+            for start, end in runs[first:]:
+                part = np.full(end - cut, IGNORE)
+                part[start - cut :] = labels[start:end]
+                r_ids += ids[cut:end].tolist()
+                r_labels += part.tolist()
+                lens.append(end - cut)
+            out.append({"input_ids": r_ids, "labels": r_labels, "seq_lens": lens, "prefix_len": cut})
+    return out
 
 
 # ----------------------------------------------------------------------------- 2. throughput
@@ -403,8 +467,10 @@ def _timed(m, batches: list[dict], setup: Setup, loss) -> float:
     import torch
 
     device = setup.device
-    m.to(device).train()
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-5, fused=device == "cuda")
+    if next(m.parameters()).device.type != device:  # a 4-bit model is placed where it was loaded, and cannot move
+        m.to(device)
+    m.train()
+    opt = torch.optim.AdamW([q for q in m.parameters() if q.requires_grad], lr=1e-5, fused=device == "cuda")
 
     def step(batch: dict) -> None:
         with torch.autocast(device, dtype=torch.bfloat16, enabled=setup.bf16):
@@ -456,9 +522,10 @@ def flat_inputs(rows: list[dict], device: str) -> dict:
     }
 
 
-def throughput(m, standard_shards: Path, shared_shards: Path | None, setup: Setup, report: Report) -> list[Measured]:
+def throughput(m, standard_shards: Path, shared_shards: Path | None, longer: list[dict], setup: Setup, report: Report) -> list[Measured]:
     """Padded vs packed (fused head) vs packed with logits everywhere, on the same sequences and
-    steps; shared-prefix rows on the same number of tokens per step, where they exist."""
+    steps; shared-prefix rows (pack's, and `longer`: prefixes past the system turn) on the same
+    number of tokens per step; full fine-tuning against LoRA (and QLoRA) on the same packed rows."""
     device = setup.device
     n_batches = setup.steps + setup.warmup
     packed, padded = bench.batches(str(standard_shards), setup.rows_per_step, n_batches)
@@ -484,22 +551,66 @@ def throughput(m, standard_shards: Path, shared_shards: Path | None, setup: Setu
     seconds = _timed(m, batches, setup, _full_logits_loss)
     record("packed rows, logits everywhere", seconds, computed_packed, trained, computed_packed, bench.flops(m, lens, computed_packed))
 
+    def shared_mode(mode: str, steps: list[list[dict]] | None, source: str) -> None:
+        if steps is None:
+            report.skipped.append(f"{mode} throughput: {source} holds too few rows for {n_batches} steps")
+            return
+        m.set_attn_implementation(prefix_attention(device)[0])
+        timed = [r for b in steps[setup.warmup :] for r in b]
+        s_trained = trained_in(timed)
+        # One length for every step: FlexAttention is compiled for the shapes it sees.
+        width = -(-max(sum(len(r["input_ids"]) for r in b) for b in steps) // 1024) * 1024
+        _peak_reset(device)
+        seconds = _timed(m, [trainer_batch(padded_to(b, width), device) for b in steps], setup, _trainer_loss)
+        record(mode, seconds, sum(len(r["input_ids"]) for r in timed), s_trained, width * setup.steps, shared_flops(m, timed, s_trained))
+        m.set_attn_implementation(bench.attention_implementation())
+
+    step_tokens = sum(len(r["input_ids"]) for r in packed[0])
     if shared_shards is not None:
-        shared = shared_batches(shared_shards, sum(len(r["input_ids"]) for r in packed[0]), n_batches)
-        if shared is None:
-            report.skipped.append(f"shared-prefix throughput: {shared_shards} holds too few rows for {n_batches} steps")
-        else:
-            m.set_attn_implementation(prefix_attention(device)[0])
-            timed_shared = [r for b in shared[setup.warmup :] for r in b]
-            s_trained = trained_in(timed_shared)
-            s_tokens = sum(len(r["input_ids"]) for r in timed_shared)
-            # One length for every step: FlexAttention is compiled for the shapes it sees.
-            width = -(-max(sum(len(r["input_ids"]) for r in b) for b in shared) // 1024) * 1024
-            _peak_reset(device)
-            seconds = _timed(m, [trainer_batch(padded_to(b, width), device) for b in shared], setup, _trainer_loss)
-            record("shared-prefix rows", seconds, s_tokens, s_trained, width * setup.steps, shared_flops(m, timed_shared, s_trained))
-            m.set_attn_implementation(bench.attention_implementation())
+        shared_mode("shared-prefix rows", shared_batches(train_rows(shared_shards), step_tokens, n_batches), str(shared_shards))
+    shared_mode("shared-prefix rows, prefix past the system turn", shared_batches(longer, step_tokens, n_batches), "the longer-prefix rows")
+
+    # Full fine-tuning and adapters on the same rows, the trainer's collator and loss.
+    _peak_reset(device)
+    seconds = _timed(m, [trainer_batch(b, device) for b in packed], setup, _trainer_loss)
+    record("packed rows, full fine-tune", seconds, computed_packed, trained, computed_packed, bench.flops(m, lens, trained))
+    m.to("cpu")  # the full model off the GPU, so the adapters' peak memory is theirs alone
+    try:
+        for mode, why_not in ((f"packed rows, LoRA r={LORA_RANK}", None), (f"packed rows, QLoRA r={LORA_RANK}", qlora_unavailable())):
+            if why_not:
+                report.skipped.append(why_not)
+                continue
+            try:
+                _peak_reset(device)
+                lm = adapter_model(setup, four_bit="QLoRA" in mode)
+                seconds = _timed(lm, [trainer_batch(b, device) for b in packed], setup, _trainer_loss)
+                record(mode, seconds, computed_packed, trained, computed_packed, bench.flops(m, lens, trained))
+                del lm
+            except Exception as e:  # the figures measured so far are kept
+                traceback.print_exc()
+                report.failures.append(f"throughput {mode}: {type(e).__name__}: {e}")
+    finally:
+        m.to(device)
     return out
+
+
+def adapter_model(setup: Setup, four_bit: bool):
+    """The check's model with LoRA r=16 on every linear layer of the blocks, as `streamproc train
+    --lora 16` builds it: the frozen base in bf16 on a GPU (fp32 on CPU), or in 4-bit NF4."""
+    import torch
+    from peft import get_peft_model
+
+    from streamproc.train.trainer import TrainConfig, load_model, lora_config
+
+    cfg = TrainConfig(shards="", model="", output="", lora=LORA_RANK)
+    attn = bench.attention_implementation()
+    if not four_bit:
+        base = bench.model(setup.shape, attn).to(setup.device, torch.bfloat16 if setup.bf16 else torch.float32)
+        return get_peft_model(base, lora_config(cfg))
+    with tempfile.TemporaryDirectory(prefix="gpu_check_qlora_") as d:
+        bench.model(setup.shape, attn).to(torch.bfloat16).save_pretrained(d)
+        base = load_model(d, attn=attn, load_in_4bit=True)
+    return get_peft_model(base, lora_config(cfg))
 
 
 def padded_to(rows: list[dict], width: int) -> list[dict]:
@@ -508,13 +619,13 @@ def padded_to(rows: list[dict], width: int) -> list[dict]:
     return rows + [{"input_ids": [0] * pad, "labels": [IGNORE] * pad, "seq_lens": [pad]}] if pad else rows
 
 
-def shared_batches(shards: Path, tokens_per_step: int, n: int) -> list[list[dict]] | None:
+def shared_batches(rows: list[dict], tokens_per_step: int, n: int) -> list[list[dict]] | None:
     """`n` steps of whole shared-prefix rows, each step filled up to about `tokens_per_step`
-    tokens (the standard steps' size), taking rows in shard order."""
+    tokens (the standard steps' size), taking rows in order."""
     steps: list[list[dict]] = []
     step: list[dict] = []
     size = 0
-    for r in train_rows(shards):
+    for r in rows:
         if step and size + len(r["input_ids"]) > tokens_per_step:
             steps.append(step)
             step, size = [], 0
@@ -530,27 +641,34 @@ def shared_batches(shards: Path, tokens_per_step: int, n: int) -> list[list[dict
 # ----------------------------------------------------------------------------- 3. streamproc train
 
 
-def train_end_to_end(shards: Path, model: Path, out: Path, setup: Setup, report: Report) -> None:
+def streamproc_train(shards: Path, model: Path, out: Path, steps: int, *extra: str) -> tuple[int, dict | None, float]:
+    """Run `streamproc train` as a user would: (exit status, its metrics.json or None, seconds)."""
     cmd = [
         sys.executable, "-m", "streamproc", "train", "--shards", str(shards), "--model", str(model), "--output", str(out),
-        "--init-random", "--max-steps", str(setup.train_steps), "--lr", str(setup.learning_rate), "--warmup-steps", str(setup.train_steps // 10),
-        "--save-steps", "100000", "--tool-eval-max", str(setup.tool_eval_max), "--tool-eval-new-tokens", str(setup.tool_eval_new_tokens),
+        "--max-steps", str(steps), "--save-steps", "100000", *extra,
     ]  # fmt: skip
     say(" ".join(cmd[1:]))
     start = time.perf_counter()
     proc = subprocess.run(cmd)
     wall = time.perf_counter() - start
     metrics_path = out / "metrics.json"
-    if proc.returncode != 0 or not metrics_path.exists():
-        report.failures.append(f"streamproc train exited {proc.returncode}, metrics.json {'written' if metrics_path.exists() else 'missing'}")
-        report.train = {"returncode": proc.returncode, "wall_seconds": wall}
+    return proc.returncode, json.loads(metrics_path.read_text()) if metrics_path.exists() else None, wall
+
+
+def train_end_to_end(shards: Path, model: Path, out: Path, setup: Setup, report: Report) -> None:
+    rc, metrics, wall = streamproc_train(
+        shards, model, out, setup.train_steps, "--init-random", "--lr", str(setup.learning_rate), "--warmup-steps", str(setup.train_steps // 10),
+        "--tool-eval-max", str(setup.tool_eval_max), "--tool-eval-new-tokens", str(setup.tool_eval_new_tokens),
+    )  # fmt: skip
+    if rc != 0 or metrics is None:
+        report.failures.append(f"streamproc train exited {rc}, metrics.json {'written' if metrics else 'missing'}")
+        report.train = {"returncode": rc, "wall_seconds": wall}
         return
-    metrics = json.loads(metrics_path.read_text())
     losses = [h["loss"] for h in metrics["loss_history"]]
     k = max(1, len(losses) // 5)
     first, last = float(np.mean(losses[:k])), float(np.mean(losses[-k:]))
     report.train = {
-        "returncode": proc.returncode,
+        "returncode": rc,
         "wall_seconds": wall,
         "steps": metrics["steps"],
         "tokens_per_second": metrics["tokens_per_second"],
@@ -572,6 +690,48 @@ def train_end_to_end(shards: Path, model: Path, out: Path, setup: Setup, report:
             report.failures.append(f"no tool-selection evaluation {when} training")
 
 
+def weights_dir(out: Path, shape: str) -> Path:
+    """model_dir with the check's random weights saved in bf16: a base that `--load-in-4bit`
+    can quantize and `--merge` can load again."""
+    import torch
+
+    model_dir(out, shape)
+    bench.model(shape).to(torch.bfloat16).save_pretrained(out)
+    return out
+
+
+def adapters_end_to_end(shards: Path, model: Path, work: Path, setup: Setup, report: Report) -> None:
+    """`streamproc train --lora 16 --merge` (and with `--load-in-4bit` where QLoRA can run) for a
+    few steps: it exits 0, only adapters train, and it writes a peft adapter directory and a merged
+    model."""
+    for key, extra in (("lora", ()), ("qlora", ("--load-in-4bit",))):
+        why_not = qlora_unavailable() if extra else None
+        if why_not:
+            report.skipped.append(f"{why_not}: `streamproc train --load-in-4bit` not run")
+            continue
+        out = work / key
+        rc, metrics, wall = streamproc_train(shards, model, out, setup.adapter_steps, "--lr", "1e-3", "--tool-eval-max", "0",
+                                             "--lora", str(LORA_RANK), "--merge", *extra)  # fmt: skip
+        files = {f: (out / f).exists() for f in ("adapter_config.json", "adapter_model.safetensors", "merged/config.json")}
+        report.train_adapters[key] = {"returncode": rc, "wall_seconds": wall, "files": files}
+        if rc != 0 or metrics is None or not all(files.values()):
+            report.failures.append(f"streamproc train --lora ({key}) exited {rc}; written: {', '.join(f for f, ok in files.items() if ok) or 'nothing'}")
+            continue
+        losses = [h["loss"] for h in metrics["loss_history"]]
+        report.train_adapters[key] |= {
+            "steps": metrics["steps"],
+            "tokens_per_second": metrics["tokens_per_second"],
+            "parameters": metrics["parameters"],
+            "loss_history": metrics["loss_history"],
+            "eval_loss_before": (metrics["eval_before"] or {}).get("loss"),
+            "eval_loss_after": (metrics["eval_after"] or {}).get("loss"),
+        }
+        share = metrics["parameters"]["trainable"] / metrics["parameters"]["total"]
+        say(f"train --lora {LORA_RANK} ({key}): {metrics['steps']} steps, {share:.2%} of the parameters train, {metrics['tokens_per_second']:,.0f} tokens/s")
+        if not (0 < share < 0.05 and all(math.isfinite(x) for x in losses)):
+            report.failures.append(f"streamproc train --lora ({key}): {share:.2%} of the parameters train, losses {losses}")
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -587,7 +747,22 @@ def ratios(measured: list[Measured]) -> dict:
     if "shared-prefix rows" in by and "packed rows" in by:
         v = by["shared-prefix rows"].trained_per_second / by["packed rows"].trained_per_second
         out["shared-prefix / packed, trained tokens/s"] = {"value": v, "target": f">= {TARGET_SHARED}", "met": v >= TARGET_SHARED}
+    longer = "shared-prefix rows, prefix past the system turn"
+    if longer in by and "packed rows" in by:
+        v = by[longer].trained_per_second / by["packed rows"].trained_per_second
+        out["prefix past the system turn / packed, trained tokens/s"] = {"value": v, "target": "", "met": None}
+    full = by.get("packed rows, full fine-tune")
+    for kind in ("LoRA", "QLoRA"):
+        adapters = by.get(f"packed rows, {kind} r={LORA_RANK}")
+        if full and adapters:
+            out[f"{kind} r={LORA_RANK} / full fine-tune, tokens/s"] = {"value": adapters.tokens_per_second / full.tokens_per_second, "target": "", "met": None}
+            if full.peak_memory_gib and adapters.peak_memory_gib:
+                out[f"{kind} r={LORA_RANK} / full fine-tune, peak memory"] = {"value": adapters.peak_memory_gib / full.peak_memory_gib, "target": "", "met": None}
     return out
+
+
+def _loss(x: float | None) -> str:
+    return f"{x:.3f}" if x is not None else "-"
 
 
 def markdown(report: Report) -> str:
@@ -626,6 +801,12 @@ def markdown(report: Report) -> str:
             f"{t['tokens_per_second']:,.0f} tokens/s; eval loss {t['eval_before']['loss']:.3f} -> {t['eval_after']['loss']:.3f}; "
             f"tool selection {sel('before').get('correct')}/{sel('before').get('total')} -> {sel('after').get('correct')}/{sel('after').get('total')}.",
         ]
+    for key, a in report.train_adapters.items():
+        if a.get("steps"):
+            p = a["parameters"]
+            lines += ["", f"`streamproc train --lora {LORA_RANK} --merge{' --load-in-4bit' if key == 'qlora' else ''}`: {a['steps']} steps, "
+                      f"{p['trainable']:,} of {p['total']:,} parameters train, {a['tokens_per_second']:,.0f} tokens/s; "
+                      f"eval loss {_loss(a['eval_loss_before'])} -> {_loss(a['eval_loss_after'])}; adapter and merged model written."]  # fmt: skip
     if report.skipped:
         lines += ["", "Not run: " + "; ".join(report.skipped) + "."]
     lines += ["", "Failures: " + ("; ".join(report.failures) if report.failures else "none") + "."]
@@ -647,13 +828,16 @@ def run(out: Path, setup: Setup) -> Report:
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         work = Path(tmp)
         standard, shared = packs(work, setup, report)
+        longer = longer_prefix_rows(train_rows(standard), turn_start_id())
+        report.setup["longer_prefix_rows"] = {"rows": len(longer), "mean_prefix": float(np.mean([r["prefix_len"] for r in longer])) if longer else None}
         m = bench.model(setup.shape)
         m.to(setup.device)
         sections = (
             ("isolation", lambda: isolation_checks(
                 m, rows_for_isolation(train_rows(standard), setup.isolation_rows),
-                rows_for_isolation(train_rows(shared), setup.isolation_rows) if shared else None, setup, report)),
-            ("throughput", lambda: report.throughput.extend(asdict(r) for r in throughput(m, standard, shared, setup, report))),
+                rows_for_isolation(train_rows(shared), setup.isolation_rows) if shared else None,
+                rows_for_isolation(longer, setup.isolation_rows), setup, report)),
+            ("throughput", lambda: report.throughput.extend(asdict(r) for r in throughput(m, standard, shared, longer, setup, report))),
         )  # fmt: skip
         for name, section in sections:
             try:
@@ -668,6 +852,7 @@ def run(out: Path, setup: Setup) -> Report:
         train_end_to_end(standard, model_dir(work / "model", setup.shape), work / "run", setup, report)
         if (work / "run" / "metrics.json").exists():
             shutil.copy(work / "run" / "metrics.json", out / "train_metrics.json")
+        adapters_end_to_end(standard, weights_dir(work / "weights", setup.shape), work, setup, report)
 
     write_json(out / "gpu_check.json", asdict(report))
     text = markdown(report)

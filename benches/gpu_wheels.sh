@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Wheels the GPU machine lacks (it has PyTorch, accelerate, pyarrow, pandas, numba, xxhash, fsspec,
-# huggingface-hub, but no trl, datasets, orjson, dill or multiprocess, and cannot download):
+# huggingface-hub, but no trl, datasets, orjson, dill, multiprocess or peft, and cannot download):
 # fetched here into .whl/ (gitignored) for Python 3.12 on x86-64, the versions this project is
 # tested with. transformers too: the image's 5.17 has no TrainingArguments.activation_checkpointing,
 # which streamproc/train.py passes (seen in a dry run under 5.17); regex for the version 5.24 checks.
+# bitsandbytes does not travel (tens of MiB of CUDA kernels: with the rest, over what a call carries): QLoRA runs only
+# where the image has it.
 # benches/gpu_check.sh installs them there; docs/gpu.md has the call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHEELS=(trl==1.16.0 datasets==5.2.0 orjson==3.13.0 dill==0.4.1 multiprocess==0.70.19 transformers==5.24.0 regex==2026.5.9)
+WHEELS=(trl==1.16.0 datasets==5.2.0 orjson==3.13.0 dill==0.4.1 multiprocess==0.70.19 transformers==5.24.0 regex==2026.5.9 peft==0.21.2)
 rm -rf .whl && mkdir -p .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \

@@ -75,6 +75,54 @@ def test_isolation_holds_and_its_control_fails(prefixes):
     assert bad.first <= 1e-4  # nothing precedes the row's first sequence
 
 
+def sequence_with_turns(turn: int, seed: int = 5) -> dict:
+    """One packed sequence laid out as a trace: system, user, then assistant turns (trained after
+    their 3-token header) and tool results, each turn opening with `turn`."""
+    g = np.random.default_rng(seed)
+    ids, labels = [], []
+    for role, n in (("system", 30), ("user", 8), ("assistant", 12), ("tool", 9), ("assistant", 7), ("tool", 5), ("assistant", 10)):
+        body = g.integers(10, VOCAB, n).tolist()
+        ids += [turn, *body]
+        labels += [IGNORE] * 4 + body[3:] if role == "assistant" else [IGNORE] * (n + 1)
+    return {"input_ids": ids, "labels": labels, "seq_lens": [len(ids)], "prefix_len": 0}
+
+
+IGNORE = -100
+TURN = 7
+
+
+def test_rows_with_a_prefix_past_the_system_turn():
+    seq = sequence_with_turns(TURN)
+    [row] = gpu_check.longer_prefix_rows([seq], TURN)
+    starts = [i for i, t in enumerate(seq["input_ids"]) if t == TURN]
+    # Three assistant turns: the prefix ends before the second, past system, user, assistant and tool turns.
+    assert row["prefix_len"] == starts[4] > starts[1]
+    p = row["prefix_len"]
+    assert row["input_ids"][:p] == seq["input_ids"][:p] and row["labels"][:p] == [IGNORE] * p
+    bounds = np.cumsum([p, *row["seq_lens"]])
+    assert len(row["seq_lens"]) == 2 and bounds[-1] == len(row["input_ids"])
+    for (a, b), end in zip(zip(bounds[:-1], bounds[1:]), (starts[5], len(seq["input_ids"]))):
+        ids, labels = row["input_ids"][a:b], row["labels"][a:b]
+        assert seq["input_ids"][:p] + ids == seq["input_ids"][:end]  # prefix + remainder: a prefix of the trace
+        trained = [i for i, x in enumerate(labels) if x != IGNORE]
+        assert labels[0] == IGNORE and trained and trained[0] > b - a - 12  # only the remainder's last assistant turn
+        assert [labels[i] for i in trained] == [seq["labels"][p + i] for i in trained]
+    gpu_check.trainer_batch([row], "cpu")  # the trainer's collator takes it
+    # One assistant turn: the prefix is the system and user turns; none: no row.
+    for end, prefix in ((starts[3], starts[2]), (starts[2], None)):
+        cut = {**seq, "input_ids": seq["input_ids"][:end], "labels": seq["labels"][:end], "seq_lens": [end]}
+        assert [r["prefix_len"] for r in gpu_check.longer_prefix_rows([cut], TURN)] == ([prefix] if prefix else [])
+
+
+def test_isolation_holds_on_rows_with_a_longer_prefix_and_its_control_fails():
+    rows = gpu_check.longer_prefix_rows([sequence_with_turns(TURN, seed=k) for k in range(2)], TURN)
+    model = tiny()
+    good = gpu_check.isolation(model, rows, "sdpa", "test", SETUP, control=False)
+    bad = gpu_check.isolation(model, rows, "sdpa", "test", SETUP, control=True)
+    assert good.sequences == 2 + 4 and good.ok and good.worst <= 1e-4
+    assert bad.ok and bad.worst > 1e-2
+
+
 def test_trained_tokens_and_flat_labels():
     # A remainder after a prefix is predicted from it (pack leaves its first label untrained).
     assert gpu_check.trained_in(rows([4, 0], [[3, 2], [5]])) == 2 + 1 + 4
@@ -95,24 +143,36 @@ def test_dry_run_end_to_end(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["failures"] == []
     iso = {(r["path"], r["control"]): r for r in report["isolation"]}
-    paths = ["SDPA, padding-free position ids", "SDPA, shared-prefix 4D mask (CPU)"]  # pack --share-prefix rows too
+    # pack --share-prefix rows too, and rows whose prefix runs past the system turn
+    paths = ["SDPA, padding-free position ids", "SDPA, shared-prefix 4D mask (CPU)", "SDPA, shared-prefix 4D mask (CPU), prefix past the system turn"]
     assert {p for p, _ in iso} == set(paths)
     for p in paths:
         assert iso[(p, False)]["ok"] and iso[(p, False)]["worst"] <= 1e-4 and iso[(p, False)]["sequences"] >= 2
         assert iso[(p, True)]["ok"] and iso[(p, True)]["worst"] > 1e-4
     assert any("flash_attention_2" in s for s in report["skipped"])
+    assert any(s.startswith("QLoRA: no CUDA GPU") for s in report["skipped"])
+    assert report["setup"]["longer_prefix_rows"]["rows"] >= 2
     modes = {r["mode"]: r for r in report["throughput"]}
-    assert {"packed rows", "padded batches", "packed rows, logits everywhere", "shared-prefix rows"} <= set(modes)
-    assert modes["shared-prefix rows"]["trained"] > 0
+    longer = "shared-prefix rows, prefix past the system turn"
+    assert {"packed rows", "padded batches", "packed rows, logits everywhere", "shared-prefix rows", longer} <= set(modes)
+    assert modes["shared-prefix rows"]["trained"] > 0 and modes[longer]["trained"] > 0
+    assert {"packed rows, full fine-tune", "packed rows, LoRA r=16"} <= set(modes)
+    assert modes["packed rows, LoRA r=16"]["tokens"] == modes["packed rows, full fine-tune"]["tokens"] == modes["packed rows"]["tokens"]
     assert modes["packed rows"]["tokens"] == modes["padded batches"]["tokens"]  # the same sequences
     assert modes["padded batches"]["computed"] >= modes["padded batches"]["tokens"]  # one sequence a step here: no padding
-    assert {"packed / padded, tokens/s", "shared-prefix / packed, trained tokens/s"} <= set(report["ratios"])
+    assert {"packed / padded, tokens/s", "shared-prefix / packed, trained tokens/s", "prefix past the system turn / packed, trained tokens/s",
+            "LoRA r=16 / full fine-tune, tokens/s"} <= set(report["ratios"])  # fmt: skip
+    lora = report["train_adapters"]["lora"]
+    assert lora["returncode"] == 0 and all(lora["files"].values()) and lora["steps"] == 2
+    assert 0 < lora["parameters"]["trainable"] < lora["parameters"]["total"] / 20
+    assert "qlora" not in report["train_adapters"]
     train = report["train"]
     assert train["steps"] == 3 and train["loss_last"] < train["loss_first"]
     assert "tool_selection" in train["eval_before"] and "tool_selection" in train["eval_after"]
     assert (tmp_path / "train_metrics.json").exists()
     md = (tmp_path / "gpu_check.md").read_text()
     assert "| SDPA, padding-free position ids |" in md and "Failures: none." in md
+    assert "`streamproc train --lora 16 --merge`: 2 steps" in md
     assert not (tmp_path / "work").exists()  # shards and checkpoints stay out of OUT
 
 

@@ -15,6 +15,10 @@ BlockMask on GPU, a 4D boolean mask for SDPA on CPU. Flash-attention varlen cann
 Logits are computed only where a token trains (`logits_to_keep` with the positions whose next
 token is labelled): on agent traces about 93% of positions carry no loss, and the LM head is the
 widest matrix of the model.
+
+With `lora` set, peft LoRA adapters train on the same rows, batches and loss (the base weights
+frozen; QLoRA with `load_in_4bit`); the output is a peft adapter directory, and `merge` also
+writes base + adapters as a plain model.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import shutil
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -41,6 +48,11 @@ PREFIX_ATTN = ("flex_attention", "sdpa", "eager")
 class ShardMismatch(ValueError):
     """The shards were made with another tokenizer than the model's, or for an attention
     implementation that cannot read them."""
+
+
+class TrainOptionError(ValueError):
+    """Options that cannot work together or here (4-bit without a CUDA GPU, say): raised before
+    any shard is read or any model loaded."""
 
 
 @dataclass(slots=True)
@@ -67,6 +79,12 @@ class TrainConfig:
     tool_eval_new_tokens: int = 512
     gradient_checkpointing: bool = False
     report_to: list[str] = field(default_factory=list)
+    lora: int | None = None  # LoRA rank; None: every weight trains
+    lora_alpha: float | None = None  # None: 2 x rank
+    lora_dropout: float = 0.0
+    lora_targets: list[str] | None = None  # module names; None: every linear layer of the blocks
+    load_in_4bit: bool = False  # QLoRA: the base weights in 4-bit NF4 (a CUDA GPU and bitsandbytes)
+    merge: bool = False  # also write OUTPUT/merged: base + adapters as one plain model
 
 
 # ----------------------------------------------------------------------------- model
@@ -93,9 +111,10 @@ def gguf_file(model: str) -> str | None:
     return found[0].name if found else None
 
 
-def load_model(model: str, *, init_random: bool = False, attn: str | None = None, dtype=None):
+def load_model(model: str, *, init_random: bool = False, attn: str | None = None, dtype=None, load_in_4bit: bool = False):
     """A causal LM from a Hub id, a local directory or a GGUF directory; `init_random` keeps only
-    its config. Weights load in fp32 unless `dtype` is given (training casts with autocast)."""
+    its config. Weights load in fp32 unless `dtype` is given (training casts with autocast);
+    `load_in_4bit`: NF4 on this rank's GPU, bf16 compute (QLoRA; see check_options)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -104,6 +123,18 @@ def load_model(model: str, *, init_random: bool = False, attn: str | None = None
     if init_random:
         config = AutoConfig.from_pretrained(model)
         return AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=dtype)
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16
+        )
+        # Embeddings and norms stay bf16 (peft's prepare_model_for_kbit_training would make them
+        # fp32: 4 GiB more on a 7B); bitsandbytes quantizes as it places the weights on this rank's GPU.
+        return AutoModelForCausalLM.from_pretrained(
+            model, quantization_config=quant, dtype=torch.bfloat16, attn_implementation=attn,
+            device_map={"": int(os.environ.get("LOCAL_RANK", "0"))},
+        )  # fmt: skip
     gguf = gguf_file(model)
     m = AutoModelForCausalLM.from_pretrained(model, gguf_file=gguf, dtype=dtype, attn_implementation=attn)
     if gguf:
@@ -114,6 +145,91 @@ def load_model(model: str, *, init_random: bool = False, attn: str | None = None
         if hasattr(m.config, "quantization_config"):
             del m.config.quantization_config
     return m
+
+
+def check_options(cfg: TrainConfig) -> None:
+    """TrainOptionError for options that cannot work together or on this machine, before any work."""
+    if cfg.lora is not None and cfg.lora < 1:
+        raise TrainOptionError(f"--lora {cfg.lora}: the rank must be at least 1")
+    if cfg.lora is None:
+        given = [f"--{o}" for o, on in (("lora-alpha", cfg.lora_alpha is not None), ("lora-targets", cfg.lora_targets),
+                                         ("load-in-4bit", cfg.load_in_4bit), ("merge", cfg.merge)) if on]  # fmt: skip
+        if given:
+            raise TrainOptionError(f"{', '.join(given)} without --lora R: these apply to LoRA adapters only")
+    if not 0.0 <= cfg.lora_dropout < 1.0:
+        raise TrainOptionError(f"--lora-dropout {cfg.lora_dropout}: must be in [0, 1)")
+    if cfg.load_in_4bit:
+        import torch
+
+        if cfg.init_random:
+            raise TrainOptionError("--load-in-4bit quantizes pretrained weights: it cannot start from --init-random")
+        if gguf_file(cfg.model):
+            raise TrainOptionError(f"--load-in-4bit: {cfg.model} holds GGUF weights; use a safetensors model")
+        if not torch.cuda.is_available():
+            raise TrainOptionError("--load-in-4bit needs a CUDA GPU (bitsandbytes' 4-bit kernels): none is visible here")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise TrainOptionError("--load-in-4bit needs bitsandbytes: pip install bitsandbytes")
+
+
+def lora_config(cfg: TrainConfig, added_tokens: list[int] = ()):
+    """The peft LoraConfig of `cfg` (None without --lora). Tokens that `pack --add-tokens` added
+    train their embedding rows (peft's trainable tokens): a new one starts untrained."""
+    if cfg.lora is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=cfg.lora,
+        lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else 2 * cfg.lora,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_targets) if cfg.lora_targets else "all-linear",  # all-linear: not the LM head
+        trainable_token_indices={"embed_tokens": list(added_tokens)} if added_tokens else None,
+    )
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """Trainable and total parameters (a 4-bit weight counts as its elements, not its bytes)."""
+    if hasattr(model, "get_nb_trainable_parameters"):  # a PeftModel
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+    return {"trainable": int(trainable), "total": int(total)}
+
+
+def fit_embeddings(model, tokenizer) -> None:
+    """Grow the embeddings to the tokens that `pack --add-tokens` added."""
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+
+
+def added_token_ids(shards: str | os.PathLike, tokenizer) -> list[int]:
+    """The ids of the tokens `pack --add-tokens` asked for (the manifest lists them)."""
+    return sorted({tokenizer.convert_tokens_to_ids(t) for t in read_manifest(shards)["tokenizer"].get("added_tokens") or ()})
+
+
+def save_merged(model, tokenizer, path: Path, cfg: TrainConfig) -> None:
+    """Base + adapters merged into one plain model at `path`, written beside it and renamed into
+    place, so an interrupted merge leaves no half model. A 4-bit base is loaded again in bf16 on
+    the CPU and the saved adapter merged into it: merging into NF4 weights would round them."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        if cfg.load_in_4bit:
+            import torch
+            from peft import PeftModel
+
+            base = load_model(cfg.model, attn="sdpa", dtype=torch.bfloat16)
+            fit_embeddings(base, tokenizer)
+            model = PeftModel.from_pretrained(base, cfg.output)
+        model.merge_and_unload().save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 # ----------------------------------------------------------------------------- shards
@@ -320,12 +436,15 @@ def _packed_trainer(base):
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train, evaluate before and after, write checkpoints and OUTPUT/metrics.json; return the metrics."""
+    """Train (every weight, or LoRA adapters), evaluate before and after, write checkpoints,
+    OUTPUT/train_config.yaml and OUTPUT/metrics.json; return the metrics."""
     import torch
     from trl import SFTConfig, SFTTrainer
 
+    from streamproc.train.config import CONFIG_FILE, write_config
     from streamproc.train.evaluate import evaluate
 
+    check_options(cfg)
     tokenizer = shards_tokenizer(cfg.shards, cfg.model)
     prefix = check_shards(cfg.shards, cfg.attn)
     if cfg.eval_shards is None and shard_paths(cfg.shards, "eval"):
@@ -367,14 +486,27 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         report_to=cfg.report_to,
         ddp_find_unused_parameters=False,
     )
-    model = load_model(cfg.model, init_random=cfg.init_random, attn=cfg.attn or attention_implementation(prefix))
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))  # tokens that `pack --add-tokens` added
+    if args.process_index == 0:
+        write_config(cfg, Path(cfg.output) / CONFIG_FILE)  # before training: a run that stops still says what it ran
+    # A frozen base needs no fp32 master copy: bf16 where training runs in bf16 (adapters stay fp32).
+    base_dtype = torch.bfloat16 if cfg.lora is not None and args.bf16 else None
+    model = load_model(
+        cfg.model, init_random=cfg.init_random, attn=cfg.attn or attention_implementation(prefix), dtype=base_dtype, load_in_4bit=cfg.load_in_4bit
+    )
+    fit_embeddings(model, tokenizer)
     train_ds = packed_dataset(cfg.shards, "train", seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer)
     eval_ds = packed_dataset(cfg.eval_shards, "eval") if cfg.eval_shards else None
     trainer = _packed_trainer(SFTTrainer)(
-        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, data_collator=PackedCollator()
-    )
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, data_collator=PackedCollator(),
+        peft_config=lora_config(cfg, added_token_ids(cfg.shards, tokenizer)),
+    )  # fmt: skip
+    counts = parameter_counts(trainer.model)
+    if cfg.lora is not None and trainer.is_world_process_zero():
+        print(
+            f"streamproc train: LoRA r={cfg.lora}: {counts['trainable']:,} of {counts['total']:,} parameters train "
+            f"({100 * counts['trainable'] / counts['total']:.2f}%){', base in 4-bit' if cfg.load_in_4bit else ''}",
+            file=sys.stderr,
+        )
 
     before = evaluate(trainer, cfg) if eval_ds is not None and not cfg.resume else None
     start = time.perf_counter()
@@ -398,9 +530,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "eval_after": after,
         "world_size": world,
         "attn_implementation": model.config._attn_implementation,
+        "parameters": counts,
         "config": asdict(cfg),
         "shards_manifest": {k: read_manifest(cfg.shards).get(k) for k in ("tokenizer", "seq_len", "row_len", "share_prefix", "counts")},
     }
     if trainer.is_world_process_zero():
+        if cfg.merge:
+            save_merged(trainer.model, tokenizer, Path(cfg.output) / "merged", cfg)
         write_json(Path(cfg.output) / "metrics.json", metrics)
     return metrics
