@@ -61,10 +61,12 @@ class TemplateInfo:
     tool_role: bool  # renders a tool message (else: user fallback)
     wraps_tool: bool  # puts <tool_response> tags around tool content itself
     verbatim: bool  # every assistant content reaches the text unchanged
+    per_turn: bool  # each assistant turn's render extends the render before it with the generation prompt
     injects_system: bool  # adds a default system prompt when there is none
     header: str  # text right before an assistant content, e.g. "<|im_start|>assistant\n"
     eot: str  # text right after it, up to and including the end-of-turn token
     problem: str = ""  # why it is not verbatim
+    turn_problem: str = ""  # why it cannot give exact samples turn by turn either
 
     @property
     def tool_mode(self) -> str:
@@ -126,9 +128,9 @@ def unwrap_tool(text: str, segments: list[Segment] | None = None) -> list[str]:
 # ----------------------------------------------------------------------------- templates
 
 
-def render_text(tokenizer, messages: Sequence[Message], template: str) -> str:
+def render_text(tokenizer, messages: Sequence[Message], template: str, add_generation_prompt: bool = False) -> str:
     """The text transformers' apply_chat_template(tokenize=False) gives, without transformers."""
-    return render_chat(template, [m.as_dict() for m in messages], tokenizer.special_tokens_map)
+    return render_chat(template, [m.as_dict() for m in messages], tokenizer.special_tokens_map, add_generation_prompt)
 
 
 _R = "\u27e6probe-{}\u27e7"  # sentinels no template or tokenizer treats specially
@@ -171,6 +173,18 @@ def inspect_template(tokenizer, template: str) -> TemplateInfo:
         tool_role = tool in with_tool
     except Exception:
         with_tool, tool_role = "", False
+    per_turn, turn_problem = True, ""
+    if problem:  # a template that rewrites history may still render each turn exactly after its context
+        probe = to_messages(convo)
+        for k, n in ((2, 1), (4, 2)):  # the probe's assistant turns
+            try:
+                context, through = render_text(tokenizer, probe[:k], template, True), render_text(tokenizer, probe[: k + 1], template)
+            except Exception as e:
+                per_turn, turn_problem = False, f"it cannot render the conversation before an assistant turn with the generation prompt ({e})"
+                break
+            if not through.startswith(context) or _R.format(f"text{n}") not in through[len(context) :]:
+                per_turn, turn_problem = False, "its render through an assistant turn does not begin with its render of the turns before it with the generation prompt"
+                break
     sys_header = text[: text.index(sys_)]
     no_sys = render_text(tokenizer, to_messages(convo[1:]), template)
     return TemplateInfo(
@@ -178,10 +192,12 @@ def inspect_template(tokenizer, template: str) -> TemplateInfo:
         tool_role=tool_role,
         wraps_tool=tool_role and wrapped in with_tool,
         verbatim=not problem,
+        per_turn=not problem or per_turn,
         injects_system=bool(sys_header) and sys_header in no_sys,
         header=header,
         eot=eot,
         problem=problem,
+        turn_problem=turn_problem,
     )
 
 
@@ -222,12 +238,13 @@ def template_of(tokenizer, choice: str) -> str:
 
 
 def check_faithful(info: TemplateInfo, tokenizer, name: str = "the tokenizer's") -> None:
-    """Refuse a template that changes assistant content, or ChatML on a tokenizer without its tokens."""
-    if not info.verbatim:
+    """Refuse a template that can give no exact sample (one that changes an assistant turn even
+    right after its own context), or ChatML on a tokenizer without its tokens."""
+    if not info.per_turn:
         raise TemplateError(
-            f"{name} chat template does not keep assistant content verbatim ({info.problem}); the model "
-            "would be trained on text it never sees. Render through a faithful ChatML template instead: "
-            "chat_template='chatml' (CLI: --chat-template chatml)."
+            f"{name} chat template cannot give exact samples: it does not keep assistant content verbatim "
+            f"({info.problem}), and {info.turn_problem}; the model would be trained on text it never sees. "
+            "Render through a faithful ChatML template instead: chat_template='chatml' (CLI: --chat-template chatml)."
         )
     if info.template == CHATML_TEMPLATE:
         missing = [t for t in ("<|im_start|>", "<|im_end|>") if t not in tokenizer.get_added_vocab()]
@@ -277,3 +294,50 @@ def _span(m: Message, start: int, end: int) -> AssistantSpan:
         reasoning=[(start + s.start, start + s.end) for s in segs if s.kind == REASONING],
         tool_calls=any(s.kind == TOOL_CALL for s in segs),
     )
+
+
+# ----------------------------------------------------------------------------- turn by turn
+
+
+@dataclass(slots=True, frozen=True)
+class TurnRender:
+    """What the model sees when it acts at assistant turn k, and what it writes."""
+
+    context: str  # the render of messages[:k] with the generation prompt
+    through: str  # the render of messages[:k + 1]; begins with `context`
+
+
+def render_turn(tokenizer, messages: Sequence[Message], k: int, info: TemplateInfo) -> TurnRender:
+    """The renders around assistant message k; TemplateError where the render through it does not
+    extend the render before it with the generation prompt (no exact sample exists)."""
+    try:
+        context = render_text(tokenizer, messages[:k], info.template, True)
+        through = render_text(tokenizer, messages[: k + 1], info.template)
+    except Exception as e:
+        raise TemplateError(f"the chat template cannot render this conversation: {e}") from e
+    if not through.startswith(context):
+        raise TemplateError(f"turn {messages[k].turn}: the chat template's render through this assistant turn does not begin with its render of the turns before it")
+    return TurnRender(context, through)
+
+
+def extends(later: TurnRender, earlier: TurnRender) -> bool:
+    """Whether one sample can train both turns: the later turn's context begins with the render
+    through the earlier turn (the template did not rewrite it when the conversation went on)."""
+    return later.context.startswith(earlier.through)
+
+
+def render_sample(turns: Sequence[tuple[Message, TurnRender]], end_token) -> Rendered:
+    """One sample training consecutive assistant turns whose renders extend one another: the text
+    is the render through the last; each turn's span starts where its context ends and ends after
+    the last added token (`end_token`, a compiled pattern of them) of what the template wrote for
+    it, so the text after its end-of-turn token is context, as with whole renders."""
+    text = turns[-1][1].through
+    spans = []
+    for m, r in turns:
+        start = len(r.context)
+        target = r.through[start:]
+        ends = [e.end() for e in end_token.finditer(target)]
+        if not text.startswith(r.through):
+            raise TemplateError(f"turn {m.turn}: the chat template rewrites this assistant turn later in the same sample")
+        spans.append(_span(Message("assistant", target, m.turn), start, start + (ends[-1] if ends else len(target))))
+    return Rendered(text, spans, [])

@@ -202,7 +202,7 @@ class PackJob:
             "counts": {
                 "rows_read": state.tally.read,
                 "rows_rejected": len(state.tally.rejected),
-                "rows_dropped": len(state.dropped),  # listed in dropped.jsonl
+                "rows_dropped": sum("turn" not in d for d in state.dropped),  # listed in dropped.jsonl, with the turns not trained
                 "shortest_system_prompt_tokens": state.min_system,
                 **{s: state.counts[s].summary(opts.row_len) for s in SPLITS},
             },
@@ -247,7 +247,7 @@ def _nothing_written(out: Path, state: _State, opts: PackOptions) -> str:
     msg = f"no training data written to {out}: "
     if not state.tally.parsed:
         return msg + f"none of the {state.tally.read:,} rows read could be used (see the rejects)"
-    msg += f"all {len(state.dropped):,} traces were dropped (each listed with the reason in {out / DROPPED})"
+    msg += f"all {sum('turn' not in d for d in state.dropped):,} traces were dropped (each listed with the reason in {out / DROPPED})"
     if state.min_system and state.min_system + 2 > opts.seq_len:
         msg += f"; the shortest system prompt alone is {state.min_system:,} tokens, so --seq-len must be well above that"
     return msg

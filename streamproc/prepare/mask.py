@@ -18,23 +18,30 @@ import os
 import re
 import unicodedata
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
+from streamproc.parse.parser import parse_turn
+from streamproc.parse.turns import TOOL_CALL
 from streamproc.prepare.chat import (
     TOOL_FALLBACK,
     Message,
     Rendered,
     TemplateError,
     check_faithful,
+    extends,
     inspect_template,
     render,
+    render_sample,
+    render_text,
+    render_turn,
     template_of,
     to_messages,
 )
+from streamproc.prepare.plan import Plan, Sample, plan_samples
 from streamproc.records import BadRow, Location, Row, RowError, Trace
 from streamproc.prepare.tokenizer import Tokenizer, load
 
@@ -100,11 +107,15 @@ class MaskedSeq:
 @dataclass(slots=True)
 class MaskResult:
     seqs: list[MaskedSeq]
-    tokens_cut: int = 0  # tokens tokenized but not written (truncated, or in a dropped sequence)
+    tokens_cut: int = 0  # tokens tokenized but not written (truncated, in a dropped sequence, or in turns no sample holds)
     dropped: bool = False  # nothing of this trace was written
-    windows: int = 0  # sequences written (more than one when split)
+    samples: int = 0  # sequences written (more than one for a long conversation, or a template that rewrites history)
     reason: str = ""  # why it was dropped
     system_tokens: int = 0  # tokens of its system turn (0: none), what any sequence of it needs at least
+    turns_trained: int = 0  # assistant turns with trained tokens
+    turns_shortened: int = 0  # of those, turns whose sample lacks some earlier message of the conversation
+    context_repeated: int = 0  # tokens before the first trained turn of every sample but the first
+    untrained: list[tuple[int, str]] = field(default_factory=list)  # (row turn, why): turns the options train that no sample could
 
 
 class _PieceCache:
@@ -190,6 +201,7 @@ class Masker:
         added = tokenizer.added_tokens_decoder
         self._added = {t.content: i for i, t in added.items()}
         self._special = re.compile("(" + "|".join(re.escape(t) for t in sorted(self._added, key=len, reverse=True)) + ")")
+        self._end_token = re.compile("|".join(re.escape(t) for t in sorted(self._added, key=len, reverse=True)) or r"(?!)")
         self._cache = _PieceCache(self.options.cache_chars)
         self._system_text: dict[str, str | None] = {}  # system content -> that turn rendered alone
         self._nbytes = _token_bytes(self._backend)
@@ -206,7 +218,7 @@ class Masker:
     def _pieces_agree(self) -> bool:
         """Piece-wise ids equal whole-text ids on a probe that mixes every kind of text boundary."""
         probe = [("system", " sys\n\n  x"), ("human", "  12345 数字 😀\n"), ("gpt", "<think>\n r\n</think>\n  ok\n<tool_call>\n{}\n</tool_call>"), ("tool", "<tool_response>\n{\"a\": 1}\n</tool_response>"), ("gpt", "\n\ndone ")]
-        text = render(self.tokenizer, to_messages(probe, self.info.tool_mode, self.options.tool_fallback), self.info).text
+        text = render_text(self.tokenizer, to_messages(probe, self.info.tool_mode, self.options.tool_fallback), self.template)
         ids, starts = self.encode(text)
         self.clear_cache()
         return (ids.tolist(), starts.tolist()) == tuple(map(list, _arrays(self._backend.encode(text, add_special_tokens=False))))
@@ -364,19 +376,6 @@ class Masker:
                 self._system_text[key] = None
         return self._system_text[key]
 
-    def _result(self, tid: str, seqs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], cut: int, system: str | None) -> MaskResult:
-        """Sequences (ids, labels, start characters) with at least one trained token, each with
-        the length of its system-turn prefix; the others count as cut."""
-        res = _result(tid, [(ids, labels) for ids, labels, _ in seqs], cut)
-        trained = [starts for ids, labels, starts in seqs if (labels != IGNORE).any()]
-        for s, starts in zip(res.seqs, trained):
-            s.prefix_len = _prefix_len(system, s.input_ids, starts, s.labels)
-        return res
-
-    def _tokens(self, msgs: list[Message]) -> tuple[np.ndarray, np.ndarray, Rendered]:
-        r = render(self.tokenizer, msgs, self.info)
-        return (*self.encode(r.text), r)
-
     # ------------------------------------------------------------------------- rows
 
     def mask(self, row: Row | Trace) -> MaskResult:
@@ -395,84 +394,150 @@ class Masker:
             done = []
             for row in chunk:
                 msgs = self.messages(row)
-                try:
-                    done.append((row, msgs, render(self.tokenizer, msgs, self.info)))
-                except TemplateError as e:
-                    done.append((row, msgs, e))
+                whole: Rendered | TemplateError | None = None  # None: rendered turn by turn
+                if self.info.verbatim:
+                    try:
+                        whole = render(self.tokenizer, msgs, self.info)
+                    except TemplateError as e:
+                        whole = e
+                done.append((row, msgs, whole))
             if self._piecewise:
                 self._warm(p for *_, r in done if isinstance(r, Rendered) for p in self._special.split(r.text)[::2])
-            for row, msgs, full in done:
-                if isinstance(full, Rendered):
-                    try:
-                        yield row, self._mask_rendered(row.id, msgs, full)
-                        continue
-                    except TemplateError as e:  # a split window the template cannot render
-                        full = e
+            for row, msgs, whole in done:
+                try:
+                    if isinstance(whole, Rendered):
+                        res = self._mask_whole(row.id, msgs, whole)
+                    elif whole is None or self.info.per_turn:  # a row this template rewrites: turn by turn
+                        res = self._mask_turns(row.id, msgs)
+                    else:
+                        raise whole
+                    yield row, res
+                    continue
+                except TemplateError as e:
+                    err = e
                 loc = getattr(row, "loc", None) or Location("<memory>", 0)
-                yield row, RowError(BadRow(loc, "conversations", f"trace {row.id}: {full}"))
+                yield row, RowError(BadRow(loc, "conversations", f"trace {row.id}: {err}"))
 
-    def _mask_rendered(self, tid: str, msgs: list[Message], full: Rendered) -> MaskResult:
-        ids, starts = self.encode(full.text)
-        train = self._trainable(full)
-        labels = self._labels(full, ids, starts, train)
-        return self._fit(tid, msgs, ids, starts, labels, full, train)
+    def _trained(self, msgs: list[Message]) -> list[int]:
+        """Indices of the assistant messages the options train."""
+        out = [i for i, m in enumerate(msgs) if m.role == "assistant" and (self.options.train_tool_calls or not _calls_tool(m.content))]
+        return out[-1:] if self.options.scope == "last" else out
 
-    def _trainable(self, full: Rendered) -> set[int]:
-        spans = [s for s in full.spans if self.options.train_tool_calls or not s.tool_calls]
-        if self.options.scope == "last":
-            spans = spans[-1:]
-        return {s.turn for s in spans}
+    def _mask_whole(self, tid: str, msgs: list[Message], whole: Rendered) -> MaskResult:
+        """A template that keeps every turn verbatim: the conversation rendered once is one sample
+        when it fits; a longer one is planned into samples, each rendered on its own."""
+        ids, starts = self.encode(whole.text)
+        trained = self._trained(msgs)
+        o = self.options
+        if o.max_len is None or len(ids) <= o.max_len or o.overflow != "split":
+            return self._result(tid, msgs, [(ids, starts, whole)], trained, Plan([Sample(tuple(range(len(msgs))), tuple(trained))]))
+        # Tokens up to the end of each message's content (its header and the previous end of turn
+        # included): the plan's estimates, which each sample's exact render then checks.
+        cost = np.diff(np.searchsorted(starts, np.asarray(whole.ends), side="right"), prepend=0)
+        memo: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, Rendered]] = {}
 
-    def _fit(self, tid: str, msgs, ids, starts, labels, full: Rendered, train: set[int]) -> MaskResult:
+        def build(s: Sample):
+            if s.messages not in memo:
+                r = render(self.tokenizer, [msgs[i] for i in s.messages], self.info)
+                memo[s.messages] = (*self.encode(r.text), r)
+            return memo[s.messages]
+
+        plan = plan_samples(cost.tolist(), _turn_starts(msgs), _head(msgs, trained), trained, [True] * len(trained), o.max_len, lambda s: len(build(s)[0]))
+        return self._result(tid, msgs, [build(s) for s in plan.samples], trained, plan, cost.tolist())
+
+    def _mask_turns(self, tid: str, msgs: list[Message]) -> MaskResult:
+        """A template that rewrites history (Qwen3 drops the reasoning of turns before the last
+        user message): assistant turn k is trained after the template's render of messages[:k]
+        with the generation prompt, as the model sees it when it acts; consecutive turns whose
+        renders extend one another share a sample."""
+        trained = self._trained(msgs)
+        o = self.options
+        turns = {t: render_turn(self.tokenizer, msgs, t, self.info) for t in trained}
+        joins = [k > 0 and extends(turns[t], turns[trained[k - 1]]) for k, t in enumerate(trained)]
+        split = o.max_len is not None and o.overflow == "split"
+        # Estimates for the plan: each message's content and a few tokens of template around it.
+        cost = [len(self.encode(m.content)[0]) + 4 for m in msgs] if split else [0] * len(msgs)
+        memo: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, Rendered]] = {}
+
+        def build(s: Sample):
+            if s.messages not in memo:
+                if s.messages == tuple(range(len(s.messages))):  # all history: the renders above
+                    parts = [(msgs[t], turns[t]) for t in s.trained]
+                else:
+                    sub = [msgs[i] for i in s.messages]
+                    parts = [(msgs[t], render_turn(self.tokenizer, sub, s.messages.index(t), self.info)) for t in s.trained]
+                r = render_sample(parts, self._end_token)
+                memo[s.messages] = (*self.encode(r.text), r)
+            return memo[s.messages]
+
+        plan = plan_samples(cost, _turn_starts(msgs), _head(msgs, trained), trained, joins, o.max_len if split else None, lambda s: len(build(s)[0]))
+        return self._result(tid, msgs, [build(s) for s in plan.samples], trained, plan, cost if split else None)
+
+    def _result(self, tid: str, msgs: list[Message], built: list[tuple[np.ndarray, np.ndarray, Rendered]], trained: list[int], plan: Plan, cost: list[int] | None = None) -> MaskResult:
+        """The planned samples as sequences, over-long ones truncated or the trace dropped per
+        --overflow; a sequence with no trained token is not written (it counts as cut)."""
+        o = self.options
         system = self._system_turn(msgs)
-        if system is not None and not full.text.startswith(system):
+        res = MaskResult([], untrained=[(msgs[t].turn, why) for t, why in plan.untrained])
+        if system is not None and not all(r.text.startswith(system) for *_, r in built):
             system = None
-        res = self._fit_parts(tid, msgs, ids, starts, labels, full, train, system)
-        res.system_tokens = int(np.searchsorted(starts, len(system))) if system is not None else 0
+        res.system_tokens = len(self.encode(system)[0]) if system is not None else 0
+        total = sum(len(ids) for ids, *_ in built)
+        if o.max_len is not None and o.overflow == "drop" and any(len(ids) > o.max_len for ids, *_ in built):
+            longest = max(len(ids) for ids, *_ in built)
+            return _dropped(res, total, f"{longest} tokens, longer than seq_len {o.max_len} (overflow drop)")
+        if cost is not None:  # messages after the head that no sample holds
+            held = {i for s in plan.samples for i in s.messages}
+            res.tokens_cut = sum(c for i, c in enumerate(cost) if i not in held and i >= _head(msgs, trained))
+        for n, ((ids, starts, r), sample) in enumerate(zip(built, plan.samples)):
+            turn_ids = {msgs[t].turn for t in sample.trained}
+            labels = self._labels(r, ids, starts, turn_ids)
+            if o.max_len is not None and len(ids) > o.max_len:
+                res.tokens_cut += len(ids) - o.max_len
+                ids, labels, starts = ids[: o.max_len], labels[: o.max_len], starts[: o.max_len]
+            if not (labels != IGNORE).any():
+                res.tokens_cut += len(ids)
+                continue
+            seq = MaskedSeq(tid, ids, labels, _prefix_len(system, ids, starts, labels))
+            firsts = [int(np.searchsorted(starts, sp.start)) for sp in r.spans if sp.turn in turn_ids]
+            res.turns_trained += sum(f < len(ids) for f in firsts)
+            res.turns_shortened += sum(f < len(ids) for f in firsts) if sample.shortened else 0
+            if n and firsts:
+                res.context_repeated += firsts[0]
+            res.seqs.append(seq)
+        res.samples = len(res.seqs)
+        if not res.seqs:
+            why = plan.untrained[0][1] if plan.untrained else "no trained token in what fits (no assistant turn, or none the options train)"
+            return _dropped(res, total if built else sum(cost or ()), why)
         return res
 
-    def _fit_parts(self, tid, msgs, ids, starts, labels, full: Rendered, train: set[int], system: str | None) -> MaskResult:
-        o = self.options
-        n = len(ids)
-        if o.max_len is None or n <= o.max_len:
-            return self._result(tid, [(ids, labels, starts)], 0, system)
-        if o.overflow == "drop":
-            return MaskResult([], tokens_cut=n, dropped=True, reason=f"{n} tokens, longer than seq_len {o.max_len} (overflow drop)")
-        if o.overflow == "truncate":
-            m = o.max_len
-            return self._result(tid, [(ids[:m], labels[:m], starts[:m])], n - m, system)
-        return self._split(tid, msgs, starts, full, train, system)
+def _calls_tool(content: str) -> bool:
+    return any(s.kind == TOOL_CALL for s in parse_turn("assistant", content).segments)
 
-    def _split(self, tid: str, msgs: list[Message], starts: np.ndarray, full: Rendered, train: set[int], system: str | None) -> MaskResult:
-        """Windows of whole steps (messages up to and including an assistant turn), each starting
-        with the system prompt, filled greedily; a window is re-rendered and tokenized exactly."""
-        max_len = self.options.max_len
-        head = 1 if msgs and msgs[0].role == "system" else 0
-        # Estimated tokens up to the end of each message's content; windows are then measured exactly.
-        end_tok = np.searchsorted(starts, np.asarray(full.ends), side="right")
-        steps = [i + 1 for i in range(head, len(msgs)) if msgs[i].role == "assistant"]  # step ends (exclusive)
-        head_cost = int(end_tok[head - 1]) + 2 if head else 0
-        if head_cost >= max_len:  # no window can hold the system prompt and a turn
-            why = f"its system prompt alone takes about {head_cost} tokens, seq_len is {max_len}"
-            return MaskResult([], tokens_cut=len(starts), dropped=True, reason=why)
-        out, cut, first, k = [], 0, head, 0
-        while k < len(steps):
-            base = int(end_tok[first - 1]) if first else 0
-            j = k
-            while j + 1 < len(steps) and head_cost + end_tok[steps[j + 1] - 1] - base <= max_len:
-                j += 1
-            while True:
-                w_ids, w_starts, w = self._tokens(msgs[:head] + msgs[first : steps[j]])
-                if len(w_ids) <= max_len or j == k:
-                    break
-                j -= 1
-            w_labels = self._labels(w, w_ids, w_starts, train)
-            if len(w_ids) > max_len:
-                cut += len(w_ids) - max_len
-                w_ids, w_labels, w_starts = w_ids[:max_len], w_labels[:max_len], w_starts[:max_len]
-            out.append((w_ids, w_labels, w_starts))
-            first, k = steps[j], j + 1
-        return self._result(tid, out, cut, system)
+
+def _turn_starts(msgs: list[Message]) -> list[int]:
+    """For each message, the index of the first message of its row turn (a tool turn unwrapped
+    into one message per response is one whole turn)."""
+    out = []
+    for i, m in enumerate(msgs):
+        out.append(out[-1] if i and msgs[i - 1].turn == m.turn else i)
+    return out
+
+
+def _head(msgs: list[Message], trained: list[int]) -> int:
+    """Messages every sample opens with: the system prompt and the first user message (the task),
+    when the task comes before the first trained turn."""
+    head = 1 if msgs and msgs[0].role == "system" else 0
+    task = next((i for i, m in enumerate(msgs) if m.role == "user"), None)
+    if task is not None and (not trained or task < trained[0]):
+        head = task + 1
+    return head
+
+
+def _dropped(res: MaskResult, tokens: int, why: str) -> MaskResult:
+    res.seqs, res.samples, res.dropped, res.reason = [], 0, True, why
+    res.tokens_cut, res.turns_trained, res.turns_shortened, res.context_repeated = tokens, 0, 0, 0
+    return res
 
 
 def _prefix_len(system: str | None, ids: np.ndarray, starts: np.ndarray, labels: np.ndarray) -> int:
@@ -487,15 +552,3 @@ def _prefix_len(system: str | None, ids: np.ndarray, starts: np.ndarray, labels:
     if p >= len(ids) or starts[p] != len(system) or (labels[: p + 1] != IGNORE).any():
         return 0
     return p
-
-
-def _result(tid: str, seqs: list[tuple[np.ndarray, np.ndarray]], cut: int) -> MaskResult:
-    """Sequences with at least one trained token; the others count as cut."""
-    kept = []
-    for ids, labels in seqs:
-        if (labels != IGNORE).any():
-            kept.append(MaskedSeq(tid, ids, labels))
-        else:
-            cut += len(ids)
-    why = "" if kept else "no trained token in what fits (no assistant turn, or none the options train)"
-    return MaskResult(kept, tokens_cut=cut, dropped=not kept, windows=len(kept), reason=why)

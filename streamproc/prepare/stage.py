@@ -37,6 +37,10 @@ class SplitCounts:
     rows: int = 0
     sequence_tokens: int = 0  # tokens the sequences hold whole; more than `tokens` where rows share a prefix
     system_prompt_tokens: int = 0  # of those, in the system turns the sequences begin with
+    turns_trained: int = 0  # assistant turns with trained tokens
+    turns_shortened: int = 0  # of those, turns whose sequence lacks some earlier message (a long trace)
+    turns_untrained: int = 0  # turns the options train that could not fit with their context (dropped.jsonl)
+    context_repeated: int = 0  # tokens before the first trained turn of each sequence after a trace's first
 
     def add(self, o: "SplitCounts") -> None:
         for f in self.__slots__:
@@ -79,7 +83,7 @@ class MaskedSplit:
 
     seqs: dict[str, list[MaskedSeq]]
     counts: dict[str, SplitCounts]
-    dropped: list[dict] = field(default_factory=list)  # traces nothing was written of: id, split, reason, file, row
+    dropped: list[dict] = field(default_factory=list)  # traces nothing was written of, and turns not trained (with "turn"): id, split, reason, file, row
     min_system: int = 0  # tokens of the shortest system turn seen (0: none)
 
 
@@ -115,9 +119,16 @@ class MaskStage(Stage):
             c.traces += not res.dropped
             c.dropped += res.dropped
             acc.min_system = min_system(acc.min_system, res.system_tokens)
+            loc = row.loc
+            where = {"file": loc.file if loc else None, "row": loc.row if loc else None}
             if res.dropped:
-                loc = row.loc
-                acc.dropped.append({"id": row.id, "split": split, "reason": res.reason, "file": loc.file if loc else None, "row": loc.row if loc else None})
+                acc.dropped.append({"id": row.id, "split": split, "reason": res.reason, **where})
+            else:
+                acc.dropped += [{"id": row.id, "split": split, "turn": t, "reason": why, **where} for t, why in res.untrained]
+                c.turns_untrained += len(res.untrained)
+            c.turns_trained += res.turns_trained
+            c.turns_shortened += res.turns_shortened
+            c.context_repeated += res.context_repeated
             c.tokens_cut += res.tokens_cut
             c.system_prompt_tokens += sum(s.prefix_len for s in res.seqs)
             acc.seqs[split].extend(res.seqs)
