@@ -17,6 +17,7 @@ assistant turn's trainable region: its content and the end-of-turn token after i
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -154,8 +155,8 @@ def inspect_template(tokenizer, template: str) -> TemplateInfo:
     except Exception as e:
         raise TemplateError(f"the chat template cannot render a plain system/user/assistant conversation: {e}") from e
 
-    problem = ""
-    for k, a in ((1, a1), (2, a2)):
+    problem = "" if sys_ in text else "the system message is not rendered in place (moved or dropped)"
+    for k, a in ((1, a1), (2, a2)) if not problem else ():
         if a not in text:
             problem = f"assistant turn {a!r} is rendered as {_around(text, k)!r}"
             break
@@ -173,19 +174,23 @@ def inspect_template(tokenizer, template: str) -> TemplateInfo:
         tool_role = tool in with_tool
     except Exception:
         with_tool, tool_role = "", False
+    # Turn by turn: what the template writes for each probe turn after its context with the
+    # generation prompt. A whole render gives those samples only if that is the content itself.
     per_turn, turn_problem = True, ""
-    if problem:  # a template that rewrites history may still render each turn exactly after its context
-        probe = to_messages(convo)
-        for k, n in ((2, 1), (4, 2)):  # the probe's assistant turns
-            try:
-                context, through = render_text(tokenizer, probe[:k], template, True), render_text(tokenizer, probe[: k + 1], template)
-            except Exception as e:
-                per_turn, turn_problem = False, f"it cannot render the conversation before an assistant turn with the generation prompt ({e})"
-                break
-            if not through.startswith(context) or _R.format(f"text{n}") not in through[len(context) :]:
-                per_turn, turn_problem = False, "its render through an assistant turn does not begin with its render of the turns before it with the generation prompt"
-                break
-    sys_header = text[: text.index(sys_)]
+    probe = to_messages(convo)
+    for k, (n, a) in ((2, (1, a1)), (4, (2, a2))):
+        try:
+            turn = render_turn(tokenizer, probe, k, template)
+        except TemplateError as e:
+            per_turn, turn_problem = False, str(e).split(": ", 1)[-1] if str(e).startswith("turn ") else str(e)
+            break
+        written = turn.through[len(turn.context) :]
+        if _R.format(f"text{n}") not in written:
+            per_turn, turn_problem = False, "an assistant turn's text is not in what it renders for the turn"
+            break
+        if not problem and not written.startswith(a) and not written.startswith(header + a):  # (a template without a generation prompt writes the header)
+            problem = f"it writes {written[: written.find(a) if a in written else 40]!r} of its own between the generation prompt and an assistant turn's content"
+    sys_header = text[: text.index(sys_)] if sys_ in text else ""
     no_sys = render_text(tokenizer, to_messages(convo[1:]), template)
     return TemplateInfo(
         template=template,
@@ -242,7 +247,7 @@ def check_faithful(info: TemplateInfo, tokenizer, name: str = "the tokenizer's")
     right after its own context), or ChatML on a tokenizer without its tokens."""
     if not info.per_turn:
         raise TemplateError(
-            f"{name} chat template cannot give exact samples: it does not keep assistant content verbatim "
+            f"{name} chat template cannot give exact samples: it does not render the conversation verbatim "
             f"({info.problem}), and {info.turn_problem}; the model would be trained on text it never sees. "
             "Render through a faithful ChatML template instead: chat_template='chatml' (CLI: --chat-template chatml)."
         )
@@ -307,17 +312,26 @@ class TurnRender:
     through: str  # the render of messages[:k + 1]; begins with `context`
 
 
-def render_turn(tokenizer, messages: Sequence[Message], k: int, info: TemplateInfo) -> TurnRender:
-    """The renders around assistant message k; TemplateError where the render through it does not
-    extend the render before it with the generation prompt (no exact sample exists)."""
+def render_turn(tokenizer, messages: Sequence[Message], k: int, template: str) -> TurnRender:
+    """The renders around assistant message k: the context the model acts on, and the context
+    followed by what the template writes for turn k when the conversation goes on through it.
+    Where the render through turn k does not begin with the context (Qwen3 drops the empty think
+    block of an assistant turn once another assistant turn follows it), turn k is what follows
+    the generation prompt in that render, after the point where the two part. TemplateError where
+    there is no such turn (the template has no generation prompt, or rewrites that too)."""
     try:
-        context = render_text(tokenizer, messages[:k], info.template, True)
-        through = render_text(tokenizer, messages[: k + 1], info.template)
+        context = render_text(tokenizer, messages[:k], template, True)
+        through = render_text(tokenizer, messages[: k + 1], template)
+        if through.startswith(context):
+            return TurnRender(context, through)
+        prompt = context[len(render_text(tokenizer, messages[:k], template)) :]
     except Exception as e:
         raise TemplateError(f"the chat template cannot render this conversation: {e}") from e
-    if not through.startswith(context):
+    parted = len(os.path.commonprefix([context, through]))
+    j = through.find(prompt, max(0, parted - len(prompt))) if prompt else -1
+    if j < 0:
         raise TemplateError(f"turn {messages[k].turn}: the chat template's render through this assistant turn does not begin with its render of the turns before it")
-    return TurnRender(context, through)
+    return TurnRender(context, context + through[j + len(prompt) :])
 
 
 def extends(later: TurnRender, earlier: TurnRender) -> bool:

@@ -20,7 +20,7 @@ import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -273,6 +273,25 @@ class Masker:
             return np.zeros(0, np.int32), np.zeros(0, np.int32)
         return np.concatenate(ids), np.concatenate(starts)
 
+    def token_boundary(self, text: str, x: int) -> bool:
+        """Whether the ids of `text` are those of text[:x] followed by those of text[x:]: the cut
+        is at an added token, or the text piece around it tokenizes the same cut there."""
+        if not self._piecewise:
+            return self.encode(text)[0].tolist() == np.concatenate([self.encode(text[:x])[0], self.encode(text[x:])[0]]).tolist()
+        left, right = self._special.split(text[:x])[-1], self._special.split(text[x:], maxsplit=1)[0]
+        if not left or not right:
+            return True
+        piece = left + right
+        return self.encode(piece)[0].tolist() == np.concatenate([self.encode(left)[0], self.encode(right)[0]]).tolist()
+
+    def encode_cut(self, text: str, cuts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and start characters of text[:c0], text[c0:c1], ... each tokenized on its own."""
+        if not cuts:
+            return self.encode(text)
+        bounds = [0, *cuts, len(text)]
+        parts = [self.encode(text[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] + a for p, a in zip(parts, bounds)])
+
     def _warm(self, pieces: Iterable[str]) -> None:
         """Tokenize the pieces the cache lacks, all in one batch (the tokenizer spreads a batch
         over its threads), each once."""
@@ -452,11 +471,15 @@ class Masker:
         renders extend one another share a sample."""
         trained = self._trained(msgs)
         o = self.options
-        turns = {t: render_turn(self.tokenizer, msgs, t, self.info) for t in trained}
-        joins = [k > 0 and extends(turns[t], turns[trained[k - 1]]) for k, t in enumerate(trained)]
-        split = o.max_len is not None and o.overflow == "split"
-        # Estimates for the plan: each message's content and a few tokens of template around it.
-        cost = [len(self.encode(m.content)[0]) + 4 for m in msgs] if split else [0] * len(msgs)
+        turns = {t: render_turn(self.tokenizer, msgs, t, self.template) for t in trained}
+        # What the model writes is tokenized after what it sees: where the generation prompt does
+        # not end on a token boundary (Qwen3.5's `<think>\n` before `\n</think>`), the turn's ids
+        # are those of its text alone, and no later turn can share its sample.
+        whole = {t: self.token_boundary(r.through, len(r.context)) for t, r in turns.items()}
+        joins = [
+            k > 0 and whole[trained[k - 1]] and extends(turns[t], turns[trained[k - 1]]) and self.token_boundary(turns[t].context, len(turns[trained[k - 1]].through))
+            for k, t in enumerate(trained)
+        ]
         memo: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, Rendered]] = {}
 
         def build(s: Sample):
@@ -465,13 +488,20 @@ class Masker:
                     parts = [(msgs[t], turns[t]) for t in s.trained]
                 else:
                     sub = [msgs[i] for i in s.messages]
-                    parts = [(msgs[t], render_turn(self.tokenizer, sub, s.messages.index(t), self.info)) for t in s.trained]
+                    parts = [(msgs[t], render_turn(self.tokenizer, sub, s.messages.index(t), self.template)) for t in s.trained]
                 r = render_sample(parts, self._end_token)
-                memo[s.messages] = (*self.encode(r.text), r)
+                cuts = [len(t.context) for _, t in parts if not self.token_boundary(t.through, len(t.context))]
+                memo[s.messages] = (*self.encode_cut(r.text, cuts), r)
             return memo[s.messages]
 
-        plan = plan_samples(cost, _turn_starts(msgs), _head(msgs, trained), trained, joins, o.max_len if split else None, lambda s: len(build(s)[0]))
-        return self._result(tid, msgs, [build(s) for s in plan.samples], trained, plan, cost if split else None)
+        starts, head = _turn_starts(msgs), _head(msgs, trained)
+        plan = plan_samples([0] * len(msgs), starts, head, trained, joins, None)  # all history
+        if o.max_len is None or o.overflow != "split" or all(len(build(s)[0]) <= o.max_len for s in plan.samples):
+            return self._result(tid, msgs, [build(s) for s in plan.samples], trained, plan)
+        _, last_starts, last = build(plan.samples[-1])  # holds every message up to the last trained turn
+        cost = _costs(msgs, last.text, last_starts)
+        plan = plan_samples(cost, starts, head, trained, joins, o.max_len, lambda s: len(build(s)[0]))
+        return self._result(tid, msgs, [build(s) for s in plan.samples], trained, plan, cost)
 
     def _result(self, tid: str, msgs: list[Message], built: list[tuple[np.ndarray, np.ndarray, Rendered]], trained: list[int], plan: Plan, cost: list[int] | None = None) -> MaskResult:
         """The planned samples as sequences, over-long ones truncated or the trace dropped per
@@ -513,6 +543,21 @@ class Masker:
 
 def _calls_tool(content: str) -> bool:
     return any(s.kind == TOOL_CALL for s in parse_turn("assistant", content).segments)
+
+
+def _costs(msgs: list[Message], text: str, starts: np.ndarray) -> list[int]:
+    """Estimated tokens of each message in a render `text` (with token start characters
+    `starts`): up to the end of its content, found in order; an assistant turn the template
+    reformatted is found by the end of its content, and a message not found costs nothing (the
+    next one found carries it). The plan checks every sample exactly."""
+    ends, pos = [], 0
+    for m in msgs:
+        tail = m.content[-64:]
+        j = text.find(tail, pos) if tail else -1
+        if j >= 0:
+            pos = j + len(tail)
+        ends.append(pos)
+    return np.diff(np.searchsorted(starts, np.asarray(ends), side="right"), prepend=0).tolist()
 
 
 def _turn_starts(msgs: list[Message]) -> list[int]:
