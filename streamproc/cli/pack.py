@@ -56,9 +56,12 @@ def add_pack_args(p) -> None:
 
 def pack_options(args) -> PackOptions:
     from streamproc.prepare.job import PackError, PackOptions
+    from streamproc.prepare.pack import check_row_len
 
-    if args.row_len is not None and args.row_len < args.seq_len:
-        raise PackError(f"--row-len {args.row_len} is below --seq-len {args.seq_len}: a row must hold any sequence")
+    try:
+        check_row_len(args.row_len, args.seq_len, ("--row-len", "--seq-len"))
+    except ValueError as e:
+        raise PackError(str(e)) from None
     template = args.chat_template
     if template not in ("auto", "chatml"):
         try:

@@ -19,7 +19,6 @@ import re
 import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -43,10 +42,8 @@ from streamproc.prepare.chat import (
 )
 from streamproc.prepare.plan import Plan, Sample, plan_samples
 from streamproc.records import BadRow, Location, Row, RowError, Trace
-from streamproc.prepare.tokenizer import Tokenizer, load
+from streamproc.prepare.tokenizer import DEFAULT_TOKENIZER, DEFAULT_TOKENIZER_NAME, cached_tokenizer, load_tokenizer  # noqa: F401  (the tokenizer API, used from here)
 
-DEFAULT_TOKENIZER = Path(__file__).parents[1] / "data" / "tokenizers" / "qwen2.5-0.5b-instruct"
-DEFAULT_TOKENIZER_NAME = "Qwen/Qwen2.5-0.5B-Instruct"
 IGNORE = -100
 CHUNK_CHARS = 1 << 18
 """Longest text the tokenizer is given at once (see Masker._encode_pieces)."""
@@ -54,15 +51,6 @@ _BATCH_CHARS = 4 * CHUNK_CHARS
 """Text tokenized in one call: the tokenizer spreads a call over its threads."""
 SCOPES = ("all", "last")
 OVERFLOWS = ("split", "truncate", "drop")
-
-
-def load_tokenizer(name_or_dir: str | os.PathLike | None = None) -> Tokenizer:
-    """A fast tokenizer, read with the `tokenizers` library (no transformers, no torch): the
-    shipped Qwen2.5-0.5B-Instruct one (offline) for None, `default` or its Hub id; otherwise any
-    local directory or Hub id. TokenizerError names a path or id that cannot be loaded."""
-    if name_or_dir in (None, "", "default", DEFAULT_TOKENIZER_NAME):
-        name_or_dir = DEFAULT_TOKENIZER
-    return load(name_or_dir)
 
 
 def tokenizer_hash(tokenizer) -> str:
@@ -186,12 +174,26 @@ def _char_starts(piece: str, ids: np.ndarray, nbytes: np.ndarray) -> np.ndarray 
     return starts.astype(np.int32)
 
 
+_MASKERS: dict[tuple[str, str], "Masker"] = {}
+
+
+def cached_masker(tokenizer: str | None, options: MaskOptions | None = None) -> "Masker":
+    """The Masker of a tokenizer (a name or directory, as load_tokenizer takes) and options,
+    built once per process over the cached tokenizer: what pack's workers, its parent and
+    curation's token features share."""
+    options = options or MaskOptions()
+    key = (str(tokenizer or "default"), repr(options))
+    if key not in _MASKERS:
+        _MASKERS[key] = Masker(cached_tokenizer(tokenizer), options)
+    return _MASKERS[key]
+
+
 class Masker:
     """Masks rows for one tokenizer and MaskOptions. Picklable (the cache is not sent along)."""
 
     def __init__(self, tokenizer, options: MaskOptions | None = None):
         if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
-            tokenizer = load_tokenizer(tokenizer)
+            tokenizer = cached_tokenizer(tokenizer)
         self.tokenizer = tokenizer
         self.options = options or MaskOptions()
         self.template = template_of(tokenizer, self.options.chat_template)

@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from streamproc.prepare.mask import Masker, MaskOptions, MaskedSeq, load_tokenizer
+from streamproc.prepare.mask import MaskOptions, MaskedSeq, cached_masker
 from streamproc.records import SPLITS, BadRow, Row, RowError, Trace
 from streamproc.run.runner import Stage
 
@@ -66,17 +66,6 @@ class SplitCounts:
 
 # ----------------------------------------------------------------------------- workers
 
-_MASKERS: dict[tuple, Masker] = {}
-"""Maskers by (tokenizer, options): one per process, built on first use (a worker builds its own)."""
-
-
-def _masker(tokenizer: str, options: MaskOptions) -> Masker:
-    key = (tokenizer, repr(options))
-    if key not in _MASKERS:
-        _MASKERS[key] = Masker(load_tokenizer(tokenizer), options)
-    return _MASKERS[key]
-
-
 @dataclass(slots=True)
 class MaskedSplit:
     """A split's masked sequences and trace counts, per output split (train, eval)."""
@@ -107,7 +96,7 @@ class MaskStage(Stage):
 
     def fold_batch(self, acc: MaskedSplit, rows: list[tuple[Row, Trace | None]]) -> list[tuple[int, BadRow]]:
         bad = []
-        masker = _masker(self.tokenizer, self.options)
+        masker = cached_masker(self.tokenizer, self.options)
         parsed = [trace if trace is not None else row for row, trace in rows]
         for i, (_, res) in enumerate(masker.mask_many(parsed, batch=len(rows) or 1)):
             row = rows[i][0]
