@@ -242,5 +242,5 @@ def sharing(ctx: Context) -> list[Result]:
 
 
 def run(ctx: Context) -> list[Result]:
-    # 32768: with the system prompt in every window, longer rows are what packs agent traces tight.
+    # 32768: with the system prompt in every sample, longer rows are what packs agent traces tight.
     return [*speed(ctx), *tightness(ctx, "split"), *tightness(ctx, "split", 4 * SEQ_LEN), *tightness(ctx, "truncate"), *sharing(ctx), *scaling(ctx)]

@@ -135,5 +135,5 @@ def print_counts(res: PackResult) -> None:
             line += f"; {c['dropped']:,} traces dropped and {c['tokens_cut']:,} tokens cut to fit {seq_len} (--overflow)"
         print(line, file=sys.stderr)
         cut = c["tokens_cut"] / max(c.get("sequence_tokens", c["tokens"]) + c["tokens_cut"], 1)
-        if cut > 0.05:  # most often: a system prompt that leaves a window little room for a step
+        if cut > 0.05:  # most often: a system prompt that leaves a sample little room for a turn
             print(f"  note: {cut:.0%} of the {split} text was cut; a larger --seq-len keeps more of it", file=sys.stderr)

@@ -8,6 +8,10 @@ lot (the ~26,000-character system prompt is in every row, `\\n` sits between eve
 and are cached, which is why masking is faster than encoding everything. Labels come from the
 spans and the tokens' character offsets with numpy: a token is trained when it starts inside a
 trainable span. The exactness tests compare every id with `apply_chat_template` on real traces.
+
+A conversation that does not fit `max_len`, or whose template rewrites history (Qwen3 drops earlier
+reasoning), becomes samples (prepare.plan): each holds what the model sees when it acts at its
+trained turns, and is rendered and tokenized the same way (tests/test_samples_oracle.py).
 """
 
 from __future__ import annotations
