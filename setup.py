@@ -1,4 +1,5 @@
-"""Compiles the parser (parse/parser.py and the records it builds, parse/turns.py) to C with mypyc.
+"""Compiles the parser (parse/parser.py, the records it builds, parse/turns.py, and the chat-layout
+reader that builds them too, io/layouts.py) to C with mypyc.
 
 The same modules run as plain Python wherever they are not compiled: where mypyc or a C
 compiler is missing, with STREAMPROC_PURE_PYTHON=1 at install time, or at run time when their

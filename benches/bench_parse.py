@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from streamproc.benchmarks.parse import GUIDE, SCAN, STREAMPROC, contenders, text_mb
+from streamproc.benchmarks.parse import GUIDE, OPENAI_ROWS, SCAN, SHAREGPT_ROWS, STREAMPROC, contenders, layout_contenders, layout_lines, text_mb
 
 NAMES = [STREAMPROC, GUIDE, SCAN]
 
@@ -36,3 +36,12 @@ def test_parse_real(benchmark, real_turns, contender):
 @pytest.mark.benchmark(group="parse: synthetic sample", timer=time.thread_time)
 def test_parse_sample(benchmark, sample_turns, contender):
     run(benchmark, sample_turns, contender)
+
+
+@pytest.mark.parametrize("contender", [SHAREGPT_ROWS, OPENAI_ROWS])
+@pytest.mark.benchmark(group="parse: the sample's rows in both layouts", timer=time.thread_time)
+def test_parse_layouts(benchmark, sample_rows, contender):
+    lines = layout_lines(sample_rows)
+    benchmark.pedantic(layout_contenders(*lines)[contender], rounds=7, warmup_rounds=1)
+    if benchmark.stats:
+        benchmark.extra_info["rows/s"] = len(sample_rows) / benchmark.stats.stats.min

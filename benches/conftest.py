@@ -37,6 +37,12 @@ def real_turns(real_files) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="session")
+def sample_rows() -> list:
+    """The rows of the built-in (synthetic) sample."""
+    return context().rows()
+
+
+@pytest.fixture(scope="session")
 def sample_turns() -> list[tuple[str, str]]:
     """(from, value) of every assistant and tool turn of the built-in (synthetic) sample."""
     return tagged_turns(context().rows())

@@ -1,11 +1,11 @@
-"""Which parser runs: the mypyc build of parse/parser.py and parse/turns.py, or their Python source.
+"""Which parser runs: the mypyc build of parse/parser.py, parse/turns.py and io/layouts.py, or their Python source.
 
-setup.py compiles both where it can and writes the sha256 of the sources it compiled to
+setup.py compiles them where it can and writes the sha256 of the sources it compiled to
 BUILT_FROM. The build sits beside the source (in the package directory of an editable install
 too), and Python imports a build before a source of the same name; a build whose sources have
 changed since (an edited checkout) would run stale code, so then, and whenever
-STREAMPROC_PURE_PYTHON=1, both are imported from source. Content, not file times, decides: an
-installer writes files in any order. `choose` must run before either module is imported:
+STREAMPROC_PURE_PYTHON=1, all are imported from source. Content, not file times, decides: an
+installer writes files in any order. `choose` must run before any of them is imported:
 streamproc/__init__.py calls it first. This module uses only the standard library, so setup.py
 can load it before anything is installed.
 """
@@ -21,7 +21,9 @@ import sys
 import warnings
 from pathlib import Path
 
-MODULES = ("streamproc.parse.turns", "streamproc.parse.parser")
+MODULES = ("streamproc.parse.turns", "streamproc.parse.parser", "streamproc.io.layouts")
+"""The parser, the records it builds, and the chat-layout reader that builds the same records
+(so the two layouts parse at the same speed, compiled or not)."""
 BUILT_FROM = "_built_from.json"
 _HERE = Path(__file__).parent
 

@@ -17,8 +17,9 @@ from streamproc.parse.turns import ToolCall, ToolResponse, Turn
 ROLES = {"system": "system", "human": "user", "gpt": "assistant", "tool": "tool"}
 """ShareGPT `from` values and the chat role each one maps to."""
 
-SPLITS = ("train", "eval")
-"""The output splits of packed data (mask_stage.is_eval decides a trace's)."""
+PARTITIONS = ("train", "eval")
+"""The partitions of packed data, the training set and the eval set (prepare/stage.is_eval
+decides a trace's). "Split" is the input's unit of work (io/sources.Split)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -36,8 +37,26 @@ class Location:
 
 
 @dataclass(slots=True)
+class ChatLayout:
+    """What a row read from the chat `messages` layout keeps of its structure (io/layouts.py).
+
+    `source` are its messages as read (validated); `layouts.chat_messages` gives them normalized,
+    as a chat template reads them. `turn_of[i]` is the turn of `Row.conversations` message i
+    became (consecutive tool results are one turn, as ShareGPT writes them). `turns`, `calls`
+    and `responses` are the parsed trace, built from the structure (calls paired with results by
+    `tool_call_id`), so parsing such a row scans no text. The tools column stays `Row.tools`."""
+
+    source: list[dict[str, Any]]
+    turn_of: list[int]
+    turns: list[Turn]
+    calls: list[tuple[int, int]]
+    responses: list[tuple[int, int]]
+
+
+@dataclass(slots=True)
 class Row:
-    """One validated row in the dataset schema."""
+    """One validated row in the dataset schema. A row read from the chat `messages` layout has
+    its turns written as ShareGPT text (`conversations`) and its structure in `chat`."""
 
     id: str
     conversations: list[tuple[str, str]]  # (from, value) with from in ROLES
@@ -48,6 +67,8 @@ class Row:
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     loc: Location | None = None
+    source_in_data: bool = True  # False: the input gave no `source`, and `source` is its file's label
+    chat: ChatLayout | None = None
 
 
 @dataclass(slots=True)
@@ -62,6 +83,7 @@ class Trace:
     calls: list[tuple[int, int]] = field(default_factory=list)  # (turn, index in turn.tool_calls)
     responses: list[tuple[int, int]] = field(default_factory=list)  # (turn, index in turn.tool_responses)
     extra: dict[str, Any] = field(default_factory=dict)
+    chat: ChatLayout | None = None  # the row's chat-layout structure, where it had one
 
     def call(self, i: int) -> ToolCall:
         t, k = self.calls[i]
@@ -150,6 +172,7 @@ def row_from_dict(d: Any, loc: Location | None = None, source: str = "") -> Row:
         source=src if isinstance(src, str) and src else source,
         loc=loc,
         extra=extra,
+        source_in_data=isinstance(src, str) and bool(src),
         **strs,
     )
 

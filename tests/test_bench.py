@@ -10,6 +10,7 @@ import pytest
 from streamproc import benchmarks
 from streamproc._compiled import parser_build
 from streamproc.benchmarks import Result, format_table
+from streamproc.benchmarks.parse import OPENAI_ROWS, SHAREGPT_ROWS
 from streamproc.benchmarks.guide import parse_assistant_message, parse_tool_message, tool_use_metrics
 from streamproc.cli import main
 
@@ -34,10 +35,15 @@ def test_bench_cli_prints_and_writes_json(tmp_path, capsys):
     assert "streamproc parse_turn" in printed.out and "1 bad rows skipped" in printed.err
     results = json.loads(out.read_text())
     ours = f"streamproc parse_turn ({parser_build()})"
+    results, layouts = results[:4], results[4:]
     assert [r["name"] for r in results] == ["a regex parser + json.loads", "str.find scan of the tags", ours, ours]
     assert all(r["value"] > 0 and r["unit"] == "MB/s" and "6 turns" in r["data"] for r in results)
     assert [r["baseline"] for r in results[2:]] == ["a regex parser + json.loads", "str.find scan of the tags"]
     assert all(r["ratio"] > 0 for r in results[2:])
+    # The same two rows read in both layouts, rows/s, the OpenAI one against the ShareGPT one.
+    assert [r["name"] for r in layouts] == [SHAREGPT_ROWS, OPENAI_ROWS]
+    assert all(r["value"] > 0 and r["unit"] == "rows/s" and "2 rows" in r["data"] for r in layouts)
+    assert layouts[1]["baseline"] == SHAREGPT_ROWS and layouts[1]["ratio"] > 0
 
 
 def test_unknown_section_is_refused():

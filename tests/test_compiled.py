@@ -110,3 +110,23 @@ def test_version_names_the_parser_build(capsys):
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.strip() == f"streamproc {streamproc.__version__} (parser: {parser_build()})"
+
+
+LAYOUTS_PURE = """
+import json, sys
+from streamproc.io.layouts import row_from_record
+from streamproc.records import Location
+for d in json.load(sys.stdin):
+    print(repr(row_from_record(d, Location("x", 0), "x").chat.turns))
+"""
+
+
+@compiled_only
+def test_compiled_chat_layout_reader_equals_its_source(real_dir):
+    from streamproc.io.layouts import row_from_record
+    from streamproc.records import Location
+
+    rows = [json.loads(line) for p in sorted((real_dir / "chat-layout").glob("*.jsonl")) for line in p.open()]
+    env = {**os.environ, "STREAMPROC_PURE_PYTHON": "1"}
+    python = subprocess.run([sys.executable, "-c", LAYOUTS_PURE], input=json.dumps(rows), env=env, capture_output=True, text=True, check=True)
+    assert python.stdout.splitlines() == [repr(row_from_record(d, Location("x", 0), "x").chat.turns) for d in rows]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from pathlib import Path
 
 import orjson
@@ -21,9 +20,9 @@ from streamproc.curate.conditions import PRESETS, ConditionError, conditions_of
 from streamproc.curate.curator import Curator
 from streamproc.curate.dedup import exact_key, near_key
 from streamproc.curate.job import filter_to_file, row_record
-from streamproc.curate.stage import CurateStage, view
+from streamproc.curate.stage import ConditionView, CurateStage, DedupView, view
 from streamproc.parse.parser import parse_trace
-from streamproc.run.runner import run_merged
+from streamproc.run.runner import Gather, run_jobs
 from streamproc.io.sources import SAMPLE, iter_rows, plan
 
 
@@ -232,13 +231,15 @@ def test_accounting_adds_up_and_filtering_twice_changes_nothing(tmp_path_factory
     again, _ = filter_to_file(plan([d / "once.jsonl"]), str(d / "twice.jsonl"), Curator(conditions_of(where, preset), dedup))
     assert again["kept"] == again["read"] == doc["kept"] and again["removed"] == 0
     assert read_jsonl(d / "twice.jsonl") == read_jsonl(d / "once.jsonl")
-    # The view other commands read through (a gate, or skipped rows after a first pass for dedup),
-    # in small splits: exactly the kept rows, and the same account.
-    splits, acct = view(plan([src], shard_bytes=3000), Curator(conditions_of(where, preset), dedup))
-    (parts,), (seen,) = run_merged(splits, [CurateStage(keep_rows=True)])
-    assert [r.id for p in parts for r in p.rows] == [r["id"] for r in read_jsonl(d / "once.jsonl")]
-    assert seen.read == doc["kept"] + doc["rejected"] and len(seen.rejected) == doc["rejected"]
-    assert {k: v for k, v in acct.to_json().items()} == {k: doc[k] for k in acct.to_json()}
+    # The view other commands' runs are given (conditions decided in the pass, or rows removed by
+    # a first pass for dedup), in small splits: exactly the kept rows, and the same account.
+    splits = plan([src], shard_bytes=3000)
+    v = view(splits, Curator(conditions_of(where, preset), dedup))
+    job = Gather(CurateStage(keep_rows=True))
+    run_jobs(splits, [job], view=v)
+    assert [r.id for p in job.partials for r in p.rows] == [r["id"] for r in read_jsonl(d / "once.jsonl")]
+    assert job.tally.read == doc["kept"] + doc["rejected"] and len(job.tally.rejected) == doc["rejected"]
+    assert {k: v for k, v in v.acct.to_json().items()} == {k: doc[k] for k in v.acct.to_json()}
 
 
 def test_kept_rows_are_unchanged_with_extra_columns(tmp_path):
@@ -321,35 +322,42 @@ def test_filtered_file_read_back_by_stats_and_pack_and_the_view_matches(tmp_path
 
 
 def test_a_view_of_conditions_reads_the_input_once_and_dedup_twice(tmp_path, clean_row):
-    """Conditions are decided in the command's own pass (a gate on each split): nothing is read
-    before it. Dedup needs input order, so its decisions come from a first pass. Both views give
-    the same kept rows and account as `filter`."""
-    from streamproc.analyze.metrics import collect
+    """Conditions are decided in the command's own pass (the view given to the run): nothing is
+    read before it. Dedup needs input order, so its decisions come from a first pass. Both views
+    give the same kept rows and account as `filter`; the splits carry neither."""
+    from streamproc.analyze.job import StatsJob
 
     rows = sample_rows(30) + list(injected(clean_row).values())
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     splits = plan([src], shard_bytes=50_000)
-    gated, acct = view(splits, Curator(PRESETS["clean"]), workers=2)
-    assert acct.read == 0 and all(s.gate is not None and not s.skip for s in gated)  # nothing read yet
-    _, tally = collect(gated, workers=2)
+    before = [s.key() for s in splits]
+    gated = view(splits, Curator(PRESETS["clean"]), workers=2)
+    assert isinstance(gated, ConditionView) and gated.acct.read == 0  # nothing read yet
+    job = StatsJob()
+    run_jobs(splits, [job], view=gated, workers=2)
+    acct, tally = gated.acct, job.tally
     assert (acct.read, acct.kept, acct.removed, tally.read) == (35, 30, 5, 30) and tally.parsed == 30
 
-    skipped, acct2 = view(splits, Curator(PRESETS["clean"], "exact"), workers=2)
-    assert acct2.read == 35 and all(s.gate is None for s in skipped) and sum(len(s.skip) for s in skipped) == acct2.removed
-    assert collect(skipped, workers=1)[1].parsed == acct2.kept
+    deduped = view(splits, Curator(PRESETS["clean"], "exact"), workers=2)
+    acct2 = deduped.acct
+    assert isinstance(deduped, DedupView) and acct2.read == 35 and sum(map(len, deduped.removed)) == acct2.removed
+    job = StatsJob()
+    run_jobs(splits, [job], view=deduped, workers=1)
+    assert job.tally.parsed == acct2.kept
+    assert [s.key() for s in splits] == before
     summary, _ = filter_to_file(splits, str(tmp_path / "kept.parquet"), Curator(PRESETS["clean"], "exact"), workers=2)
     assert (summary["kept"], summary["removed"]) == (acct2.kept, acct2.removed)
 
 
 def test_split_keys_are_the_same_in_every_process(tmp_path):
-    """A pack run's plan is made of Split.key(): stable across processes (hash seeds), so an
-    interrupted pack of a view resumes."""
+    """A pack run's plan is made of Split.key() and the view's definition (not a repr): stable
+    across processes (hash seeds), so an interrupted pack of a view resumes."""
     import subprocess
     import sys
 
     code = (
         "from streamproc.io.sources import SAMPLE, plan; from streamproc.curate.curator import Curator; from streamproc.curate.conditions import PRESETS; from streamproc.curate.stage import view; "
-        "s = plan([SAMPLE]); print([x.key() for x in view(s, Curator(PRESETS['strict'], 'exact'))[0] + view(s, Curator(PRESETS['agentic']))[0]])"
+        "from streamproc.run.runner import plan_key; s = plan([SAMPLE]); print(plan_key(s, view(s, Curator(PRESETS['strict'], 'exact'))) + plan_key(s, view(s, Curator(PRESETS['agentic']))))"
     )
     root = str(Path(__file__).resolve().parents[1])
     keys = {
@@ -358,7 +366,7 @@ def test_split_keys_are_the_same_in_every_process(tmp_path):
     }
     assert len(keys) == 1
     key = keys.pop()
-    assert re.search(r"skip=[0-9a-f]{16}", key) and "gate=ConditionGate(" in key  # rows were removed; a gate too
+    assert '"dedup":"exact","threshold":0.8' in key and key.count('"where":[') == 2 and " at 0x" not in key
 
 
 def test_features_command(tmp_path, real_row_files):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -48,7 +49,7 @@ def test_classify(content, name, expected):
 
 def test_classifier_versus_the_guides_substring_on_terminal_results():
     ok = _response({"output": "done", "exit_code": 0, "error": None})
-    assert outcomes.classify(ok) is None and outcomes.guide_flags(ok)  # the trap FORMAT.md describes
+    assert outcomes.classify(ok) is None and outcomes.flagged_by_substring(ok)  # the trap FORMAT.md describes
 
 
 def test_real_responses_classes(real_rows):
@@ -238,4 +239,52 @@ def test_classifier_recovers_the_synthetic_failure_rate():
     rate = sum(c.error_classes.values()) / c.tool_responses
     assert c.tool_responses > 1500
     assert abs(rate - (synth.FAIL + synth.UNKNOWN)) < 0.025
-    assert c.guide_flagged_responses > 3 * sum(c.error_classes.values())  # the substring flags successes too
+    assert c.substring_flagged_responses > 3 * sum(c.error_classes.values())  # the substring flags successes too
+
+
+# ----------------------------------------------------------------------------- one walk: stats, features and ls agree
+
+_CALLS = st.sampled_from([
+    '{"name": "terminal", "arguments": {"command": "ls"}}',
+    '{"name": "read_file", "arguments": {"path": "a"}}',
+    '{"arguments": {"x": 1}}',  # no name: malformed
+    '{"name": "terminal", "arguments": ',  # broken JSON, name still read
+])
+_RESPONSES = st.sampled_from([
+    '{"name": "terminal", "content": {"output": "ok", "exit_code": 0, "error": null}}',
+    '{"name": "terminal", "content": {"output": "", "exit_code": 2, "error": null}}',
+    '{"content": {"error": "boom"}}',  # no name of its own
+    '{"name": "read_file", "content": "Error: no such file"}',
+    'plain text, not JSON',
+])
+_TURNS = st.lists(st.one_of(
+    st.lists(_CALLS, min_size=1, max_size=3).map(lambda cs: ("gpt", "".join(f"<tool_call>{c}</tool_call>" for c in cs))),
+    st.lists(_RESPONSES, min_size=1, max_size=3).map(lambda rs: ("tool", "".join(f"<tool_response>{r}</tool_response>" for r in rs))),
+), max_size=8)
+
+
+@given(_TURNS)
+@settings(max_examples=150, deadline=None)
+def test_stats_features_and_the_trace_list_count_one_walk_alike(turns):
+    from streamproc.analyze.facts import MALFORMED, UNPAIRED
+    from streamproc.analyze.features import features
+    from streamproc.views.listing import summarize
+
+    trace = parse_trace({"id": "t", "conversations": [{"from": "human", "value": "go"}, *({"from": f, "value": v} for f, v in turns)]})
+    c = Counts()
+    add_trace(c, trace)
+    f, s = features(trace), summarize(trace)
+    owners = []
+    for i in range(len(trace.responses)):
+        r = trace.response(i)
+        owners.append((trace.call(r.call).name or MALFORMED) if r.call is not None else (r.name or UNPAIRED))
+    assert sum(c.responses_by_tool.values()) == c.tool_responses == f["tool_responses"] == len(owners)
+    assert c.responses_by_tool == Counter(owners)
+    assert set(c.tool_counts) == set(s.tools) and sum(c.tool_counts.values()) == s.calls == f["tool_calls"]
+    assert set(c.errors_by_tool) <= set(s.failed_tools)
+    assert sum(c.error_classes.values()) == f["failed_responses"]
+    assert c.quality["malformed_calls"] == f["malformed_calls"] == sum(not trace.call(i).valid for i in range(len(trace.calls)))
+    assert c.quality["calls_without_response"] == f["calls_without_response"]
+    assert c.quality["responses_without_call"] == f["responses_without_call"]
+    unparsed = sum(outcomes.status(trace.response(i)) == outcomes.UNPARSED for i in range(len(trace.responses)))
+    assert s.errors == f["failed_responses"] + f["malformed_calls"] + unparsed

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import json
 
-from streamproc.parse.parser import parse_trace, parse_turn, trace_to_record
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from streamproc.analyze.metrics import collect
+from streamproc.io.sources import plan
+from streamproc.parse.job import parse_to_file
+from streamproc.parse.parser import MAX_NESTING, parse_trace, parse_turn, trace_to_record
 from streamproc.parse.turns import REASONING, TEXT, TOOL_CALL, TOOL_RESPONSE, Turn
 
 
@@ -280,3 +287,82 @@ def test_parquet_rows_are_the_jsonl_records(tmp_path):
     for rec in records:
         rec["turns"] = [{k: t.get(k) for k in TurnRecord.__annotations__} for t in rec["turns"]]
     assert len(rows) == 300 and rows == records
+
+
+# ----------------------------------------------------------------------------- bodies nested deeper than a record holds
+
+
+def nested(depth: int) -> str:
+    return '{"a": ' * depth + "[1]" + "}" * depth
+
+
+def deep_row(depth: int) -> dict:
+    call = '{"name": "deep", "arguments": ' + nested(depth) + "}"
+    response = '{"name": "deep", "content": ' + nested(depth) + "}"
+    return {"id": f"deep{depth}", "conversations": [
+        {"from": "human", "value": "go"},
+        {"from": "gpt", "value": f"<think>x</think><tool_call>\n{call}\n</tool_call>"},
+        {"from": "tool", "value": f"<tool_response>\n{response}\n</tool_response>"},
+        {"from": "gpt", "value": "done"},
+    ]}
+
+
+DEPTHS = [100, 300, 1000, 5000]
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_a_call_at_any_depth_parses_and_its_record_is_written(depth):
+    """orjson reads 1,024 levels and writes 254: a body deeper than MAX_NESTING is kept as text,
+    with the reason, instead of a record that cannot be written (or a decode error that calls
+    valid JSON malformed)."""
+    trace = parse_trace(deep_row(depth))
+    (call,), (response,) = trace.turns[1].tool_calls, trace.turns[2].tool_responses
+    assert call.name == "deep" and response.call == 0 and call.response == 0
+    record = orjson.loads(orjson.dumps(trace_to_record(trace)))
+    (written,) = record["turns"][1]["tool_calls"]
+    (written_response,) = record["turns"][2]["tool_responses"]
+    if depth + 1 <= MAX_NESTING:
+        assert call.valid and written["arguments"] == json.loads(nested(depth)) and written["raw"] is None
+        assert written_response["content"] == json.loads(nested(depth)) and written_response["error"] is None
+    else:
+        assert not call.valid and written["arguments"] is None
+        assert written["error"] == f"nested deeper than {MAX_NESTING} levels, more than a record can hold: kept as text"
+        assert written["raw"] == '\n{"name": "deep", "arguments": ' + nested(depth) + "}\n"
+        assert written_response["content"] == '{"name": "deep", "content": ' + nested(depth) + "}"
+        assert written_response["error"] == written["error"]
+
+
+def test_the_depth_limit_is_exact_and_brackets_in_strings_do_not_count():
+    def call(body: str):
+        return parse_turn("gpt", f"<tool_call>{body}</tool_call>").tool_calls[0]
+
+    at_limit = '{"name": "f", "arguments": ' + nested(MAX_NESTING - 2) + "}"  # MAX_NESTING levels with the [1]
+    assert call(at_limit).valid
+    assert not call('{"name": "f", "arguments": ' + nested(MAX_NESTING - 1) + "}").valid
+    braces = json.dumps({"name": "f", "arguments": {"code": "{[" * 5000}})
+    assert call(braces).valid and call(braces).arguments == {"code": "{[" * 5000}
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_deep_calls_are_written_to_files_and_counted_by_stats(tmp_path, suffix):
+    src = tmp_path / "deep.jsonl"
+    src.write_bytes(b"".join(orjson.dumps(deep_row(d)) + b"\n" for d in DEPTHS))
+    out = tmp_path / f"records{suffix}"
+    tally = parse_to_file(plan([str(src)]), out, on_error="fail")
+    assert (tally.read, tally.parsed, tally.rejected) == (4, 4, [])
+    if suffix == ".parquet":
+        rows = pq.read_table(out).to_pylist()
+        calls = [r["turns"][1]["tool_calls"][0] for r in rows]
+        assert [c["arguments_json"] is not None and c["arguments_json"] != "null" for c in calls] == [True, False, False, False]
+    else:
+        rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+        calls = [r["turns"][1]["tool_calls"][0] for r in rows]
+        assert [c["arguments"] is not None for c in calls] == [True, False, False, False]
+    assert [r["id"] for r in rows] == [f"deep{d}" for d in DEPTHS]
+    assert [c["valid"] for c in calls] == [True, False, False, False]
+    assert all(c["raw"] is None or "deep" in c["raw"] for c in calls)
+    stats, stats_tally = collect(plan([str(src)]), on_error="fail")
+    total = stats.total()
+    assert (stats_tally.parsed, total.tool_calls, total.tool_responses) == (4, 4, 4)
+    assert total.quality["malformed_calls"] == 3 and total.quality["malformed_responses"] == 3
+    assert total.tool_counts == {"deep": 4} and total.responses_by_tool == {"deep": 4}

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamproc.parse.parser import parse_turn
+from streamproc.parse.parser import MAX_NESTING, parse_trace, parse_turn, trace_to_record
 from streamproc.parse.turns import REASONING, TOOL_CALL, TOOL_RESPONSE
 
 TAGS = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
@@ -180,3 +181,22 @@ def test_plain_tool_output_is_in_the_record():
     """Some harnesses write a tool's output with no <tool_response> tags at all."""
     for text in ("total 0\ndrwxr-xr-x 2 root root 40 .\n", "Error: file not found", "<b>html</b> and <tool_response"):
         check_record_holds_the_text("tool", text)
+
+
+@given(st.lists(st.sampled_from(["{}", "[]"]), min_size=1, max_size=3000), st.booleans())
+@PROFILE
+def test_a_call_nested_to_any_depth_parses_and_its_record_is_written(shells, closed):
+    """Whatever the depth, the turn parses and its record encodes: a body deeper than
+    MAX_NESTING is kept as text with the reason, a shallower one as its value."""
+    body = "".join('{"k": ' if s == "{}" else "[" for s in shells) + "0" + "".join("}" if s == "{}" else "]" for s in reversed(shells))
+    text = '<tool_call>{"name": "f", "arguments": {"v": ' + body + "}}" + ("</tool_call>" if closed else "")
+    check_invariants("gpt", text)
+    trace = parse_trace({"id": "d", "conversations": [{"from": "gpt", "value": text}]})
+    (call,) = trace.turns[0].tool_calls
+    orjson.dumps(trace_to_record(trace))  # raises where a record cannot be written
+    depth = len(shells) + 2
+    assert call.name == "f"
+    if depth <= MAX_NESTING:
+        assert call.valid == closed and (not closed or call.arguments == {"v": json.loads(body)})
+    else:
+        assert not call.valid and call.arguments is None and f"nested deeper than {MAX_NESTING} levels" in call.error

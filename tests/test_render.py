@@ -129,12 +129,24 @@ def test_malformed_tool_call_is_marked_not_hidden(real_rows):
 
 @pytest.mark.parametrize("depth", [300, 1000])
 def test_arguments_nested_deeper_than_orjson_writes_still_render(depth):
-    """orjson reads 1,024 levels but writes only 254: such a call is shown, not a traceback."""
+    """orjson reads 1,024 levels but writes only 254: the parser keeps such a call as text, and
+    it is shown as written, with the reason, not a traceback."""
     call = '{"name": "terminal", "arguments": ' + '{"a": ' * depth + "{}" + "}" * depth + "}"
     trace = parse_trace({"id": "deep", "conversations": [
         {"from": "human", "value": "go"},
         {"from": "gpt", "value": f"<tool_call>\n{call}\n</tool_call>"},
     ]})
-    assert trace.turns[1].tool_calls[0].valid
+    assert not trace.turns[1].tool_calls[0].valid
     text = to_text(trace_lines(trace, None))
-    assert "terminal" in text and ('{"a": {"a":' in text or "nested too deep to show" in text)
+    assert "── CALL #1 terminal  malformed: nested deeper than 200 levels" in text and '{"a": {"a":' in text
+
+
+@pytest.mark.parametrize("depth", [300, 1000])
+def test_a_response_holding_json_text_nested_deeper_than_orjson_writes_still_renders(depth):
+    content = json.dumps('{"a": ' * depth + "{}" + "}" * depth)  # JSON as a string: the renderer decodes it
+    trace = parse_trace({"id": "deep", "conversations": [
+        {"from": "gpt", "value": '<tool_call>{"name": "t", "arguments": {}}</tool_call>'},
+        {"from": "tool", "value": '<tool_response>{"name": "t", "content": ' + content + "}</tool_response>"},
+    ]})
+    text = to_text(trace_lines(trace, None))
+    assert '{"a": {"a":' in text or "nested too deep to show" in text

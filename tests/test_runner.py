@@ -1,5 +1,5 @@
 """The stage runner in real processes: worker pools that cannot hang, prompt interrupts, atomic
-outputs, locked pack directories, and rows the writer cannot encode."""
+outputs, locked pack directories, and rows nested deeper than a record can hold."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from streamproc.records import Tally, row_from_dict
-from streamproc.run.runner import Stage, WorkerDied, fold_items, map_ordered, run
+from streamproc.run.runner import Gather, Job, Stage, WorkerDied, fold_items, map_ordered, run, run_jobs
 from streamproc.io.sources import SAMPLE, plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def test_pool_keeps_order_and_reraises_a_worker_error():
 
 class _Fails(Stage):
     name = "fails"
-    trace = False
+    needs_trace = False
 
     def start(self) -> list:
         return []
@@ -122,6 +122,90 @@ def test_a_stage_failure_sets_that_row_aside_for_that_stage_only():
     t = folded.tallies
     assert (t[0].read, t[0].parsed, len(t[0].rejected)) == (3, 2, 1) and t[0].rejected[0].field == "<fails>"
     assert (t[1].read, t[1].parsed, t[1].rejected) == (3, 3, [])
+
+
+class _Ids(Stage):
+    """The ids of a split's rows, in order (a real stage of its own: needs no trace)."""
+
+    name = "ids"
+    needs_trace = False
+
+    def start(self) -> list:
+        return []
+
+    def fold(self, acc, row, trace) -> None:
+        acc.append(row.id)
+
+
+class _Holds(Gather):
+    def __init__(self, held: set[int]):
+        super().__init__(_Ids())
+        self.held = held
+
+    def holds(self, index: int) -> bool:
+        return index in self.held
+
+
+def test_a_job_is_not_given_the_splits_it_holds_and_a_split_all_hold_is_not_read(tmp_path, splits4):
+    ids = [[json.loads(line)["id"] for line in Path(p).read_text().splitlines()] for p in splits4]
+    gone = tmp_path / "gone.jsonl"  # held by every job: read, it would be a rejected file
+    gone.write_text("x")
+    splits = plan([*splits4, str(gone)])
+    gone.unlink()
+    for workers in (1, 2):
+        every, some, most = Gather(_Ids()), _Holds({0, 2, 4}), _Holds({1, 4})
+        run_jobs(splits, [every], workers=workers)
+        assert [b.field for b in every.tally.rejected] == ["<file>"]  # the missing file, read
+        run_jobs(splits, [some, most], workers=workers)
+        assert every.partials == [*ids, []]
+        assert some.partials == [ids[1], ids[3]] and most.partials == [ids[0], ids[2], ids[3]]
+        assert some.tally.read == 30 and most.tally.read == 45 and not some.tally.rejected and not most.tally.rejected
+
+
+class _StopsAt(Job):
+    """Interrupts a run when it is given its `n`th split, as Ctrl-C would there."""
+
+    def __init__(self, n: int):
+        self.stages = [_Ids()]
+        self.n = n
+
+    def add(self, partials, tallies) -> None:
+        self.n -= 1
+        if not self.n:
+            raise KeyboardInterrupt
+
+
+def test_a_resumed_run_masks_only_the_splits_the_pack_job_does_not_hold(tmp_path, splits4):
+    """`streamproc run` resumed: parse and stats read every split again, the pack job's masker
+    only those it had not packed; the shards are those of a run never stopped."""
+    from streamproc.parse.job import ParseJob
+    from streamproc.prepare.job import PackJob, PackOptions, pack_to_dir
+    from streamproc.prepare.stage import MaskStage
+    from streamproc.run.runner import plan_key
+
+    splits = plan(splits4)
+    out = tmp_path / "packed"
+    with pytest.raises(KeyboardInterrupt):
+        with PackJob(out, PackOptions(seq_len=4096, buffer_size=1), plan_key(splits)) as pack:
+            assert not pack.resuming()
+            run_jobs(splits, [pack, _StopsAt(2)])  # after the pack job took the second
+    masked: list[str] = []
+
+    class Recorded(MaskStage):  # the real masker, noting the rows it is given
+        def fold_batch(self, acc, rows):
+            masked.extend(row.id for row, _ in rows)
+            return super().fold_batch(acc, rows)
+
+    with ParseJob(tmp_path / "parsed.jsonl") as parse, PackJob(out, PackOptions(seq_len=4096, buffer_size=1), plan_key(splits)) as pack:
+        assert pack.resumed_after == 2 and pack.resuming().startswith("resuming: 2 input split(s) and ")
+        m = pack.stages[0]
+        pack.stages = [Recorded(m.tokenizer, m.options, m.eval_fraction)]
+        run_jobs(splits, [parse, pack])
+        pack.finish()
+    assert masked == [json.loads(line)["id"] for p in splits4[2:] for line in Path(p).read_text().splitlines()]
+    assert parse.tally.read == 60
+    pack_to_dir(splits, tmp_path / "whole", PackOptions(seq_len=4096, buffer_size=1))
+    assert digests(out) == digests(tmp_path / "whole")
 
 
 # ----------------------------------------------------------------------------- interrupts
@@ -217,21 +301,17 @@ def with_deep_row(tmp_path, splits4) -> list[str]:
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
-def test_a_record_too_deep_to_encode_is_a_bad_row_and_the_rest_is_kept(tmp_path, with_deep_row, workers, suffix):
+def test_a_call_too_deep_for_a_record_is_written_with_its_body_as_text(tmp_path, with_deep_row, workers, suffix):
     out = tmp_path / f"p{suffix}"
-    p = streamproc("parse", *with_deep_row, "-o", str(out), "--workers", workers)
+    p = streamproc("parse", *with_deep_row, "-o", str(out), "--workers", workers, "--on-error", "fail")
     assert p.returncode == 0, p.stderr
-    assert "31 rows read, 30 parsed, 1 rejected" in p.stderr
-    (reject,) = [json.loads(line) for line in open(f"{out}.rejects.jsonl")]
-    assert reject["field"] == "<parse>" and "Recursion limit" in reject["error"] and "deep" in reject["error"]
-    n = pq.read_metadata(out).num_rows if suffix == ".parquet" else len(out.read_bytes().splitlines())
-    assert n == 30
-
-
-def test_fail_stops_at_a_record_too_deep_to_encode(tmp_path, with_deep_row):
-    p = streamproc("parse", *with_deep_row, "-o", str(tmp_path / "p.jsonl"), "--on-error", "fail", "--workers", "2")
-    assert p.returncode == 2 and "Recursion limit" in p.stderr and "Traceback" not in p.stderr
-    assert list(tmp_path.iterdir()) == [tmp_path / "deep.jsonl"]
+    assert "31 rows read, 31 parsed, 0 rejected" in p.stderr
+    records = pq.read_table(out).to_pylist() if suffix == ".parquet" else [json.loads(x) for x in out.read_bytes().splitlines()]
+    (deep_record,) = [r for r in records if r["id"] == "deep"]
+    (call,) = deep_record["turns"][1]["tool_calls"]
+    assert call["name"] == "f" and not call["valid"] and "nested deeper than" in call["error"]
+    assert call["raw"] == '\n{"name": "f", "arguments": ' + deep(300) + "}\n"
+    assert records.index(deep_record) == 15  # in input order, between the two sample splits
 
 
 @pytest.mark.parametrize(
@@ -294,13 +374,13 @@ def test_tally_lives_with_the_records():
     assert t.summary() == "3 rows read, 2 parsed, 0 rejected"
 
 
-def test_a_trace_the_browser_cannot_encode_is_set_aside_and_the_report_is_written(tmp_path, with_deep_row):
+def test_a_trace_too_deep_for_a_record_is_in_the_report(tmp_path, with_deep_row):
     p = streamproc("stats", *with_deep_row, "--report", str(tmp_path / "rep"), "--workers", "2")
     assert p.returncode == 0, p.stderr
-    assert "31 rows read, 30 parsed, 1 rejected" in p.stderr
-    (reject,) = [json.loads(line) for line in (tmp_path / "rep" / "stats.rejects.jsonl").open()]
-    assert reject["field"] == "<browser>" and "Recursion limit" in reject["error"]
-    assert (tmp_path / "rep" / "index.html").exists()
+    assert "31 rows read, 31 parsed, 0 rejected" in p.stderr
+    assert not (tmp_path / "rep" / "stats.rejects.jsonl").exists()
+    assert json.loads((tmp_path / "rep" / "stats.json").read_text())["quality"]["malformed_calls"] == 1
+    assert '"deep"' in (tmp_path / "rep" / "index.html").read_text()
 
 
 def _dies_on_3(x: int) -> int:
@@ -313,7 +393,7 @@ class _KillsAt(Stage):
     """Kills its own worker at one row, as the kernel's out-of-memory killer would."""
 
     name = "kills"
-    trace = False
+    needs_trace = False
 
     def __init__(self, row_id: str):
         self.row_id = row_id

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from streamproc.io import synth
 from streamproc.records import BadRow, Row
-from streamproc.io.sources import HUB_DATASET, SAMPLE, Shard, SourceError, hub_part, iter_rows, plan, read
+from streamproc.io.sources import HUB_DATASET, SAMPLE, Split, SourceError, hub_part, iter_rows, plan, read
 
 N = 24
 
@@ -110,7 +110,7 @@ def test_real_trajectories_read_cleanly(real_row_files, real_rows):
 # ----------------------------------------------------------------------------- sharding
 
 
-def union(shards: list[Shard]) -> list[tuple]:
+def union(shards: list[Split]) -> list[tuple]:
     # JSONL rows are placed by byte offset (their line number is counted only for errors).
     return [(r.loc.byte if r.loc.byte >= 0 else r.loc.row, r.id) for s in shards for r in rows_of(read(s))]
 
@@ -199,7 +199,7 @@ def test_limit_plan_reads_what_a_sequential_read_reads(tmp_path_factory, groups,
     (d / "b.jsonl").write_bytes(b"".join(orjson.dumps({"id": f"j{i}", "conversations": [{"from": "human", "value": "y"}]}) + b"\n" for i in range(10)))
     inputs = [d / "a.parquet", d / "b.jsonl"]
     key = lambda item: item.id if isinstance(item, Row) else str(item)  # noqa: E731  (bad rows: Parquet, by row)
-    sequential = [key(x) for x in read(Shard(tuple(p for s in plan(inputs) for p in s.parts)))][:limit]
+    sequential = [key(x) for x in read(Split(tuple(p for s in plan(inputs) for p in s.parts)))][:limit]
     splits = plan(inputs, limit=limit, shard_bytes=shard_bytes)
     assert [key(x) for s in splits for x in read(s)] == sequential
     assert sum(s.limit for s in splits) >= len(sequential)
@@ -217,7 +217,7 @@ def test_no_input_reads_the_shipped_sample():
 @pytest.mark.parametrize("builder, fmt", [("parquet", "parquet"), ("json", "jsonl"), ("json", "jsonl.gz")])
 def test_datasets_streaming_path_gives_the_same_rows(files, builder, fmt):
     direct = rows_of(iter_rows([files[fmt]]))
-    via_datasets = rows_of(read(Shard((hub_part(builder, [str(files[fmt])], "local"),))))
+    via_datasets = rows_of(read(Split((hub_part(builder, [str(files[fmt])], "local"),))))
     assert [key(r) for r in via_datasets] == [key(r) for r in direct]
 
 
@@ -231,7 +231,7 @@ def test_source_labels(tmp_path, want):
     both = rows_of(iter_rows([tmp_path / "kimi.jsonl", tmp_path / "glm-5.1.jsonl.gz"]))
     assert [r.source for r in both] == ["kimi"] * 3 + ["glm-5.1"] * 3
     assert {r.source for r in iter_rows([tmp_path / "kimi.jsonl"], source="mine")} == {"mine"}
-    hub = [read(Shard((hub_part("json", [str(tmp_path / n)], label),))) for n, label in [("kimi.jsonl", "kimi"), ("glm-5.1.jsonl.gz", "glm-5.1")]]
+    hub = [read(Split((hub_part("json", [str(tmp_path / n)], label),))) for n, label in [("kimi.jsonl", "kimi"), ("glm-5.1.jsonl.gz", "glm-5.1")]]
     assert [r.source for part in hub for r in rows_of(part)] == ["kimi"] * 3 + ["glm-5.1"] * 3
     # A row's own source column wins over the file name: the sample is one file holding both configs.
     assert {r.source for r in rows_of(iter_rows(limit=20))} == {"kimi", "glm-5.1"}

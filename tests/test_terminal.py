@@ -4,7 +4,9 @@ prefixes, the pager, wrapped lines, and `replay` redrawing in place with arrow k
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import io
 import json
 import os
 import pty
@@ -23,9 +25,11 @@ from streamproc.cli import main
 from streamproc.views.listing import summarize, unique_prefix_length
 from streamproc.parse.parser import parse_trace
 from streamproc.views.render import status, to_text, trace_lines
-from streamproc.views.report import FIGURES
+from streamproc.analyze.metrics import Stats, add_trace
+from streamproc.views import report
 from streamproc.io.sources import plan, read
-from streamproc.views.terminal import QUALITY, wrap
+from streamproc.views.tables import QUALITY
+from streamproc.views.terminal import print_tables, wrap
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -111,9 +115,34 @@ def test_stats_tables_fit_the_terminal_and_colour_what_needs_attention(cols):
     assert "\x1b[" not in plain and visible(plain) == lines
 
 
-def test_the_quality_rows_folded_are_the_reports_figures():
-    labels = [label for label, _ in FIGURES]
-    assert all(q in labels for q in QUALITY)
+ODD = {"id": "odd", "conversations": [
+    {"from": "human", "value": "go"},
+    {"from": "gpt", "value": '<tool_call>{"arguments": {}}</tool_call>'},  # no name: malformed
+    {"from": "tool", "value": '<tool_response>{"content": {"error": "boom"}}</tool_response>'},  # failed
+]}
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_colour_and_folding_follow_the_figures_keys_not_their_labels(monkeypatch):
+    """Renaming every label changes what is printed, never which rows are red, yellow or folded."""
+    monkeypatch.setattr(report, "FIGURES", [dataclasses.replace(f, label=f"<{f.label.upper()}>") for f in report.FIGURES])
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    stats = Stats()
+    add_trace(stats.source("s"), parse_trace(ODD))
+    out = _Tty()
+    print_tables(stats, 10, out)
+    text = out.getvalue()
+    assert re.search(r"<FAILED TOOL RESPONSES>\s+\x1b\[1;31m\s*1 of 1", text)  # a failure: red
+    assert re.search(r"<MALFORMED TOOL CALLS>\s+\x1b\[33m\s*1\x1b", text)  # a data-quality problem: yellow
+    assert "<CALLS WITH NO RESPONSE>" not in text  # a check that found nothing is folded
+    quiet = sum(f.mark == QUALITY for f in report.FIGURES) - 1
+    assert f"{quiet} other data-quality checks found nothing" in text
+    assert re.search(r"<TRACES>\s+1\n", ANSI.sub("", text))
 
 
 def test_stats_piped_is_plain_and_unwrapped(capsys):

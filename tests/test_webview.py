@@ -16,18 +16,13 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+import streamproc
 from streamproc.views import page as webview
 from streamproc.cli import main
 from streamproc.parse.parser import parse_trace
 from streamproc.views.render import status
 from streamproc.io.sources import plan
 from streamproc.analyze.job import collect_with_browser
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 
 
 def _chunk_bodies(page: str, k: int) -> list[dict]:
@@ -47,15 +42,16 @@ def test_collect_indexes_every_trace_and_finds_each_body(real_row_files, real_ro
     monkeypatch.setattr(webview, "CHUNK", 7)  # several chunks per file, and a short last one
     browser, tally = webview.collect(plan(real_row_files), workers=1)
     assert tally.parsed == tally.read == len(real_rows) and not tally.rejected
-    assert [e.id for e in browser.entries] == [r["id"] for r in real_rows]
+    assert [e.summary.id for e in browser.entries] == [r["id"] for r in real_rows]
     bodies = [orjson.loads(zlib.decompress(c)) for c in browser.chunks]
     for e, row in zip(browser.entries, real_rows):
         body = bodies[e.chunk][e.pos]
-        assert body["id"] == e.id == row["id"]
+        s = e.summary
+        assert body["id"] == s.id == row["id"]
         trace = parse_trace(row)
-        assert e.calls == len(trace.calls) and e.turns == len(trace.turns)
-        assert e.tools == list(dict.fromkeys(trace.call(i).name for i in range(len(trace.calls))))
-        assert e.errors == sum(status(trace.response(i)) is not None for i in range(len(trace.responses)))
+        assert s.calls == len(trace.calls) and s.turns == len(trace.turns)
+        assert s.tools == tuple(dict.fromkeys(trace.call(i).name for i in range(len(trace.calls))))
+        assert s.errors == sum(status(trace.response(i)) is not None for i in range(len(trace.responses)))
         assert body["turns"][0] == {"role": "system", "chars": len(row["conversations"][0]["value"])}
         calls = [b["name"] for t in body["turns"] if t["role"] == "assistant" for b in t["blocks"] if b["kind"] == "call"]
         assert calls == [trace.call(i).name for i in range(len(trace.calls))]
@@ -71,17 +67,6 @@ def test_bodies_shorten_long_values_and_note_their_length(real_rows, monkeypatch
 
 
 # ----------------------------------------------------------------------------- the page in Chromium
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium) to test the web page")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +148,7 @@ def test_filtering_by_a_tool_narrows_the_list_and_with_errors_means_that_tool_fa
     assert _listed(page) == expected
     page.select_option("#filter-err", "yes")
     failed = [t.id for t in traces if _tool_failed(t, tool)]
-    other = [t.id for t in traces if t.id in expected and t.id not in failed and webview.entry(t).errors]
+    other = [t.id for t in traces if t.id in expected and t.id not in failed and webview.entry(t).summary.errors]
     assert _listed(page) == failed and other, "a trace where only another tool failed must not be listed"
     assert f"tool={tool}" in page.url and "err=yes" in page.url
 
@@ -201,8 +186,8 @@ def test_page_with_15000_traces_stays_compact_and_usable(page, chromium, real_ro
     chunk = zlib.compress(orjson.dumps([webview.body(traces[i % len(traces)]) for i in range(webview.CHUNK)]), 6)
     n = 15_000
     browser = webview.Browser(
-        [dataclasses.replace(entries[i % webview.CHUNK % len(traces)], id=f"replica-{i:05d}",
-                             chunk=i // webview.CHUNK, pos=i % webview.CHUNK) for i in range(n)],
+        [webview.Entry(dataclasses.replace(entries[i % webview.CHUNK % len(traces)].summary, id=f"replica-{i:05d}"),
+                       i // webview.CHUNK, i % webview.CHUNK) for i in range(n)],
         [chunk] * -(-n // webview.CHUNK),
     )
     path = tmp_path / "big.html"
@@ -247,7 +232,7 @@ def test_stats_and_browser_in_one_pass_equal_the_two_passes(real_row_files, tmp_
 # ----------------------------------------------------------------------------- the list: sort, filter, link, keys
 
 
-SAMPLE = Path(webview.__file__).parent / "data" / "sample.parquet"
+SAMPLE = streamproc.SAMPLE
 
 
 @pytest.fixture(scope="module")
@@ -492,12 +477,11 @@ def test_training_section_reads_what_pack_wrote(page, real_row_files, tmp_path):
     train = packed.manifest["counts"]["train"]
     t = report.training(tmp_path / "packed")
     assert len(t.lengths["train"]) == train["sequences"] and int(t.lengths["train"].sum()) == train["tokens"]
-    title, header, rows = report.training_table(t)
-    figures = dict((r[0], r[1]) for r in rows)
-    assert figures["tokens written"] == f"{train['tokens']:,}"
+    figures = {r.key: r.cells[1] for r in report.training_table(t).rows}
+    assert figures["tokens"] == f"{train['tokens']:,}"
     share = f"{100 * train['trainable'] / train['tokens']:.1f}%"
-    assert share in figures["trained tokens (share of written)"]
-    assert f"{100 * train['packing_efficiency']:.1f}%" in figures["packing efficiency (padding)"]
+    assert share in figures["trainable"]
+    assert f"{100 * train['packing_efficiency']:.1f}%" in figures["packing_efficiency"]
     stats, browser, tally = collect_with_browser(shards)
     written = report.write_report(stats, tmp_path / "rep", tally, 10, browser, packed=tmp_path / "packed")
     assert tmp_path / "rep" / "sequence_lengths.png" in written
@@ -533,20 +517,61 @@ def test_plots_draw_any_subset_of_real_traces_split_among_sources(real_rows):
             metrics.add_trace(stats.source(source), traces[i])
         for stem, fig in report.plots(stats).items():
             assert report.png(fig, dpi=40)[:4] == b"\x89PNG", stem
-        for title, header, rows in report.tables(stats, 10):
-            assert all(len(r) == len(header) for r in rows), title
+        for table in report.tables(stats, 10):
+            assert all(len(r.cells) == len(table.columns) for r in table.rows), table.title
 
     draw()
 
 
-def test_the_page_and_ls_filter_traces_alike(real_rows):
-    """The page's index entry and `streamproc ls` read tools, failed tools and classes from one
-    function: a filter by "tool X failed" or by class lists the same traces in both."""
+def test_the_page_ls_stats_and_features_name_and_count_tools_alike(real_rows):
+    """One walk (analyze.facts) decides which tool a response belongs to and what a call without a
+    name is called: the page's index, `ls`, stats and features agree on every real trace, and on
+    a trace with a nameless call and a response paired with nothing."""
+    from streamproc.analyze.features import features
+    from streamproc.analyze.metrics import Counts, add_trace
     from streamproc.views.listing import summarize
-    from streamproc.views.page import entry
+    from streamproc.views.page import TASK_CHARS, entry
 
-    traces = [parse_trace(r) for r in real_rows]
-    assert any(entry(t).failed for t in traces)
+    odd = {"id": "odd", "conversations": [
+        {"from": "human", "value": "go"},
+        {"from": "gpt", "value": '<tool_call>{"arguments": {"x": 1}}</tool_call>'},
+        {"from": "tool", "value": '<tool_response>{"content": {"error": "boom"}}</tool_response>'},
+        {"from": "tool", "value": '<tool_response>{"content": {"exit_code": 2}}</tool_response>'},
+    ]}
+    traces = [parse_trace(r) for r in [*real_rows, odd]]
+    assert any(entry(t).summary.failed_tools for t in traces)
     for t in traces:
-        e, s = entry(t), summarize(t)
-        assert (tuple(e.tools), tuple(e.failed), tuple(e.classes), e.errors) == (s.tools, s.failed_tools, s.classes, s.errors)
+        s, c = summarize(t), Counts()
+        add_trace(c, t)
+        assert entry(t).summary == summarize(t, TASK_CHARS)
+        unparsed = sum(status(t.response(i)) == "unparsed" for i in range(len(t.responses)))
+        assert set(s.tools) == set(c.tool_counts)
+        assert s.errors == sum(c.error_classes.values()) + c.quality["malformed_calls"] + unparsed
+        assert set(c.errors_by_tool) <= set(s.failed_tools)
+        assert features(t)["failed_responses"] == sum(c.error_classes.values())
+    s, c = summarize(traces[-1]), Counts()
+    add_trace(c, traces[-1])
+    assert s.tools == ("<malformed>",) and s.failed_tools == ("<malformed>", "<unpaired>")
+    assert s.classes == ("malformed_call", "error_field", "exit_code") and s.errors == 3
+    assert c.tool_counts == {"<malformed>": 1} and c.errors_by_tool == {"<malformed>": 1, "<unpaired>": 1}
+    assert features(traces[-1])["unrecovered_failures"] == 2
+
+
+def test_filter_links_and_failure_cells_follow_column_keys_not_labels(real_rows):
+    """Renaming every column label keeps the summary's rows linked to the list's filters."""
+    from streamproc.analyze.metrics import Stats, add_trace
+    from streamproc.views import report
+    from streamproc.views.tables import CATEGORIES_TABLE, CLASSES_TABLE, TOOLS_TABLE
+
+    stats = Stats()
+    for r in real_rows:
+        add_trace(stats.source("real"), parse_trace(r))
+    filters = {TOOLS_TABLE: "tool", CLASSES_TABLE: "class", CATEGORIES_TABLE: "category"}
+    for table in report.tables(stats, 10):
+        assert table.rows, table.title
+        relabelled = dataclasses.replace(table, columns=[dataclasses.replace(c, label=f"[{c.label}]") for c in table.columns])
+        html = webview._table_html(relabelled)
+        assert f"<th>[{table.columns[0].label}]</th>" in html
+        links = re.findall(r'data-filter="(\w+)" data-value="([^"]*)"', html)
+        assert links == ([(filters[table.key], r.cells[0]) for r in table.rows] if table.key in filters else []), table.key
+        assert html.count('data-err="yes"') == (len(table.rows) if table.key == TOOLS_TABLE else 0)

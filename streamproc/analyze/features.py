@@ -6,7 +6,8 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
-from streamproc.analyze.outcomes import ERROR_CLASSES, MISSING_ARGUMENT, UNKNOWN_ARGUMENT, UNKNOWN_TOOL, check_call, classify, parse_tools
+from streamproc.analyze.facts import trace_facts
+from streamproc.analyze.outcomes import ERROR_CLASSES, MISSING_ARGUMENT, UNKNOWN_ARGUMENT, UNKNOWN_TOOL
 from streamproc.records import RowError, Trace
 
 
@@ -28,7 +29,8 @@ FEATURES: tuple[tuple[str, pa.DataType, str], ...] = (
     (
         "unrecovered_failures", _I,
         "failed responses after which no later response in the trace from the same tool succeeds "
-        "(the tool is the paired call's name, else the response's own name)",
+        "(the tool is the paired call's name, else the response's own name; `<malformed>` for a call "
+        "with no name, `<unpaired>` for a response with neither)",
     ),
     ("malformed_calls", _I, "calls the parser marks invalid: body not JSON (or never closed), not an object, no `name`, or `arguments` not an object"),
     ("malformed_responses", _I, "tool responses the parser could not read: body not JSON, or never closed"),
@@ -66,66 +68,61 @@ def features_table(records: list[dict[str, Any]], tokens: bool = False) -> pa.Ta
 
 def features(trace: Trace) -> dict[str, Any]:
     """The quality features of one parsed trace (definitions in FEATURES)."""
-    specs = parse_tools(trace.tools)
-    assistant = [t for t in trace.turns if t.role == "assistant"]
+    facts = trace_facts(trace)
     names: set[str] = set()
-    malformed = unknown_tool = missing = unknown_arg = unanswered = 0
-    for i in range(len(trace.calls)):
-        call = trace.call(i)
-        if call.name:
-            names.add(call.name)
-        malformed += not call.valid
-        unanswered += call.response is None
-        for problem in check_call(call, specs):
+    malformed = unanswered = unknown_tool = missing = unknown_arg = 0
+    for call in facts.calls:
+        for problem in call.problems:
             unknown_tool += problem == UNKNOWN_TOOL
             missing += problem == MISSING_ARGUMENT
             unknown_arg += problem == UNKNOWN_ARGUMENT
+        if call.call.name:
+            names.add(call.call.name)
+        malformed += not call.valid
+        unanswered += not call.answered
     failed = dict.fromkeys(ERROR_CLASSES, 0)
-    unpaired = malformed_resp = unrecovered = 0
-    succeeded_later: set[str | None] = set()
+    unpaired = unreadable = unrecovered = 0
+    succeeded_later: set[str] = set()
     # Backwards, so "a later success from the same tool" is a set lookup.
-    for i in reversed(range(len(trace.responses))):
-        resp = trace.response(i)
-        unpaired += resp.call is None
-        malformed_resp += resp.error is not None
-        tool = resp.name if resp.call is None else trace.call(resp.call).name
-        cls = classify(resp)
-        if cls is None:
-            succeeded_later.add(tool)
+    for resp in reversed(facts.responses):
+        unpaired += not resp.paired
+        unreadable += not resp.readable
+        failure = resp.failure
+        if failure is None:
+            succeeded_later.add(resp.tool)
         else:
-            failed[cls] += 1
-            unrecovered += tool not in succeeded_later
-    thoughts = [th for t in assistant for th in t.thoughts]
-    lengths = [len(t.text) for t in trace.turns]
+            failed[failure] += 1
+            unrecovered += resp.tool not in succeeded_later
+    assistant = facts.assistant()
     return {
         "id": trace.id,
         "source": trace.source,
         "category": trace.category,
         "subcategory": trace.subcategory,
-        "messages": len(trace.turns),
+        "messages": facts.messages,
         "assistant_turns": len(assistant),
-        "tool_calls": len(trace.calls),
-        "tool_responses": len(trace.responses),
+        "tool_calls": len(facts.calls),
+        "tool_responses": len(facts.responses),
         "distinct_tools": len(names),
-        "max_parallel_calls": max((len(t.tool_calls) for t in assistant), default=0),
+        "max_parallel_calls": max((t.calls for t in assistant), default=0),
         "failed_responses": sum(failed.values()),
         **{f"failed_{c}": n for c, n in failed.items()},
         "unrecovered_failures": unrecovered,
         "malformed_calls": malformed,
-        "malformed_responses": malformed_resp,
-        "declared_tools": None if specs is None else len(specs),
+        "malformed_responses": unreadable,
+        "declared_tools": facts.declared_tools,
         "unknown_tool_calls": unknown_tool,
         "missing_arguments": missing,
         "unknown_arguments": unknown_arg,
         "calls_without_response": unanswered,
         "responses_without_call": unpaired,
-        "think_blocks": len(thoughts),
-        "empty_think_blocks": thoughts.count(""),
-        "reasoning_chars": sum(map(len, thoughts)),
-        "answer_chars": sum(len(t.answer) for t in assistant),
-        "ends_with_answer": bool(assistant) and not assistant[-1].tool_calls,
-        "longest_value_chars": max(lengths, default=0),
-        "chars": sum(lengths),
+        "think_blocks": sum(t.think_blocks for t in assistant),
+        "empty_think_blocks": sum(t.empty_think_blocks for t in assistant),
+        "reasoning_chars": sum(t.reasoning_chars for t in assistant),
+        "answer_chars": sum(t.answer_chars for t in assistant),
+        "ends_with_answer": bool(assistant) and not assistant[-1].calls,
+        "longest_value_chars": facts.longest_value_chars,
+        "chars": facts.chars,
     }
 
 

@@ -6,12 +6,12 @@ from typing import Any, Sequence
 
 from streamproc.analyze.metrics import Stats, StatsStage
 from streamproc.records import Tally
-from streamproc.run.runner import Engine, run_jobs, union
+from streamproc.run.runner import Engine, Job, run_jobs, union
 from streamproc.io.sources import Split
 from streamproc.views.page import Browser, ViewPart, ViewStage, merge as merge_views
 
 
-class StatsJob:
+class StatsJob(Job):
     """Stats of every row, and with `browser` the trace browser of the same traces."""
 
     def __init__(self, tokenizer: str | None = None, browser: bool = False):
@@ -32,7 +32,7 @@ class StatsJob:
             self.views.append(partials[1])
 
     def result(self) -> tuple[Stats, Browser | None, Tally]:
-        return self.stats, merge_views(self.views)[0] if self.browser else None, self.tally
+        return self.stats, merge_views(self.views) if self.browser else None, self.tally
 
 
 def collect_with_browser(

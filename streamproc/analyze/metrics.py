@@ -16,9 +16,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from streamproc.analyze.outcomes import check_call, classify, guide_flags, parse_tools
+from streamproc.analyze.facts import trace_facts
 from streamproc.records import Row, Tally, Trace
-from streamproc.run.runner import Engine, Stage, run_merged
+from streamproc.run.runner import Engine, Gather, Stage, run_jobs
 from streamproc.io.sources import Split
 
 # Small integer quantities (turns, calls): one bin per value up to 1023, then one overflow bin,
@@ -29,8 +29,6 @@ COUNT_EDGES: tuple[int, ...] = tuple(range(1025))
 # true value. (Rounded log edges alone skip integers from 22 up, so the first 40 are spelled out.)
 LENGTH_EDGES: tuple[int, ...] = tuple(range(40)) + tuple(sorted({e for i in range(8 * 40 + 1) if (e := round(10 ** (i / 40))) >= 40}))
 POSITION_CAP = 32  # tool usage by assistant-turn number: turns past this share the last bucket
-MALFORMED = "<malformed>"  # tool name of a call whose JSON gave no name
-UNPAIRED = "<unpaired>"  # tool name of a response with no call and no name of its own
 
 
 @dataclass(slots=True)
@@ -134,8 +132,8 @@ class Counts:
     errors_by_tool: Counter = field(default_factory=Counter)  # name -> failed responses
     error_classes: Counter = field(default_factory=Counter)  # outcomes class -> responses
     traces_with_errors: int = 0
-    guide_flagged_responses: int = 0
-    guide_flagged_traces: int = 0
+    substring_flagged_responses: int = 0  # responses a naive `"error" in text` check flags (outcomes.flagged_by_substring)
+    substring_flagged_traces: int = 0
     think_blocks: int = 0
     empty_think_blocks: int = 0
     reasoning_chars_per_turn: Hist = field(default_factory=_length_hist)
@@ -190,49 +188,58 @@ class Stats:
 
 def add_trace(c: Counts, trace: Trace, tokens=None) -> None:
     """Fold one parsed trace into `c`. `tokens`, when given, maps a list of texts to token counts."""
-    specs = parse_tools(trace.tools)
-    if specs is None:
+    facts = trace_facts(trace)
+    if facts.declared_tools is None:
         c.quality["unreadable_tools"] += 1
     c.traces += 1
-    c.turns += len(trace.turns)
-    c.turns_per_trace.add(len(trace.turns))
+    c.turns += facts.messages
+    c.turns_per_trace.add(facts.messages)
     c.categories[trace.category] += 1
     c.subcategories[(trace.category, trace.subcategory)] += 1
-    assistant = [t for t in trace.turns if t.role == "assistant"]
+    assistant = facts.assistant()
     c.assistant_turns += len(assistant)
     c.assistant_turns_per_trace.add(len(assistant))
-    calls = 0
-    reasoning = 0
-    for number, turn in enumerate(assistant, 1):
-        if turn.tool_calls:
-            c.parallel_widths[len(turn.tool_calls)] += 1
-        position = min(number, POSITION_CAP)
-        for call in turn.tool_calls:
-            name = call.name or MALFORMED
-            c.tool_counts[name] += 1
-            c.calls_by_position[(name, position)] += 1
-            c.tools_by_category[(trace.category, name)] += 1
-            if not call.valid:
-                c.quality["malformed_calls"] += 1
-            if call.response is None:
-                c.quality["calls_without_response"] += 1
-            for problem in check_call(call, specs):
-                c.quality[problem] += 1
-        calls += len(turn.tool_calls)
-        chars = sum(map(len, turn.thoughts))
-        reasoning += chars
-        c.reasoning_chars_per_turn.add(chars)
-        c.think_blocks += len(turn.thoughts)
-        c.empty_think_blocks += turn.thoughts.count("")
-        c.output_chars["reasoning"] += chars
-        c.output_chars["tool_calls"] += sum(len(k.raw) for k in turn.tool_calls)
-        c.output_chars["answer"] += len(turn.answer)
-    c.tool_calls += calls
-    c.calls_per_trace.add(calls)
-    c.reasoning_chars_per_trace.add(reasoning)
+    for turn in assistant:
+        if turn.calls:
+            c.parallel_widths[turn.calls] += 1
+        c.reasoning_chars_per_turn.add(turn.reasoning_chars)
+        c.think_blocks += turn.think_blocks
+        c.empty_think_blocks += turn.empty_think_blocks
+        c.output_chars["reasoning"] += turn.reasoning_chars
+        c.output_chars["tool_calls"] += turn.call_chars
+        c.output_chars["answer"] += turn.answer_chars
+    for call in facts.calls:
+        c.tool_counts[call.tool] += 1
+        c.calls_by_position[(call.tool, min(call.turn, POSITION_CAP))] += 1
+        c.tools_by_category[(trace.category, call.tool)] += 1
+        if not call.valid:
+            c.quality["malformed_calls"] += 1
+        if not call.answered:
+            c.quality["calls_without_response"] += 1
+        for problem in call.problems:
+            c.quality[problem] += 1
+    c.tool_calls += len(facts.calls)
+    c.calls_per_trace.add(len(facts.calls))
+    c.reasoning_chars_per_trace.add(sum(t.reasoning_chars for t in assistant))
     if tokens is not None and assistant:
-        _add_tokens(c, assistant, tokens)
-    _add_responses(c, trace)
+        _add_tokens(c, [t for t in trace.turns if t.role == "assistant"], tokens)
+    failed = flagged = False
+    for resp in facts.responses:
+        c.tool_responses += 1
+        if not resp.paired:
+            c.quality["responses_without_call"] += 1
+        if not resp.readable:
+            c.quality["malformed_responses"] += 1
+        c.responses_by_tool[resp.tool] += 1
+        if resp.failure is not None:
+            c.error_classes[resp.failure] += 1
+            c.errors_by_tool[resp.tool] += 1
+            failed = True
+        if resp.flagged_by_substring:
+            c.substring_flagged_responses += 1
+            flagged = True
+    c.traces_with_errors += failed
+    c.substring_flagged_traces += flagged
 
 
 def _add_tokens(c: Counts, assistant, tokens) -> None:
@@ -248,31 +255,6 @@ def _add_tokens(c: Counts, assistant, tokens) -> None:
         c.output_tokens["tool_calls"] += n[i + 1]
         c.output_tokens["answer"] += n[i + 2]
     c.reasoning_tokens_per_trace.add(per_trace)
-
-
-def _add_responses(c: Counts, trace: Trace) -> None:
-    failed = flagged = False
-    for i in range(len(trace.responses)):
-        resp = trace.response(i)
-        c.tool_responses += 1
-        if resp.call is None:
-            c.quality["responses_without_call"] += 1
-            name = resp.name or UNPAIRED
-        else:
-            name = trace.call(resp.call).name or MALFORMED
-        if resp.error is not None:
-            c.quality["malformed_responses"] += 1
-        c.responses_by_tool[name] += 1
-        cls = classify(resp)
-        if cls is not None:
-            c.error_classes[cls] += 1
-            c.errors_by_tool[name] += 1
-            failed = True
-        if guide_flags(resp):
-            c.guide_flagged_responses += 1
-            flagged = True
-    c.traces_with_errors += failed
-    c.guide_flagged_traces += flagged
 
 
 # ----------------------------------------------------------------------------- stage and job
@@ -307,8 +289,9 @@ def collect(
 ) -> tuple[Stats, Tally]:
     """Aggregate every row of `splits` in `workers` processes. `tokenizer` (see token_counter)
     adds reasoning lengths in tokens."""
-    (parts,), (tally,) = run_merged(splits, [StatsStage(tokenizer)], workers=workers, on_error=on_error, progress="stats")
-    return merge(parts, tokenizer), tally
+    job = Gather(StatsStage(tokenizer))
+    run_jobs(splits, [job], workers=workers, on_error=on_error, progress="stats")
+    return merge(job.partials, tokenizer), job.tally
 
 
 def token_counter(spec: str):
@@ -371,7 +354,7 @@ def counts_to_json(c: Counts) -> dict[str, Any]:
             name: {"responses": n, "errors": c.errors_by_tool[name], "rate": round(c.errors_by_tool[name] / n, 4)}
             for name, n in _ranked(c.responses_by_tool).items()
         },
-        "guide_heuristic": {"responses_flagged": c.guide_flagged_responses, "traces_flagged": c.guide_flagged_traces},
+        "error_substring_check": {"responses_flagged": c.substring_flagged_responses, "traces_flagged": c.substring_flagged_traces},
         "think_blocks": c.think_blocks,
         "empty_think_blocks": c.empty_think_blocks,
         "reasoning_chars_per_turn": c.reasoning_chars_per_turn.to_json(),

@@ -11,14 +11,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from streamproc.parse.turns import ToolCall, ToolResponse
-
-if TYPE_CHECKING:
-    from streamproc.records import Trace
 
 # Error classes `classify` returns, most specific first; the README documents each.
 UNKNOWN = "unknown"  # the harness could not tell: name `unknown` (unmatched) or status `unknown`
@@ -86,9 +83,10 @@ def _has_traceback(text: str) -> bool:
     return ("Traceback (" in text or "Error: " in text or "Exception: " in text) and bool(_TRACEBACK_RE.search(text))
 
 
-def guide_flags(response: ToolResponse) -> bool:
-    """The guide's heuristic (`"error"`, `"traceback"` or `"exit_code": 1` in the dumped response),
-    kept only to contrast with `classify` in reports."""
+def flagged_by_substring(response: ToolResponse) -> bool:
+    """What a naive check says: `"error"`, `"traceback"` or `"exit_code": 1` in the dumped response.
+    It flags every terminal result (they all carry `"error": null`); kept only to contrast with
+    `classify` in reports."""
     blob = response.raw.lower()
     return "error" in blob or "traceback" in blob or '"exit_code": 1' in blob
 
@@ -167,46 +165,15 @@ def check_call(call: ToolCall, specs: dict[str, ToolSpec] | None) -> list[str]:
     return problems
 
 
-# ----------------------------------------------------------------------------- per trace
+# ----------------------------------------------------------------------------- status
 
 MALFORMED_CALL = "malformed_call"
 """The failure class of a call whose JSON did not parse (beside the response classes above)."""
+UNPARSED = "unparsed"
+"""The status of a tool response whose body the parser could not read."""
 
 
 def status(response: ToolResponse) -> str | None:
     """The error class of a tool response (None when it succeeded); a response that was not
-    readable JSON counts as `unparsed`."""
-    return classify(response) or ("unparsed" if response.error else None)
-
-
-@dataclass(slots=True, frozen=True)
-class TraceFailures:
-    """What the trace list (the report page and `streamproc ls`) shows of a trace's tools and
-    filters on, computed in this one place so both filter alike."""
-
-    tools: tuple[str, ...]  # distinct tools called, in order of first use ("?" for no name)
-    failed: tuple[str, ...]  # distinct tools with a malformed call or a failed response (named by the call it answers)
-    classes: tuple[str, ...]  # distinct failure classes: response classes and MALFORMED_CALL
-    errors: int  # failed responses plus malformed calls
-
-
-def trace_failures(trace: Trace) -> TraceFailures:
-    tools: dict[str, None] = {}
-    failed: dict[str, None] = {}
-    classes: dict[str, None] = {}
-    errors = 0
-    for i in range(len(trace.calls)):
-        call = trace.call(i)
-        tools.setdefault(call.name or "?")
-        if not call.valid:
-            errors += 1
-            failed.setdefault(call.name or "?")
-            classes.setdefault(MALFORMED_CALL)
-    for i in range(len(trace.responses)):
-        response = trace.response(i)
-        cls = status(response)
-        if cls is not None:
-            errors += 1
-            classes.setdefault(cls)
-            failed.setdefault((trace.call(response.call).name if response.call is not None else response.name) or "?")
-    return TraceFailures(tuple(tools), tuple(failed), tuple(classes), errors)
+    readable JSON counts as UNPARSED."""
+    return classify(response) or (UNPARSED if response.error else None)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from streamproc.records import BadRow, Row
-from streamproc.io.sources import Shard, good_rows, plan
+from streamproc.io.sources import Split, good_rows, plan
 
 SECTIONS = [
     "sources",
@@ -52,7 +52,7 @@ class Result:
 class Context:
     """What every section gets: the input shards, read once and shared, and how hard to try."""
 
-    shards: list[Shard] = field(default_factory=list)
+    shards: list[Split] = field(default_factory=list)
     label: str = "built-in sample"  # names the data in results
     quick: bool = False
     workers: int = 1

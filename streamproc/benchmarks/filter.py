@@ -18,14 +18,13 @@ import tracemalloc
 from pathlib import Path
 from typing import Callable, Sequence
 
-from streamproc.curate.conditions import PRESETS
-
-from streamproc.curate.curator import Curator
-
-from streamproc.curate.job import filter_to_file
-
-from streamproc.curate.stage import view
+from streamproc.analyze.job import StatsJob
 from streamproc.analyze.metrics import collect
+from streamproc.curate.conditions import PRESETS
+from streamproc.curate.curator import Curator
+from streamproc.curate.job import filter_to_file
+from streamproc.curate.stage import view
+from streamproc.run.runner import run_jobs
 from streamproc.io.sources import Split
 from streamproc.benchmarks import Context, Result
 
@@ -49,7 +48,7 @@ def contenders(shards: Sequence[Split], out: Path, docs: dict[str, dict]) -> dic
     Curator(PRESETS["clean"])  # compiling conditions imports DuckDB, once per process: here, not in a timed pass
 
     def stats_of_view(**curator) -> None:
-        collect(view(shards, Curator(**curator))[0], 1)
+        run_jobs(shards, [StatsJob()], view=view(shards, Curator(**curator)))
 
     return {
         STATS: lambda: collect(shards, 1),

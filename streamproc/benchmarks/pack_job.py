@@ -5,8 +5,9 @@ The input is the given rows (the built-in sample when none) plus altered copies 
 non-system message of a copy is changed (a marker inside each user turn, reasoning block, tool
 call and tool response), so only the system prompt repeats across rows, as in a real dataset,
 and no cache can serve a copy from the original. The copies bring the input to about 20 MB (4 MB
-with --quick), at most 5 copies in all. The two baselines are scripts in benches/ (a source
-checkout): benches/pack_job_recipe.py and benches/pack_job_trl.py. Every contender runs with the
+with --quick), at most 5 copies in all. The two baselines are scripts that ship with the source,
+not with the package (pack_job_recipe.py and pack_job_trl.py in a checkout's benches/); where they
+are absent, their rows say so. Every contender runs with the
 shipped Qwen2.5 tokenizer at seq-len 65536, round-robin; the best wall time of each is kept, and
 its CPU seconds (all threads of the process) are given beside it.
 """

@@ -6,6 +6,10 @@ and human turns through untouched, so their bytes (the 26 KB system prompt of ev
 only inflate all three figures alike. The three run the same loop over the same list of
 (role, text) pairs, so per-turn Python overhead is in all of them.
 
+The same traces are also read in both row layouts, ShareGPT `conversations` and the chat
+`messages` layout (io/layouts.py), each written by the project's own writer: rows/s of a whole
+row's way, JSON line -> validated Row -> Trace (`sources.decode_line`, `parse_trace`).
+
 Each run is timed in CPU time of the benchmark's thread (`time.thread_time`), round-robin, best
 of `repeat`. Wall time is biased on a loaded machine: a run is billed for the time it waits for a
 core, and a long run waits more often than a short one, so the slowest contender looks slower
@@ -18,9 +22,13 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable
 
+import orjson
+
 from streamproc._compiled import parser_build
-from streamproc.parse.parser import CALL_CLOSE, CALL_OPEN, RESP_CLOSE, RESP_OPEN, THINK_CLOSE, THINK_OPEN, parse_turn
-from streamproc.records import Row
+from streamproc.io.layouts import openai_record, sharegpt_record
+from streamproc.io.sources import decode_line
+from streamproc.parse.parser import CALL_CLOSE, CALL_OPEN, RESP_CLOSE, RESP_OPEN, THINK_CLOSE, THINK_OPEN, parse_trace, parse_turn
+from streamproc.records import Location, Row
 from streamproc.benchmarks import Context, Result, best_times
 from streamproc.benchmarks.guide import parse_assistant_message, parse_tool_message
 
@@ -30,6 +38,9 @@ TOOL_TAGS = (RESP_OPEN, RESP_CLOSE)
 STREAMPROC = "streamproc parse_turn"
 GUIDE = "a regex parser + json.loads"
 SCAN = "str.find scan of the tags"
+SHAREGPT_ROWS = "ShareGPT layout rows: decode, validate, parse"
+OPENAI_ROWS = "OpenAI messages layout rows: decode, validate, parse"
+_AT = Location("<bench>", 0)
 
 
 def tagged_turns(rows: Iterable[Row]) -> list[tuple[str, str]]:
@@ -78,7 +89,7 @@ def best_cpu_times(contenders: dict[str, Callable[[], object]], repeat: int) -> 
 
 
 def contenders(turns: list[tuple[str, str]]) -> dict[str, Callable[[], None]]:
-    """The three timed runs over `turns` (benches/bench_parse.py times the same ones)."""
+    """The three timed runs over `turns` (a checkout's pytest-benchmark wrapper times the same ones)."""
     return {STREAMPROC: lambda: parse_all(turns), GUIDE: lambda: guide_all(turns), SCAN: lambda: scan_all(turns)}
 
 
@@ -100,8 +111,36 @@ def measure(turns: list[tuple[str, str]], data: str, repeat: int) -> list[Result
     ]
 
 
+def layout_lines(rows: Iterable[Row]) -> tuple[list[bytes], list[bytes]]:
+    """The same traces as JSON lines in the ShareGPT and the OpenAI layout."""
+    rows = list(rows)
+    return [orjson.dumps(sharegpt_record(r)) for r in rows], [orjson.dumps(openai_record(parse_trace(r))) for r in rows]
+
+
+def read_lines(lines: list[bytes]) -> None:
+    for line in lines:
+        parse_trace(decode_line(line, _AT, "bench"))  # type: ignore[arg-type]
+
+
+def layout_contenders(sharegpt: list[bytes], openai: list[bytes]) -> dict[str, Callable[[], None]]:
+    """The two timed row reads (benches/bench_parse.py times the same ones)."""
+    return {SHAREGPT_ROWS: lambda: read_lines(sharegpt), OPENAI_ROWS: lambda: read_lines(openai)}
+
+
+def measure_layouts(rows: list[Row], data: str, repeat: int) -> list[Result]:
+    sharegpt, openai = layout_lines(rows)
+    t = best_cpu_times(layout_contenders(sharegpt, openai), repeat)
+    n = len(rows)
+    data = f"{data}: {n:,} rows, {sum(map(len, sharegpt)) / 1e6:.1f} MB as ShareGPT, {sum(map(len, openai)) / 1e6:.1f} MB as OpenAI"
+    return [
+        Result("parse", SHAREGPT_ROWS, n / t[SHAREGPT_ROWS], "rows/s", data),
+        Result("parse", OPENAI_ROWS, n / t[OPENAI_ROWS], "rows/s", data, SHAREGPT_ROWS, t[SHAREGPT_ROWS] / t[OPENAI_ROWS], ">= 1"),
+    ]
+
+
 def run(ctx: Context) -> list[Result]:
-    turns = tagged_turns(ctx.rows())
+    rows = ctx.rows()
+    turns = tagged_turns(rows)
     if not turns:
         return [Result("parse", STREAMPROC, 0.0, "MB/s", ctx.label, note="no assistant or tool turns in the input")]
-    return measure(turns, ctx.label, ctx.repeat)
+    return measure(turns, ctx.label, ctx.repeat) + measure_layouts(rows, ctx.label, ctx.repeat)

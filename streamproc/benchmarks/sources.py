@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from streamproc.io.sources import Shard, hub_part, read
+from streamproc.io.sources import Split, hub_part, read
 from streamproc.benchmarks import Context, Result, best_times
 
 BUILDERS = {"parquet": "parquet", "jsonl": "json"}  # part kind -> datasets builder
@@ -15,11 +15,11 @@ DIRECT = "direct reader (default)"
 DATASETS = "datasets streaming iterator"
 
 
-def count_rows(shard: Shard) -> int:
+def count_rows(shard: Split) -> int:
     return sum(1 for _ in read(shard))
 
 
-def readers(shards: Sequence[Shard], limit: int | None = None) -> dict[str, Shard]:
+def readers(shards: Sequence[Split], limit: int | None = None) -> dict[str, Split]:
     """The same Parquet and plain JSONL parts of `shards` as one split read each way (none: no
     such parts)."""
     parts = [p for s in shards for p in s.parts if p.kind in BUILDERS]
@@ -29,8 +29,8 @@ def readers(shards: Sequence[Shard], limit: int | None = None) -> dict[str, Shar
     for p in parts:
         files.setdefault(BUILDERS[p.kind], {})[p.path] = None
     return {
-        DIRECT: Shard(tuple(parts), limit),
-        DATASETS: Shard(tuple(hub_part(b, list(paths), "bench") for b, paths in files.items()), limit),
+        DIRECT: Split(tuple(parts), limit),
+        DATASETS: Split(tuple(hub_part(b, list(paths), "bench") for b, paths in files.items()), limit),
     }
 
 

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 from streamproc.analyze.metrics import Counts, add_trace, collect
 from streamproc.parse.parser import parse_trace
 from streamproc.records import Row
-from streamproc.io.sources import Shard, good_rows
+from streamproc.io.sources import Split, good_rows
 from streamproc.benchmarks import Context, Result, best_times
 from streamproc.benchmarks.guide import tool_use_metrics
 
@@ -51,7 +51,7 @@ def _child() -> None:
     print(json.dumps([seconds, cpu, tally.read]))
 
 
-def whole_run(shards: Sequence[Shard], workers: int) -> Run:
+def whole_run(shards: Sequence[Split], workers: int) -> Run:
     """`metrics.collect` over `shards` in a fresh interpreter, timed and watched for memory."""
     import psutil
 

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 
 from streamproc import __version__
 from streamproc._compiled import parser_build
@@ -91,21 +92,34 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, name: str) -> int:
     try:
-        with quiet_progress(getattr(args, "quiet", False)):
+        with quiet_progress(getattr(args, "quiet", False)), warnings.catch_warnings():
+            warnings.showwarning = _warning_line(name)
             return int(args.func(args) or 0)
     except BrokenPipeError:  # `| head` has read what it wanted: not an error, and nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as e:
         from streamproc.run.runner import WorkerDied
+        from streamproc.views.safe import visible  # an error may quote a value or a file name from the data
 
         if isinstance(e, WorkerDied):  # the machine's doing, not the input's: one line, exit 1
-            print(f"{name}: error: {e}", file=sys.stderr)
+            print(visible(f"{name}: error: {e}"), file=sys.stderr)
             return 1
         if not isinstance(e, _user_errors()):
             raise
-        print(f"{name}: error: {e}", file=sys.stderr)
+        print(visible(f"{name}: error: {e}"), file=sys.stderr)
         return 2
+
+
+def _warning_line(name: str):
+    """A library's warning as one line naming the command, not a file, a line number and a line
+    of someone else's source that reads like a traceback."""
+    from streamproc.views.safe import visible
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(visible(f"{name}: warning: {message}"), file=file or sys.stderr)
+
+    return show
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

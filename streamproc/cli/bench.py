@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 from streamproc import benchmarks
-from streamproc.io.files import write_json
+from streamproc.io.files import output_path, to_stdout, write_json
 from streamproc.cli.common import add_input_args, say
-from streamproc.cli.manners import RAW, output_path, to_stdout
+from streamproc.cli.manners import RAW
 from streamproc.run.progress import bar
 from streamproc.cli import COMMANDS
 

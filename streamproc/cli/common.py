@@ -1,4 +1,4 @@
-"""Options shared by every command that reads traces, and the way they become shards."""
+"""Options shared by every command that reads traces, and what they make: the input a command reads (Input)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import argparse
 import os
 import sys
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from streamproc.io.files import check_output_file, output_format, write_rejects
+from streamproc.io.files import check_output_file, to_stdout, write_rejects
 from streamproc.records import Tally
-from streamproc.run.runner import Engine, Job, Local
-from streamproc.io.sources import HUB_DATASET, ON_ERROR, Split, plan
+from streamproc.run.runner import Engine, Job, Local, View
+from streamproc.io.sources import HUB_DATASET, ON_ERROR, Plan, plan
 from streamproc.cli.argtypes import positive_int
-from streamproc.cli.manners import to_stdout
+from streamproc.views.safe import visible
 
 if TYPE_CHECKING:
     from streamproc.curate.curator import Curator
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 def add_input_args(p: argparse.ArgumentParser, *, workers: bool = True, view: bool = False, engine: bool = True) -> None:
     """The input options; with `workers` and `engine`, also --engine/--address (engine_from);
-    with `view`, also --where/--preset/--dedup, applied by shards_from."""
+    with `view`, also --where/--preset/--dedup, the view input_from gives the run."""
     # A group of its own: --help lists it after the command's own options.
     g = p.add_argument_group("input options")
     g.add_argument(
@@ -44,23 +45,10 @@ def add_input_args(p: argparse.ArgumentParser, *, workers: bool = True, view: bo
         add_curate_args(p, view=True)
 
 
-def rows_file(path: str) -> str:
-    """argparse type of an output file of rows or records: an extension streamproc writes."""
-    try:
-        output_format(path)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return path
-
-
-def rows_output(path: str) -> str:
-    """rows_file, or `-` for JSONL on stdout."""
-    return path if path == "-" else rows_file(path)
-
-
 def add_rows_output(p: argparse.ArgumentParser) -> None:
-    """-o OUT for a command that writes rows or records (parse, export)."""
-    p.add_argument("-o", "--output", required=True, metavar="OUT", type=rows_output, help="OUT.jsonl (.gz, .zst), OUT.parquet, or - for JSONL on stdout")
+    """-o OUT for a command that writes rows or records (parse, export, filter, features); its
+    name is checked by the command before any work (io/writer.check_rows_output), in one line."""
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.jsonl (.gz, .zst), OUT.parquet, or - for JSONL on stdout")
 
 
 def rejects_beside(output: str) -> str | None:
@@ -108,27 +96,37 @@ def engine_from(args: argparse.Namespace) -> "Engine":
     return Local(args.workers)
 
 
-def shards_from(args: argparse.Namespace) -> list[Split]:
-    """The planned shards; with --where/--preset/--dedup on a command that takes them, a view
-    that only the kept rows go through (curate.view; finish prints its account)."""
+@dataclass(slots=True)
+class Input:
+    """What a command reads, as its options say: the planned splits (and what the inputs named
+    that is not read), the view of --where/--preset/--dedup, the engine and --on-error."""
+
+    splits: Plan
+    view: View | None
+    engine: Engine
+    on_error: str
+
+    def run(self, jobs: Sequence[Job], progress: str) -> None:
+        """Every job from one pass over the input (runner.run_jobs), through the view."""
+        from streamproc.run.runner import run_jobs
+
+        run_jobs(self.splits, jobs, view=self.view, workers=self.engine, on_error=self.on_error, progress=progress)
+
+
+def input_from(args: argparse.Namespace) -> Input:
+    """The planned splits; with --where/--preset/--dedup on a command that takes them, the view
+    that only the kept rows go through (curate.stage.view; finish prints its account)."""
     curator = curator_from(args) if getattr(args, "view", False) else None  # a bad condition fails before any read
-    shards = plan(
+    splits = plan(
         args.inputs, dataset=args.dataset, configs=args.config, split=args.split, source=args.source, limit=args.limit
     )
-    args.unread = shards.unread  # for finish's count line
-    if curator is None:
-        return shards
-    from streamproc.curate.stage import view
+    engine = engine_from(args)
+    view = None
+    if curator is not None:
+        from streamproc.curate.stage import view as view_of
 
-    shards, args.view_acct = view(shards, curator, engine_from(args), args.on_error)
-    return shards
-
-
-def run_jobs(args: argparse.Namespace, jobs: Sequence[Job], progress: str) -> None:
-    """Every job from one pass over the input, on the engine asked for (`--engine`)."""
-    from streamproc.run import runner
-
-    runner.run_jobs(shards_from(args), jobs, workers=engine_from(args), on_error=args.on_error, progress=progress)
+        view = view_of(splits, curator, engine, args.on_error)
+    return Input(splits, view, engine, args.on_error)
 
 
 def check_rejects(args: argparse.Namespace) -> None:
@@ -137,12 +135,12 @@ def check_rejects(args: argparse.Namespace) -> None:
         check_output_file(args.rejects)
 
 
-def finish(args: argparse.Namespace, tally: Tally, default_rejects: str | None) -> None:
+def finish(args: argparse.Namespace, source: Input, tally: Tally, default_rejects: str | None) -> None:
     """Print the row count line and write rejected rows, so nothing is silently lost. With no
     default place (no output file, or the output went to stdout) rejects are written only where
     --rejects says. A filtered view's account comes first."""
-    acct = getattr(args, "view_acct", None)
-    if acct is not None:
+    if source.view is not None:
+        acct = source.view.acct
         by = ", ".join(f"{k} {v:,}" for k, v in acct.removed_by.items() if v) or "none"
         say(args, f"filtered view: {acct.kept:,} of {acct.read:,} rows kept (removed by {by}; {acct.rejected:,} rejected)")
     msg = tally.summary()
@@ -153,15 +151,15 @@ def finish(args: argparse.Namespace, tally: Tally, default_rejects: str | None) 
             msg += f" (set aside in {path}; first: {tally.rejected[0]})"
         else:
             msg += f" (first: {tally.rejected[0]}; --rejects FILE keeps them all)"
-    unread = getattr(args, "unread", ())
+    unread = source.splits.unread
     if unread:
         more = f", and {len(unread) - 5} more" if len(unread) > 5 else ""
         msg += f"; {len(unread)} {'path' if len(unread) == 1 else 'paths'} not read: {', '.join(map(str, unread[:5]))}{more}"
     if tally.rejected or unread or not getattr(args, "quiet", False):
-        print(msg, file=sys.stderr)
+        print(visible(msg), file=sys.stderr)  # it quotes a rejected value and file names
 
 
 def say(args: argparse.Namespace, msg: str) -> None:
     """A progress or result note for people: on stderr, so stdout stays the data; not with --quiet."""
     if not getattr(args, "quiet", False):
-        print(msg, file=sys.stderr)
+        print(visible(msg), file=sys.stderr)

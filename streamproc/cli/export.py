@@ -1,18 +1,21 @@
 from __future__ import annotations
 
-from pathlib import Path
+import sys
 
 from streamproc.prepare.chat import TOOL_FALLBACK
-from streamproc.prepare.export import FORMATS, TOOL_ROLES, export
-from streamproc.io.files import check_output_file
-from streamproc.cli.common import add_input_args, add_rows_output, check_rejects, engine_from, finish, rejects_beside, say, shards_from
-from streamproc.cli.manners import RAW, output_path, to_stdout
+from streamproc.prepare.export import FORMATS, LAYOUTS, TOOL_ROLES, ExportJob
+from streamproc.io.files import to_stdout
+from streamproc.io.writer import check_rows_output
+from streamproc.cli.common import add_input_args, add_rows_output, check_rejects, finish, input_from, rejects_beside, say
+from streamproc.cli.manners import RAW
 from streamproc.cli import COMMANDS
 
 EXAMPLES = """examples:
   streamproc export -o chats.jsonl                          one conversation per row
   streamproc export data/ --format pairs -o pairs.parquet   one prompt/completion per assistant turn
   streamproc export --tool-role unwrap -o - | head -c 2000  JSONL on stdout
+  streamproc export data/ --layout openai -o chat.parquet   messages with tool_calls and a tools column (TRL)
+  streamproc export chat.parquet --layout sharegpt -o sharegpt.jsonl   back to from/value with tags
 """
 
 
@@ -29,32 +32,26 @@ def add(sub) -> None:
         "--tool-role", choices=TOOL_ROLES, default="keep",
         help="keep (default): tool role, text as in the data; unwrap: one tool message per response without <tool_response> tags (for Qwen-style templates); user: user role with --tool-prefix",
     )
+    p.add_argument(
+        "--layout", choices=LAYOUTS, default="text",
+        help="text (default): role/content messages, tool calls as tags in the text; openai: the chat messages layout with "
+        "structured tool_calls, tool_call_id, reasoning_content and a tools column; sharegpt: the dataset schema (conversations of from/value)",
+    )
     p.add_argument("--tool-prefix", default=TOOL_FALLBACK, help="prefix of tool turns written as user messages (default %(default)r)")
     add_input_args(p, view=True)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    if not to_stdout(args.output):
-        check_output_file(args.output)
+    if args.layout == "sharegpt" and args.format == "pairs":
+        print("streamproc export: error: --layout sharegpt writes whole conversations: use --format messages", file=sys.stderr)
+        return 2
+    check_rows_output(args.output)
     check_rejects(args)
-    with output_path(args.output) as out:
-        tally = export(
-            shards_from(args), out, fmt=args.format, tool_role=args.tool_role, tool_prefix=args.tool_prefix,
-            workers=engine_from(args), on_error=args.on_error,
-        )
-        written = records_in(out)
-    finish(args, tally, rejects_beside(args.output))
+    source = input_from(args)
+    with ExportJob(args.output, args.format, args.tool_role, args.tool_prefix, args.layout) as job:
+        source.run([job], progress="export")
+    finish(args, source, job.tally, rejects_beside(args.output))
     where = "stdout" if to_stdout(args.output) else args.output
-    say(args, f"wrote {written:,} {args.format} records from {tally.parsed:,} traces to {where}")
+    say(args, f"wrote {job.writer.rows:,} {args.format} records from {job.tally.parsed:,} traces to {where}")
     return 0
-
-
-def records_in(path: Path) -> int:
-    """Records in a file export wrote: Parquet rows from the footer, else JSON lines."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
-    with open(path, "rb") as f:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))

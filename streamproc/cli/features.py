@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from streamproc.curate.job import features_job
-from streamproc.cli.common import add_input_args, finish, rejects_beside, run_jobs, say
+from streamproc.curate.job import FeaturesJob
+from streamproc.io.writer import check_rows_output
+from streamproc.cli.common import add_input_args, add_rows_output, check_rejects, finish, input_from, rejects_beside, say
 from streamproc.cli.manners import RAW
 from streamproc.cli import COMMANDS
 
@@ -21,7 +22,7 @@ def add(sub) -> None:
         epilog=EXAMPLES, formatter_class=RAW,
     )
     add_input_args(p)
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.parquet, or OUT.jsonl")
+    add_rows_output(p)
     p.add_argument(
         "--tokenizer", metavar="TOK", nargs="?", const="default",
         help="add tokens, trained_tokens and system_prompt_tokens (alone: the shipped Qwen2.5 tokenizer)",
@@ -30,9 +31,12 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    with features_job(args.output, args.tokenizer) as job:
-        run_jobs(args, [job], progress="features")
+    check_rows_output(args.output)
+    check_rejects(args)
+    source = input_from(args)
+    with FeaturesJob(args.output, args.tokenizer) as job:
+        source.run([job], progress="features")
     n, tally = job.rows, job.tally
-    finish(args, tally, rejects_beside(args.output))
+    finish(args, source, tally, rejects_beside(args.output))
     say(args, f"wrote {args.output} ({n:,} traces)")
     return 0

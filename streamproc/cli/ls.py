@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from streamproc.views.listing import Filters, Summary, scan, unique_prefix_length
+from streamproc.views.listing import Filters, ScanJob, Summary, unique_prefix_length
 from streamproc.analyze.outcomes import ERROR_CLASSES, MALFORMED_CALL
+from streamproc.views.safe import visible
 from streamproc.views.terminal import page, trimmed, use_color, width_of
-from streamproc.cli.common import add_input_args, engine_from, shards_from
+from streamproc.cli.common import add_input_args, input_from
 from streamproc.cli.manners import RAW
 from streamproc.cli import COMMANDS
 
@@ -46,7 +47,9 @@ def add(sub) -> None:
 def run(args) -> int:
     filters = Filters(source=args.from_source, category=args.category, tool=args.tool, failed_tool=args.failed_tool,
                       failure=args.failure, errors=args.errors, text=args.search)
-    found = scan(shards_from(args), filters, workers=engine_from(args), on_error=args.on_error)
+    job = ScanJob(filters)
+    input_from(args).run([job], progress="ls")
+    found = job.found
     if sys.stdout.isatty():
         page(table_text(found.matches, unique_prefix_length(found.ids), width_of(sys.stdout), use_color(sys.stdout)),
              pager=not args.no_pager)
@@ -54,17 +57,18 @@ def run(args) -> int:
         sys.stdout.writelines(tsv_line(s) for s in found.matches)
     if not args.quiet or found.rejects:
         bad = f"; {len(found.rejects):,} bad rows passed over (first: {found.rejects[0]})" if found.rejects else ""
-        print(f"{len(found.matches):,} of {len(found.ids):,} traces match{bad}", file=sys.stderr)
+        print(visible(f"{len(found.matches):,} of {len(found.ids):,} traces match{bad}"), file=sys.stderr)
     return 0 if found.matches else 1
 
 
 def _clean(text: str) -> str:
-    return " ".join(text.split())
+    """One line of text as shown: runs of blanks as one space, control characters as escapes."""
+    return visible(" ".join(text.split()))
 
 
 def tsv_line(s: Summary) -> str:
-    return "\t".join([s.id, s.source, s.category, str(s.turns), str(s.calls), str(s.errors),
-                      ",".join(s.failed_tools), _clean(s.task)]) + "\n"
+    return "\t".join([*map(visible, [s.id, s.source, s.category]), str(s.turns), str(s.calls), str(s.errors),
+                      visible(",".join(s.failed_tools)), _clean(s.task)]) + "\n"
 
 
 def table_text(matches: list[Summary], prefix: int, width: int, color: bool) -> str:
@@ -78,8 +82,8 @@ def table_text(matches: list[Summary], prefix: int, width: int, color: bool) -> 
                       emoji=False)
     t = Table(box=None, pad_edge=False, header_style="bold underline")
     cat = 20 if width >= 120 else 14
-    rows = [[s.id if len(s.id) <= prefix else s.id[:prefix], s.source, s.category or "-", str(s.turns), str(s.calls),
-             str(s.errors), _clean(s.task)] for s in matches]
+    rows = [[visible(s.id[:prefix]), _clean(s.source), _clean(s.category) or "-",
+             str(s.turns), str(s.calls), str(s.errors), _clean(s.task)] for s in matches]
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(HEADER[:-1])]
     widths[1], widths[2] = min(widths[1], 12), min(widths[2], cat)
     # Two columns of padding between columns, none at the edges: the task gets what is left.
@@ -87,8 +91,8 @@ def table_text(matches: list[Summary], prefix: int, width: int, color: bool) -> 
     for i, (h, w) in enumerate(zip(HEADER, [*widths, task])):
         t.add_column(h, no_wrap=True, overflow="ellipsis", min_width=w if i < len(widths) else None, max_width=w,
                      justify="right" if h in NUMBERS else "left", style="cyan" if h == "id" else "")
-    for r in rows:
-        t.add_row(*r[:5], Text(r[5], style="red" if r[5] != "0" else ""), r[6])
+    for r in rows:  # Text, not str: rich would take `[red]` in a task for markup
+        t.add_row(*map(Text, r[:5]), Text(r[5], style="red" if r[5] != "0" else ""), Text(r[6]))
     with console.capture() as captured:
         console.print(t)
     return trimmed(captured.get())

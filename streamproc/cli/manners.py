@@ -1,4 +1,4 @@
-"""Unix manners shared by the commands: `-` as stdout, help for a bare or mistyped command."""
+"""Unix manners shared by the commands: quiet progress, help for a bare or mistyped command (`-` as stdout: io/files.py)."""
 
 from __future__ import annotations
 
@@ -6,38 +6,8 @@ import argparse
 import contextlib
 import difflib
 import os
-import shutil
 import sys
-import tempfile
-from pathlib import Path
 from typing import Iterator
-
-STDOUT = "-"
-
-
-def to_stdout(path: str | None) -> bool:
-    return path == STDOUT
-
-
-@contextlib.contextmanager
-def output_path(path: str, suffix: str = ".jsonl") -> Iterator[Path]:
-    """The path a writer should write to. For `-`: a private temporary file (named with `suffix`,
-    so the writer picks that format) copied to stdout once the writer has finished, so stdout
-    gets a whole file or nothing."""
-    if not to_stdout(path):
-        yield Path(path)
-        return
-    with tempfile.TemporaryDirectory(prefix="streamproc-") as d:
-        tmp = Path(d) / f"stdout{suffix}"
-        yield tmp
-        sys.stdout.flush()
-        with open(tmp, "rb") as f:
-            try:
-                shutil.copyfileobj(f, sys.stdout.buffer)
-                sys.stdout.buffer.flush()
-            except BrokenPipeError:  # `| head`: the reader has what it wanted
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
 
 
 @contextlib.contextmanager

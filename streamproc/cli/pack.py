@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from streamproc.prepare.chat import TemplateError
 from streamproc.prepare.mask import DEFAULT_TOKENIZER_NAME, OVERFLOWS, MaskOptions
 from streamproc.cli.argtypes import fraction, positive_int
-from streamproc.cli.common import add_input_args, check_rejects, engine_from, finish, say, shards_from
+from streamproc.cli.common import add_input_args, check_rejects, finish, input_from, say
 from streamproc.cli.manners import RAW
 from streamproc.cli import COMMANDS
 
@@ -90,12 +90,19 @@ def pack_options(args) -> PackOptions:
 
 def run(args) -> int:
     from streamproc.io.files import check_output_dir
-    from streamproc.prepare.job import pack_to_dir
+    from streamproc.prepare.job import PackJob
+    from streamproc.run.runner import plan_key
 
     check_output_dir(args.output)
     check_rejects(args)
-    res = pack_to_dir(shards_from(args), args.output, pack_options(args), workers=engine_from(args), on_error=args.on_error, restart=args.restart)
-    finish(args, res.tally, str(Path(args.output) / "rejects.jsonl"))
+    options = pack_options(args)
+    source = input_from(args)
+    with PackJob(args.output, options, plan_key(source.splits, source.view), on_error=args.on_error, restart=args.restart) as job:
+        if job.resuming():
+            print(job.resuming(), file=sys.stderr)
+        source.run([job], progress="pack")
+        res = job.finish()
+    finish(args, source, res.tally, str(Path(args.output) / "rejects.jsonl"))
     print_counts(res)
     say(args, f"wrote {args.output}")
     return no_training_data(res)

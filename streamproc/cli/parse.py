@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from streamproc.io.files import check_output_file
-from streamproc.parse.job import parse_to_file
-from streamproc.cli.common import add_input_args, add_rows_output, check_rejects, engine_from, finish, rejects_beside, say, shards_from
-from streamproc.cli.manners import RAW, output_path, to_stdout
+from streamproc.io.files import to_stdout
+from streamproc.io.writer import check_rows_output
+from streamproc.parse.job import ParseJob
+from streamproc.cli.common import add_input_args, add_rows_output, check_rejects, finish, input_from, rejects_beside, say
+from streamproc.cli.manners import RAW
 from streamproc.cli import COMMANDS
 
 EXAMPLES = """examples:
@@ -26,12 +27,12 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    if not to_stdout(args.output):
-        check_output_file(args.output)
+    check_rows_output(args.output)
     check_rejects(args)
-    with output_path(args.output) as out:
-        tally = parse_to_file(shards_from(args), out, workers=engine_from(args), on_error=args.on_error)
-    finish(args, tally, rejects_beside(args.output))
+    source = input_from(args)
+    with ParseJob(args.output) as job:
+        source.run([job], progress="parse")
+    finish(args, source, job.tally, rejects_beside(args.output))
     if not to_stdout(args.output):
-        say(args, f"wrote {tally.parsed:,} records to {args.output}")
+        say(args, f"wrote {job.tally.parsed:,} records to {args.output}")
     return 0

@@ -4,6 +4,7 @@ import shutil
 import sys
 
 from streamproc.views.render import DEFAULT
+from streamproc.views.safe import visible
 from streamproc.views.replay import Screen, commands_from, play, step_lines, steps, to_text
 from streamproc.cli.manners import RAW
 from streamproc.cli.show import add_view_args, trace_from, use_color
@@ -43,7 +44,7 @@ def run(args) -> int:
         return 0
     all_steps = steps(trace)
     if not 1 <= args.step <= len(all_steps):
-        print(f"streamproc replay: no step {args.step}: trace {trace.id} has {len(all_steps)} steps", file=sys.stderr)
+        print(visible(f"streamproc replay: no step {args.step}: trace {trace.id} has {len(all_steps)} steps"), file=sys.stderr)
         return 2
     sys.stdout.write(to_text(step_lines(trace, all_steps[args.step - 1], len(all_steps), limits), color))
     return 0

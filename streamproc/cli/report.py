@@ -5,7 +5,7 @@ from streamproc.io.files import check_output_file
 from streamproc.analyze.job import StatsJob
 from streamproc.views.page import write_page
 from streamproc.cli.argtypes import positive_int
-from streamproc.cli.common import add_input_args, check_rejects, finish, rejects_beside, run_jobs, say
+from streamproc.cli.common import add_input_args, check_rejects, finish, input_from, rejects_beside, say
 from streamproc.cli.manners import RAW
 from streamproc.cli import COMMANDS
 
@@ -32,12 +32,13 @@ def add(sub) -> None:
 def run(args) -> int:
     check_output_file(args.output)
     check_rejects(args)
+    source = input_from(args)
     job = StatsJob(browser=True)
-    run_jobs(args, [job], progress="stats")
+    source.run([job], progress="stats")
     stats, browser, tally = job.result()
     say(args, f"drawing plots for {len(browser.entries):,} traces ...")
     plots = report.pngs(stats, dpi=100)
     write_page(args.output, browser, tables=report.tables(stats, args.top), plots=plots, note=tally.summary(), title=args.title)
-    finish(args, tally, rejects_beside(args.output))
+    finish(args, source, tally, rejects_beside(args.output))
     say(args, f"wrote {args.output} ({len(browser.entries):,} traces)")
     return 0

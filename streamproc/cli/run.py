@@ -13,10 +13,10 @@ from streamproc.io.files import check_output_dir, write_rejects
 from streamproc.prepare.job import PackJob
 from streamproc.parse.job import ParseJob
 from streamproc.views.report import write_report
-from streamproc.run.runner import run_jobs
+from streamproc.run.runner import plan_key
 from streamproc.analyze.job import StatsJob
 from streamproc.views.terminal import print_tables
-from streamproc.cli.common import add_input_args, check_rejects, engine_from, finish, shards_from
+from streamproc.cli.common import add_input_args, check_rejects, finish, input_from
 from streamproc.cli.manners import RAW
 from streamproc.cli.pack import add_pack_args, no_training_data, pack_options, print_counts
 from streamproc.cli import COMMANDS
@@ -45,14 +45,16 @@ def run(args) -> int:
     check_output_dir(out)
     check_rejects(args)
     options = pack_options(args)
-    shards = shards_from(args)
+    source = input_from(args)
     out.mkdir(parents=True, exist_ok=True)
     parsed = out / "parsed.jsonl"
-    with ParseJob(parsed) as parse, PackJob(out / "packed", options, [s.key() for s in shards], on_error=args.on_error, restart=args.restart) as pack:
+    with ParseJob(parsed) as parse, PackJob(out / "packed", options, plan_key(source.splits, source.view), on_error=args.on_error, restart=args.restart) as pack:
+        if pack.resuming():  # the packed splits are not masked again; parse and stats read them all
+            print(pack.resuming(), file=sys.stderr)
         stats = StatsJob(browser=True)
-        run_jobs(shards, [parse, stats, pack], workers=engine_from(args), on_error=args.on_error, progress="run")
+        source.run([parse, stats, pack], progress="run")
         packed = pack.finish()
-    finish(args, parse.tally, str(out / "rejects.jsonl"))
+    finish(args, source, parse.tally, str(out / "rejects.jsonl"))
     print(f"[1/3] parsed traces: {parsed}", file=sys.stderr)
 
     if packed.tally.rejected:  # the bad rows above, plus any the chat template could not render

@@ -8,9 +8,10 @@ from streamproc.views.listing import lookup
 from streamproc.parse.parser import parse_trace
 from streamproc.records import BadRow, Row, RowError, Trace
 from streamproc.views.render import DEFAULT, Line, to_text, trace_lines
+from streamproc.views.safe import visible
 from streamproc.io.sources import Split, read
 from streamproc.views.terminal import page, use_color as color_for, width_of, wrap
-from streamproc.cli.common import add_input_args, engine_from, shards_from
+from streamproc.cli.common import add_input_args, input_from
 from streamproc.cli.manners import RAW
 from streamproc.cli import COMMANDS
 
@@ -62,40 +63,40 @@ def use_color(args) -> bool:
 
 
 def wrapped(lines: list[Line], width: int) -> list[Line]:
-    """Each line broken at word boundaries to fit `width`, in its own style."""
-    return [Line(line.style, part) for line in lines for part in wrap(line.text, width).split("\n")]
+    """Each line broken at word boundaries to fit `width` as printed (escapes and all), in its own style."""
+    return [Line(line.style, part) for line in lines for part in wrap(visible(line.text), width).split("\n")]
 
 
 def trace_from(args) -> Trace | None:
     """The selected trace, or None after saying on stderr why there is none."""
     rejects: list[BadRow] = []
-    shards = shards_from(args)
+    source = input_from(args)
     try:
         if args.index is not None:
-            row = row_at(shards, args.index)
+            row = row_at(source.splits, args.index)
         else:
-            found = lookup(shards, args.id, workers=engine_from(args), on_error=args.on_error, rejects=rejects)
+            found = lookup(source.splits, args.id, workers=source.engine, on_error=args.on_error, rejects=rejects)
             row = found.row
             if found.others:
                 where = ", ".join(str(loc) for loc in found.others[:10]) + (" ..." if len(found.others) > 10 else "")
-                print(f"streamproc {args.command}: {len(found.others) + 1} rows have id {row.id!r}: showing {row.loc}; "
-                      f"the others: {where}", file=sys.stderr)
+                print(visible(f"streamproc {args.command}: {len(found.others) + 1} rows have id {row.id!r}: showing "
+                              f"{row.loc}; the others: {where}"), file=sys.stderr)
     except LookupError as e:
-        print(f"streamproc {args.command}: {e}", file=sys.stderr)
+        print(visible(f"streamproc {args.command}: {e}"), file=sys.stderr)
         return None
     finally:
         if rejects:
-            print(f"passed over {len(rejects):,} bad rows (first: {rejects[0]})", file=sys.stderr)
+            print(visible(f"passed over {len(rejects):,} bad rows (first: {rejects[0]})"), file=sys.stderr)
             if args.rejects:
                 write_rejects(args.rejects, rejects)
     return parse_trace(row)
 
 
-def row_at(shards: list[Split], index: int) -> Row:
+def row_at(splits: list[Split], index: int) -> Row:
     """The row at this position (bad rows count). Raises LookupError when there is none,
     RowError when it is bad."""
     n = 0
-    for item in (item for shard in shards for item in read(shard)):
+    for item in (item for split in splits for item in read(split)):
         if n == index:
             if isinstance(item, BadRow):
                 raise RowError(item)

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streamproc.io.files import check_output_dir, check_output_file, write_json
+from streamproc.io.files import check_output_dir, check_output_file, output_path, to_stdout, write_json
 from streamproc.views.report import stats_document, write_report
 from streamproc.analyze.job import StatsJob
 from streamproc.views.terminal import print_tables
 from streamproc.cli.argtypes import positive_int
-from streamproc.cli.common import add_input_args, check_rejects, finish, run_jobs, say
-from streamproc.cli.manners import RAW, output_path, to_stdout
+from streamproc.cli.common import add_input_args, check_rejects, finish, input_from, say
+from streamproc.cli.manners import RAW
 from streamproc.cli import COMMANDS
 
 EXAMPLES = """examples:
@@ -46,7 +46,8 @@ def run(args) -> int:
         check_output_dir(args.report)
     check_rejects(args)
     job = StatsJob(args.tokenizer, browser=bool(args.report) and not args.no_browser)
-    run_jobs(args, [job], progress="stats")
+    source = input_from(args)
+    source.run([job], progress="stats")
     stats, browser, tally = job.result()
     if not to_stdout(args.json):  # `--json -`: stdout is the JSON alone
         print_tables(stats, args.top)
@@ -64,5 +65,5 @@ def run(args) -> int:
         beside = args.json
     else:
         beside = str(Path(args.report) / "stats") if args.report else None
-    finish(args, tally, f"{beside}.rejects.jsonl" if beside else None)
+    finish(args, source, tally, f"{beside}.rejects.jsonl" if beside else None)
     return 0

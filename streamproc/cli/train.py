@@ -25,10 +25,10 @@ def add(sub) -> None:
         "(each rank reads its own shard files).",
         epilog=EXAMPLES, formatter_class=RAW,
     )
-    p.add_argument("--shards", required=True, metavar="DIR", help="output of `streamproc pack` (its train split)")
+    p.add_argument("--shards", required=True, metavar="DIR", help="output of `streamproc pack` (its training set)")
     p.add_argument("--model", required=True, metavar="NAME_OR_DIR", help="Hub id, local model directory, or a directory holding one .gguf")
     p.add_argument("--output", required=True, metavar="DIR", help="checkpoints, final model and metrics.json")
-    p.add_argument("--eval-shards", metavar="DIR", help="`streamproc pack` output whose eval split is evaluated before and after training")
+    p.add_argument("--eval-shards", metavar="DIR", help="`streamproc pack` output whose eval set is evaluated before and after training")
     p.add_argument("--init-random", action="store_true", help="random weights from the model's config (tests, throughput runs)")
     p.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps (default: --epochs over the train rows)")
     p.add_argument("--epochs", type=float, default=D["epochs"].default)

@@ -3,113 +3,49 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
+import orjson
 import pyarrow as pa
 
 from streamproc.analyze.features import feature_schema
-from streamproc.curate.conditions import ConditionError
 from streamproc.curate.curator import Curator
-from streamproc.curate.stage import CurateStage
+from streamproc.curate.stage import CuratedSplit, CurateStage
+from streamproc.io.layouts import sharegpt_record
 from streamproc.records import Row, Tally
-from streamproc.run.runner import Engine, Stage, run_jobs
-from streamproc.io.sources import Shard
+from streamproc.run.runner import Engine, Job, Stage, run_jobs
+from streamproc.io.files import OutputError, to_stdout
+from streamproc.io.sources import Split
+from streamproc.io.writer import Encoding, RowWriter, RowsJob
 
 
-ROW_FORMATS = (".parquet", ".jsonl", ".jsonl.zst")
+def row_record(row: Row, with_source: bool = False) -> dict[str, Any]:
+    """A row back in the dataset schema as it was read, every extra column carried; `source`
+    where the input gave one, or `with_source`."""
+    return sharegpt_record(row, with_source)
 
 
-def row_record(row: Row) -> dict[str, Any]:
-    """A row back in the dataset schema, every extra column carried."""
-    return {
-        "id": row.id,
-        "conversations": [{"from": f, "value": v} for f, v in row.conversations],
-        "tools": row.tools,
-        "category": row.category,
-        "subcategory": row.subcategory,
-        "task": row.task,
-        "source": row.source,
-        **row.extra,
-    }
+def rows_encoding(with_source: bool = False) -> Encoding:
+    """How `filter` writes a batch of (rows, removal reasons or None): rows as read, zstd Parquet
+    (as synth writes: half the size of snappy, same CPU) whose extra columns Arrow types."""
 
-
-def check_row_path(path: str) -> None:
-    if not str(path).lower().endswith(ROW_FORMATS):
-        raise ConditionError(f"{path}: the output must end in {', '.join(ROW_FORMATS)}")
-
-
-class RowSink:
-    """Writes records to .parquet, .jsonl or .jsonl.zst atomically (in place on close only).
-
-    Parquet takes its schema from the first batch; a later batch with a column the first lacked
-    is refused by name (JSONL takes any)."""
-
-    def __init__(self, path: str):
-        check_row_path(path)
-        self.path = str(path)
-        self.rows = 0
-        self._atomic = None
-        self._f = None
-        self._writer = None
-
-    def __enter__(self) -> "RowSink":
-        from streamproc.io.files import atomic_path
-
-        self._atomic = atomic_path(self.path)
-        self._tmp = self._atomic.__enter__()
-        low = self.path.lower()
-        if low.endswith(".jsonl.zst"):
-            import zstandard
-
-            self._raw = open(self._tmp, "wb")
-            self._f = zstandard.ZstdCompressor(level=3).stream_writer(self._raw)
-        elif low.endswith(".jsonl"):
-            self._f = open(self._tmp, "wb")
-        return self
-
-    def write(self, rows: list[Row], reasons: list[str] | None = None) -> None:
-        """Append rows; with `reasons`, a `removed_reason` column too."""
-        if not rows:
-            return
-        self.rows += len(rows)
-        if self._f is not None:
-            import orjson
-
-            records = [row_record(r) for r in rows]
+    def lines(batch: tuple[list[Row], list[str] | None]) -> Iterator[bytes]:
+        rows, reasons = batch
+        for i, row in enumerate(rows):
+            rec = row_record(row, with_source)
             if reasons is not None:
-                for rec, why in zip(records, reasons):
-                    rec["removed_reason"] = why
-            self._f.write(b"".join(orjson.dumps(r, default=str, option=orjson.OPT_APPEND_NEWLINE) for r in records))
-            return
-        import pyarrow.parquet as pq
+                rec["removed_reason"] = reasons[i]
+            yield orjson.dumps(rec, default=str, option=orjson.OPT_APPEND_NEWLINE)
 
-        try:
-            table = _rows_table(rows, reasons, None if self._writer is None else self._writer.schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:  # an extra column whose type changes between batches
-            raise ConditionError(f"{self.path}: rows after row {self.rows - len(rows)} do not fit the Parquet schema ({e}); write .jsonl instead") from None
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self._tmp, table.schema, compression="zstd")  # as synth writes: half the size of snappy, same CPU
-        elif table.schema.names != self._writer.schema.names:
-            new = sorted(set(table.schema.names) - set(self._writer.schema.names))
-            raise ConditionError(f"{self.path}: column {new[0]!r} first appears after row {self.rows - len(rows)}; write .jsonl instead")
-        self._writer.write_table(table)
+    def table(batch: tuple[list[Row], list[str] | None], schema: pa.Schema | None) -> pa.Table:
+        return _rows_table(*batch, schema, with_source)
 
-    def __exit__(self, *exc) -> None:
-        try:
-            if self._f is not None:
-                self._f.close()
-            elif self._writer is not None:
-                self._writer.close()
-            elif exc[0] is None:  # nothing kept: still a valid, empty file
-                import pyarrow.parquet as pq
-
-                pq.write_table(DATASET_SCHEMA.empty_table(), self._tmp)
-        finally:
-            self._atomic.__exit__(*exc)
+    empty = DATASET_SCHEMA if with_source else DATASET_SCHEMA.remove(DATASET_SCHEMA.get_field_index("source"))
+    return Encoding(lines, table, empty=empty, compression="zstd")
 
 
-def _rows_table(rows: list[Row], reasons: list[str] | None, schema: pa.Schema | None) -> pa.Table:
+def _rows_table(rows: list[Row], reasons: list[str] | None, schema: pa.Schema | None, with_source: bool = False) -> pa.Table:
     """Rows as an Arrow table in the dataset schema, built column by column (converting a list
     of nested dicts costs five times as much). Extra columns are typed by Arrow from their
     values, or cast to `schema`, the file's schema once its first batch is written."""
@@ -121,8 +57,10 @@ def _rows_table(rows: list[Row], reasons: list[str] | None, schema: pa.Schema | 
         pa.StructArray.from_arrays([pa.array([t[0] for t in turns], pa.string()), pa.array([t[1] for t in turns], pa.string())], ["from", "value"]),
     )
     cols: dict[str, pa.Array] = {"id": pa.array([r.id for r in rows], pa.string()), "conversations": convs}
-    for name in ("tools", "category", "subcategory", "task", "source"):
+    for name in ("tools", "category", "subcategory", "task"):
         cols[name] = pa.array([getattr(r, name) for r in rows], pa.string())
+    if with_source or any(r.source_in_data for r in rows):
+        cols["source"] = pa.array([r.source if with_source or r.source_in_data else None for r in rows], pa.string())
     extra = list(dict.fromkeys(k for r in rows for k in r.extra))
     known = {} if schema is None else {f.name: f.type for f in schema}
     for name in extra:
@@ -147,100 +85,83 @@ DATASET_SCHEMA = pa.schema(
 )
 
 
-class FilterJob:
-    """The rows the curator keeps to one sink, the others (with their reasons) to another."""
+class FilterJob(Job):
+    """The rows the curator keeps to OUT, unchanged; with `removed`, the others there with their
+    reasons (io/writer.py: JSONL, .gz, .zst or Parquet by the name; OUT may be `-`). The files
+    are complete on leaving the `with` block without an error, or absent."""
 
-    def __init__(self, curator: Curator, kept: "RowSink", gone: "RowSink | _NoSink", tokenizer: str | None = None):
+    def __init__(self, out: str, curator: Curator, removed: str | None = None, tokenizer: str | None = None, *, with_source: bool = False):
+        encoding = rows_encoding(with_source)
+        self.kept = RowWriter(out, encoding)
+        if removed is not None and to_stdout(removed):
+            raise OutputError("--removed -: the kept rows may go to stdout, the removed ones only to a file")
+        self.gone = RowWriter(removed, encoding) if removed else None
         self.stages: list[Stage] = [CurateStage(curator.dedup, tokenizer, keep_rows=True)]
-        self.curator, self.kept, self.gone = curator, kept, gone
+        self.curator = curator
         self.tally = Tally()
+        self._files = contextlib.ExitStack()
+
+    def __enter__(self) -> "FilterJob":
+        with contextlib.ExitStack() as files:
+            for w in (self.kept, self.gone):
+                if w is not None:
+                    files.enter_context(w)
+            self._files = files.pop_all()
+        return self
 
     def add(self, partials: list[Any], tallies: list[Tally]) -> None:
         part = partials[0]
         self.tally.add(tallies[0])
         reasons = self.curator.decide_split(part, tallies[0])
-        self.kept.write([r for r, why in zip(part.rows, reasons) if why is None])
-        gone = [(r, why) for r, why in zip(part.rows, reasons) if why is not None]
-        self.gone.write([r for r, _ in gone], [why for _, why in gone])
+        self.kept.write(([r for r, why in zip(part.rows, reasons) if why is None], None))
+        if self.gone is not None:
+            gone = [(r, why) for r, why in zip(part.rows, reasons) if why is not None]
+            self.gone.write(([r for r, _ in gone], [why for _, why in gone]))
+
+    def __exit__(self, *exc):
+        return self._files.__exit__(*exc)
 
     def summary(self) -> dict[str, Any]:
         doc = self.curator.summary()
         doc["output"] = self.kept.path
-        if isinstance(self.gone, RowSink):
+        if self.gone is not None:
             doc["removed_rows"] = self.gone.path
         return doc
 
 
-@contextlib.contextmanager
-def filter_job(out: str, curator: Curator, removed: str | None = None, tokenizer: str | None = None) -> Iterator[FilterJob]:
-    """A FilterJob for any engine to run; its files are complete on leaving the block, or absent."""
-    check_row_path(out)
-    if removed:
-        check_row_path(removed)
-    with RowSink(out) as kept, (RowSink(removed) if removed else _NoSink()) as gone:
-        yield FilterJob(curator, kept, gone, tokenizer)
-
-
 def filter_to_file(
-    shards: Sequence[Shard], out: str, curator: Curator, *, workers: int | Engine = 1, on_error: str = "skip",
-    removed: str | None = None, tokenizer: str | None = None,
+    splits: Sequence[Split], out: str, curator: Curator, *, workers: int | Engine = 1, on_error: str = "skip",
+    removed: str | None = None, tokenizer: str | None = None, with_source: bool = False,
 ) -> tuple[dict[str, Any], Tally]:
     """Write the rows the curator keeps to `out`, unchanged, in input order; with `removed`, the
-    others there with a `removed_reason` column. Returns the accounting summary and the tally."""
-    with filter_job(out, curator, removed, tokenizer) as job:
-        run_jobs(shards, [job], workers=workers, on_error=on_error, progress="filter")
+    others there with a `removed_reason` column; `with_source`: a `source` column on every row
+    (the input's, else the file's label). Returns the accounting summary and the tally."""
+    with FilterJob(out, curator, removed, tokenizer, with_source=with_source) as job:
+        run_jobs(splits, [job], workers=workers, on_error=on_error, progress="filter")
     return job.summary(), job.tally
 
 
-class _NoSink:
-    def __enter__(self):
-        return self
-
-    def write(self, rows, reasons=None) -> None:
-        pass
-
-    def __exit__(self, *exc) -> None:
-        pass
+def _feature_lines(split: CuratedSplit) -> Iterator[bytes]:
+    return (orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in split.features.to_pylist())
 
 
-class FeaturesJob:
-    """One row of features per trace, written as each split arrives; `write` takes a pa.Table."""
+class FeaturesJob(RowsJob):
+    """One row of features per trace into OUT (io/writer.py: JSONL, .gz, .zst, Parquet or `-`),
+    written as each split arrives; complete on leaving the `with` block without an error, or absent."""
 
-    def __init__(self, write: Callable[[pa.Table], None], tokenizer: str | None = None):
-        self.stages: list[Stage] = [CurateStage(tokenizer=tokenizer)]
-        self.write = write
-        self.tally = Tally()
-        self.rows = 0
+    def __init__(self, out: str, tokenizer: str | None = None):
+        encoding = Encoding(_feature_lines, lambda split, schema: split.features, schema=feature_schema(tokenizer is not None))
+        super().__init__(CurateStage(tokenizer=tokenizer), out, encoding)
 
-    def add(self, partials: list[Any], tallies: list[Tally]) -> None:
-        table = partials[0].features
-        self.tally.add(tallies[0])
-        self.write(table)
-        self.rows += table.num_rows
-
-
-@contextlib.contextmanager
-def features_job(out: str, tokenizer: str | None = None) -> Iterator[FeaturesJob]:
-    """A FeaturesJob writing `out` (.parquet, or .jsonl), complete on leaving the block, or absent."""
-    import pyarrow.parquet as pq
-
-    from streamproc.io.files import atomic_path
-
-    with atomic_path(out) as tmp:
-        if str(out).lower().endswith(".parquet"):
-            with pq.ParquetWriter(tmp, feature_schema(tokenizer is not None)) as w:
-                yield FeaturesJob(w.write_table, tokenizer)
-        else:
-            import orjson
-
-            with open(tmp, "wb") as f:
-                yield FeaturesJob(lambda t: f.writelines(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in t.to_pylist()), tokenizer)
+    @property
+    def rows(self) -> int:
+        return self.writer.rows
 
 
 def features_to_file(
-    shards: Sequence[Shard], out: str, *, tokenizer: str | None = None, workers: int | Engine = 1, on_error: str = "skip"
+    splits: Sequence[Split], out: str, *, tokenizer: str | None = None, workers: int | Engine = 1, on_error: str = "skip"
 ) -> tuple[int, Tally]:
-    """One row of features per trace to `out` (.parquet, or .jsonl). Returns (rows written, tally)."""
-    with features_job(out, tokenizer) as job:
-        run_jobs(shards, [job], workers=workers, on_error=on_error, progress="features")
+    """One row of features per trace to `out` (JSONL, .gz, .zst, Parquet or `-`). Returns (rows written, tally)."""
+    with FeaturesJob(out, tokenizer) as job:
+        run_jobs(splits, [job], workers=workers, on_error=on_error, progress="features")
     return job.rows, job.tally

@@ -1,24 +1,25 @@
-"""Curation on the runner: the stage that computes features and dedup keys, the gate of a conditions-only view, and the view."""
+"""Curation on the runner: the stage that computes features and dedup keys, and the views given to a run (--where, --preset, --dedup)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Sequence
 
+import orjson
 
 from streamproc.analyze.features import TokenFeatures, feature_schema, features, features_table
 from streamproc.curate.conditions import Condition, ConditionEngine
 from streamproc.curate.curator import Accounting, Curator
 from streamproc.curate.dedup import dedup_key
 from streamproc.records import BadRow, Location, Row, Tally, Trace
-from streamproc.run.runner import Engine, Stage, run_jobs
-from streamproc.io.sources import Shard
+from streamproc.io.sources import Split
+from streamproc.run.runner import Engine, Job, Stage, run_jobs
 
 
 @dataclass(slots=True)
 class CuratedSplit:
     """A split's features (one per trace the stage kept), with their dedup keys, rows (to be
-    written) and locations (for a view's Split.skip), in input order."""
+    written) and locations (for a de-duplicating view's removed rows), in input order."""
 
     features: Any  # list of feature dicts while folding; a pa.Table once the split is done
     keys: list[Any] | None
@@ -67,28 +68,30 @@ class CurateStage(Stage):
         return acc
 
 
-class ConditionGate:
-    """A view of conditions only (no dedup), applied inside the command's own pass: the runner
+class ConditionView:
+    """A view of conditions only (no dedup), decided inside the command's own pass: the runner
     asks it which parsed rows the command's stages see (runner.fold_items), in the worker, so the
     input is read and parsed once. Each split's Accounting comes back with its results and is
     added to `acct` here, in the process that planned the run (runner.run)."""
 
+    needs_trace = True
+
     def __init__(self, conditions: Sequence[Condition]):
         self.conditions = tuple(conditions)
-        self.acct = self.start()
+        self.acct = self.start(0)
         self._engine: ConditionEngine | None = None
 
     def __reduce__(self):  # sent by its conditions: the DuckDB connection is made where it runs
-        return ConditionGate, (self.conditions,)
+        return ConditionView, (self.conditions,)
 
-    def __repr__(self) -> str:  # part of a pack run's plan (resume): stable across processes
-        return f"ConditionGate({[c.sql for c in self.conditions]})"
+    def key(self) -> str:
+        return view_key(self.conditions)
 
-    def start(self) -> Accounting:
+    def start(self, index: int) -> Accounting:
         names = {c.name: 0 for c in self.conditions}
         return Accounting(failing=dict(names), removed_by=dict(names))
 
-    def keep_batch(self, acct: Accounting, rows: list[tuple[Row, Trace]]) -> tuple[list[bool], list[tuple[int, BadRow]]]:
+    def keep_batch(self, acct: Accounting, rows: list[tuple[Row, Trace | None]]) -> tuple[list[bool], list[tuple[int, BadRow]]]:
         """Which rows pass (in order), and the rows set aside because their features fail."""
         if self._engine is None:
             self._engine = ConditionEngine(self.conditions, feature_schema())
@@ -112,7 +115,41 @@ class ConditionGate:
         self.acct.add(acct)
 
 
-class _ViewJob:
+class DedupView:
+    """A view with de-duplication: a first pass (`view`) decided every row in plan order, and
+    the command's pass leaves out the rows it removed, by their place, before parsing them. The
+    removed places of a split travel with that split alone; `acct` is the first pass's."""
+
+    needs_trace = False
+
+    def __init__(self, definition: str, removed: Sequence[frozenset[Location | None]] = (), acct: Accounting | None = None):
+        self.definition, self.removed, self.acct = definition, list(removed), acct
+
+    def __reduce__(self):  # a worker needs no split's removed rows but its own (start's)
+        return DedupView, (self.definition,)
+
+    def key(self) -> str:
+        return self.definition
+
+    def start(self, index: int) -> frozenset[Location | None]:
+        return self.removed[index]
+
+    def keep_batch(self, removed: frozenset[Location | None], rows: list[tuple[Row, Trace | None]]) -> tuple[list[bool], list[tuple[int, BadRow]]]:
+        return [row.loc not in removed for row, _ in rows], []
+
+    def add(self, removed: frozenset[Location | None], tally: Tally) -> None:
+        pass  # the first pass counted every decision
+
+
+def view_key(conditions: Sequence[Condition], dedup: str | None = None, threshold: float | None = None) -> str:
+    """A view's definition as a stable string (part of a pack run's plan, to resume it)."""
+    doc = {"where": [c.sql for c in conditions]}
+    if dedup:
+        doc |= {"dedup": dedup, "threshold": threshold}
+    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode()
+
+
+class _ViewJob(Job):
     """The locations of the rows the curator removes, split by split."""
 
     def __init__(self, curator: Curator):
@@ -126,16 +163,16 @@ class _ViewJob:
         self.removed.append(frozenset(loc for loc, why in zip(part.locs, reasons) if why is not None))
 
 
-def view(shards: Sequence[Shard], curator: Curator, workers: int | Engine = 1, on_error: str = "skip") -> tuple[list[Shard], Accounting]:
-    """The shards as a view that only the rows the curator keeps go through, and the Accounting
-    that counts the decisions (complete once the command's pass is done).
+def view(splits: Sequence[Split], curator: Curator, workers: int | Engine = 1, on_error: str = "skip") -> ConditionView | DedupView:
+    """The view of `splits` that only the rows the curator keeps go through, given to the
+    command's run (runner.run_jobs(view=...)); its `acct` counts the decisions (complete once
+    that run is done).
 
-    Conditions alone are a ConditionGate on each shard, decided in the command's own pass.
-    De-duplication needs the rows in input order, so it takes a first pass (features, keys and
-    decisions, here) that marks the removed rows to be skipped (Split.skip) by the command's."""
+    Conditions alone are decided in the command's own pass (ConditionView). De-duplication needs
+    the rows in input order, so it takes a first pass here (features, keys and decisions) that
+    marks the removed rows, which the command's pass leaves out (DedupView)."""
     if not curator.dedup:
-        gate = ConditionGate(curator.conditions)
-        return [replace(shard, gate=gate) for shard in shards], gate.acct
+        return ConditionView(curator.conditions)
     job = _ViewJob(curator)
-    run_jobs(shards, [job], workers=workers, on_error=on_error, progress="curate")
-    return [replace(shard, skip=removed) for shard, removed in zip(shards, job.removed)], curator.acct
+    run_jobs(splits, [job], workers=workers, on_error=on_error, progress="curate")
+    return DedupView(view_key(curator.conditions, curator.dedup, curator.threshold), job.removed, curator.acct)

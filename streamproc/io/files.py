@@ -8,6 +8,9 @@ import gzip
 import io
 import os
 import secrets
+import shutil
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
@@ -180,13 +183,42 @@ def output_format(path: str | os.PathLike) -> OutputFormat:
     raise ValueError(f"{path}: unknown output type (expected a name ending in {', '.join(OUTPUT_EXTENSIONS)})")
 
 
+STDOUT = "-"
+
+
+def to_stdout(path: str | os.PathLike | None) -> bool:
+    return path is not None and str(path) == STDOUT
+
+
+@contextlib.contextmanager
+def output_path(path: str | os.PathLike, suffix: str = ".jsonl") -> Iterator[Path]:
+    """The path a writer should write to. For `-`: a private temporary file (named with `suffix`,
+    so the writer picks that format) copied to stdout once the writer has finished, so stdout
+    gets a whole file or nothing."""
+    if not to_stdout(path):
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="streamproc-") as d:
+        tmp = Path(d) / f"stdout{suffix}"
+        yield tmp
+        sys.stdout.flush()
+        with open(tmp, "rb") as f:
+            try:
+                shutil.copyfileobj(f, sys.stdout.buffer)
+                sys.stdout.buffer.flush()
+            except BrokenPipeError:  # `| head`: the reader has what it wanted
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+
+
 @contextlib.contextmanager
 def jsonl_writer(path: str | os.PathLike, compression: str | None) -> Iterator[BinaryIO]:
-    """A binary file for JSON lines at `path`, compressed as asked. gzip without a timestamp,
-    so the same lines make the same bytes."""
+    """A binary file for JSON lines at `path`, compressed as asked. gzip without a timestamp or
+    a file name, so the same lines make the same bytes."""
     with open(path, "wb") as raw:
         if compression == "gzip":
-            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as f:
+            # No name either: the file's would be its temporary name, which differs run to run.
+            with gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0) as f:
                 yield f
         elif compression == "zstd":
             import zstandard

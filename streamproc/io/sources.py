@@ -1,8 +1,8 @@
 """Streaming sources: local Parquet / JSONL (plain, gzip, zstd) / JSON, and Hugging Face datasets.
 
-Work is planned as shards without reading the data: Parquet splits by row groups (from the
-footer), plain JSONL by byte ranges (aligned to the next newline when read), anything else is one
-shard per file. A shard is a small picklable record, so worker processes each open their own.
+Work is planned as splits without reading the data: Parquet by row groups (from the footer),
+plain JSONL by byte ranges (aligned to the next newline when read), anything else is one split
+per file. A split is a small picklable record, so worker processes each open their own.
 Rows come out validated (`Row`) or set aside (`BadRow`); reading never raises on bad data.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import gzip
-import hashlib
 import io
 import os
 from dataclasses import dataclass, replace
@@ -20,7 +19,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import orjson
 
 from streamproc.io import storage
-from streamproc.records import BadRow, Location, Row, RowError, row_from_dict
+from streamproc.io.layouts import MESSAGE_KEYS, row_from_record
+from streamproc.records import BadRow, Location, Row, RowError
 
 HUB_DATASET = "lambda/hermes-agent-reasoning-traces"
 SAMPLE = Path(__file__).parents[1] / "data" / "sample.parquet"
@@ -60,18 +60,14 @@ class Split:
 
     parts: tuple[Part, ...]
     limit: int | None = None
-    skip: frozenset[Location] = frozenset()  # good rows (by their location) left out: a filtered view
-    gate: Any = None  # a view's row gate (curate.ConditionGate), applied by the runner to parsed rows
 
     @property
     def nbytes(self) -> int:
         return sum(p.nbytes for p in self.parts)
 
     def key(self) -> str:
-        """What the split reads, as a stable string (a pack run's plan, to resume it): repr's
-        order of `skip` changes from one process to the next, and it could be millions long."""
-        skip = hashlib.sha256("\n".join(sorted(map(str, self.skip))).encode()).hexdigest()[:16] if self.skip else ""
-        return f"Split({self.parts!r}, limit={self.limit}, skip={skip}, gate={self.gate!r})"
+        """What the split reads, as a stable string (a pack run's plan, to resume it)."""
+        return f"Split({self.parts!r}, limit={self.limit})"
 
     def where(self) -> str:
         """What the split reads, for messages: `a.jsonl (bytes 0-33554432)`, `b.parquet (row groups 4-7)`."""
@@ -88,9 +84,6 @@ def _part_where(p: Part) -> str:
     if p.kind == "hub" and p.num_shards > 1:
         return f"{p.path} (shard {p.index} of {p.num_shards})"
     return p.path
-
-
-Shard = Split  # its old name: output files are shards (shards.py), input work units are splits
 
 
 class SourceError(RuntimeError):
@@ -112,8 +105,8 @@ class Plan(list):
     """The splits of a run (a plain list of Split), and `unread`: what the inputs named that
     is not read, so a run can say so."""
 
-    def __init__(self, shards: Iterable[Split] = (), unread: Iterable[Unread] = ()):
-        super().__init__(shards)
+    def __init__(self, splits: Iterable[Split] = (), unread: Iterable[Unread] = ()):
+        super().__init__(splits)
         self.unread: tuple[Unread, ...] = tuple(unread)
 
 
@@ -248,7 +241,7 @@ def plan(
     shard_bytes: int = SHARD_BYTES,
     hub_shards: int = 8,
 ) -> Plan:
-    """Plan shards for local inputs or a Hub dataset. With no input at all: the built-in sample.
+    """Plan splits for local inputs or a Hub dataset. With no input at all: the built-in sample.
 
     With `limit`, the first N rows of a sequential read, exactly: Parquet parts whose row counts
     (from their footers) fit in what is left stay splits of their own, read in parallel; the rest
@@ -368,25 +361,22 @@ def _load_streaming(dataset: str, config: str | None, split: str, data_files: tu
 # ----------------------------------------------------------------------------- reading
 
 
-def read(shard: Split) -> Iterator[Row | BadRow]:
-    """Rows of a shard in order: validated Rows, or BadRows for what does not fit; the good rows
-    in `shard.skip` (a filtered view) are left out."""
-    left = shard.limit
-    for part in shard.parts:
+def read(split: Split) -> Iterator[Row | BadRow]:
+    """Rows of a split in order: validated Rows, or BadRows for what does not fit."""
+    left = split.limit
+    for part in split.parts:
         for item in _read_part(part):
             if left is not None:
                 if left <= 0:
                     return
                 left -= 1
-            if shard.skip and not isinstance(item, BadRow) and item.loc in shard.skip:
-                continue
             yield item
 
 
 def iter_rows(inputs: Sequence[str | os.PathLike] = (), **plan_kwargs) -> Iterator[Row | BadRow]:
     """Every row of the inputs in order, in this process (the notebook entry point)."""
-    for shard in plan(inputs, **plan_kwargs):
-        yield from read(shard)
+    for split in plan(inputs, **plan_kwargs):
+        yield from read(split)
 
 
 def _read_part(part: Part) -> Iterator[Row | BadRow]:
@@ -403,9 +393,9 @@ def _read_part(part: Part) -> Iterator[Row | BadRow]:
 
 
 def validate_row(obj, loc: Location, source: str) -> Row | BadRow:
-    """A decoded record as a Row, or the BadRow saying which field is wrong."""
+    """A decoded record as a Row (in either layout, io/layouts.py), or the BadRow saying which field is wrong."""
     try:
-        return row_from_dict(obj, loc, source)
+        return row_from_record(obj, loc, source)
     except RowError as e:
         return e.bad
 
@@ -537,18 +527,21 @@ def _read_json(part: Part) -> Iterator[Row | BadRow]:
         yield validate_row(r, Location(part.path, i), part.source)
 
 
+_TURN_KEYS = ("conversations", *MESSAGE_KEYS)
+
+
 def rows_in(obj: Any) -> list | str:
     """The rows of a decoded .json file, or why they cannot be told: an array of rows, one row,
-    or an object whose one list of rows (objects with `conversations`) holds them, else the list
-    under a well-known key (data, rows, train)."""
+    or an object whose one list of rows (objects with `conversations` or `messages`) holds them,
+    else the list under a well-known key (data, rows, train)."""
     if isinstance(obj, list):
         return obj
     if not isinstance(obj, dict):
         return f"expected a JSON array of rows, found a {type(obj).__name__}"
-    if "conversations" in obj:
+    if any(k in obj for k in _TURN_KEYS):
         return [obj]
-    lists = {k: v for k, v in obj.items() if isinstance(v, list)}
-    holding = [k for k, v in lists.items() if any(isinstance(r, dict) and "conversations" in r for r in v)]
+    lists = {k: v for k, v in obj.items() if isinstance(v, list) and k not in _TURN_KEYS}
+    holding = [k for k, v in lists.items() if any(isinstance(r, dict) and any(t in r for t in _TURN_KEYS) for r in v)]
     if len(holding) == 1:
         return lists[holding[0]]
     known = [k for k in lists if k in ROW_KEYS]
@@ -573,18 +566,20 @@ def _read_hub(part: Part) -> Iterator[Row | BadRow]:
 ON_ERROR = ("skip", "fail")
 
 
-def good_rows(shard: Split, on_error: str, rejects: list[BadRow]) -> Iterator[Row]:
-    """Rows of a shard under an error policy: `skip` sets bad rows aside in `rejects` and goes
-    on; `fail` raises RowError at the first one. Rows in `shard.skip` are left out (by read)."""
-    return keep_good(read(shard), on_error, rejects)
-
-
-def keep_good(items: Iterable[Row | BadRow], on_error: str, rejects: list[BadRow]) -> Iterator[Row]:
-    """The error policy of `good_rows` over any stream of read items."""
+def apply_on_error(items: Iterable[Row | BadRow], on_error: str) -> Iterator[Row | BadRow]:
+    """Read items under --on-error, the one definition of it: `fail` raises RowError at the
+    first bad row; `skip` passes bad rows on, to be counted and set aside."""
     for item in items:
+        if isinstance(item, BadRow) and on_error == "fail":
+            raise RowError(item)
+        yield item
+
+
+def good_rows(split: Split, on_error: str, rejects: list[BadRow]) -> Iterator[Row]:
+    """The good rows of a split, in this process (a notebook, a benchmark; commands use the
+    runner), bad ones set aside in `rejects` under `skip`."""
+    for item in apply_on_error(read(split), on_error):
         if isinstance(item, BadRow):
-            if on_error == "fail":
-                raise RowError(item)
             rejects.append(item)
         else:
             yield item

@@ -145,9 +145,17 @@ def _corpus(spec: dict, lines: int = 60_000) -> tuple[str, list[int]]:
 # ----------------------------------------------------------------------------- rows
 
 
-def rows(n: int, seed: int = 0, configs: Sequence[str] = tuple(PROFILES), start: int = 0) -> Iterator[dict]:
+def rows(n: int, seed: int = 0, configs: Sequence[str] = tuple(PROFILES), start: int = 0, layout: str = "sharegpt") -> Iterator[dict]:
     """Rows start..start+n-1 as dataset records (id, conversations, tools, category,
-    subcategory, task, source)."""
+    subcategory, task, source), or with `layout="openai"` the same traces in the chat messages
+    layout (io/layouts.openai_record)."""
+    if layout == "openai":
+        from streamproc.io.layouts import openai_record
+        from streamproc.parse.parser import parse_trace
+
+        for rec in rows(n, seed, configs, start):
+            yield openai_record(parse_trace(rec))
+        return
     for i in range(start, start + n):
         yield row(seed, i, _config_at(i, configs))
 
@@ -348,20 +356,26 @@ def write(
     configs: Sequence[str] = tuple(PROFILES),
     row_group: int = 128,
     on_rows: Callable[[int], None] | None = None,
+    layout: str = "sharegpt",
 ) -> int:
     """Write n rows to Parquet (zstd, `row_group` rows per group) or JSONL (.gz/.zst by
-    extension), atomically. Returns the number of bytes written. `on_rows(k)` is told of every
-    k rows written (a progress bar)."""
+    extension), atomically, in the dataset's layout or (`layout="openai"`) the chat messages
+    layout. Returns the number of bytes written. `on_rows(k)` is told of every k rows written
+    (a progress bar)."""
     path = Path(path)
     if n < 0 or row_group < 1:
         raise ValueError(f"rows must be >= 0 and row_group >= 1 (got {n}, {row_group})")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     fmt = output_format(path)
     with atomic_path(path) as tmp:
-        if fmt.kind == "parquet":
+        if fmt.kind == "parquet" and layout == "openai":
+            _write_openai_parquet(tmp, n, seed, configs, row_group, on_rows or _ignore)
+        elif fmt.kind == "parquet":
             _write_parquet(tmp, n, seed, configs, row_group, on_rows or _ignore)
         else:
             with jsonl_writer(tmp, fmt.compression) as f:
-                for i, rec in enumerate(rows(n, seed, configs), 1):
+                for i, rec in enumerate(rows(n, seed, configs, layout=layout), 1):
                     f.write(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE))
                     if on_rows and (i % 256 == 0 or i == n):
                         on_rows(256 if i % 256 == 0 else i % 256)
@@ -369,6 +383,7 @@ def write(
 
 
 SCHEMA_FIELDS = ("id", "conversations", "tools", "category", "subcategory", "task", "source")
+LAYOUTS = ("sharegpt", "openai")
 
 
 def _ignore(k: int) -> None:
@@ -403,4 +418,18 @@ def _write_parquet(tmp: Path, n: int, seed: int, configs: Sequence[str], row_gro
             cols = [pa.array([rec["id"] for rec in batch], s), conv]
             cols += [pa.array([rec[f] for rec in batch], s) for f in SCHEMA_FIELDS[2:]]
             w.write_table(pa.Table.from_arrays(cols, schema=schema))
+            on_rows(len(batch))
+
+
+def _write_openai_parquet(tmp: Path, n: int, seed: int, configs: Sequence[str], row_group: int, on_rows: Callable[[int], None]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from streamproc.io.layouts import arrow_schema
+
+    schema = arrow_schema("openai")
+    with pq.ParquetWriter(tmp, schema, compression="zstd", use_dictionary=["tools", "category", "subcategory", "source"]) as w:
+        for start in range(0, n, row_group):
+            batch = list(rows(min(row_group, n - start), seed, configs, start, "openai"))
+            w.write_table(pa.Table.from_pylist(batch, schema=schema))
             on_rows(len(batch))

@@ -40,6 +40,14 @@ MAX_CLOSE_CANDIDATES = 16
 
 _NAME_RE = re.compile(r'"name"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
+# The deepest a block's body may nest and still be kept as a value. orjson writes at most 254
+# levels and every record wraps a body in a few more (record, turns, turn, calls), and Python
+# walks a value by recursion (1,000 frames): a deeper body is kept as text, with the reason.
+MAX_NESTING = 200
+FEW_CONTAINERS = 32  # a body with no more dicts and lists than this is checked without scanning its text
+# A JSON string (skipped whole, so brackets inside it do not count) or a bracket.
+_NESTING_RE = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
 _CHAT_ROLE = {**ROLES, **{v: v for v in ROLES.values()}}
 
 
@@ -62,13 +70,18 @@ def parse_trace(row: Row | Mapping[str, Any], source: str | None = None) -> Trac
     across the conversation), else by position among the latest assistant turn's unanswered calls.
     """
     if not isinstance(row, Row):
-        from streamproc.records import row_from_dict
+        from streamproc.io.layouts import row_from_record
+        from streamproc.records import Location
 
-        row = row_from_dict(row)
+        row = row_from_record(row, Location("<memory>", 0), "")
+    src = row.source if source is None else source
+    if row.chat is not None:  # the chat layout: turns built from its structure when it was read
+        c = row.chat
+        return Trace(row.id, src, row.category, row.subcategory, row.task, c.turns, row.tools, list(c.calls), list(c.responses), row.extra, c)
     turns = [parse_turn(frm, value) for frm, value in row.conversations]
     trace = Trace(
         id=row.id,
-        source=row.source if source is None else source,
+        source=src,
         category=row.category,
         subcategory=row.subcategory,
         task=row.task,
@@ -271,9 +284,13 @@ def _block(text: str, body_start: int, close_at: int, close: str, opener: str) -
     if close_at < n:  # the common case: the body decodes up to the first closing tag
         body = text[body_start:close_at]
         try:
-            return body, close_at, close_at + len(close), loads(body), None, close_at
+            value = loads(body)
         except JSONDecodeError:
             return (*_block_fallback(text, body_start, close_at, close, opener), close_at)
+        deep = None if _shallow(body, value) else _too_deep(body)
+        if deep is not None:
+            return body, close_at, close_at + len(close), None, deep, close_at
+        return body, close_at, close_at + len(close), value, None, close_at
     return (*_block_fallback(text, body_start, -1, close, opener), close_at)
 
 
@@ -313,9 +330,56 @@ def _decode(body: str) -> tuple[Any, str | None]:
     if not body or body.isspace():
         return None, "empty body"
     try:
-        return orjson.loads(body), None
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        return None, f"malformed JSON: {e}"
+        # orjson reads 1,024 levels: a deeper body fails here, and is named for its depth.
+        deep = _too_deep(body)
+        return None, f"malformed JSON: {e}" if deep is None else deep
+    deep = None if _shallow(body, value) else _too_deep(body)
+    return (value, None) if deep is None else (None, deep)
+
+
+def _shallow(body: str, value: Any) -> bool:
+    """Whether `body`, decoded to `value`, surely nests no deeper than MAX_NESTING: it is too short
+    to (valid JSON that deep has that many brackets on each side), or `value` holds at most
+    FEW_CONTAINERS dicts and lists. True of nearly every body, found without scanning its text."""
+    if len(body) <= 2 * MAX_NESTING:
+        return True
+    stack: list[Any] = [value]
+    seen = 0
+    while stack:
+        v = stack.pop()
+        if type(v) is dict:
+            d: dict[Any, Any] = v
+            children: Any = d.values()
+        elif type(v) is list:
+            children = v
+        else:
+            continue
+        seen += 1
+        if seen > FEW_CONTAINERS:
+            return False
+        for x in children:
+            if type(x) is dict or type(x) is list:
+                stack.append(x)
+    return True
+
+
+def _too_deep(body: str) -> str | None:
+    """Why `body` is kept as text when it nests deeper than MAX_NESTING, else None. Counting
+    brackets first costs two C scans, so the text is walked only where there are that many."""
+    if body.count("{") + body.count("[") <= MAX_NESTING:
+        return None
+    depth = 0
+    for m in _NESTING_RE.finditer(body):
+        c = m.group()
+        if c == "{" or c == "[":
+            depth += 1
+            if depth > MAX_NESTING:
+                return f"nested deeper than {MAX_NESTING} levels, more than a record can hold: kept as text"
+        elif c == "}" or c == "]":
+            depth -= 1
+    return None
 
 
 def _pair(trace: Trace) -> None:

@@ -1,8 +1,15 @@
 """Chat messages from dataset rows, and what a tokenizer's chat template does with them.
 
-Roles map human -> user, gpt -> assistant, system -> system, tool -> tool. Assistant content
-is passed as written (reasoning, text and `<tool_call>` blocks), never as structured
-`tool_calls`, and `tools=` is never given: the system prompt already lists the tools.
+Roles map human -> user, gpt -> assistant, system -> system, tool -> tool. Assistant content of
+a ShareGPT row is passed as written (reasoning, text and `<tool_call>` blocks), never as
+structured `tool_calls`, and `tools=` is not given: the system prompt already lists the tools.
+
+A row read from the chat `messages` layout (`Row.chat`) is rendered as the model sees it at
+inference, where the template can (`TemplateInfo.renders_calls`): its calls go to the template
+as `tool_calls` (arguments as objects), its results as tool messages, its `tools` column as
+`tools=`; reasoning stays in the content as a `<think>` block, as for ShareGPT rows. A template
+that renders no tool calls (ChatML) gets the row's ShareGPT text instead. `conversation` is the
+one way to the messages of a row.
 
 Tool turns already carry `<tool_response>` tags. A template that wraps tool content in those
 tags itself (Qwen) gets one tool message per response with the tags taken off, so the rendered
@@ -19,10 +26,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
-from streamproc.parse.parser import parse_turn
-from streamproc.records import ROLES
+from streamproc.io.layouts import chat_messages, tool_definitions
+from streamproc.parse.parser import RESP_CLOSE, RESP_OPEN, parse_turn
+from streamproc.records import ROLES, ChatLayout, Row, Trace
 from streamproc.prepare.tokenizer import render_chat
 from streamproc.parse.turns import REASONING, TOOL_CALL, TOOL_RESPONSE, Segment
 
@@ -37,9 +45,6 @@ CHATML_TEMPLATE = (
 )
 """A faithful ChatML template: every message verbatim, any role, no default system prompt."""
 
-RESP_OPEN, RESP_CLOSE = "<tool_response>\n", "\n</tool_response>"
-
-
 class TemplateError(ValueError):
     """A chat template that cannot give exact labels for these conversations."""
 
@@ -49,9 +54,20 @@ class Message:
     role: str
     content: str
     turn: int  # index of the row's turn it came from
+    tool_calls: list[dict[str, Any]] | None = None  # structured calls, after the content (chat layout)
+    tool_call_id: str | None = None  # a tool result's call
+    name: str | None = None
+    tools: str = ""  # the row's tools column (JSON text) for the template's tools=; "" for none
 
-    def as_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            d["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            d["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            d["name"] = self.name
+        return d
 
 
 @dataclass(slots=True, frozen=True)
@@ -68,6 +84,7 @@ class TemplateInfo:
     eot: str  # text right after it, up to and including the end-of-turn token
     problem: str = ""  # why it is not verbatim
     turn_problem: str = ""  # why it cannot give exact samples turn by turn either
+    renders_calls: bool = False  # renders structured tool_calls after the content, before `eot`
 
     @property
     def tool_mode(self) -> str:
@@ -93,6 +110,41 @@ class Rendered:
 
 
 # ----------------------------------------------------------------------------- messages
+
+
+def conversation(row: Row | Trace, info: TemplateInfo, tool_fallback: str = TOOL_FALLBACK) -> list[Message]:
+    """The chat messages a template renders for a row or its parsed trace: a chat-layout row's
+    structure where the template renders tool calls, else the turns' text (tool turns per
+    `info.tool_mode`; a trace's parsed segments spare parsing them again)."""
+    if row.chat is not None and info.renders_calls:
+        return structured_messages(row.chat, row.tools, info, tool_fallback)
+    if isinstance(row, Row):
+        return to_messages(row.conversations, info.tool_mode, tool_fallback)
+    return to_messages([(t.role, t.text) for t in row.turns], info.tool_mode, tool_fallback, [t.segments for t in row.turns])
+
+
+def structured_messages(chat: ChatLayout, tools: str, info: TemplateInfo, tool_fallback: str = TOOL_FALLBACK) -> list[Message]:
+    """A chat-layout row as the model sees it: assistant content is the turn's text before its
+    first call (the `<think>` block and text, as ShareGPT writes them), calls go as `tool_calls`
+    with their arguments as objects, results as tool messages (a user message with
+    `tool_fallback` where the template has no tool role); every message carries `tools`."""
+    out = []
+    for m, t in zip(chat_messages(chat), chat.turn_of):
+        role = m["role"]
+        if role == "tool":
+            if info.tool_role:
+                out.append(Message("tool", m["content"], t, tool_call_id=m["tool_call_id"], name=m["name"], tools=tools))
+            else:
+                out.append(Message("user", tool_fallback + m["content"], t, tools=tools))
+        elif role == "assistant" and m.get("tool_calls"):
+            turn = chat.turns[t]
+            calls = m["tool_calls"]
+            text = turn.text[: turn.segments[turn.tool_calls[-len(calls)].segment].start]
+            content = text[:-1] if text.endswith("\n") else text  # the template writes the newline before a call
+            out.append(Message("assistant", content, t, tool_calls=calls, tools=tools))
+        else:
+            out.append(Message(role, chat.turns[t].text if role == "assistant" else m["content"], t, tools=tools))
+    return out
 
 
 def to_messages(
@@ -121,7 +173,8 @@ def unwrap_tool(text: str, segments: list[Segment] | None = None) -> list[str]:
     wraps once. `segments`: the turn's, parsed already."""
     segs = parse_turn("tool", text).segments if segments is None else segments
     bodies = [text[s.body_start + 1 : s.body_end - 1] for s in segs if s.kind == TOOL_RESPONSE]
-    if bodies and "\n".join(RESP_OPEN + b + RESP_CLOSE for b in bodies) == text:
+    # The harness writes each response on lines of its own: the tags, a newline, the body, a newline.
+    if bodies and "\n".join(f"{RESP_OPEN}\n{b}\n{RESP_CLOSE}" for b in bodies) == text:
         return bodies
     return [text]
 
@@ -130,8 +183,10 @@ def unwrap_tool(text: str, segments: list[Segment] | None = None) -> list[str]:
 
 
 def render_text(tokenizer, messages: Sequence[Message], template: str, add_generation_prompt: bool = False) -> str:
-    """The text transformers' apply_chat_template(tokenize=False) gives, without transformers."""
-    return render_chat(template, [m.as_dict() for m in messages], tokenizer.special_tokens_map, add_generation_prompt)
+    """The text transformers' apply_chat_template(tokenize=False, tools=...) gives, without
+    transformers; `tools` are the messages' (a chat-layout row's tools column)."""
+    tools = tool_definitions(messages[0].tools) if messages and messages[0].tools else None
+    return render_chat(template, [m.as_dict() for m in messages], tokenizer.special_tokens_map, add_generation_prompt, tools=tools)
 
 
 _R = "\u27e6probe-{}\u27e7"  # sentinels no template or tokenizer treats specially
@@ -168,7 +223,7 @@ def inspect_template(tokenizer, template: str) -> TemplateInfo:
             problem = "assistant turns are not rendered alike"
 
     tool = _R.format("tool")
-    wrapped = RESP_OPEN + tool + RESP_CLOSE
+    wrapped = f"{RESP_OPEN}\n{tool}\n{RESP_CLOSE}"
     try:
         with_tool = render_text(tokenizer, to_messages(convo[:3] + [("tool", tool)] + convo[4:]), template)
         tool_role = tool in with_tool
@@ -203,7 +258,23 @@ def inspect_template(tokenizer, template: str) -> TemplateInfo:
         eot=eot,
         problem=problem,
         turn_problem=turn_problem,
+        renders_calls=not problem and _renders_calls(tokenizer, template, header, eot),
     )
+
+
+def _renders_calls(tokenizer, template: str, header: str, eot: str) -> bool:
+    """Whether the template writes a structured call after the assistant content and before the
+    end of the turn, where the model writes it."""
+    name, content = _R.format("call"), _R.format("said")
+    call = {"type": "function", "function": {"name": name, "arguments": {"k": 1}}}
+    msgs = [Message("user", _R.format("user"), 0), Message("assistant", content, 1, tool_calls=[call])]
+    try:
+        text = render_text(tokenizer, msgs, template)
+    except Exception:
+        return False
+    i = text.find(header + content)
+    j = text.find(eot, i + len(header) + len(content)) if i >= 0 else -1
+    return j >= 0 and name in text[i:j]
 
 
 def _around(text: str, k: int) -> str:
@@ -274,13 +345,21 @@ def render(tokenizer, messages: Sequence[Message], info: TemplateInfo) -> Render
     spans, ends = [], []
     pos = 0
     for m in messages:
-        if m.role == "assistant":
+        if m.role == "assistant" and m.tool_calls:
+            # The content, then the calls as the template writes them, up to the end of the turn.
+            j = text.find(info.header + m.content, pos)
+            k = text.find(info.eot, j + len(info.header) + len(m.content)) if j >= 0 else -1
+            if k < 0:
+                raise TemplateError(f"turn {m.turn}: the chat template changed this assistant content")
+            start, pos = j + len(info.header), k
+            spans.append(_span(m.turn, text[start:pos], start, pos + len(info.eot)))
+        elif m.role == "assistant":
             j = text.find(info.header + m.content + info.eot, pos)
             if j < 0:
                 raise TemplateError(f"turn {m.turn}: the chat template changed this assistant content")
             start = j + len(info.header)
             pos = start + len(m.content)
-            spans.append(_span(m, start, pos + len(info.eot)))
+            spans.append(_span(m.turn, m.content, start, pos + len(info.eot)))
         else:
             j = text.find(m.content, pos)
             if j < 0:
@@ -290,10 +369,12 @@ def render(tokenizer, messages: Sequence[Message], info: TemplateInfo) -> Render
     return Rendered(text, spans, ends)
 
 
-def _span(m: Message, start: int, end: int) -> AssistantSpan:
-    segs = parse_turn("assistant", m.content).segments
+def _span(turn: int, written: str, start: int, end: int) -> AssistantSpan:
+    """The span of an assistant turn whose text `written` (its content, and calls where the
+    template wrote them) starts at `start`."""
+    segs = parse_turn("assistant", written).segments
     return AssistantSpan(
-        turn=m.turn,
+        turn=turn,
         start=start,
         end=end,
         reasoning=[(start + s.start, start + s.end) for s in segs if s.kind == REASONING],
@@ -353,5 +434,5 @@ def render_sample(turns: Sequence[tuple[Message, TurnRender]], end_token) -> Ren
         ends = [e.end() for e in end_token.finditer(target)]
         if not text.startswith(r.through):
             raise TemplateError(f"turn {m.turn}: the chat template rewrites this assistant turn later in the same sample")
-        spans.append(_span(Message("assistant", target, m.turn), start, start + (ends[-1] if ends else len(target))))
+        spans.append(_span(m.turn, target, start, start + (ends[-1] if ends else len(target))))
     return Rendered(text, spans, [])

@@ -14,7 +14,6 @@ import hashlib
 import os
 import re
 import shutil
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -23,11 +22,11 @@ import orjson
 
 from streamproc.io.files import atomic_path, dir_lock, write_json
 from streamproc.prepare.mask import DEFAULT_TOKENIZER_NAME, MaskOptions, cached_masker, cached_tokenizer, load_tokenizer, tokenizer_hash
-from streamproc.prepare.stage import MaskStage, SplitCounts, is_eval, min_system  # noqa: F401  (is_eval: part of this module's API)
+from streamproc.prepare.stage import MaskStage, PartitionCounts, is_eval, min_system  # noqa: F401  (is_eval: part of this module's API)
 from streamproc.prepare.pack import Packer, check_row_len
 from streamproc.records import BadRow, Location, RowError, Tally
-from streamproc.run.runner import Engine, Stage, run_jobs
-from streamproc.prepare.shards import FORMAT, MANIFEST, SPLITS, ShardInfo, write_shards
+from streamproc.run.runner import Engine, Job, Stage, View, plan_key, run_jobs
+from streamproc.prepare.shards import FORMAT, MANIFEST, PARTITIONS, ShardInfo, write_shards
 from streamproc.io.sources import Split
 
 PROGRESS = "progress.json"
@@ -35,7 +34,7 @@ TOKENIZER_DIR = "tokenizer"
 LOCK = ".pack.lock"
 DROPPED = "dropped.jsonl"
 REJECTS = "rejects.jsonl"
-_SHARD_FILE = re.compile(r"(%s)-\d{5}\.arrow" % "|".join(SPLITS))
+_SHARD_FILE = re.compile(r"(%s)-\d{5}\.arrow" % "|".join(PARTITIONS))
 _OURS = (MANIFEST, PROGRESS, DROPPED, REJECTS, LOCK)
 
 
@@ -75,7 +74,7 @@ class _State:
     fingerprint: str
     consumed: int = 0  # input splits fully packed and written
     tally: Tally = field(default_factory=Tally)
-    counts: dict[str, SplitCounts] = field(default_factory=lambda: {s: SplitCounts() for s in SPLITS})
+    counts: dict[str, PartitionCounts] = field(default_factory=lambda: {s: PartitionCounts() for s in PARTITIONS})
     shards: list[ShardInfo] = field(default_factory=list)
     dropped: list[dict] = field(default_factory=list)
     min_system: int = 0
@@ -100,7 +99,7 @@ class _State:
             d["fingerprint"],
             d["consumed"],
             Tally(d["read"], d["parsed"], rejected),
-            {s: SplitCounts(**c) for s, c in d["counts"].items()},
+            {s: PartitionCounts(**c) for s, c in d["counts"].items()},
             [ShardInfo(**s) for s in d["shards"]],
             d["dropped"],
             d["min_system"],
@@ -115,7 +114,7 @@ class PackResult:
     nothing_written: str = ""  # why no training data was written, and what would fit; "" when some was
 
 
-class PackJob:
+class PackJob(Job):
     """Masked sequences packed into shards in DIR, checkpointed at split boundaries.
 
     Used as a context manager: entering loads the tokenizer, locks DIR (a second run into it is
@@ -155,29 +154,35 @@ class PackJob:
             fingerprint = _digest(
                 {"options": self.options_json, "tokenizer": self.tok_info, "template": self.masker.chat_template_hash, "plan": self.plan}
             )
-            self.state = _start(out, fingerprint, self.restart)
+            self.state, self.resumed = _start(out, fingerprint, self.restart)
         except BaseException:
             self._lock.__exit__(None, None, None)
             if created and not any(out.iterdir()):  # a bad tokenizer or template leaves no empty directory behind
                 out.rmdir()
             raise
-        self.resumed_after = self.skip = self.state.consumed
+        self.resumed_after = self.state.consumed
         self.stages: list[Stage] = [MaskStage(tok_ref, opts.mask, opts.eval_fraction)]
-        self.packers = {s: Packer(opts.seq_len, opts.buffer_size, opts.row_len, opts.share_prefix) for s in SPLITS}
+        self.packers = {s: Packer(opts.seq_len, opts.buffer_size, opts.row_len, opts.share_prefix) for s in PARTITIONS}
         return self
 
+    def resuming(self) -> str:
+        """What an earlier run had done, for the command to say; "" when this run starts afresh."""
+        if not self.resumed:
+            return ""
+        return f"resuming: {self.resumed_after} input split(s) and {len(self.state.shards)} output shard(s) already done"
+
+    def holds(self, index: int) -> bool:
+        """The first `resumed_after` splits were packed by an earlier run: not masked again."""
+        return index < self.resumed_after
+
     def add(self, partials: list, tallies: list[Tally]) -> None:
-        """One split's MaskedSplit, in plan order; the first `skip` ones (packed by an earlier
-        run) are passed over."""
-        if self.skip:
-            self.skip -= 1
-            return
+        """One split's MaskedSplit, in plan order, from the first split it does not hold."""
         (r,) = partials
         state = self.state
         state.tally.add(tallies[0])
         state.dropped += r.dropped
         state.min_system = min_system(state.min_system, r.min_system)
-        for s in SPLITS:
+        for s in PARTITIONS:
             state.counts[s].add(r.counts[s])
             self.packers[s].add(r.seqs[s])
         state.consumed += 1
@@ -200,7 +205,7 @@ class PackJob:
                 "rows_rejected": len(state.tally.rejected),
                 "rows_dropped": sum("turn" not in d for d in state.dropped),  # listed in dropped.jsonl, with the turns not trained
                 "shortest_system_prompt_tokens": state.min_system,
-                **{s: state.counts[s].summary(opts.row_len) for s in SPLITS},
+                **{s: state.counts[s].summary(opts.row_len) for s in PARTITIONS},
             },
             "shards": [asdict(s) for s in state.shards],
         }
@@ -229,12 +234,13 @@ def pack_to_dir(
     workers: int | Engine = 1,
     on_error: str = "skip",
     restart: bool = False,
+    view: View | None = None,
 ) -> PackResult:
-    """Mask, pack and write every row of `splits` into `out_dir`; resume an unfinished run there
-    with the same inputs and options unless `restart`."""
-    with PackJob(out_dir, options, [s.key() for s in splits], on_error=on_error, restart=restart) as job:
-        job.skip = 0  # the splits already packed are not read at all
-        run_jobs(splits[job.resumed_after :], [job], workers=workers, on_error=on_error, progress="pack")
+    """Mask, pack and write every row of `splits` (those `view` keeps, given one) into
+    `out_dir`; resume an unfinished run there with the same inputs, view and options unless
+    `restart` (the splits it packed are not read again)."""
+    with PackJob(out_dir, options, plan_key(splits, view), on_error=on_error, restart=restart) as job:
+        run_jobs(splits, [job], view=view, workers=workers, on_error=on_error, progress="pack")
         return job.finish()
 
 
@@ -276,8 +282,9 @@ def _digest(obj) -> str:
     return hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def _start(out: Path, fingerprint: str, restart: bool) -> _State:
-    """The state to continue from; clears what an earlier, different or finished run left."""
+def _start(out: Path, fingerprint: str, restart: bool) -> tuple[_State, bool]:
+    """The state to continue from, and whether an unfinished run left it; clears what an
+    earlier, different or finished run left."""
     progress = out / PROGRESS
     state = None
     if progress.exists() and not restart:
@@ -290,12 +297,12 @@ def _start(out: Path, fingerprint: str, restart: bool) -> _State:
                 f"{out} holds an unfinished run with other inputs or options ({progress}); "
                 f"rerun it with the same ones to resume, or pass --restart to start over"
             )
-        print(f"resuming: {state.consumed} input split(s) and {len(state.shards)} output shard(s) already done", file=sys.stderr)
     keep = {s.file for s in state.shards} if state else set()
     _clear(out, keep)
+    resumed = state is not None
     state = state or _State(fingerprint)
     write_json(progress, state.to_json())
-    return state
+    return state, resumed
 
 
 def _ours(name: str) -> bool:
@@ -337,7 +344,7 @@ def _discard(out: Path, state: _State) -> None:
 
 
 def _checkpoint(out: Path, state: _State, packers: dict[str, Packer], shard_rows: int) -> None:
-    for s in SPLITS:
+    for s in PARTITIONS:
         packed = packers[s].flush()
         first = sum(i.split == s for i in state.shards)
         for info in write_shards(out, s, packed, first, shard_rows):

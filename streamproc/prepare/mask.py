@@ -35,6 +35,7 @@ from streamproc.prepare.chat import (
     Rendered,
     TemplateError,
     check_faithful,
+    conversation,
     extends,
     inspect_template,
     render,
@@ -44,11 +45,11 @@ from streamproc.prepare.chat import (
     template_of,
     to_messages,
 )
+from streamproc.prepare.pack import IGNORE
 from streamproc.prepare.plan import Plan, Sample, plan_samples
 from streamproc.records import BadRow, Location, Row, RowError, Trace
 from streamproc.prepare.tokenizer import DEFAULT_TOKENIZER, DEFAULT_TOKENIZER_NAME, cached_tokenizer, load_tokenizer  # noqa: F401  (the tokenizer API, used from here)
 
-IGNORE = -100
 CHUNK_CHARS = 1 << 18
 """Longest text the tokenizer is given at once (see Masker._encode_pieces)."""
 _BATCH_CHARS = 4 * CHUNK_CHARS
@@ -209,7 +210,7 @@ class Masker:
         self._special = re.compile("(" + "|".join(re.escape(t) for t in sorted(self._added, key=len, reverse=True)) + ")")
         self._end_token = re.compile("|".join(re.escape(t) for t in sorted(self._added, key=len, reverse=True)) or r"(?!)")
         self._cache = _PieceCache(self.options.cache_chars)
-        self._system_text: dict[str, str | None] = {}  # system content -> that turn rendered alone
+        self._system_text: dict[tuple[str, str], str | None] = {}  # (system content, tools) -> that turn rendered alone
         self._nbytes = _token_bytes(self._backend)
         # A Unicode normal form is checked with unicodedata's quick check, not by normalizing.
         norm = self._backend.normalizer
@@ -249,12 +250,8 @@ class Masker:
     # ------------------------------------------------------------------------- messages
 
     def messages(self, row: Row | Trace) -> list[Message]:
-        """The chat messages this masker renders for a row (tool turns per the template)."""
-        if isinstance(row, Row):
-            return to_messages(row.conversations, self.info.tool_mode, self.options.tool_fallback)
-        # A parsed trace: its tool turns' segments are reused, not parsed again.
-        turns = [(t.role, t.text) for t in row.turns]
-        return to_messages(turns, self.info.tool_mode, self.options.tool_fallback, [t.segments for t in row.turns])
+        """The chat messages this masker renders for a row (chat.conversation)."""
+        return conversation(row, self.info, self.options.tool_fallback)
 
     # ------------------------------------------------------------------------- tokens
 
@@ -391,7 +388,7 @@ class Masker:
         sequence of this conversation begins with; None without a system message."""
         if not msgs or msgs[0].role != "system":
             return None
-        key = msgs[0].content
+        key = (msgs[0].content, msgs[0].tools)  # tools=: the template writes them into the system turn
         if key not in self._system_text:
             if len(self._system_text) > 64:  # a handful of distinct prompts per dataset
                 self._system_text.clear()
@@ -445,7 +442,7 @@ class Masker:
 
     def _trained(self, msgs: list[Message]) -> list[int]:
         """Indices of the assistant messages the options train."""
-        out = [i for i, m in enumerate(msgs) if m.role == "assistant" and (self.options.train_tool_calls or not _calls_tool(m.content))]
+        out = [i for i, m in enumerate(msgs) if m.role == "assistant" and (self.options.train_tool_calls or not (m.tool_calls or _calls_tool(m.content)))]
         return out[-1:] if self.options.scope == "last" else out
 
     def _mask_whole(self, tid: str, msgs: list[Message], whole: Rendered) -> MaskResult:

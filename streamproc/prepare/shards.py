@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from streamproc.io.files import atomic_path
 from streamproc.prepare.pack import IGNORE, Packed
-from streamproc.records import SPLITS
+from streamproc.records import PARTITIONS
 
 SCHEMA = pa.schema(
     [
@@ -180,8 +180,8 @@ def verify(out_dir: str | os.PathLike, split: str | None = None) -> None:
 
 def shard_paths(out_dir: str | os.PathLike, split: str = "train") -> list[str]:
     """The shard files of a split, in the manifest's order."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    if split not in PARTITIONS:
+        raise ValueError(f"split must be one of {', '.join(PARTITIONS)}, not {split!r}")
     return [str(Path(out_dir) / s["file"]) for s in read_manifest(out_dir)["shards"] if s["split"] == split]
 
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from streamproc.prepare.mask import MaskOptions, MaskedSeq, cached_masker
-from streamproc.records import SPLITS, BadRow, Row, RowError, Trace
+from streamproc.records import PARTITIONS, BadRow, Row, RowError, Trace
 from streamproc.run.runner import Stage
 
 if TYPE_CHECKING:
@@ -19,14 +19,14 @@ if TYPE_CHECKING:
 
 
 def is_eval(trace_id: str, fraction: float) -> bool:
-    """The held-out split, by a hash of the trace id: stable across runs, machines and workers."""
+    """The eval set (the held-out partition), by a hash of the trace id: stable across runs, machines and workers."""
     h = int.from_bytes(hashlib.blake2b(trace_id.encode(), digest_size=8).digest(), "big")
     return h < fraction * 2**64
 
 
 @dataclass(slots=True)
-class SplitCounts:
-    """Per-split counts. Workers fill the trace-level ones; shards give the token-level ones."""
+class PartitionCounts:
+    """Per-partition counts (train, eval). Workers fill the trace-level ones; shards give the token-level ones."""
 
     traces: int = 0  # traces with at least one sequence written
     dropped: int = 0  # traces with nothing written (too long for --overflow drop, or no trained token)
@@ -42,7 +42,7 @@ class SplitCounts:
     turns_untrained: int = 0  # turns the options train that could not fit with their context (dropped.jsonl)
     context_repeated: int = 0  # tokens before the first trained turn of each sequence after a trace's first
 
-    def add(self, o: "SplitCounts") -> None:
+    def add(self, o: "PartitionCounts") -> None:
         for f in self.__slots__:
             setattr(self, f, getattr(self, f) + getattr(o, f))
 
@@ -68,10 +68,10 @@ class SplitCounts:
 
 @dataclass(slots=True)
 class MaskedSplit:
-    """A split's masked sequences and trace counts, per output split (train, eval)."""
+    """A split's masked sequences and trace counts, per partition (train, eval)."""
 
     seqs: dict[str, list[MaskedSeq]]
-    counts: dict[str, SplitCounts]
+    counts: dict[str, PartitionCounts]
     dropped: list[dict] = field(default_factory=list)  # traces nothing was written of, and turns not trained (with "turn"): id, split, reason, file, row
     min_system: int = 0  # tokens of the shortest system turn seen (0: none)
 
@@ -86,39 +86,39 @@ class MaskStage(Stage):
     tokenizer (by name or directory) once, itself."""
 
     name = "mask"
-    trace = True  # the masker renders the parsed turns: tool turns are not parsed again
+    needs_trace = True  # the masker renders the parsed turns: tool turns are not parsed again
 
     def __init__(self, tokenizer: str, options: MaskOptions, eval_fraction: float):
         self.tokenizer, self.options, self.eval_fraction = tokenizer, options, eval_fraction
 
     def start(self) -> MaskedSplit:
-        return MaskedSplit({s: [] for s in SPLITS}, {s: SplitCounts() for s in SPLITS})
+        return MaskedSplit({s: [] for s in PARTITIONS}, {s: PartitionCounts() for s in PARTITIONS})
 
     def fold_batch(self, acc: MaskedSplit, rows: list[tuple[Row, Trace | None]]) -> list[tuple[int, BadRow]]:
         bad = []
         masker = cached_masker(self.tokenizer, self.options)
-        parsed = [trace if trace is not None else row for row, trace in rows]
-        for i, (_, res) in enumerate(masker.mask_many(parsed, batch=len(rows) or 1)):
+        traces = [trace for _, trace in rows]
+        for i, (_, res) in enumerate(masker.mask_many(traces, batch=len(rows) or 1)):
             row = rows[i][0]
             if isinstance(res, RowError):
                 bad.append((i, replace(res.bad, loc=row.loc) if row.loc else res.bad))  # a Trace does not know its place
                 continue
-            split = "eval" if is_eval(row.id, self.eval_fraction) else "train"
-            c = acc.counts[split]
+            part = "eval" if is_eval(row.id, self.eval_fraction) else "train"
+            c = acc.counts[part]
             c.traces += not res.dropped
             c.dropped += res.dropped
             acc.min_system = min_system(acc.min_system, res.system_tokens)
             loc = row.loc
             where = {"file": loc.file if loc else None, "row": loc.row if loc else None}
             if res.dropped:
-                acc.dropped.append({"id": row.id, "split": split, "reason": res.reason, **where})
+                acc.dropped.append({"id": row.id, "split": part, "reason": res.reason, **where})
             else:
-                acc.dropped += [{"id": row.id, "split": split, "turn": t, "reason": why, **where} for t, why in res.untrained]
+                acc.dropped += [{"id": row.id, "split": part, "turn": t, "reason": why, **where} for t, why in res.untrained]
                 c.turns_untrained += len(res.untrained)
             c.turns_trained += res.turns_trained
             c.turns_shortened += res.turns_shortened
             c.context_repeated += res.context_repeated
             c.tokens_cut += res.tokens_cut
             c.system_prompt_tokens += sum(s.prefix_len for s in res.seqs)
-            acc.seqs[split].extend(res.seqs)
+            acc.seqs[part].extend(res.seqs)
         return bad

@@ -4,9 +4,9 @@
 run, and the `--where/--preset/--dedup` view) plans its splits as it does locally
 (sources.plan: Parquet row groups, JSONL byte ranges) and hands them to Ray, one task a split.
 Each task reads its split with the local reader (sources.read, URIs through pyarrow's
-filesystems) and folds it with the same stages, so rows keep their place in their file, a view's
-skipped rows are found by that place, and results, rejects and outputs are those of the local
-engine, merged by the driver in plan order.
+filesystems) and folds it with the same stages and view, so rows keep their place in their file,
+a de-duplicating view's removed rows are found by that place, and results, rejects and outputs
+are those of the local engine, merged by the driver in plan order.
 
 The fold function travels inside the remote function's definition, which each Ray worker loads
 once: a stage that loads a tokenizer loads it once per worker, as a local worker does.

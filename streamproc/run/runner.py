@@ -4,10 +4,11 @@ A `Stage` folds the parsed rows of one input split into a small picklable partia
 job that asked for it merges the partials in plan order. A stage knows nothing of processes,
 reading, bad rows or progress: the runner owns those. It plans nothing itself (sources.plan
 does), reads and validates the rows of each split, parses each good row once for all stages,
-applies `--on-error skip|fail`, keeps a row `Tally` per stage, and runs splits on an engine:
+applies `--on-error skip|fail`, keeps a row `Tally` per stage, lets a view given to the run
+(--where, --preset, --dedup) decide which rows the stages see, and runs splits on an engine:
 worker processes here (`Local`), or Ray tasks on a cluster (engine_ray.RayEngine), with the
 results back in plan order, so every output is the same for any number of workers and on either
-engine.
+engine. Commands use it one way: jobs over one pass (`run_jobs`).
 
 Worker processes are spawned, never forked: a fork copies a parent whose threads (the
 tokenizer's pool, tqdm's monitor) may hold locks that no thread of the child will release.
@@ -28,7 +29,7 @@ from multiprocessing.connection import wait
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 from streamproc.records import BadRow, Row, RowError, Tally, Trace
-from streamproc.io.sources import ON_ERROR, Split, read
+from streamproc.io.sources import ON_ERROR, Split, apply_on_error, read
 
 BATCH = 64  # rows handed to each stage at once (the masker tokenizes a batch's new pieces together)
 
@@ -36,14 +37,14 @@ BATCH = 64  # rows handed to each stage at once (the masker tokenizes a batch's 
 class Stage:
     """One step of a job over the parsed rows of a split.
 
-    Subclasses set `name` (the `field` of a row this stage rejects is `<name>`) and `trace`
+    Subclasses set `name` (the `field` of a row this stage rejects is `<name>`) and `needs_trace`
     (False: the stage reads the Row only, and rows are not parsed for it), and define `start`
     and `fold`; a stage that works on many rows at once overrides `fold_batch` instead of
     `fold`. A stage must be picklable: it is sent to each worker once.
     """
 
     name = "stage"
-    trace = True
+    needs_trace = True
 
     def start(self) -> Any:
         """The empty partial result of one split."""
@@ -79,79 +80,75 @@ class Folded:
 
     partials: list[Any]
     tallies: list[Tally]
-    view: tuple[Any, Tally] | None = None  # a split's gate: its partial and tally (see fold_items)
+    view: tuple[Any, Tally] | None = None  # the view's account of the split, and its tally (see fold_items)
 
 
-class Gate(Protocol):
-    """A filtered view inside a pass (curate.ConditionGate): decides which parsed rows the
-    stages see. `start` gives a split's empty partial; `keep_batch` returns a keep flag per row
-    and the rows it sets aside; `add` merges a split's partial and tally in the planning process."""
+class View(Protocol):
+    """A filtered view given to a run (curate/stage.py: --where, --preset, --dedup): it decides
+    which rows the stages see. It is never stored on a split: `start(index)` gives split
+    `index`'s account, which travels with the split; `keep_batch`, in the worker, returns a keep
+    flag per row and the rows it sets aside (after parsing when `needs_trace`, else before);
+    `add` takes each split's account back, in plan order, in the planning process. `key()` is
+    its definition, for a resume fingerprint."""
 
-    def start(self) -> Any: ...
+    needs_trace: bool
 
-    def keep_batch(self, acc: Any, rows: list[tuple[Row, Trace]]) -> tuple[list[bool], list[tuple[int, BadRow]]]: ...
+    def start(self, index: int) -> Any: ...
+
+    def keep_batch(self, acc: Any, rows: list[tuple[Row, Trace | None]]) -> tuple[list[bool], list[tuple[int, BadRow]]]: ...
 
     def add(self, acc: Any, tally: Tally) -> None: ...
 
+    def key(self) -> str: ...
 
-def fold_items(items: Iterable[Row | BadRow], stages: Sequence[Stage], on_error: str = "skip", gate: Gate | None = None) -> Folded:
+
+def fold_items(
+    items: Iterable[Row | BadRow], stages: Sequence[Stage], on_error: str = "skip", view: View | None = None, account: Any = None
+) -> Folded:
     """Fold a stream of read items (validated Rows and BadRows) with every stage. Each stage's
     tally counts every item read; its rejected rows are the bad ones read plus those it set
     aside itself, in row order. `fail` raises RowError at the first bad row of any kind.
-    With a `gate`, the stages see only the rows it keeps (the others are not read, for them)."""
+    With a `view` (and `account`, what its `start` gave for this split), the stages see only the
+    rows it keeps (the others are not read, for them)."""
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error {on_error!r}: expected one of {', '.join(ON_ERROR)}")
     accs = [s.start() for s in stages]
     tallies = [Tally() for _ in stages]
-    view = (gate.start(), Tally()) if gate is not None else None
-    parse = gate is not None or any(s.trace for s in stages)
+    seen = (account, Tally()) if view is not None else None
+    parse = (view is not None and view.needs_trace) or any(s.needs_trace for s in stages)
     batch: list[Row | BadRow] = []
-    for item in items:
-        if isinstance(item, BadRow) and on_error == "fail":
-            raise RowError(item)
+    for item in apply_on_error(items, on_error):
         batch.append(item)
         if len(batch) == BATCH:
-            _fold_batch(batch, stages, accs, tallies, on_error, parse, gate, view)
+            _fold_batch(batch, stages, accs, tallies, on_error, parse, view, seen)
             batch = []
     if batch:
-        _fold_batch(batch, stages, accs, tallies, on_error, parse, gate, view)
-    return Folded([s.end(a) for s, a in zip(stages, accs)], tallies, view)
+        _fold_batch(batch, stages, accs, tallies, on_error, parse, view, seen)
+    return Folded([s.end(a) for s, a in zip(stages, accs)], tallies, seen)
 
 
-def _fold_batch(batch, stages, accs, tallies, on_error: str, parse: bool, gate=None, view=None) -> None:
+def _fold_batch(batch, stages, accs, tallies, on_error: str, parse: bool, view=None, seen=None) -> None:
     from streamproc.parse.parser import parse_trace
 
-    bad: dict[int, BadRow] = {}
-    good: list[tuple[int, Row, Trace | None]] = []
-    for i, item in enumerate(batch):
-        if isinstance(item, BadRow):
-            bad[i] = item
-            continue
-        trace = None
-        if parse:
+    bad: dict[int, BadRow] = {i: item for i, item in enumerate(batch) if isinstance(item, BadRow)}
+    good: list[tuple[int, Row, Trace | None]] = [(i, item, None) for i, item in enumerate(batch) if not isinstance(item, BadRow)]
+    read = len(batch)
+    if view is not None and not view.needs_trace:
+        good, read = _through(view, seen, good, bad, read, on_error)
+    if parse:
+        parsed = []
+        for i, row, _ in good:
             try:
-                trace = parse_trace(item)
+                parsed.append((i, row, parse_trace(row)))
             except Exception as e:  # a parser bug on one row sets that row aside, named
-                why = BadRow(item.loc, "<parse>", f"trace {item.id}: {type(e).__name__}: {e}")
+                why = BadRow(row.loc, "<parse>", f"trace {row.id}: {type(e).__name__}: {e}")
                 if on_error == "fail":
                     raise RowError(why) from e
                 bad[i] = why
-                continue
-        good.append((i, item, trace))
+        good = parsed
+    if view is not None and view.needs_trace:
+        good, read = _through(view, seen, good, bad, read, on_error)
     rows = [(row, trace) for _, row, trace in good]
-    read = len(batch)
-    if gate is not None:
-        gate_acc, gate_tally = view
-        kept, own = gate.keep_batch(gate_acc, rows)
-        if own and on_error == "fail":
-            raise RowError(own[0][1])
-        bad.update((good[k][0], why) for k, why in own)
-        gate_tally.rejected.extend(bad[i] for i in sorted(bad))
-        gate_tally.read += len(batch)
-        gate_tally.parsed += len(good) - len(own)
-        read -= len(good) - len(own) - sum(kept)  # the rows it removed are not read, for the stages
-        good = [g for g, k in zip(good, kept) if k]
-        rows = [(row, trace) for _, row, trace in good]
     for stage, acc, tally in zip(stages, accs, tallies):
         own = stage.fold_batch(acc, rows)
         if own and on_error == "fail":
@@ -162,9 +159,24 @@ def _fold_batch(batch, stages, accs, tallies, on_error: str, parse: bool, gate=N
         tally.parsed += len(good) - len(own)
 
 
-def fold_split(split: Split, stages: Sequence[Stage], on_error: str = "skip") -> Folded:
-    """fold_items over the rows of one input split, through its gate if it has one."""
-    return fold_items(read(split), stages, on_error, split.gate)
+def _through(view: View, seen: tuple[Any, Tally], good: list, bad: dict[int, BadRow], read: int, on_error: str) -> tuple[list, int]:
+    """The good rows the view keeps, and the rows read for the stages: those it removed are not
+    read, for them. The rows it sets aside join `bad`; its tally counts what it was shown."""
+    acc, tally = seen
+    kept, own = view.keep_batch(acc, [(row, trace) for _, row, trace in good])
+    if own and on_error == "fail":
+        raise RowError(own[0][1])
+    bad.update((good[k][0], why) for k, why in own)
+    tally.rejected.extend(bad[i] for i in sorted(bad))
+    tally.read += read
+    tally.parsed += len(good) - len(own)
+    removed = len(good) - len(own) - sum(kept)
+    return [g for g, k in zip(good, kept) if k], read - removed
+
+
+def fold_split(split: Split, stages: Sequence[Stage], on_error: str = "skip", view: View | None = None, account: Any = None) -> Folded:
+    """fold_items over the rows of one input split, through the view if one is given."""
+    return fold_items(read(split), stages, on_error, view, account)
 
 
 class Engine(Protocol):
@@ -189,14 +201,25 @@ def engine_of(workers: int | Engine) -> Engine:
     return Local(workers) if isinstance(workers, int) else workers
 
 
+@dataclass(slots=True, frozen=True)
+class _Task:
+    """One split as sent to a worker: which of the run's stages fold it, and its view account."""
+
+    split: Split
+    active: tuple[int, ...]
+    account: Any = None
+
+
 class _FoldSplit:
-    """Picklable: what a worker runs for each split."""
+    """Picklable: what a worker runs for each split (the stages and the view travel once)."""
 
-    def __init__(self, stages: Sequence[Stage], on_error: str):
-        self.stages, self.on_error = list(stages), on_error
+    def __init__(self, stages: Sequence[Stage], on_error: str, view: View | None):
+        self.stages, self.on_error, self.view = list(stages), on_error, view
 
-    def __call__(self, split: Split) -> Folded:
-        return fold_split(split, self.stages, self.on_error)
+    def __call__(self, task: _Task) -> Folded:
+        if not task.active:  # every job holds this split already: it is not read
+            return Folded([], [])
+        return fold_split(task.split, [self.stages[k] for k in task.active], self.on_error, self.view, task.account)
 
 
 def run(
@@ -206,21 +229,29 @@ def run(
     workers: int | Engine = 1,
     on_error: str = "skip",
     progress: str | None = None,
+    view: View | None = None,
+    active: Sequence[tuple[int, ...]] | None = None,
 ) -> Iterator[Folded]:
-    """Each split folded by `stages`, in plan order, in `workers` local processes (1: this one)
-    or on the engine given (engine_ray.RayEngine).
+    """Each split folded by `stages` (those `active[i]` names for split i; default all), in plan
+    order, through `view` if given, in `workers` local processes (1: this one) or on the engine
+    given (ray_engine.RayEngine). Commands use `run_jobs`, built on this.
 
     `progress` names a progress bar sized in input bytes, with a rows/s figure (with --limit:
     in rows of the limit, since the input is read only in part); it shows on a terminal, or
     anywhere with STREAMPROC_PROGRESS=1, and never with STREAMPROC_PROGRESS=0 (--quiet)."""
+    everything = tuple(range(len(stages)))
+    tasks = [
+        _Task(split, everything if active is None else tuple(active[i]), None if view is None else view.start(i))
+        for i, split in enumerate(splits)
+    ]
     by_rows = bool(splits) and all(s.limit is not None for s in splits)
     total = sum(s.limit or 0 for s in splits) if by_rows else sum(s.nbytes for s in splits)
     bar = _bar(progress, total, "rows" if by_rows else "B") if progress else None
     rows = 0
     try:
-        for split, folded in zip(splits, engine_of(workers).map(_FoldSplit(stages, on_error), splits)):
-            if split.gate is not None:  # the copy this process holds gathers every split's decisions
-                split.gate.add(*folded.view)
+        for split, folded in zip(splits, engine_of(workers).map(_FoldSplit(stages, on_error, view), tasks)):
+            if view is not None and folded.view is not None:  # every split's account, in plan order
+                view.add(*folded.view)
             if bar is not None:
                 n = folded.tallies[0].read if folded.tallies else 0
                 rows += n
@@ -233,17 +264,6 @@ def run(
     finally:
         if bar is not None:
             bar.close()
-
-
-def run_merged(splits: Sequence[Split], stages: Sequence[Stage], **kw) -> tuple[list[list[Any]], list[Tally]]:
-    """run(), gathered: each stage's partials in plan order and its summed tally."""
-    partials: list[list[Any]] = [[] for _ in stages]
-    tallies = [Tally() for _ in stages]
-    for folded in run(splits, stages, **kw):
-        for k in range(len(stages)):
-            partials[k].append(folded.partials[k])
-            tallies[k].add(folded.tallies[k])
-    return partials, tallies
 
 
 def union(tallies: Sequence[Tally]) -> Tally:
@@ -259,28 +279,56 @@ def union(tallies: Sequence[Tally]) -> Tally:
     return Tally(read, read - len(rejected), rejected)
 
 
-class Job(Protocol):
-    """What consumes stages' partials: a command's output, merged split by split in plan order."""
+class Job:
+    """What consumes stages' partials: a command's output, merged split by split in plan order.
+    Subclasses set `stages` and define `add`; a job that already holds some splits' results (a
+    resumed pack) says so in `holds`, and its stages do not run on them."""
 
     stages: list[Stage]
 
     def add(self, partials: list[Any], tallies: list[Tally]) -> None:
         """One split's partials of `stages`, and their row tallies."""
+        raise NotImplementedError
+
+    def holds(self, index: int) -> bool:
+        """Whether split `index` is in this job's results already (default: none is)."""
+        return False
 
 
-def feed(results: Iterable[Folded], jobs: Sequence[Job]) -> None:
-    """Hand each folded split to the jobs whose stages were run, concatenated in job order."""
-    for folded in results:
-        k = 0
-        for job in jobs:
-            n = len(job.stages)
-            job.add(folded.partials[k : k + n], folded.tallies[k : k + n])
-            k += n
+class Gather(Job):
+    """One stage's partials, every split's in plan order, and its summed tally: the job of a
+    function that merges the partials itself (metrics.collect, page.collect)."""
+
+    def __init__(self, stage: Stage):
+        self.stages = [stage]
+        self.partials: list[Any] = []
+        self.tally = Tally()
+
+    def add(self, partials: list[Any], tallies: list[Tally]) -> None:
+        self.partials.append(partials[0])
+        self.tally.add(tallies[0])
 
 
-def run_jobs(splits: Sequence[Split], jobs: Sequence[Job], **kw) -> None:
-    """Every job from one pass over the input: each row is read and parsed once for all."""
-    feed(run(splits, [s for job in jobs for s in job.stages], **kw), jobs)
+def run_jobs(splits: Sequence[Split], jobs: Sequence[Job], *, view: View | None = None, **kw) -> None:
+    """Every job from one pass over the input, the one way commands use the runner: each row is
+    read and parsed once for all, the stages see the rows `view` keeps, and a split a job holds
+    already is not folded for it (not read at all when every job holds it). `kw`: run's."""
+    stages = [s for job in jobs for s in job.stages]
+    firsts = [sum(len(j.stages) for j in jobs[:k]) for k in range(len(jobs))]
+    wanted = [[k for k, job in enumerate(jobs) if not job.holds(i)] for i in range(len(splits))]
+    active = [tuple(firsts[k] + n for k in ks for n in range(len(jobs[k].stages))) for ks in wanted]
+    for ks, folded in zip(wanted, run(splits, stages, view=view, active=active, **kw)):
+        at = 0
+        for k in ks:
+            n = len(jobs[k].stages)
+            jobs[k].add(folded.partials[at : at + n], folded.tallies[at : at + n])
+            at += n
+
+
+def plan_key(splits: Sequence[Split], view: View | None = None) -> list[str]:
+    """What a run reads, as stable strings (a pack run's plan, to resume it): the splits, and
+    the view's definition."""
+    return [s.key() for s in splits] + ([view.key()] if view is not None else [])
 
 
 def progress_shown() -> bool:

@@ -48,7 +48,7 @@ class TrainConfig:
     shards: str
     model: str
     output: str
-    eval_shards: str | None = None  # None: the eval split of `shards`, if it has one
+    eval_shards: str | None = None  # None: the eval set of `shards`, if it has one
     init_random: bool = False
     max_steps: int | None = None  # None: `epochs` passes over the smallest rank's rows
     epochs: float = 1.0

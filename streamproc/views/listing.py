@@ -1,7 +1,7 @@
 """Find traces from the command line: list them with the trace browser's filters, and look one
 up by id, by a unique id prefix, or by position.
 
-`summarize` and `Filters.match` are pure; `scan` and `lookup` read input splits in worker processes (stages on the runner).
+`summarize` and `Filters.match` are pure; `list_traces` and `lookup` read input splits in worker processes (jobs on the runner).
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from typing import Sequence
 
 from streamproc.parse.parser import parse_trace
 from streamproc.records import BadRow, Location, Row, Trace
-from streamproc.analyze.outcomes import trace_failures
-from streamproc.run.runner import Engine, Stage, run
+from streamproc.analyze.facts import trace_facts
+from streamproc.views.render import shorten
+from streamproc.run.runner import Engine, Job, Stage, run_jobs
 from streamproc.io.sources import Split
 
 MIN_PREFIX = 8  # listed ids are shortened to a unique prefix of at least this many characters
@@ -21,7 +22,8 @@ AMBIGUOUS_SHOWN = 10  # ids named when a prefix matches several
 
 @dataclass(slots=True, frozen=True)
 class Summary:
-    """What `streamproc ls` shows of one trace and filters on."""
+    """What the trace list shows of one trace and filters on: `streamproc ls` and the report
+    page's index read this one record."""
 
     id: str
     source: str
@@ -32,15 +34,17 @@ class Summary:
     calls: int
     errors: int  # failed tool responses plus malformed calls
     tools: tuple[str, ...]  # distinct tools called, in order of first use
-    failed_tools: tuple[str, ...]  # tools with at least one failed response
-    classes: tuple[str, ...]  # failure classes of its failed responses
+    failed_tools: tuple[str, ...]  # tools with a malformed call or a failed response (named by the call it answers)
+    classes: tuple[str, ...]  # failure classes: MALFORMED_CALL, then the statuses of failed responses
 
 
-def summarize(row: Row | Trace) -> Summary:
+def summarize(row: Row | Trace, task_chars: int | None = None) -> Summary:
+    """`task_chars`: the task shortened to about that many characters (the page keeps a short one)."""
     trace = parse_trace(row) if isinstance(row, Row) else row
-    f = trace_failures(trace)
-    return Summary(trace.id, trace.source, trace.category, trace.subcategory, trace.task, len(trace.turns),
-                   len(trace.calls), f.errors, f.tools, f.failed, f.classes)
+    f = trace_facts(trace)
+    return Summary(trace.id, trace.source, trace.category, trace.subcategory, shorten(trace.task, task_chars),
+                   len(trace.turns), len(trace.calls), f.errors(), tuple(f.tools()), tuple(f.failed_tools()),
+                   tuple(f.failure_classes()))
 
 
 @dataclass(slots=True, frozen=True)
@@ -97,19 +101,30 @@ class ScanStage(Stage):
 
     def fold(self, acc: Scanned, row: Row, trace: Trace | None) -> None:
         acc.ids.append(row.id)
-        s = summarize(trace if trace is not None else row)
+        s = summarize(trace)
         if self.filters.match(s, row):
             acc.matches.append(s)
 
 
-def scan(shards: Sequence[Split], filters: Filters, *, workers: int | Engine = 1, on_error: str = "skip") -> Scanned:
-    total = Scanned()
-    for folded in run(shards, [ScanStage(filters)], workers=workers, on_error=on_error, progress="ls"):
-        (part,), (tally,) = folded.partials, folded.tallies
-        total.matches += part.matches
-        total.ids += part.ids
-        total.rejects += tally.rejected
-    return total
+class ScanJob(Job):
+    """The matches and ids of every split, in plan order, and the rows set aside."""
+
+    def __init__(self, filters: Filters):
+        self.stages: list[Stage] = [ScanStage(filters)]
+        self.found = Scanned()
+
+    def add(self, partials: list, tallies: list) -> None:
+        (part,), (tally,) = partials, tallies
+        self.found.matches += part.matches
+        self.found.ids += part.ids
+        self.found.rejects += tally.rejected
+
+
+def list_traces(splits: Sequence[Split], filters: Filters, *, workers: int | Engine = 1, on_error: str = "skip") -> Scanned:
+    """The summaries of the traces that match `filters`, in input order, and every good row's id."""
+    job = ScanJob(filters)
+    run_jobs(splits, [job], workers=workers, on_error=on_error, progress="ls")
+    return job.found
 
 
 def unique_prefix_length(ids: Sequence[str], minimum: int = MIN_PREFIX) -> int:
@@ -147,7 +162,7 @@ class FindStage(Stage):
     """A split's rows whose id equals or starts with the key."""
 
     name = "find"
-    trace = False
+    needs_trace = False
 
     def __init__(self, key: str):
         self.key = key
@@ -161,20 +176,35 @@ class FindStage(Stage):
             hits.where.setdefault(row.id, []).append(row.loc or Location("?", -1))
 
 
-def lookup(shards: Sequence[Split], key: str, *, workers: int | Engine = 1, on_error: str = "skip",
+class FindJob(Job):
+    """Every split's rows whose id equals or starts with the key, merged in plan order."""
+
+    def __init__(self, key: str):
+        self.stages: list[Stage] = [FindStage(key)]
+        self.first: dict[str, Row] = {}
+        self.where: dict[str, list[Location]] = {}
+        self.rejects: list[BadRow] = []
+
+    def add(self, partials: list, tallies: list) -> None:
+        (hits,), (tally,) = partials, tallies
+        self.rejects.extend(tally.rejected)
+        for i, row in hits.first.items():
+            self.first.setdefault(i, row)
+            self.where.setdefault(i, []).extend(hits.where[i])
+
+
+def lookup(splits: Sequence[Split], key: str, *, workers: int | Engine = 1, on_error: str = "skip",
            rejects: list[BadRow] | None = None) -> Lookup:
     """The trace whose id is `key`, else the one trace whose id starts with `key`. Raises
     LookupError naming the candidates when there is none or more than one. Every row is read,
     so rows that share the id are all found."""
-    first: dict[str, Row] = {}
-    where: dict[str, list[Location]] = {}
-    for folded in run(shards, [FindStage(key)], workers=workers, on_error=on_error):
-        (hits,), (tally,) = folded.partials, folded.tallies
+    job = FindJob(key)
+    try:
+        run_jobs(splits, [job], workers=workers, on_error=on_error)
+    finally:
         if rejects is not None:
-            rejects.extend(tally.rejected)
-        for i, row in hits.first.items():
-            first.setdefault(i, row)
-            where.setdefault(i, []).extend(hits.where[i])
+            rejects.extend(job.rejects)
+    first, where = job.first, job.where
     if key in first:
         chosen = key
     elif len(first) == 1:

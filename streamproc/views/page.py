@@ -27,31 +27,25 @@ import orjson
 from streamproc.io.files import atomic_path
 from streamproc.records import Row, Tally, Trace
 from streamproc.parse.turns import REASONING, TEXT
-from streamproc.analyze.outcomes import status, trace_failures
+from streamproc.analyze.outcomes import status
+from streamproc.views.listing import Summary, summarize
+from streamproc.views.tables import CATEGORY, CLASS, TOOL, Table
 from streamproc.views.render import assistant_blocks, clip_values, shorten
-from streamproc.run.runner import Engine, Stage, run_merged
+from streamproc.run.runner import Engine, Gather, Stage, run_jobs
 from streamproc.io.sources import Split
 
 CHUNK = 200  # traces per compressed chunk: one inflate is a few MB at most
 LIMIT = 2000  # characters of any one value kept in the page (the full length is noted)
+TASK_CHARS = 300  # of a trace's task in the index, which every trace's row carries inline
 TEMPLATE = Path(__file__).parents[1] / "data" / "viewer.html"
 
 
 @dataclass(slots=True)
 class Entry:
-    """One trace in the page's index: what the list shows and filters on, and where its body is."""
+    """One trace in the page's index: what the list shows and filters on (the record `ls` lists),
+    and where its body is."""
 
-    id: str
-    source: str
-    category: str
-    subcategory: str
-    task: str
-    tools: list[str]  # distinct tools called, in order of first use
-    errors: int  # failed tool responses plus malformed calls
-    turns: int
-    calls: int
-    failed: list[str] = field(default_factory=list)  # distinct tools with a failed response or a malformed call
-    classes: list[str] = field(default_factory=list)  # distinct failure classes (status), malformed_call too
+    summary: Summary
     chunk: int = 0
     pos: int = 0
 
@@ -68,9 +62,7 @@ class Browser:
 
 
 def entry(trace: Trace) -> Entry:
-    f = trace_failures(trace)
-    return Entry(trace.id, trace.source, trace.category, trace.subcategory, shorten(trace.task, 300),
-                 list(f.tools), f.errors, len(trace.turns), len(trace.calls), list(f.failed), list(f.classes))
+    return Entry(summarize(trace, TASK_CHARS))
 
 
 def body(trace: Trace) -> dict[str, Any]:
@@ -110,7 +102,6 @@ def _block(kind: str, value: Any, number: int | None) -> dict[str, Any]:
 class ViewPart:
     entries: list[Entry]
     chunks: list[bytes]
-    tally: Tally
 
 
 class ViewFold:
@@ -131,11 +122,11 @@ class ViewFold:
             self.chunks.append(_compress(self._bodies))
             self._bodies = []
 
-    def part(self, tally: Tally | None = None) -> ViewPart:
+    def part(self) -> ViewPart:
         if self._bodies:
             self.chunks.append(_compress(self._bodies))
             self._bodies = []
-        return ViewPart(self.entries, self.chunks, tally or Tally())
+        return ViewPart(self.entries, self.chunks)
 
 
 class ViewStage(Stage):
@@ -161,26 +152,23 @@ def _compress(bodies: list[bytes]) -> bytes:
 
 def collect(splits: Sequence[Split], workers: int | Engine = 1, on_error: str = "skip") -> tuple[Browser, Tally]:
     """Index and body chunks of every trace, in input order, made in worker processes."""
-    (parts,), (tally,) = run_merged(splits, [ViewStage()], workers=workers, on_error=on_error, progress="index traces")
-    return merge(parts)[0], tally
+    job = Gather(ViewStage())
+    run_jobs(splits, [job], workers=workers, on_error=on_error, progress="index traces")
+    return merge(job.partials), job.tally
 
 
-def merge(parts: Iterable[ViewPart]) -> tuple[Browser, Tally]:
-    """One Browser of per-shard parts, in the order given."""
-    browser, tally = Browser(), Tally()
+def merge(parts: Iterable[ViewPart]) -> Browser:
+    """One Browser of per-split parts, in the order given."""
+    browser = Browser()
     for part in parts:
         for e in part.entries:
             e.chunk += len(browser.chunks)
         browser.entries.extend(part.entries)
         browser.chunks.extend(part.chunks)
-        tally.add(part.tally)
-    return browser, tally
+    return browser
 
 
 # ----------------------------------------------------------------------------- the page
-
-
-Table = tuple[str, Sequence[str], Sequence[Sequence[str]]]  # title, header, rows
 
 
 def write_page(
@@ -200,10 +188,10 @@ def write_page(
     values = {
         "title": html.escape(title),
         "note": html.escape(note),
-        "summary": "".join(_table_html(t) for t in tables if t[2]) or "<p class=\"hint\">No summary was collected.</p>",
+        "summary": "".join(_table_html(t) for t in tables if t.rows) or "<p class=\"hint\">No summary was collected.</p>",
         "plots": "".join(_img(caption, png) for caption, png in (plots or {}).items())
         or "<p class=\"hint\">No plots were drawn.</p>",
-        "training": "".join(_table_html(t) for t in training if t[2])
+        "training": "".join(_table_html(t) for t in training if t.rows)
         + "".join(_img(caption, png) for caption, png in (training_plots or {}).items()),
         "has_training": "" if training else "hidden",
         "index": _script_json(_index(browser)),
@@ -230,10 +218,11 @@ def _index(browser: Browser) -> dict[str, Any]:
         return names[kind].setdefault(value, len(names[kind]))
 
     rows = [
-        [e.id, code("source", e.source), code("category", e.category), code("subcategory", e.subcategory), e.task,
-         [code("tool", t) for t in e.tools], e.errors, e.turns, e.calls, e.chunk, e.pos,
-         [code("tool", t) for t in e.failed], [code("class", k) for k in e.classes]]
+        [s.id, code("source", s.source), code("category", s.category), code("subcategory", s.subcategory), s.task,
+         [code("tool", t) for t in s.tools], s.errors, s.turns, s.calls, e.chunk, e.pos,
+         [code("tool", t) for t in s.failed_tools], [code("class", k) for k in s.classes]]
         for e in browser.entries
+        for s in (e.summary,)
     ]
     return {"names": {k: list(v) for k, v in names.items()}, "rows": rows}
 
@@ -250,23 +239,24 @@ def _img(caption: str, png: bytes) -> str:
             f'</button><figcaption>{alt}</figcaption></figure>')
 
 
-# A summary table whose first column names one of these filters gets rows that filter the list.
-_ROW_FILTERS = {"tool": "tool", "class": "class", "category": "category", "source": "source"}
+# A summary table whose first column holds one of these gets rows that filter the list by it (the
+# page's filter of that name).
+_ROW_FILTERS = {TOOL: "tool", CLASS: "class", CATEGORY: "category"}
 
 
 def _table_html(table: Table) -> str:
-    title, header, rows = table
-    key = _ROW_FILTERS.get(header[0]) if header else None
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    key = _ROW_FILTERS.get(table.columns[0].key) if table.columns else None
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
     body = []
-    for row in rows:
-        attrs = f' data-filter="{key}" data-value="{html.escape(row[0])}" title="list the traces with this {key}"' if key else ""
+    for row in table.rows:
+        # The filter's value is the name the page lists (an empty category is "(none)" there too).
+        attrs = f' data-filter="{key}" data-value="{html.escape(row.cells[0])}" title="list the traces with this {key}"' if key else ""
         cells = "".join(
             f'<td data-err="yes" title="list the traces where this tool failed">{html.escape(v)}</td>'
-            if key == "tool" and header[k] == "failed" else f"<td>{html.escape(v)}</td>"
-            for k, v in enumerate(row)
+            if key == "tool" and column.key == "failed" else f"<td>{html.escape(v)}</td>"
+            for column, v in zip(table.columns, row.cells)
         )
         body.append(f"<tr{attrs}>{cells}</tr>")
-    cls = "summary wide" if len(header) > 5 or not key else "summary"
-    return (f'<div class="{cls}"><h3>{html.escape(title)}</h3><table><thead><tr>{head}</tr></thead>'
+    cls = "summary wide" if len(table.columns) > 5 or not key else "summary"
+    return (f'<div class="{cls}"><h3>{html.escape(table.title)}</h3><table><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table></div>")

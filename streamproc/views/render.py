@@ -15,6 +15,7 @@ import orjson
 from streamproc.analyze.outcomes import status
 from streamproc.records import Trace
 from streamproc.parse.turns import REASONING, TEXT, TOOL_CALL, ToolCall, ToolResponse, Turn
+from streamproc.views.safe import visible
 
 # Line styles, each with its ANSI colour.
 HEADER, LABEL_USER, LABEL_THINK, LABEL_CALL, LABEL_OK, LABEL_ERROR, LABEL_ANSWER = (
@@ -283,11 +284,13 @@ def _turn_lines(trace: Trace, ti: int, turn: Turn, limits: Limits | None) -> lis
 
 
 def to_text(lines: Iterable[Line], color: bool = False) -> str:
-    """The lines as text; with `color`, each wrapped in its ANSI style."""
+    """The lines as text, control characters from the data shown as escapes (safe.visible);
+    with `color`, each line wrapped in its ANSI style."""
     if not color:
-        return "\n".join(line.text for line in lines) + "\n"
+        return visible("\n".join(line.text for line in lines)) + "\n"
     parts = []
     for line in lines:
         code = _ANSI.get(line.style)
-        parts.append(f"\x1b[{code}m{line.text}\x1b[0m" if code and line.text else line.text)
+        text = visible(line.text)
+        parts.append(f"\x1b[{code}m{text}\x1b[0m" if code and text else text)
     return "\n".join(parts) + "\n"

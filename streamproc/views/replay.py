@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Iterator, TextIO
 
 from streamproc.records import Trace
 from streamproc.views.render import DEFAULT, HEADER, NOTE, Limits, Line, assistant_lines, response_lines, to_text, user_lines
+from streamproc.views.safe import visible
 from streamproc.views.terminal import wrap
 
 HELP = "n/Enter/Right: next  p/Left: previous  <number>Enter: jump to step  q: quit"
@@ -108,13 +109,14 @@ class Screen:
     def draw(self, out: TextIO, lines: list[Line], where: str, note: str, color: bool) -> None:
         width, height = self.size()
         head, *body = lines
-        body = [Line(b.style, part) for b in body for part in wrap(b.text, width).split("\n")]
+        # escaped before wrapping and cutting, so each line fits the width as printed
+        body = [Line(b.style, part) for b in body for part in wrap(visible(b.text), width).split("\n")]
         room = max(height - 2, 1)
         self.offset = min(max(self.offset, 0), max(len(body) - room, 0))
         shown = body[self.offset : self.offset + room]
         more = f" lines {self.offset + 1}-{self.offset + len(shown)} of {len(body)}" if len(body) > room else ""
-        text = to_text([Line(head.style, head.text[:width]), *shown], color)
-        tail = to_text([Line(NOTE, f"[{where}{more}] {note}"[: width - 1])], color).rstrip("\n")
+        text = to_text([Line(head.style, visible(head.text)[:width]), *shown], color)
+        tail = to_text([Line(NOTE, visible(f"[{where}{more}] {note}")[: width - 1])], color).rstrip("\n")
         # home, clear, draw; the status line goes on the last row whatever the step's length
         out.write(f"\x1b[H\x1b[2J{text}\x1b[{height};1H{tail}")
         out.flush()
@@ -141,7 +143,7 @@ def play(
     steps follow each other in `out`."""
     all_steps = steps(trace)
     if not all_steps:
-        out.write(f"trace {trace.id} has no assistant turn to step through\n")
+        out.write(visible(f"trace {trace.id} has no assistant turn to step through\n"))
         return 0
     i = min(max(start, 1), len(all_steps)) - 1
     total = len(all_steps)
@@ -171,7 +173,7 @@ def play(
                 if screen is not None:
                     show(i, where)
                 else:
-                    out.write(f"{where}\n{HELP}\n")
+                    out.write(visible(f"{where}\n{HELP}\n"))
                     out.flush()
                 continue
             i = where

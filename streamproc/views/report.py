@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import textwrap
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,11 @@ from matplotlib.ticker import FuncFormatter, NullFormatter, PercentFormatter
 from streamproc.io.files import write_bytes, write_json
 from streamproc.analyze.metrics import COUNT_EDGES, POSITION_CAP, Counts, Hist, Stats
 from streamproc.records import Tally
+from streamproc.views.safe import visible
+from streamproc.views.tables import (
+    CATEGORIES_TABLE, CATEGORY, CLASS, CLASSES_TABLE, FAILURE, FIGURES_TABLE, QUALITY, TOOL, TOOLS_TABLE, TRAINING_TABLE,
+    WARNING, Column, Table, TableRow,
+)
 
 # ----------------------------------------------------------------------------- figures as text
 
@@ -41,31 +47,49 @@ def _share(c: dict) -> str:
     return " / ".join(_pct(c[k], total) for k in ("reasoning", "tool_calls", "answer")) if total else "-"
 
 
-FIGURES: list[tuple[str, Callable[[Counts], str]]] = [
-    ("traces", lambda c: f"{c.traces:,}"),
-    ("turns", lambda c: f"{c.turns:,}"),
-    ("turns per trace (mean / p50 / p90 / max)", lambda c: _dist(c.turns_per_trace)),
-    ("assistant turns", lambda c: f"{c.assistant_turns:,}"),
-    ("tool calls", lambda c: f"{c.tool_calls:,}"),
-    ("tool calls per trace (mean / p50 / p90 / max)", lambda c: _dist(c.calls_per_trace)),
-    ("assistant turns with 2+ parallel calls", lambda c: _pct(sum(n for w, n in c.parallel_widths.items() if w > 1), c.assistant_turns)),
-    ("distinct tools called", lambda c: f"{len(c.tool_counts):,}"),
-    ("failed tool responses", lambda c: f"{sum(c.error_classes.values()):,} of {c.tool_responses:,} ({_pct(sum(c.error_classes.values()), c.tool_responses)})"),
-    ("traces with a failed response", lambda c: f"{c.traces_with_errors:,} ({_pct(c.traces_with_errors, c.traces)})"),
-    ("\"error\" substring heuristic flags (responses / traces)", lambda c: f"{c.guide_flagged_responses:,} / {c.guide_flagged_traces:,}"),
-    ("reasoning chars per assistant turn (mean / p50 / p90 / max)", lambda c: _dist(c.reasoning_chars_per_turn)),
-    ("reasoning chars per trace (mean / p50 / p90 / max)", lambda c: _dist(c.reasoning_chars_per_trace)),
-    ("reasoning tokens per assistant turn (mean / p50 / p90 / max)", lambda c: _dist(c.reasoning_tokens_per_turn)),
-    ("empty think blocks", lambda c: f"{c.empty_think_blocks:,} of {c.think_blocks:,}"),
-    ("assistant output chars: reasoning / calls / answer", lambda c: _share(c.output_chars)),
-    ("assistant output tokens: reasoning / calls / answer", lambda c: _share(c.output_tokens)),
-    ("malformed tool calls", lambda c: f"{c.quality['malformed_calls']:,}"),
-    ("calls to a tool not in the row's tools", lambda c: f"{c.quality['unknown_tool']:,}"),
-    ("calls missing a required argument", lambda c: f"{c.quality['missing_argument']:,}"),
-    ("calls passing an unknown argument", lambda c: f"{c.quality['unknown_argument']:,}"),
-    ("calls with no response", lambda c: f"{c.quality['calls_without_response']:,}"),
-    ("responses with no call", lambda c: f"{c.quality['responses_without_call']:,}"),
-    ("rows whose tools JSON is unreadable", lambda c: f"{c.quality['unreadable_tools']:,}"),
+@dataclass(slots=True, frozen=True)
+class SummaryFigure:
+    """One row of the Figures table: `key` names it in code, `label` only in print."""
+
+    key: str
+    label: str
+    value: Callable[[Counts], str]
+    mark: str = ""  # FAILURE, WARNING, QUALITY or ""
+
+
+FIGURES: list[SummaryFigure] = [
+    SummaryFigure("traces", "traces", lambda c: f"{c.traces:,}"),
+    SummaryFigure("turns", "turns", lambda c: f"{c.turns:,}"),
+    SummaryFigure("turns_per_trace", "turns per trace (mean / p50 / p90 / max)", lambda c: _dist(c.turns_per_trace)),
+    SummaryFigure("assistant_turns", "assistant turns", lambda c: f"{c.assistant_turns:,}"),
+    SummaryFigure("tool_calls", "tool calls", lambda c: f"{c.tool_calls:,}"),
+    SummaryFigure("calls_per_trace", "tool calls per trace (mean / p50 / p90 / max)", lambda c: _dist(c.calls_per_trace)),
+    SummaryFigure("parallel_turns", "assistant turns with 2+ parallel calls",
+                  lambda c: _pct(sum(n for w, n in c.parallel_widths.items() if w > 1), c.assistant_turns)),
+    SummaryFigure("distinct_tools", "distinct tools called", lambda c: f"{len(c.tool_counts):,}"),
+    SummaryFigure("failed_responses", "failed tool responses",
+                  lambda c: f"{sum(c.error_classes.values()):,} of {c.tool_responses:,} ({_pct(sum(c.error_classes.values()), c.tool_responses)})",
+                  FAILURE),
+    SummaryFigure("traces_with_errors", "traces with a failed response",
+                  lambda c: f"{c.traces_with_errors:,} ({_pct(c.traces_with_errors, c.traces)})", FAILURE),
+    SummaryFigure("error_substring_check", "\"error\" substring heuristic flags (responses / traces)",
+                  lambda c: f"{c.substring_flagged_responses:,} / {c.substring_flagged_traces:,}"),
+    SummaryFigure("reasoning_chars_per_turn", "reasoning chars per assistant turn (mean / p50 / p90 / max)",
+                  lambda c: _dist(c.reasoning_chars_per_turn)),
+    SummaryFigure("reasoning_chars_per_trace", "reasoning chars per trace (mean / p50 / p90 / max)",
+                  lambda c: _dist(c.reasoning_chars_per_trace)),
+    SummaryFigure("reasoning_tokens_per_turn", "reasoning tokens per assistant turn (mean / p50 / p90 / max)",
+                  lambda c: _dist(c.reasoning_tokens_per_turn)),
+    SummaryFigure("empty_think_blocks", "empty think blocks", lambda c: f"{c.empty_think_blocks:,} of {c.think_blocks:,}", WARNING),
+    SummaryFigure("output_share_chars", "assistant output chars: reasoning / calls / answer", lambda c: _share(c.output_chars)),
+    SummaryFigure("output_share_tokens", "assistant output tokens: reasoning / calls / answer", lambda c: _share(c.output_tokens)),
+    SummaryFigure("malformed_calls", "malformed tool calls", lambda c: f"{c.quality['malformed_calls']:,}", QUALITY),
+    SummaryFigure("unknown_tool", "calls to a tool not in the row's tools", lambda c: f"{c.quality['unknown_tool']:,}", QUALITY),
+    SummaryFigure("missing_argument", "calls missing a required argument", lambda c: f"{c.quality['missing_argument']:,}", QUALITY),
+    SummaryFigure("unknown_argument", "calls passing an unknown argument", lambda c: f"{c.quality['unknown_argument']:,}", QUALITY),
+    SummaryFigure("calls_without_response", "calls with no response", lambda c: f"{c.quality['calls_without_response']:,}", QUALITY),
+    SummaryFigure("responses_without_call", "responses with no call", lambda c: f"{c.quality['responses_without_call']:,}", QUALITY),
+    SummaryFigure("unreadable_tools", "rows whose tools JSON is unreadable", lambda c: f"{c.quality['unreadable_tools']:,}", QUALITY),
 ]
 
 
@@ -77,35 +101,40 @@ def _columns(stats: Stats) -> list[tuple[str, Counts]]:
     return cols
 
 
-def tables(stats: Stats, top: int) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) of every summary table, shared by the terminal, Markdown and web views."""
+def tables(stats: Stats, top: int) -> list[Table]:
+    """Every summary table, shared by the terminal, Markdown and web views."""
     cols = _columns(stats)
     total = cols[0][1]
-    figures = [[label] + [fn(c) for _, c in cols] for label, fn in FIGURES]
-    figures = [r for r in figures if any(v != "-" for v in r[1:])]  # e.g. tokens when not counted
+    figures = [TableRow(f.key, [f.label] + [f.value(c) for _, c in cols], f.mark) for f in FIGURES]
+    figures = [r for r in figures if any(v != "-" for v in r.cells[1:])]  # e.g. tokens when not counted
     tools = [
-        [name, f"{n:,}", f"{total.responses_by_tool[name]:,}", f"{total.errors_by_tool[name]:,}",
-         _pct(total.errors_by_tool[name], total.responses_by_tool[name])]
+        TableRow(name, [name, f"{n:,}", f"{total.responses_by_tool[name]:,}", f"{total.errors_by_tool[name]:,}",
+                    _pct(total.errors_by_tool[name], total.responses_by_tool[name])])
         for name, n in total.tool_counts.most_common(top)
     ]
-    classes = [[k, f"{n:,}", _pct(n, total.tool_responses)] for k, n in total.error_classes.most_common()]
-    cats = [[k or "(none)", f"{n:,}", _pct(n, total.traces)] for k, n in total.categories.most_common()]
+    classes = [TableRow(k, [k, f"{n:,}", _pct(n, total.tool_responses)]) for k, n in total.error_classes.most_common()]
+    cats = [TableRow(k, [k or "(none)", f"{n:,}", _pct(n, total.traces)]) for k, n in total.categories.most_common()]
     return [
-        ("Figures", ["figure"] + [name for name, _ in cols], figures),
-        (f"Top {top} tools", ["tool", "calls", "responses", "failed", "failure rate"], tools),
-        ("Failed responses by class", ["class", "responses", "share of responses"], classes),
-        ("Categories", ["category", "traces", "share"], cats),
+        Table(FIGURES_TABLE, "Figures", [Column("figure", "figure")] + [Column(name, name) for name, _ in cols], figures),
+        Table(TOOLS_TABLE, f"Top {top} tools",
+              [Column(TOOL, "tool"), Column("calls", "calls"), Column("responses", "responses"),
+               Column("failed", "failed", FAILURE), Column("failure_rate", "failure rate", FAILURE)], tools),
+        Table(CLASSES_TABLE, "Failed responses by class",
+              [Column(CLASS, "class"), Column("responses", "responses"), Column("share", "share of responses")], classes),
+        Table(CATEGORIES_TABLE, "Categories",
+              [Column(CATEGORY, "category"), Column("traces", "traces"), Column("share", "share")], cats),
     ]
 
 
 def summary_text(stats: Stats, tally: Tally | None = None, top: int = 10) -> str:
     """The terminal summary: aligned plain-text tables."""
     out = [tally.summary()] if tally else []
-    for title, header, rows in tables(stats, top):
-        if not rows:
+    for table in tables(stats, top):
+        if not table.rows:
             continue
+        header, rows = table.header, [r.cells for r in table.rows]
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        out += ["", title, "  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
+        out += ["", table.title, "  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
         out += ["  ".join([r[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(r[1:], widths[1:])]) for r in rows]
     return "\n".join(out)
 
@@ -117,11 +146,12 @@ def summary_markdown(stats: Stats, tally: Tally | None = None, top: int = 10, pl
         out += [tally.summary() + ".", ""]
     if stats.tokenizer:
         out += [f"Tokens counted with `{stats.tokenizer}`.", ""]
-    for title, header, rows in [*tables(stats, top), *extra]:
-        if not rows:
+    for table in [*tables(stats, top), *extra]:
+        if not table.rows:
             continue
-        out += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        out += ["| " + " | ".join(v.replace("|", "\\|") for v in r) + " |" for r in rows]
+        # a file people `cat`: names from the data with their control characters escaped
+        out += [f"## {table.title}", "", "| " + " | ".join(map(visible, table.header)) + " |", "|" + "---|" * len(table.columns)]
+        out += ["| " + " | ".join(visible(v).replace("|", "\\|") for v in r.cells) + " |" for r in table.rows]
         out.append("")
     if plots:
         out += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
@@ -131,6 +161,17 @@ def summary_markdown(stats: Stats, tally: Tally | None = None, top: int = 10, pl
 # ----------------------------------------------------------------------------- plots
 
 FEW = 30  # a share resting on fewer samples than this is drawn faded or hollow, its count shown
+LABEL_MAX = 40  # characters of a name from the data on a plot; a longer one would take the plot's room
+
+
+def _label(name: str) -> str:
+    """A name from the data (tool, source, category) as a plot shows it: control characters as
+    escapes (safe.visible), cut to LABEL_MAX characters, and `$` written as itself, not taken
+    for the start of mathtext."""
+    text = visible(name)
+    if len(text) > LABEL_MAX:
+        text = text[: LABEL_MAX - 1] + "…"
+    return text.replace("$", r"\$")
 
 
 def _axes(ax, size=(7, 4.5)):
@@ -215,9 +256,9 @@ def top_tools(data: Stats | Counts, ax=None, top: int = 15) -> Figure:
     y = np.arange(len(names))
     for i, (source, c) in enumerate(groups):
         bars = ax.barh(y + (len(groups) - 1 - i) * height - 0.4 + height / 2, [c.tool_counts[t] for t in names],
-                       height, label=source, color=colours[source])
+                       height, label=_label(source), color=colours[source])
         ax.bar_label(bars, [f"{c.tool_counts[t]:,}" if c.tool_counts[t] else "" for t in names], padding=2, fontsize=7)
-    ax.set_yticks(y, names)
+    ax.set_yticks(y, [_label(t) for t in names])
     ax.margins(x=0.12)
     ax.set_title(f"{title} (top {len(names)})")
     ax.set_xlabel("Calls")
@@ -240,7 +281,7 @@ def parallel_widths(data: Stats | Counts, ax=None) -> Figure:
     for i, (source, c) in enumerate(groups):
         n = sum(c.parallel_widths.values())
         shares = [c.parallel_widths[w] / n if n else 0 for w in widths]
-        bars = ax.bar(x + i * width - 0.4 + width / 2, shares, width, label=f"{source} ({n:,} turns)", color=colours[source])
+        bars = ax.bar(x + i * width - 0.4 + width / 2, shares, width, label=f"{_label(source)} ({n:,} turns)", color=colours[source])
         ax.bar_label(bars, [f"{c.parallel_widths[w]:,}" if c.parallel_widths[w] else "" for w in widths], fontsize=7)
     ax.set_xticks(x, [str(w) for w in widths])
     ax.set_yscale("log")
@@ -269,7 +310,7 @@ def conversation_length(data: Stats | Counts, ax=None, bars: int = 40) -> Figure
         if not h.n:
             continue
         counts = np.add.reduceat(h.counts[:top], starts) / h.n
-        ax.stairs(counts, np.append(starts, top), label=f"{source}: {h.n:,} traces, mean {h.mean():.1f}",
+        ax.stairs(counts, np.append(starts, top), label=f"{_label(source)}: {h.n:,} traces, mean {h.mean():.1f}",
                   color=f"C{i}", fill=len(groups) == 1, alpha=0.85 if len(groups) == 1 else 1, linewidth=1.6)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.set_title(title)
@@ -292,11 +333,11 @@ def categories(data: Stats | Counts, ax=None) -> Figure:
     left = np.zeros(len(cats))
     for i, (source, c) in enumerate(groups):
         n = np.array([c.categories[k] for k in cats], dtype=float)
-        ax.barh(y, n, left=left, label=source, color=f"C{i}", height=0.7)
+        ax.barh(y, n, left=left, label=_label(source), color=f"C{i}", height=0.7)
         left += n
     for yi, k in zip(y, cats):
         ax.text(left[yi], yi, f" {total.categories[k]:,} ({_pct(total.categories[k], total.traces)})", va="center", fontsize=8)
-    ax.set_yticks(y, [k or "(none)" for k in cats])
+    ax.set_yticks(y, [_label(k) if k else "(none)" for k in cats])
     ax.margins(x=0.2)
     ax.set_title(title)
     ax.set_xlabel("Traces")
@@ -310,15 +351,17 @@ def tools_by_category(c: Counts | Stats, ax=None, top: int = 12) -> Figure:
     c = c.total() if isinstance(c, Stats) else c
     tools = [k for k, _ in c.tool_counts.most_common(top)]
     cats = [k for k, _ in c.categories.most_common()]
-    ax = _axes(ax, (10, 1.8 + 0.4 * max(3, len(cats))))
+    names = [_label(t) for t in tools]
+    # the tool names hang below at 40 degrees: room for names longer than the usual ones (about 0.055 in a character)
+    ax = _axes(ax, (10, 1.8 + 0.4 * max(3, len(cats)) + 0.055 * max(0, max(map(len, names), default=0) - 16)))
     title = f"Tool usage by category (top {len(tools)} tools)"
     if not tools or not cats:
         return _nothing(ax, "Tool usage by category", "no tool was called in these traces")
     calls = np.array([[c.tools_by_category[(cat, t)] for t in tools] for cat in cats], dtype=float)
     per_cat = calls.sum(axis=1, keepdims=True)
     _heat(ax, calls / np.maximum(per_cat, 1), calls, per_cat[:, 0],
-          tools, [f"{k or '(none)'} ({int(n):,})" for k, n in zip(cats, per_cat[:, 0])], "share of the category's calls")
-    ax.set_xticks(range(len(tools)), tools, rotation=40, ha="right")
+          names, [f"{_label(k) if k else '(none)'} ({int(n):,})" for k, n in zip(cats, per_cat[:, 0])], "share of the category's calls")
+    ax.set_xticks(range(len(tools)), names, rotation=40, ha="right")
     ax.set_title(title)
     return ax.figure
 
@@ -342,7 +385,7 @@ def tools_by_position(c: Counts | Stats, ax=None, top: int = 12) -> Figure:
     cols = [str(p) for p in positions]
     if last == POSITION_CAP:
         cols[-1] += "+"
-    _heat(ax, calls / np.maximum(totals, 1), calls, totals, cols, tools, "share of the calls at that turn", by_column=True)
+    _heat(ax, calls / np.maximum(totals, 1), calls, totals, cols, [_label(t) for t in tools], "share of the calls at that turn", by_column=True)
     ax.set_xlabel(f"Assistant turn number (faded: fewer than {FEW} calls at that turn; top: calls at that turn)")
     ax.set_title(f"Tool usage by turn position (top {len(tools)} tools)")
     return ax.figure
@@ -390,7 +433,7 @@ def reasoning_length(stats: Stats | Counts, ax=None) -> Figure:
         x = [1.0] + [lo for lo, _, _ in bins if lo > 0] + [h.max + 1]
         y = np.cumsum([without] + [n for lo, _, n in bins if lo > 0]) / h.n
         ax.step(x, np.append(y, 1.0), where="post", color=f"C{i}", linewidth=1.8,
-                label=f"{name}: median {_lengths(h.percentile(50))}, {_pct(without, h.n)} of {h.n:,} turns without")
+                label=f"{_label(name)}: median {_lengths(h.percentile(50))}, {_pct(without, h.n)} of {h.n:,} turns without")
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(_lengths))
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -426,7 +469,7 @@ def error_rate(data: Stats | Counts, ax=None, top: int = 15) -> Figure:
             ax.plot([lo, hi], [y, y], color=colours[source], linewidth=2, alpha=0.6, solid_capstyle="butt")
             ax.plot([k / n], [y], "o", color=colours[source], markerfacecolor=colours[source] if n >= FEW else "white")
             ax.text(hi + 0.01, y, f"{k:,}/{n:,}", va="center", fontsize=7, color="0.2")
-    ax.set_yticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), [_label(t) for t in names])
     ax.set_xlim(0, 1.12)
     ax.set_xticks(np.linspace(0, 1, 6))
     ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
@@ -434,7 +477,7 @@ def error_rate(data: Stats | Counts, ax=None, top: int = 15) -> Figure:
     ax.set_title(title)
     ax.set_xlabel(f"Failed responses / responses (hollow: fewer than {FEW} responses)")
     _legend(ax, groups, [Line2D([], [], color=colours[name], marker="o", linewidth=2) for name, _ in groups],
-            [name for name, _ in groups])
+            [_label(name) for name, _ in groups])
     return ax.figure
 
 
@@ -455,10 +498,15 @@ def overview(data: Stats | Counts, fig: Figure | None = None) -> Figure:
     if not _merged(groups).traces:
         _nothing(fig.add_subplot(), "Overview", "no traces")
         return fig
-    names = [f"{name}\n{c.traces:,} traces" for name, c in groups]
+    # six small plots side by side: each name on lines short enough for its bar's share of the width
+    line = max(8, 48 // len(groups))
+    names = ["\n".join(textwrap.wrap(_label(name), line, break_on_hyphens=False)) + f"\n{c.traces:,} traces"
+             for name, c in groups]
     for ax, (label, fn) in zip(fig.subplots(2, 3).ravel(), _COMPARED):
         values = [fn(c) for _, c in groups]
-        bars = ax.bar(names, values, color=[f"C{i}" for i in range(len(groups))], width=0.6)
+        # at positions, not by name: two sources whose names are cut alike stay two bars
+        bars = ax.bar(range(len(names)), values, color=[f"C{i}" for i in range(len(groups))], width=0.6)
+        ax.set_xticks(range(len(names)), names)
         ax.bar_label(bars, [f"{v:,.1f}" for v in values], fontsize="small", padding=2)
         ax.set_ylim(0, max(values) * 1.18 or 1)  # room for the labels; all zero stays a flat, readable axis
         ax.set_title(label, fontsize="medium")
@@ -469,7 +517,7 @@ def overview(data: Stats | Counts, fig: Figure | None = None) -> Figure:
 
 
 def sequence_lengths(training: "Training", ax=None) -> Figure:
-    """Lengths of the packed sequences (tokens) per split, against the row length."""
+    """Lengths of the packed sequences (tokens) per partition (train, eval), against the row length."""
     ax = _axes(ax)
     seq_len = training.manifest.get("seq_len") or 0
     title = f"Packed sequence lengths (rows of {seq_len:,} tokens)"
@@ -535,42 +583,43 @@ def training(packed: str | os.PathLike | Mapping) -> Training:
     directory, the sequence lengths are read from its shards too."""
     if isinstance(packed, Mapping):
         return Training(dict(packed))
-    from streamproc.prepare.shards import MANIFEST, SPLITS, read_manifest, read_shards
+    from streamproc.prepare.shards import MANIFEST, PARTITIONS, read_manifest, read_shards
 
     out = Path(packed)
     out = out.parent if out.name == MANIFEST else out
     manifest = read_manifest(out)
-    lengths = {s: read_shards(out, s).column("seq_lens").combine_chunks().flatten().to_numpy() for s in SPLITS
+    lengths = {s: read_shards(out, s).column("seq_lens").combine_chunks().flatten().to_numpy() for s in PARTITIONS
                if manifest["counts"].get(s, {}).get("sequences")}
     return Training(manifest, lengths)
 
 
-def training_table(t: Training) -> tuple[str, list[str], list[list[str]]]:
-    """(title, header, rows): the pack run's figures per split (eval only when it has traces)."""
+def training_table(t: Training) -> Table:
+    """The pack run's figures per partition (eval only when it has traces)."""
     counts = t.manifest.get("counts", {})
     splits = [s for s in ("train", "eval") if s in counts and (s == "train" or counts[s].get("traces"))]
 
-    def row(label: str, fn: Callable[[dict], str]) -> list[str]:
-        return [label] + [fn(counts[s]) for s in splits]
+    def row(key: str, label: str, fn: Callable[[dict], str]) -> TableRow:
+        return TableRow(key, [label] + [fn(counts[s]) for s in splits])
 
     def eff(c: dict) -> str:
         return "-" if c.get("packing_efficiency") is None else f"{100 * c['packing_efficiency']:.1f}%"
 
     rows = [
-        row("traces written / dropped", lambda c: f"{c['traces']:,} / {c['dropped']:,}"),
-        row("sequences", lambda c: f"{c['sequences']:,}"),
-        row("tokens written", lambda c: f"{c['tokens']:,}"),
-        row("trained tokens (share of written)", lambda c: f"{c['trainable']:,} ({_pct(c['trainable'], c['tokens'])})"),
-        row("tokens cut to fit (share of tokenized)", lambda c: f"{c['tokens_cut']:,} ({_pct(c['tokens_cut'], c['tokens'] + c['tokens_cut'])})"),
-        row(f"rows of {t.manifest.get('seq_len', 0):,} tokens", lambda c: f"{c['rows']:,}"),
-        row("packing efficiency (padding)", lambda c: f"{eff(c)} ({c['padding']:,})"),
+        row("traces", "traces written / dropped", lambda c: f"{c['traces']:,} / {c['dropped']:,}"),
+        row("sequences", "sequences", lambda c: f"{c['sequences']:,}"),
+        row("tokens", "tokens written", lambda c: f"{c['tokens']:,}"),
+        row("trainable", "trained tokens (share of written)", lambda c: f"{c['trainable']:,} ({_pct(c['trainable'], c['tokens'])})"),
+        row("tokens_cut", "tokens cut to fit (share of tokenized)",
+            lambda c: f"{c['tokens_cut']:,} ({_pct(c['tokens_cut'], c['tokens'] + c['tokens_cut'])})"),
+        row("rows", f"rows of {t.manifest.get('seq_len', 0):,} tokens", lambda c: f"{c['rows']:,}"),
+        row("packing_efficiency", "packing efficiency (padding)", lambda c: f"{eff(c)} ({c['padding']:,})"),
     ]
     for split, v in t.lengths.items():
         if len(v) and split in splits:
-            rows[1][1 + splits.index(split)] += f" (median {int(np.median(v)):,} tokens)"
+            rows[1].cells[1 + splits.index(split)] += f" (median {int(np.median(v)):,} tokens)"
     tok = t.manifest.get("tokenizer", {}).get("name") or "?"
-    return (f"Training data ({tok}, {counts.get('rows_read', 0):,} rows read)", ["figure", *splits], rows)
-
+    return Table(TRAINING_TABLE, f"Training data ({tok}, {counts.get('rows_read', 0):,} rows read)",
+                 [Column("figure", "figure")] + [Column(s, s) for s in splits], rows)
 
 
 def write_report(

@@ -14,7 +14,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from typing import TYPE_CHECKING, TextIO
+
+from streamproc.views.safe import visible
+from streamproc.views.tables import FAILURE, FIGURES_TABLE, QUALITY, TableRow
+from streamproc.views.tables import Table as SummaryTable
 
 if TYPE_CHECKING:  # rich and matplotlib load only for the commands that print tables
     from rich.console import Console
@@ -22,21 +27,6 @@ if TYPE_CHECKING:  # rich and matplotlib load only for the commands that print t
 
     from streamproc.analyze.metrics import Stats
 
-QUALITY = (
-    "malformed tool calls",
-    "calls to a tool not in the row's tools",
-    "calls missing a required argument",
-    "calls passing an unknown argument",
-    "calls with no response",
-    "responses with no call",
-    "rows whose tools JSON is unreadable",
-)
-"""The data-quality rows of the Figures table: shown only where one is not zero."""
-
-FAILURES = {"failed tool responses", "traces with a failed response", "failed", "failure rate"}
-"""Figures (rows of the Figures table, columns of the others) shown red when not zero."""
-WARNINGS = {"empty think blocks", *QUALITY}
-"""Figures shown yellow when not zero: something odd in the data."""
 LABEL_MAX = 44  # characters of a figure's name on one line before it wraps
 
 PIPE_WIDTH = 1000  # not a terminal: a table as wide as its content, for grep and files
@@ -84,79 +74,86 @@ def print_tables(stats: Stats, top: int, file: TextIO | None = None) -> None:
     console = Console(file=file, width=width_of(file), force_terminal=color, color_system="auto" if color else None,
                       highlight=False, emoji=False)
     with console.capture() as captured:
-        for title, header, rows in tables(stats, top):
-            if not rows:
+        for table in tables(stats, top):
+            if not table.rows:
                 continue
-            if title == "Figures":
-                rows, quiet = _quality_folded(rows)
-                for part in _column_chunks(console, title, header, rows):
+            # escaped before the widths are reckoned (_label_width, _needed)
+            table = replace(table, columns=[replace(c, label=visible(c.label)) for c in table.columns],
+                            rows=[replace(r, cells=[visible(v) for v in r.cells]) for r in table.rows])
+            if table.key == FIGURES_TABLE:
+                table, quiet = _quality_folded(table)
+                for part in _column_chunks(console, table):
                     console.print(part)
                     console.print()
                 console.print(Text(quiet, style="green"))
             else:
-                console.print(_table(title, header, rows, console.width))
+                console.print(_table(table, console.width))
             console.print()
     file.write(trimmed(captured.get()))
     file.flush()
 
 
-def _quality_folded(rows: list[list[str]]) -> tuple[list[list[str]], str]:
-    """The Figures rows without data-quality rows that are zero everywhere, and a line saying
+def _quality_folded(table: SummaryTable) -> tuple[SummaryTable, str]:
+    """The Figures table without data-quality rows that are zero everywhere, and a line saying
     what was left out."""
-    zero = [r for r in rows if r[0] in QUALITY and all(_zero(v) for v in r[1:])]
-    kept = [r for r in rows if r not in zero]
-    if len(zero) == len(QUALITY):
+    zero = [r for r in table.rows if r.mark == QUALITY and all(_zero(v) for v in r.cells[1:])]
+    kept = replace(table, rows=[r for r in table.rows if r not in zero])
+    if len(zero) == sum(r.mark == QUALITY for r in table.rows):
         return kept, "no data-quality problems (malformed or unmatched calls, unknown tools or arguments, unreadable tools JSON)"
     return kept, f"{len(zero)} other data-quality checks found nothing" if zero else ""
 
 
-def _table(title: str, header: list[str], rows: list[list[str]], width: int) -> Table:
+def _table(table: SummaryTable, width: int) -> Table:
     from rich import box
     from rich.table import Table
     from rich.text import Text
 
-    t = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, show_edge=False,
+    # Text, never str, for what the data names (tools, sources, categories): rich would take `[red]` for markup.
+    t = Table(title=Text(table.title, style="bold"), title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
               pad_edge=False, header_style="bold")
     fit = width < PIPE_WIDTH  # off a terminal, names are never wrapped
-    t.add_column(header[0], overflow="fold", max_width=_label_width(rows, width) if fit else None)
-    for h in header[1:]:
-        t.add_column(h, justify="right", no_wrap=True)
-    for r in rows:
-        cells = [Text(r[0])]
-        for h, v in zip(header[1:], r[1:]):
+    first, *columns = table.columns
+    t.add_column(Text(first.label), overflow="fold", max_width=_label_width(table, width) if fit else None)
+    for c in columns:
+        t.add_column(Text(c.label), justify="right", no_wrap=True)
+    for r in table.rows:
+        cells = [Text(r.cells[0])]
+        for c, v in zip(columns, r.cells[1:]):
             style = ""
             if not _zero(v):
-                style = "bold red" if {r[0], h} & FAILURES else "yellow" if r[0] in WARNINGS else ""
+                style = "bold red" if FAILURE in (r.mark, c.mark) else "yellow" if r.mark else ""
             cells.append(Text(v, style=style))
         t.add_row(*cells)
     return t
 
 
-def _label_width(rows: list[list[str]], width: int) -> int:
-    return max(16, min(LABEL_MAX, width // 2, max(len(r[0]) for r in rows)))
+def _label_width(table: SummaryTable, width: int) -> int:
+    return max(16, min(LABEL_MAX, width // 2, max(len(r.cells[0]) for r in table.rows)))
 
 
-def _needed(header: list[str], rows: list[list[str]], cols: list[int], width: int) -> int:
+def _needed(table: SummaryTable, cols: list[int], width: int) -> int:
     """Columns a table of these value columns takes: the name column as wrapped, then each value
     column at its widest, 3 columns of padding and rule between columns."""
-    values = sum(max(len(header[c]), *(len(r[c]) for r in rows)) for c in cols)
-    return _label_width(rows, width) + values + 3 * len(cols)
+    values = sum(max(len(table.columns[c].label), *(len(r.cells[c]) for r in table.rows)) for c in cols)
+    return _label_width(table, width) + values + 3 * len(cols)
 
 
-def _column_chunks(console: Console, title: str, header: list[str], rows: list[list[str]]) -> list[Table]:
+def _column_chunks(console: Console, table: SummaryTable) -> list[Table]:
     """As many value columns per table as fit the width (at least one): a wide Figures table
     becomes a stack of narrower ones, each with the figure names."""
-    n = len(header) - 1
+    n = len(table.columns) - 1
     width = console.width
     per = n
-    while per > 1 and any(_needed(header, rows, list(range(s, min(s + per, n + 1))), width) > width
+    while per > 1 and any(_needed(table, list(range(s, min(s + per, n + 1))), width) > width
                           for s in range(1, n + 1, per)):
         per -= 1
     parts = []
     for start in range(1, n + 1, per):
         cols = [0, *range(start, min(start + per, n + 1))]
-        sub = title if per == n else f"{title}: {', '.join(header[c] for c in cols[1:])}"
-        parts.append(_table(sub, [header[c] for c in cols], [[r[c] for c in cols] for r in rows], width))
+        title = table.title if per == n else f"{table.title}: {', '.join(table.columns[c].label for c in cols[1:])}"
+        part = replace(table, title=title, columns=[table.columns[c] for c in cols],
+                       rows=[TableRow(r.key, [r.cells[c] for c in cols], r.mark) for r in table.rows])
+        parts.append(_table(part, width))
     return parts
 
 
