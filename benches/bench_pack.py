@@ -20,7 +20,8 @@ from streamproc.benchmarks.pack import (
     ORDER_LENGTHS, PACKER, SEQ_LEN, TRL, lengths, run_pack_job, scaling_splits, sequences, speed_contenders,
 )
 from streamproc.prepare.pack import pack_order
-from streamproc.prepare.job import PackOptions, cached_tokenizer
+from streamproc.prepare.job import PackOptions
+from streamproc.prepare.tokenizer import cached_tokenizer
 
 N = int(os.environ.get("STREAMPROC_BENCH_SEQS", "20000"))
 

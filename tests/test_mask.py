@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 
+import numpy as np
 import pytest
 
 from streamproc.prepare.chat import TemplateError
@@ -20,7 +21,7 @@ from streamproc.parse.parser import parse_turn
 from streamproc.records import Location, RowError, row_from_dict
 from streamproc.parse.turns import REASONING
 from streamproc.run.runner import map_ordered
-from streamproc.io.sources import plan, good_rows
+from streamproc.io.sources import SAMPLE, good_rows, iter_rows, plan
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +98,11 @@ def test_overflow_truncate_and_drop(tok, rows):
     n = len(Masker(tok).mask(row).seqs[0].input_ids)
     limit = n - 100
     t = Masker(tok, MaskOptions(overflow="truncate", max_len=limit)).mask(row)
-    assert len(t.seqs[0].input_ids) == limit and t.tokens_cut == 100 and t.windows == 1
+    assert len(t.seqs[0].input_ids) == limit and t.tokens_cut == 100 and t.samples == 1
     d = Masker(tok, MaskOptions(overflow="drop", max_len=limit)).mask(row)
     assert d.dropped and d.seqs == [] and d.tokens_cut == n
     ok = Masker(tok, MaskOptions(overflow="drop", max_len=n)).mask(row)
-    assert not ok.dropped and ok.windows == 1
+    assert not ok.dropped and ok.samples == 1
 
 
 def test_split_keeps_every_trained_turn_when_it_fits(tok, rows):
@@ -111,21 +112,30 @@ def test_split_keeps_every_trained_turn_when_it_fits(tok, rows):
     n_system = len(tok.apply_chat_template([{"role": "system", "content": row.conversations[0][1]}], tokenize=True))
     m = Masker(tok, MaskOptions(max_len=n_system + (len(whole.input_ids) - n_system) * 2 // 3))
     res = m.mask(row)
-    assert res.windows >= 2 and res.tokens_cut == 0
+    assert res.samples >= 2 and res.tokens_cut == 0
     assert "".join(trained(tok, s) for s in res.seqs) == trained(tok, whole)
 
 
 def test_split_when_the_system_prompt_alone_is_too_long(tok, rows):
     res = Masker(tok, MaskOptions(max_len=100)).mask(rows[0])
-    assert res.dropped and res.windows == 0 and res.tokens_cut > 100
+    assert res.dropped and res.samples == 0 and res.tokens_cut > 100
 
 
-def test_unfaithful_template_is_refused_and_chatml_works(tok, rows):
+def test_history_rewriting_template_is_rendered_turn_by_turn_and_chatml_works(tok, rows):
+    """A template that drops reasoning is decided by rendering: each turn is trained as the
+    template renders it after its context (this one has no generation prompt, so its header is
+    part of the turn); a template whose render of a turn does not extend its context is refused."""
     drops_think = (
         "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'].split('</think>')[-1] + '<|im_end|>\\n' }}{% endfor %}"
     )
-    with pytest.raises(TemplateError, match="verbatim"):
-        Masker(tok, MaskOptions(chat_template=drops_think))
+    m = Masker(tok, MaskOptions(chat_template=drops_think))
+    assert not m.info.verbatim and m.info.per_turn
+    res = m.mask(rows[0])
+    want = "".join("<|im_start|>assistant\n" + a.split("</think>")[-1] + "<|im_end|>" for a in assistant(rows[0]))
+    assert "".join(trained(tok, s) for s in res.seqs) == want
+    counts = "{{ messages|length }}" + drops_think  # every render starts with the number of messages
+    with pytest.raises(TemplateError, match="cannot give exact samples.*does not begin with.*chatml"):
+        Masker(tok, MaskOptions(chat_template=counts))
     m = Masker(tok, MaskOptions(chat_template="chatml"))
     assert m.chat_template_hash == chat_template_hash(m.template) != Masker(tok).chat_template_hash
     assert trained(tok, m.mask(rows[0]).seqs[0]) == "".join(a + "<|im_end|>" for a in assistant(rows[0]))
@@ -163,8 +173,8 @@ def test_mask_many_equals_one_at_a_time_and_keeps_going_past_a_bad_row(tok, rows
             want = alone.mask(row)
             assert [s.input_ids.tolist() for s in res.seqs] == [s.input_ids.tolist() for s in want.seqs]
             assert [s.labels.tolist() for s in res.seqs] == [s.labels.tolist() for s in want.seqs]
-            assert (res.tokens_cut, res.windows) == (want.tokens_cut, want.windows)
-        assert any(res.windows > 1 for _, res in got[2:]) == (options.max_len is not None)
+            assert (res.tokens_cut, res.samples) == (want.tokens_cut, want.samples)
+        assert any(res.samples > 1 for _, res in got[2:]) == (options.max_len is not None)
 
 
 def test_no_assistant_turn_is_dropped(tok):
@@ -199,3 +209,20 @@ def test_options_are_checked():
         MaskOptions(overflow="wrap")
     with pytest.raises(ValueError, match="max_len"):
         MaskOptions(max_len=0)
+
+
+def test_builtin_sample_no_sequence_trains_a_turn_without_the_task_or_the_turn_it_answers(tok):
+    """Default options (seq-len 8192, --overflow split) on the built-in sample: every sequence's first
+    trained turn sees the task (the first user message) and the turn it answers."""
+    m = Masker(tok, MaskOptions(max_len=8192))
+    lacking = sequences = 0
+    for row in iter_rows([SAMPLE]):
+        msgs = m.messages(row)
+        task = next(x.content for x in msgs if x.role == "user")
+        for seq in m.mask(row).seqs:
+            first = int(np.argmax(seq.labels != IGNORE))
+            before, after = tok.decode(seq.input_ids[:first]), tok.decode(seq.input_ids[first:])
+            k = next(i for i, x in enumerate(msgs) if x.role == "assistant" and after.startswith(x.content))
+            lacking += task not in before or msgs[k - 1].content not in before
+            sequences += 1
+    assert sequences > 300 and lacking == 0

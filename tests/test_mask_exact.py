@@ -10,12 +10,13 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from transformers import AutoTokenizer
 
-from streamproc.prepare.chat import CHATML_TEMPLATE, TemplateError
+from streamproc.prepare.chat import CHATML_TEMPLATE
 from streamproc.prepare.mask import IGNORE, Masker, MaskOptions
 from streamproc.records import row_from_dict
 
-# (model directory, chat template choice): Qwen3's own template drops earlier <think> blocks,
-# so it is refused and checked through the faithful ChatML template.
+# (model directory, chat template choice): Qwen3's own template drops earlier <think> blocks, so a
+# whole conversation is not its render; it is checked here through the faithful ChatML template,
+# and with its own template turn by turn in tests/test_samples_oracle.py.
 CASES = [("qwen2.5-instruct-tokenizer", "auto"), ("smollm2-135m-instruct-gguf", "auto"), ("qwen3-tokenizer", "chatml")]
 
 
@@ -44,7 +45,7 @@ def test_every_real_trace_is_exact(masker, rows):
     for row in rows:
         res = masker.mask(row)
         msgs = masker.messages(row)
-        assert res.windows == 1 and res.tokens_cut == 0
+        assert res.samples == 1 and res.tokens_cut == 0
         (seq,) = res.seqs
         assert seq.input_ids.dtype == np.int32 and seq.labels.dtype == np.int32
         assert seq.input_ids.tolist() == reference(masker, msgs), row.id
@@ -54,10 +55,11 @@ def test_every_real_trace_is_exact(masker, rows):
         assert trained_text(masker, seq) == want, row.id
 
 
-def test_qwen3_own_template_is_refused(models_dir):
+def test_qwen3_own_template_is_accepted_and_chatml_stays_a_choice(models_dir):
+    """Qwen3's template drops earlier reasoning: it is rendered turn by turn (tests/test_samples_oracle.py)."""
     tok = AutoTokenizer.from_pretrained(models_dir / "qwen3-tokenizer")
-    with pytest.raises(TemplateError, match="does not keep assistant content verbatim.*chatml"):
-        Masker(tok)
+    m = Masker(tok)
+    assert not m.info.verbatim and m.info.per_turn and "rendered as" in m.info.problem
     assert Masker(tok, MaskOptions(chat_template="chatml")).template == CHATML_TEMPLATE
 
 
@@ -88,26 +90,44 @@ def test_conversation_without_system_is_exact(models_dir, rows):
         assert trained_text(m, seq) == "".join(v + "<|im_end|>" for f, v in row.conversations if f == "gpt")
 
 
-def test_split_windows_are_exact(masker, rows):
-    """Long conversations split at assistant turns; each window starts with the system prompt, is
-    a run of whole messages of the conversation, and is exactly its own tokenization."""
+def test_long_traces_keep_their_task_and_the_turn_each_answers(masker, rows):
+    """--overflow split: every sample opens with the system prompt and the task, holds the turn its
+    first trained turn answers, fits max_len and is exactly its own tokenization; every assistant
+    turn is trained in exactly one sample or listed as not trained."""
     row = max(rows, key=lambda r: sum(len(v) for _, v in r.conversations))
     msgs = masker.messages(row)
-    full = masker.tokenizer.apply_chat_template([m.as_dict() for m in msgs], chat_template=masker.template, tokenize=False)
-    system = masker.tokenizer.apply_chat_template([msgs[0].as_dict()], chat_template=masker.template, tokenize=False)
+    tok = masker.tokenizer
+    task = next(i for i, m in enumerate(msgs) if m.role == "user")
+    head = tok.apply_chat_template([m.as_dict() for m in msgs[: task + 1]], chat_template=masker.template, tokenize=False)
+    system = tok.apply_chat_template([msgs[0].as_dict()], chat_template=masker.template, tokenize=False)
     n_full = len(masker.mask(row).seqs[0].input_ids)
-    n_system = len(masker.tokenizer(system, add_special_tokens=False)["input_ids"])
+    n_system = len(tok(system, add_special_tokens=False)["input_ids"])
     limit = n_system + (n_full - n_system) // 3
-    m = Masker(masker.tokenizer, MaskOptions(chat_template=masker.options.chat_template, max_len=limit))
+    m = Masker(tok, MaskOptions(chat_template=masker.options.chat_template, max_len=limit))
     res = m.mask(row)
-    assert res.windows == len(res.seqs) >= 3 and not res.dropped
+    assert res.samples == len(res.seqs) >= 3 and not res.dropped and res.turns_shortened > 0
+    replies = [i for i, mm in enumerate(msgs) if mm.role == "assistant"]
+    untrained = {t for t, _ in res.untrained}
+    seen: list[int] = []
     for seq in res.seqs:
         assert len(seq.input_ids) <= limit
-        text = masker.tokenizer.decode(seq.input_ids)
-        assert text.startswith(system) and text[len(system):] in full
-        assert masker.tokenizer(text, add_special_tokens=False)["input_ids"] == seq.input_ids.tolist()
+        text = tok.decode(seq.input_ids)
+        assert tok(text, add_special_tokens=False)["input_ids"] == seq.input_ids.tolist()
+        assert text.startswith(head)
+        first = int(np.argmax(seq.labels != IGNORE))
+        before, after = tok.decode(seq.input_ids[:first]), tok.decode(seq.input_ids[first:])
+        k = next(i for i in replies if i not in seen and after.startswith(msgs[i].content))
+        assert msgs[k - 1].content in before[len(head) :] or k - 1 == task  # the turn it answers
+        seen += replies[replies.index(k) : replies.index(k) + len(trained_runs(seq))]
+    assert sorted(seen) == seen and sorted(seen + [i for i in replies if msgs[i].turn in untrained]) == replies
     trained = "".join(trained_text(masker, s) for s in res.seqs)
-    assert trained in "".join(mm.content + m.info.eot for mm in msgs if mm.role == "assistant")
+    assert trained == "".join(msgs[i].content + m.info.eot for i in replies if msgs[i].turn not in untrained)
+
+
+def trained_runs(seq) -> list[tuple[int, int]]:
+    on = np.concatenate([[False], seq.labels != IGNORE, [False]])
+    edges = np.flatnonzero(on[1:] != on[:-1])
+    return list(zip(edges[::2], edges[1::2]))
 
 
 # Text made of the boundaries that matter: specials, whitespace runs, digits, CJK, emoji, tags.

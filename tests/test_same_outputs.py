@@ -9,6 +9,9 @@ Re-pinned once since: shard format 2 (shared-prefix packing) adds a `prefix_len`
 manifest counts; the shards' other columns were checked equal to format 1's, column by column.
 The three stats.json digests moved once more for one rename: the key `guide_heuristic` is now
 `error_substring_check` (the files were checked equal with the old key name put back).
+Re-pinned for issue #26: `--overflow split` makes samples that keep the system prompt, the task
+and the most recent turns that fit (no more windows that start with a tool result), and the
+manifest counts turns trained, shortened and not trained; only the pack outputs moved.
 """
 
 from __future__ import annotations

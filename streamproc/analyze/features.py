@@ -132,20 +132,11 @@ class TokenFeatures:
 
     def __init__(self, tokenizer: str):
         self.tokenizer = tokenizer
-        self._masker = None
-
-    def __getstate__(self):
-        return {"tokenizer": self.tokenizer, "_masker": None}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
 
     def masker(self):
-        if self._masker is None:
-            from streamproc.prepare.mask import Masker
+        from streamproc.prepare.mask import cached_masker
 
-            self._masker = Masker(None if self.tokenizer == "default" else self.tokenizer)
-        return self._masker
+        return cached_masker(self.tokenizer)
 
     def count(self, traces: Sequence[Trace]) -> list[dict[str, int | None]]:
         from streamproc.prepare.chat import TemplateError, render

@@ -15,10 +15,10 @@ class StatsJob(Job):
     """Stats of every row, and with `browser` the trace browser of the same traces."""
 
     def __init__(self, tokenizer: str | None = None, browser: bool = False):
-        if tokenizer:  # each worker loads its own; loading it here first makes a bad name fail before any work
-            from streamproc.prepare.mask import load_tokenizer
+        if tokenizer:  # a bad name fails before any work; the stage counts with this one where it runs in this process
+            from streamproc.prepare.tokenizer import cached_tokenizer
 
-            load_tokenizer(tokenizer)
+            cached_tokenizer(tokenizer)
         self.stages = [StatsStage(tokenizer), ViewStage()] if browser else [StatsStage(tokenizer)]
         self.stats = Stats(tokenizer=tokenizer)
         self.views: list[ViewPart] = []

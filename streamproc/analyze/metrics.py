@@ -12,7 +12,6 @@ import math
 from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field, fields
-from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -295,13 +294,12 @@ def collect(
     return merge(job.partials, tokenizer), job.tally
 
 
-@lru_cache(maxsize=4)
 def token_counter(spec: str):
-    """A function texts -> token counts (no special tokens), loaded once per process. `spec` is
-    what mask.load_tokenizer takes: `default` (the shipped Qwen2.5 one), a directory or a name."""
-    from streamproc.prepare.mask import load_tokenizer
+    """A function texts -> token counts (no special tokens), over the process's cached tokenizer.
+    `spec` is what load_tokenizer takes: `default` (the shipped Qwen2.5 one), a directory or a name."""
+    from streamproc.prepare.tokenizer import cached_tokenizer
 
-    tok = load_tokenizer(spec).backend_tokenizer
+    tok = cached_tokenizer(spec).backend_tokenizer
 
     def count(texts: list[str]) -> list[int]:
         return [len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)]

@@ -23,7 +23,8 @@ import numpy as np
 
 from streamproc.prepare.mask import Masker, MaskedSeq, MaskOptions
 from streamproc.prepare.pack import IGNORE, Packer, pack_order
-from streamproc.prepare.job import PackOptions, cached_tokenizer, pack_to_dir
+from streamproc.prepare.job import PackOptions, pack_to_dir
+from streamproc.prepare.tokenizer import cached_tokenizer
 from streamproc.records import RowError
 from streamproc.io.sources import Split, plan
 from streamproc.benchmarks import Context, Result, best_times
@@ -241,5 +242,5 @@ def sharing(ctx: Context) -> list[Result]:
 
 
 def run(ctx: Context) -> list[Result]:
-    # 32768: with the system prompt in every window, longer rows are what packs agent traces tight.
+    # 32768: with the system prompt in every sample, longer rows are what packs agent traces tight.
     return [*speed(ctx), *tightness(ctx, "split"), *tightness(ctx, "split", 4 * SEQ_LEN), *tightness(ctx, "truncate"), *sharing(ctx), *scaling(ctx)]

@@ -42,7 +42,7 @@ def add_pack_args(p) -> None:
     p.add_argument("--seq-len", type=positive_int, default=8192, metavar="N", help="tokens per packed row (default %(default)s)")
     p.add_argument("--row-len", type=positive_int, metavar="N", help="tokens per packed row, at least --seq-len (default: --seq-len); with --share-prefix, longer rows share a prompt among more sequences")
     p.add_argument("--share-prefix", action="store_true", help="each row holds its system prompt once, followed by the rest of every sequence that begins with it (docs/shared-prefix.md)")
-    p.add_argument("--overflow", choices=OVERFLOWS, default="split", help="a conversation longer than --seq-len: split into windows of whole steps (default), truncate, or drop")
+    p.add_argument("--overflow", choices=OVERFLOWS, default="split", help="a conversation longer than --seq-len: split into samples that each keep the system prompt, the task and the most recent turns that fit (default), truncate, or drop")
     p.add_argument("--last-turn-only", action="store_true", help="train on the last assistant turn only")
     p.add_argument("--no-reasoning-loss", action="store_true", help="no loss on <think> blocks")
     p.add_argument("--no-tool-call-loss", action="store_true", help="no loss on assistant turns that call a tool")
@@ -56,9 +56,12 @@ def add_pack_args(p) -> None:
 
 def pack_options(args) -> PackOptions:
     from streamproc.prepare.job import PackError, PackOptions
+    from streamproc.prepare.pack import check_row_len
 
-    if args.row_len is not None and args.row_len < args.seq_len:
-        raise PackError(f"--row-len {args.row_len} is below --seq-len {args.seq_len}: a row must hold any sequence")
+    try:
+        check_row_len(args.row_len, args.seq_len, ("--row-len", "--seq-len"))
+    except ValueError as e:
+        raise PackError(str(e)) from None
     template = args.chat_template
     if template not in ("auto", "chatml"):
         try:
@@ -122,6 +125,10 @@ def print_counts(res: PackResult) -> None:
         line = f"{split}: {c['traces']:,} traces -> {c['sequences']:,} sequences, {c['tokens']:,} tokens ({c['trainable']:,} trained)"
         if c["rows"]:
             line += f" in {c['rows']:,} rows of {row_len}, packing efficiency {c['packing_efficiency']:.2%}"
+        if c.get("turns_trained"):
+            line += f"; {c['turns_trained']:,} turns trained, {c['turns_shortened']:,} of them with shortened history"
+            if c.get("turns_untrained"):
+                line += f", {c['turns_untrained']:,} not trained (too long with their context: dropped.jsonl)"
         if c.get("tokens_per_trained_token"):
             line += f"; {c['tokens_per_trained_token']:.1f} tokens written per trained token"
         if res.manifest.get("share_prefix"):
@@ -135,5 +142,5 @@ def print_counts(res: PackResult) -> None:
             line += f"; {c['dropped']:,} traces dropped and {c['tokens_cut']:,} tokens cut to fit {seq_len} (--overflow)"
         print(line, file=sys.stderr)
         cut = c["tokens_cut"] / max(c.get("sequence_tokens", c["tokens"]) + c["tokens_cut"], 1)
-        if cut > 0.05:  # most often: a system prompt that leaves a window little room for a step
+        if cut > 0.05:  # most often: a system prompt that leaves a sample little room for a turn
             print(f"  note: {cut:.0%} of the {split} text was cut; a larger --seq-len keeps more of it", file=sys.stderr)

@@ -24,6 +24,7 @@ assistant turn's trainable region: its content and the end-of-turn token after i
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -77,10 +78,12 @@ class TemplateInfo:
     tool_role: bool  # renders a tool message (else: user fallback)
     wraps_tool: bool  # puts <tool_response> tags around tool content itself
     verbatim: bool  # every assistant content reaches the text unchanged
+    per_turn: bool  # each assistant turn's render extends the render before it with the generation prompt
     injects_system: bool  # adds a default system prompt when there is none
     header: str  # text right before an assistant content, e.g. "<|im_start|>assistant\n"
     eot: str  # text right after it, up to and including the end-of-turn token
     problem: str = ""  # why it is not verbatim
+    turn_problem: str = ""  # why it cannot give exact samples turn by turn either
     renders_calls: bool = False  # renders structured tool_calls after the content, before `eot`
 
     @property
@@ -179,11 +182,11 @@ def unwrap_tool(text: str, segments: list[Segment] | None = None) -> list[str]:
 # ----------------------------------------------------------------------------- templates
 
 
-def render_text(tokenizer, messages: Sequence[Message], template: str) -> str:
+def render_text(tokenizer, messages: Sequence[Message], template: str, add_generation_prompt: bool = False) -> str:
     """The text transformers' apply_chat_template(tokenize=False, tools=...) gives, without
     transformers; `tools` are the messages' (a chat-layout row's tools column)."""
     tools = tool_definitions(messages[0].tools) if messages and messages[0].tools else None
-    return render_chat(template, [m.as_dict() for m in messages], tokenizer.special_tokens_map, tools=tools)
+    return render_chat(template, [m.as_dict() for m in messages], tokenizer.special_tokens_map, add_generation_prompt, tools=tools)
 
 
 _R = "\u27e6probe-{}\u27e7"  # sentinels no template or tokenizer treats specially
@@ -207,8 +210,8 @@ def inspect_template(tokenizer, template: str) -> TemplateInfo:
     except Exception as e:
         raise TemplateError(f"the chat template cannot render a plain system/user/assistant conversation: {e}") from e
 
-    problem = ""
-    for k, a in ((1, a1), (2, a2)):
+    problem = "" if sys_ in text else "the system message is not rendered in place (moved or dropped)"
+    for k, a in ((1, a1), (2, a2)) if not problem else ():
         if a not in text:
             problem = f"assistant turn {a!r} is rendered as {_around(text, k)!r}"
             break
@@ -226,17 +229,35 @@ def inspect_template(tokenizer, template: str) -> TemplateInfo:
         tool_role = tool in with_tool
     except Exception:
         with_tool, tool_role = "", False
-    sys_header = text[: text.index(sys_)]
+    # Turn by turn: what the template writes for each probe turn after its context with the
+    # generation prompt. A whole render gives those samples only if that is the content itself.
+    per_turn, turn_problem = True, ""
+    probe = to_messages(convo)
+    for k, (n, a) in ((2, (1, a1)), (4, (2, a2))):
+        try:
+            turn = render_turn(tokenizer, probe, k, template)
+        except TemplateError as e:
+            per_turn, turn_problem = False, str(e).split(": ", 1)[-1] if str(e).startswith("turn ") else str(e)
+            break
+        written = turn.through[len(turn.context) :]
+        if _R.format(f"text{n}") not in written:
+            per_turn, turn_problem = False, "an assistant turn's text is not in what it renders for the turn"
+            break
+        if not problem and not written.startswith(a) and not written.startswith(header + a):  # (a template without a generation prompt writes the header)
+            problem = f"it writes {written[: written.find(a) if a in written else 40]!r} of its own between the generation prompt and an assistant turn's content"
+    sys_header = text[: text.index(sys_)] if sys_ in text else ""
     no_sys = render_text(tokenizer, to_messages(convo[1:]), template)
     return TemplateInfo(
         template=template,
         tool_role=tool_role,
         wraps_tool=tool_role and wrapped in with_tool,
         verbatim=not problem,
+        per_turn=not problem or per_turn,
         injects_system=bool(sys_header) and sys_header in no_sys,
         header=header,
         eot=eot,
         problem=problem,
+        turn_problem=turn_problem,
         renders_calls=not problem and _renders_calls(tokenizer, template, header, eot),
     )
 
@@ -293,12 +314,13 @@ def template_of(tokenizer, choice: str) -> str:
 
 
 def check_faithful(info: TemplateInfo, tokenizer, name: str = "the tokenizer's") -> None:
-    """Refuse a template that changes assistant content, or ChatML on a tokenizer without its tokens."""
-    if not info.verbatim:
+    """Refuse a template that can give no exact sample (one that changes an assistant turn even
+    right after its own context), or ChatML on a tokenizer without its tokens."""
+    if not info.per_turn:
         raise TemplateError(
-            f"{name} chat template does not keep assistant content verbatim ({info.problem}); the model "
-            "would be trained on text it never sees. Render through a faithful ChatML template instead: "
-            "chat_template='chatml' (CLI: --chat-template chatml)."
+            f"{name} chat template cannot give exact samples: it does not render the conversation verbatim "
+            f"({info.problem}), and {info.turn_problem}; the model would be trained on text it never sees. "
+            "Render through a faithful ChatML template instead: chat_template='chatml' (CLI: --chat-template chatml)."
         )
     if info.template == CHATML_TEMPLATE:
         missing = [t for t in ("<|im_start|>", "<|im_end|>") if t not in tokenizer.get_added_vocab()]
@@ -358,3 +380,59 @@ def _span(turn: int, written: str, start: int, end: int) -> AssistantSpan:
         reasoning=[(start + s.start, start + s.end) for s in segs if s.kind == REASONING],
         tool_calls=any(s.kind == TOOL_CALL for s in segs),
     )
+
+
+# ----------------------------------------------------------------------------- turn by turn
+
+
+@dataclass(slots=True, frozen=True)
+class TurnRender:
+    """What the model sees when it acts at assistant turn k, and what it writes."""
+
+    context: str  # the render of messages[:k] with the generation prompt
+    through: str  # the render of messages[:k + 1]; begins with `context`
+
+
+def render_turn(tokenizer, messages: Sequence[Message], k: int, template: str) -> TurnRender:
+    """The renders around assistant message k: the context the model acts on, and the context
+    followed by what the template writes for turn k when the conversation goes on through it.
+    Where the render through turn k does not begin with the context (Qwen3 drops the empty think
+    block of an assistant turn once another assistant turn follows it), turn k is what follows
+    the generation prompt in that render, after the point where the two part. TemplateError where
+    there is no such turn (the template has no generation prompt, or rewrites that too)."""
+    try:
+        context = render_text(tokenizer, messages[:k], template, True)
+        through = render_text(tokenizer, messages[: k + 1], template)
+        if through.startswith(context):
+            return TurnRender(context, through)
+        prompt = context[len(render_text(tokenizer, messages[:k], template)) :]
+    except Exception as e:
+        raise TemplateError(f"the chat template cannot render this conversation: {e}") from e
+    parted = len(os.path.commonprefix([context, through]))
+    j = through.find(prompt, max(0, parted - len(prompt))) if prompt else -1
+    if j < 0:
+        raise TemplateError(f"turn {messages[k].turn}: the chat template's render through this assistant turn does not begin with its render of the turns before it")
+    return TurnRender(context, context + through[j + len(prompt) :])
+
+
+def extends(later: TurnRender, earlier: TurnRender) -> bool:
+    """Whether one sample can train both turns: the later turn's context begins with the render
+    through the earlier turn (the template did not rewrite it when the conversation went on)."""
+    return later.context.startswith(earlier.through)
+
+
+def render_sample(turns: Sequence[tuple[Message, TurnRender]], end_token) -> Rendered:
+    """One sample training consecutive assistant turns whose renders extend one another: the text
+    is the render through the last; each turn's span starts where its context ends and ends after
+    the last added token (`end_token`, a compiled pattern of them) of what the template wrote for
+    it, so the text after its end-of-turn token is context, as with whole renders."""
+    text = turns[-1][1].through
+    spans = []
+    for m, r in turns:
+        start = len(r.context)
+        target = r.through[start:]
+        ends = [e.end() for e in end_token.finditer(target)]
+        if not text.startswith(r.through):
+            raise TemplateError(f"turn {m.turn}: the chat template rewrites this assistant turn later in the same sample")
+        spans.append(_span(m.turn, target, start, start + (ends[-1] if ends else len(target))))
+    return Rendered(text, spans, [])

@@ -10,7 +10,6 @@ skips what was consumed and ends with the same bytes as an uninterrupted run.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import re
@@ -22,9 +21,9 @@ from typing import Sequence
 import orjson
 
 from streamproc.io.files import atomic_path, dir_lock, write_json
-from streamproc.prepare.mask import DEFAULT_TOKENIZER_NAME, Masker, MaskOptions, load_tokenizer, tokenizer_hash
-from streamproc.prepare.stage import _MASKERS, MaskStage, PartitionCounts, is_eval, min_system  # noqa: F401  (is_eval: part of this module's API)
-from streamproc.prepare.pack import Packer
+from streamproc.prepare.mask import DEFAULT_TOKENIZER_NAME, MaskOptions, cached_masker, cached_tokenizer, load_tokenizer, tokenizer_hash
+from streamproc.prepare.stage import MaskStage, PartitionCounts, is_eval, min_system  # noqa: F401  (is_eval: part of this module's API)
+from streamproc.prepare.pack import Packer, check_row_len
 from streamproc.records import BadRow, Location, RowError, Tally
 from streamproc.run.runner import Engine, Job, Stage, View, plan_key, run_jobs
 from streamproc.prepare.shards import FORMAT, MANIFEST, PARTITIONS, ShardInfo, write_shards
@@ -59,10 +58,7 @@ class PackOptions:
     def __post_init__(self) -> None:
         if self.seq_len < 1 or self.buffer_size < 1 or self.shard_rows < 1:
             raise ValueError("seq_len, buffer_size and shard_rows must be at least 1")
-        if self.row_len is None:
-            self.row_len = self.seq_len
-        if self.row_len < self.seq_len:
-            raise ValueError(f"row_len {self.row_len} is below seq_len {self.seq_len}: a row must hold any sequence")
+        self.row_len = check_row_len(self.row_len, self.seq_len)
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction {self.eval_fraction}: must be in [0, 1)")
         self.mask.max_len = self.seq_len
@@ -144,7 +140,7 @@ class PackJob(Job):
         try:
             tok, tok_ref, added = _tokenizer(opts, out)
             # Built here, so an unusable template fails before any work starts.
-            self.masker = _MASKERS[(tok_ref, repr(opts.mask))] = Masker(tok, opts.mask)
+            self.masker = cached_masker(tok_ref, opts.mask)
             self.tok_info = {
                 "name": opts.tokenizer,
                 "hash": tokenizer_hash(tok),
@@ -207,7 +203,7 @@ class PackJob(Job):
             "counts": {
                 "rows_read": state.tally.read,
                 "rows_rejected": len(state.tally.rejected),
-                "rows_dropped": len(state.dropped),  # listed in dropped.jsonl
+                "rows_dropped": sum("turn" not in d for d in state.dropped),  # listed in dropped.jsonl, with the turns not trained
                 "shortest_system_prompt_tokens": state.min_system,
                 **{s: state.counts[s].summary(opts.row_len) for s in PARTITIONS},
             },
@@ -253,14 +249,10 @@ def _nothing_written(out: Path, state: _State, opts: PackOptions) -> str:
     msg = f"no training data written to {out}: "
     if not state.tally.parsed:
         return msg + f"none of the {state.tally.read:,} rows read could be used (see the rejects)"
-    msg += f"all {len(state.dropped):,} traces were dropped (each listed with the reason in {out / DROPPED})"
+    msg += f"all {sum('turn' not in d for d in state.dropped):,} traces were dropped (each listed with the reason in {out / DROPPED})"
     if state.min_system and state.min_system + 2 > opts.seq_len:
         msg += f"; the shortest system prompt alone is {state.min_system:,} tokens, so --seq-len must be well above that"
     return msg
-
-
-cached_tokenizer = functools.lru_cache(maxsize=4)(load_tokenizer)
-"""Loading takes a second or more; a notebook or a test packing again reuses it (never mutated)."""
 
 
 def _tokenizer(opts: PackOptions, out: Path):

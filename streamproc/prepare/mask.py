@@ -8,6 +8,10 @@ lot (the ~26,000-character system prompt is in every row, `\\n` sits between eve
 and are cached, which is why masking is faster than encoding everything. Labels come from the
 spans and the tokens' character offsets with numpy: a token is trained when it starts inside a
 trainable span. The exactness tests compare every id with `apply_chat_template` on real traces.
+
+A conversation that does not fit `max_len`, or whose template rewrites history (Qwen3 drops earlier
+reasoning), becomes samples (prepare.plan): each holds what the model sees when it acts at its
+trained turns, and is rendered and tokenized the same way (tests/test_samples_oracle.py).
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ import os
 import re
 import unicodedata
 from collections import OrderedDict
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from streamproc.parse.parser import parse_turn
+from streamproc.parse.turns import TOOL_CALL
 from streamproc.prepare.chat import (
     TOOL_FALLBACK,
     Message,
@@ -31,32 +36,26 @@ from streamproc.prepare.chat import (
     TemplateError,
     check_faithful,
     conversation,
+    extends,
     inspect_template,
     render,
+    render_sample,
+    render_text,
+    render_turn,
     template_of,
     to_messages,
 )
 from streamproc.prepare.pack import IGNORE
+from streamproc.prepare.plan import Plan, Sample, plan_samples
 from streamproc.records import BadRow, Location, Row, RowError, Trace
-from streamproc.prepare.tokenizer import Tokenizer, load
+from streamproc.prepare.tokenizer import DEFAULT_TOKENIZER, DEFAULT_TOKENIZER_NAME, cached_tokenizer, load_tokenizer  # noqa: F401  (the tokenizer API, used from here)
 
-DEFAULT_TOKENIZER = Path(__file__).parents[1] / "data" / "tokenizers" / "qwen2.5-0.5b-instruct"
-DEFAULT_TOKENIZER_NAME = "Qwen/Qwen2.5-0.5B-Instruct"
 CHUNK_CHARS = 1 << 18
 """Longest text the tokenizer is given at once (see Masker._encode_pieces)."""
 _BATCH_CHARS = 4 * CHUNK_CHARS
 """Text tokenized in one call: the tokenizer spreads a call over its threads."""
 SCOPES = ("all", "last")
 OVERFLOWS = ("split", "truncate", "drop")
-
-
-def load_tokenizer(name_or_dir: str | os.PathLike | None = None) -> Tokenizer:
-    """A fast tokenizer, read with the `tokenizers` library (no transformers, no torch): the
-    shipped Qwen2.5-0.5B-Instruct one (offline) for None, `default` or its Hub id; otherwise any
-    local directory or Hub id. TokenizerError names a path or id that cannot be loaded."""
-    if name_or_dir in (None, "", "default", DEFAULT_TOKENIZER_NAME):
-        name_or_dir = DEFAULT_TOKENIZER
-    return load(name_or_dir)
 
 
 def tokenizer_hash(tokenizer) -> str:
@@ -101,11 +100,15 @@ class MaskedSeq:
 @dataclass(slots=True)
 class MaskResult:
     seqs: list[MaskedSeq]
-    tokens_cut: int = 0  # tokens tokenized but not written (truncated, or in a dropped sequence)
+    tokens_cut: int = 0  # tokens tokenized but not written (truncated, in a dropped sequence, or in turns no sample holds)
     dropped: bool = False  # nothing of this trace was written
-    windows: int = 0  # sequences written (more than one when split)
+    samples: int = 0  # sequences written (more than one for a long conversation, or a template that rewrites history)
     reason: str = ""  # why it was dropped
     system_tokens: int = 0  # tokens of its system turn (0: none), what any sequence of it needs at least
+    turns_trained: int = 0  # assistant turns with trained tokens
+    turns_shortened: int = 0  # of those, turns whose sample lacks some earlier message of the conversation
+    context_repeated: int = 0  # tokens before the first trained turn of every sample but the first
+    untrained: list[tuple[int, str]] = field(default_factory=list)  # (row turn, why): turns the options train that no sample could
 
 
 class _PieceCache:
@@ -176,12 +179,26 @@ def _char_starts(piece: str, ids: np.ndarray, nbytes: np.ndarray) -> np.ndarray 
     return starts.astype(np.int32)
 
 
+_MASKERS: dict[tuple[str, str], "Masker"] = {}
+
+
+def cached_masker(tokenizer: str | None, options: MaskOptions | None = None) -> "Masker":
+    """The Masker of a tokenizer (a name or directory, as load_tokenizer takes) and options,
+    built once per process over the cached tokenizer: what pack's workers, its parent and
+    curation's token features share."""
+    options = options or MaskOptions()
+    key = (str(tokenizer or "default"), repr(options))
+    if key not in _MASKERS:
+        _MASKERS[key] = Masker(cached_tokenizer(tokenizer), options)
+    return _MASKERS[key]
+
+
 class Masker:
     """Masks rows for one tokenizer and MaskOptions. Picklable (the cache is not sent along)."""
 
     def __init__(self, tokenizer, options: MaskOptions | None = None):
         if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
-            tokenizer = load_tokenizer(tokenizer)
+            tokenizer = cached_tokenizer(tokenizer)
         self.tokenizer = tokenizer
         self.options = options or MaskOptions()
         self.template = template_of(tokenizer, self.options.chat_template)
@@ -191,6 +208,7 @@ class Masker:
         added = tokenizer.added_tokens_decoder
         self._added = {t.content: i for i, t in added.items()}
         self._special = re.compile("(" + "|".join(re.escape(t) for t in sorted(self._added, key=len, reverse=True)) + ")")
+        self._end_token = re.compile("|".join(re.escape(t) for t in sorted(self._added, key=len, reverse=True)) or r"(?!)")
         self._cache = _PieceCache(self.options.cache_chars)
         self._system_text: dict[tuple[str, str], str | None] = {}  # (system content, tools) -> that turn rendered alone
         self._nbytes = _token_bytes(self._backend)
@@ -207,7 +225,7 @@ class Masker:
     def _pieces_agree(self) -> bool:
         """Piece-wise ids equal whole-text ids on a probe that mixes every kind of text boundary."""
         probe = [("system", " sys\n\n  x"), ("human", "  12345 数字 😀\n"), ("gpt", "<think>\n r\n</think>\n  ok\n<tool_call>\n{}\n</tool_call>"), ("tool", "<tool_response>\n{\"a\": 1}\n</tool_response>"), ("gpt", "\n\ndone ")]
-        text = render(self.tokenizer, to_messages(probe, self.info.tool_mode, self.options.tool_fallback), self.info).text
+        text = render_text(self.tokenizer, to_messages(probe, self.info.tool_mode, self.options.tool_fallback), self.template)
         ids, starts = self.encode(text)
         self.clear_cache()
         return (ids.tolist(), starts.tolist()) == tuple(map(list, _arrays(self._backend.encode(text, add_special_tokens=False))))
@@ -257,6 +275,25 @@ class Masker:
         if not ids:
             return np.zeros(0, np.int32), np.zeros(0, np.int32)
         return np.concatenate(ids), np.concatenate(starts)
+
+    def token_boundary(self, text: str, x: int) -> bool:
+        """Whether the ids of `text` are those of text[:x] followed by those of text[x:]: the cut
+        is at an added token, or the text piece around it tokenizes the same cut there."""
+        if not self._piecewise:
+            return self.encode(text)[0].tolist() == np.concatenate([self.encode(text[:x])[0], self.encode(text[x:])[0]]).tolist()
+        left, right = self._special.split(text[:x])[-1], self._special.split(text[x:], maxsplit=1)[0]
+        if not left or not right:
+            return True
+        piece = left + right
+        return self.encode(piece)[0].tolist() == np.concatenate([self.encode(left)[0], self.encode(right)[0]]).tolist()
+
+    def encode_cut(self, text: str, cuts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and start characters of text[:c0], text[c0:c1], ... each tokenized on its own."""
+        if not cuts:
+            return self.encode(text)
+        bounds = [0, *cuts, len(text)]
+        parts = [self.encode(text[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] + a for p, a in zip(parts, bounds)])
 
     def _warm(self, pieces: Iterable[str]) -> None:
         """Tokenize the pieces the cache lacks, all in one batch (the tokenizer spreads a batch
@@ -361,19 +398,6 @@ class Masker:
                 self._system_text[key] = None
         return self._system_text[key]
 
-    def _result(self, tid: str, seqs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], cut: int, system: str | None) -> MaskResult:
-        """Sequences (ids, labels, start characters) with at least one trained token, each with
-        the length of its system-turn prefix; the others count as cut."""
-        res = _result(tid, [(ids, labels) for ids, labels, _ in seqs], cut)
-        trained = [starts for ids, labels, starts in seqs if (labels != IGNORE).any()]
-        for s, starts in zip(res.seqs, trained):
-            s.prefix_len = _prefix_len(system, s.input_ids, starts, s.labels)
-        return res
-
-    def _tokens(self, msgs: list[Message]) -> tuple[np.ndarray, np.ndarray, Rendered]:
-        r = render(self.tokenizer, msgs, self.info)
-        return (*self.encode(r.text), r)
-
     # ------------------------------------------------------------------------- rows
 
     def mask(self, row: Row | Trace) -> MaskResult:
@@ -392,84 +416,176 @@ class Masker:
             done = []
             for row in chunk:
                 msgs = self.messages(row)
-                try:
-                    done.append((row, msgs, render(self.tokenizer, msgs, self.info)))
-                except TemplateError as e:
-                    done.append((row, msgs, e))
+                whole: Rendered | TemplateError | None = None  # None: rendered turn by turn
+                if self.info.verbatim:
+                    try:
+                        whole = render(self.tokenizer, msgs, self.info)
+                    except TemplateError as e:
+                        whole = e
+                done.append((row, msgs, whole))
             if self._piecewise:
                 self._warm(p for *_, r in done if isinstance(r, Rendered) for p in self._special.split(r.text)[::2])
-            for row, msgs, full in done:
-                if isinstance(full, Rendered):
-                    try:
-                        yield row, self._mask_rendered(row.id, msgs, full)
-                        continue
-                    except TemplateError as e:  # a split window the template cannot render
-                        full = e
+            for row, msgs, whole in done:
+                try:
+                    if isinstance(whole, Rendered):
+                        res = self._mask_whole(row.id, msgs, whole)
+                    elif whole is None or self.info.per_turn:  # a row this template rewrites: turn by turn
+                        res = self._mask_turns(row.id, msgs)
+                    else:
+                        raise whole
+                    yield row, res
+                    continue
+                except TemplateError as e:
+                    err = e
                 loc = getattr(row, "loc", None) or Location("<memory>", 0)
-                yield row, RowError(BadRow(loc, "conversations", f"trace {row.id}: {full}"))
+                yield row, RowError(BadRow(loc, "conversations", f"trace {row.id}: {err}"))
 
-    def _mask_rendered(self, tid: str, msgs: list[Message], full: Rendered) -> MaskResult:
-        ids, starts = self.encode(full.text)
-        train = self._trainable(full)
-        labels = self._labels(full, ids, starts, train)
-        return self._fit(tid, msgs, ids, starts, labels, full, train)
+    def _trained(self, msgs: list[Message]) -> list[int]:
+        """Indices of the assistant messages the options train."""
+        out = [i for i, m in enumerate(msgs) if m.role == "assistant" and (self.options.train_tool_calls or not (m.tool_calls or _calls_tool(m.content)))]
+        return out[-1:] if self.options.scope == "last" else out
 
-    def _trainable(self, full: Rendered) -> set[int]:
-        spans = [s for s in full.spans if self.options.train_tool_calls or not s.tool_calls]
-        if self.options.scope == "last":
-            spans = spans[-1:]
-        return {s.turn for s in spans}
+    def _mask_whole(self, tid: str, msgs: list[Message], whole: Rendered) -> MaskResult:
+        """A template that keeps every turn verbatim: the conversation rendered once is one sample
+        when it fits; a longer one is planned into samples, each rendered on its own."""
+        ids, starts = self.encode(whole.text)
+        trained = self._trained(msgs)
+        o = self.options
+        if o.max_len is None or len(ids) <= o.max_len or o.overflow != "split":
+            return self._result(tid, msgs, [(ids, starts, whole)], trained, Plan([Sample(tuple(range(len(msgs))), tuple(trained))]))
+        # Tokens up to the end of each message's content (its header and the previous end of turn
+        # included): the plan's estimates, which each sample's exact render then checks.
+        cost = np.diff(np.searchsorted(starts, np.asarray(whole.ends), side="right"), prepend=0)
+        memo: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, Rendered]] = {}
 
-    def _fit(self, tid: str, msgs, ids, starts, labels, full: Rendered, train: set[int]) -> MaskResult:
+        def build(s: Sample):
+            if s.messages not in memo:
+                r = render(self.tokenizer, [msgs[i] for i in s.messages], self.info)
+                memo[s.messages] = (*self.encode(r.text), r)
+            return memo[s.messages]
+
+        plan = plan_samples(cost.tolist(), _turn_starts(msgs), _head(msgs, trained), trained, [True] * len(trained), o.max_len, lambda s: len(build(s)[0]))
+        return self._result(tid, msgs, [build(s) for s in plan.samples], trained, plan, cost.tolist())
+
+    def _mask_turns(self, tid: str, msgs: list[Message]) -> MaskResult:
+        """A template that rewrites history (Qwen3 drops the reasoning of turns before the last
+        user message): assistant turn k is trained after the template's render of messages[:k]
+        with the generation prompt, as the model sees it when it acts; consecutive turns whose
+        renders extend one another share a sample."""
+        trained = self._trained(msgs)
+        o = self.options
+        turns = {t: render_turn(self.tokenizer, msgs, t, self.template) for t in trained}
+        # What the model writes is tokenized after what it sees: where the generation prompt does
+        # not end on a token boundary (Qwen3.5's `<think>\n` before `\n</think>`), the turn's ids
+        # are those of its text alone, and no later turn can share its sample.
+        whole = {t: self.token_boundary(r.through, len(r.context)) for t, r in turns.items()}
+        joins = [
+            k > 0 and whole[trained[k - 1]] and extends(turns[t], turns[trained[k - 1]]) and self.token_boundary(turns[t].context, len(turns[trained[k - 1]].through))
+            for k, t in enumerate(trained)
+        ]
+        memo: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, Rendered]] = {}
+
+        def build(s: Sample):
+            if s.messages not in memo:
+                if s.messages == tuple(range(len(s.messages))):  # all history: the renders above
+                    parts = [(msgs[t], turns[t]) for t in s.trained]
+                else:
+                    sub = [msgs[i] for i in s.messages]
+                    parts = [(msgs[t], render_turn(self.tokenizer, sub, s.messages.index(t), self.template)) for t in s.trained]
+                r = render_sample(parts, self._end_token)
+                cuts = [len(t.context) for _, t in parts if not self.token_boundary(t.through, len(t.context))]
+                memo[s.messages] = (*self.encode_cut(r.text, cuts), r)
+            return memo[s.messages]
+
+        starts, head = _turn_starts(msgs), _head(msgs, trained)
+        plan = plan_samples([0] * len(msgs), starts, head, trained, joins, None)  # all history
+        if o.max_len is None or o.overflow != "split" or all(len(build(s)[0]) <= o.max_len for s in plan.samples):
+            return self._result(tid, msgs, [build(s) for s in plan.samples], trained, plan)
+        _, last_starts, last = build(plan.samples[-1])  # holds every message up to the last trained turn
+        cost = _costs(msgs, last.text, last_starts)
+        plan = plan_samples(cost, starts, head, trained, joins, o.max_len, lambda s: len(build(s)[0]))
+        return self._result(tid, msgs, [build(s) for s in plan.samples], trained, plan, cost)
+
+    def _result(self, tid: str, msgs: list[Message], built: list[tuple[np.ndarray, np.ndarray, Rendered]], trained: list[int], plan: Plan, cost: list[int] | None = None) -> MaskResult:
+        """The planned samples as sequences, over-long ones truncated or the trace dropped per
+        --overflow; a sequence with no trained token is not written (it counts as cut)."""
+        o = self.options
         system = self._system_turn(msgs)
-        if system is not None and not full.text.startswith(system):
+        res = MaskResult([], untrained=[(msgs[t].turn, why) for t, why in plan.untrained])
+        if system is not None and not all(r.text.startswith(system) for *_, r in built):
             system = None
-        res = self._fit_parts(tid, msgs, ids, starts, labels, full, train, system)
-        res.system_tokens = int(np.searchsorted(starts, len(system))) if system is not None else 0
+        res.system_tokens = len(self.encode(system)[0]) if system is not None else 0
+        total = sum(len(ids) for ids, *_ in built)
+        if o.max_len is not None and o.overflow == "drop" and any(len(ids) > o.max_len for ids, *_ in built):
+            longest = max(len(ids) for ids, *_ in built)
+            return _dropped(res, total, f"{longest} tokens, longer than seq_len {o.max_len} (overflow drop)")
+        if cost is not None:  # messages after the head that no sample holds
+            held = {i for s in plan.samples for i in s.messages}
+            res.tokens_cut = sum(c for i, c in enumerate(cost) if i not in held and i >= _head(msgs, trained))
+        for n, ((ids, starts, r), sample) in enumerate(zip(built, plan.samples)):
+            turn_ids = {msgs[t].turn for t in sample.trained}
+            labels = self._labels(r, ids, starts, turn_ids)
+            if o.max_len is not None and len(ids) > o.max_len:
+                res.tokens_cut += len(ids) - o.max_len
+                ids, labels, starts = ids[: o.max_len], labels[: o.max_len], starts[: o.max_len]
+            if not (labels != IGNORE).any():
+                res.tokens_cut += len(ids)
+                continue
+            seq = MaskedSeq(tid, ids, labels, _prefix_len(system, ids, starts, labels))
+            firsts = [int(np.searchsorted(starts, sp.start)) for sp in r.spans if sp.turn in turn_ids]
+            res.turns_trained += sum(f < len(ids) for f in firsts)
+            res.turns_shortened += sum(f < len(ids) for f in firsts) if sample.shortened else 0
+            if n and firsts:
+                res.context_repeated += firsts[0]
+            res.seqs.append(seq)
+        res.samples = len(res.seqs)
+        if not res.seqs:
+            why = plan.untrained[0][1] if plan.untrained else "no trained token in what fits (no assistant turn, or none the options train)"
+            return _dropped(res, total if built else sum(cost or ()), why)
         return res
 
-    def _fit_parts(self, tid, msgs, ids, starts, labels, full: Rendered, train: set[int], system: str | None) -> MaskResult:
-        o = self.options
-        n = len(ids)
-        if o.max_len is None or n <= o.max_len:
-            return self._result(tid, [(ids, labels, starts)], 0, system)
-        if o.overflow == "drop":
-            return MaskResult([], tokens_cut=n, dropped=True, reason=f"{n} tokens, longer than seq_len {o.max_len} (overflow drop)")
-        if o.overflow == "truncate":
-            m = o.max_len
-            return self._result(tid, [(ids[:m], labels[:m], starts[:m])], n - m, system)
-        return self._split(tid, msgs, starts, full, train, system)
+def _calls_tool(content: str) -> bool:
+    return any(s.kind == TOOL_CALL for s in parse_turn("assistant", content).segments)
 
-    def _split(self, tid: str, msgs: list[Message], starts: np.ndarray, full: Rendered, train: set[int], system: str | None) -> MaskResult:
-        """Windows of whole steps (messages up to and including an assistant turn), each starting
-        with the system prompt, filled greedily; a window is re-rendered and tokenized exactly."""
-        max_len = self.options.max_len
-        head = 1 if msgs and msgs[0].role == "system" else 0
-        # Estimated tokens up to the end of each message's content; windows are then measured exactly.
-        end_tok = np.searchsorted(starts, np.asarray(full.ends), side="right")
-        steps = [i + 1 for i in range(head, len(msgs)) if msgs[i].role == "assistant"]  # step ends (exclusive)
-        head_cost = int(end_tok[head - 1]) + 2 if head else 0
-        if head_cost >= max_len:  # no window can hold the system prompt and a turn
-            why = f"its system prompt alone takes about {head_cost} tokens, seq_len is {max_len}"
-            return MaskResult([], tokens_cut=len(starts), dropped=True, reason=why)
-        out, cut, first, k = [], 0, head, 0
-        while k < len(steps):
-            base = int(end_tok[first - 1]) if first else 0
-            j = k
-            while j + 1 < len(steps) and head_cost + end_tok[steps[j + 1] - 1] - base <= max_len:
-                j += 1
-            while True:
-                w_ids, w_starts, w = self._tokens(msgs[:head] + msgs[first : steps[j]])
-                if len(w_ids) <= max_len or j == k:
-                    break
-                j -= 1
-            w_labels = self._labels(w, w_ids, w_starts, train)
-            if len(w_ids) > max_len:
-                cut += len(w_ids) - max_len
-                w_ids, w_labels, w_starts = w_ids[:max_len], w_labels[:max_len], w_starts[:max_len]
-            out.append((w_ids, w_labels, w_starts))
-            first, k = steps[j], j + 1
-        return self._result(tid, out, cut, system)
+
+def _costs(msgs: list[Message], text: str, starts: np.ndarray) -> list[int]:
+    """Estimated tokens of each message in a render `text` (with token start characters
+    `starts`): up to the end of its content, found in order; an assistant turn the template
+    reformatted is found by the end of its content, and a message not found costs nothing (the
+    next one found carries it). The plan checks every sample exactly."""
+    ends, pos = [], 0
+    for m in msgs:
+        tail = m.content[-64:]
+        j = text.find(tail, pos) if tail else -1
+        if j >= 0:
+            pos = j + len(tail)
+        ends.append(pos)
+    return np.diff(np.searchsorted(starts, np.asarray(ends), side="right"), prepend=0).tolist()
+
+
+def _turn_starts(msgs: list[Message]) -> list[int]:
+    """For each message, the index of the first message of its row turn (a tool turn unwrapped
+    into one message per response is one whole turn)."""
+    out = []
+    for i, m in enumerate(msgs):
+        out.append(out[-1] if i and msgs[i - 1].turn == m.turn else i)
+    return out
+
+
+def _head(msgs: list[Message], trained: list[int]) -> int:
+    """Messages every sample opens with: the system prompt and the first user message (the task),
+    when the task comes before the first trained turn."""
+    head = 1 if msgs and msgs[0].role == "system" else 0
+    task = next((i for i, m in enumerate(msgs) if m.role == "user"), None)
+    if task is not None and (not trained or task < trained[0]):
+        head = task + 1
+    return head
+
+
+def _dropped(res: MaskResult, tokens: int, why: str) -> MaskResult:
+    res.seqs, res.samples, res.dropped, res.reason = [], 0, True, why
+    res.tokens_cut, res.turns_trained, res.turns_shortened, res.context_repeated = tokens, 0, 0, 0
+    return res
 
 
 def _prefix_len(system: str | None, ids: np.ndarray, starts: np.ndarray, labels: np.ndarray) -> int:
@@ -484,15 +600,3 @@ def _prefix_len(system: str | None, ids: np.ndarray, starts: np.ndarray, labels:
     if p >= len(ids) or starts[p] != len(system) or (labels[: p + 1] != IGNORE).any():
         return 0
     return p
-
-
-def _result(tid: str, seqs: list[tuple[np.ndarray, np.ndarray]], cut: int) -> MaskResult:
-    """Sequences with at least one trained token; the others count as cut."""
-    kept = []
-    for ids, labels in seqs:
-        if (labels != IGNORE).any():
-            kept.append(MaskedSeq(tid, ids, labels))
-        else:
-            cut += len(ids)
-    why = "" if kept else "no trained token in what fits (no assistant turn, or none the options train)"
-    return MaskResult(kept, tokens_cut=cut, dropped=not kept, windows=len(kept), reason=why)

@@ -150,6 +150,16 @@ def pack_lengths(lengths, capacity: int) -> list[list[int]]:
 # ----------------------------------------------------------------------------- streaming
 
 
+def check_row_len(row_len: int | None, seq_len: int, names: tuple[str, str] = ("row_len", "seq_len")) -> int:
+    """The tokens of a packed row (None: seq_len); ValueError below seq_len, since a row must hold
+    any sequence. `names`: what the message calls the two (the CLI's flags)."""
+    if row_len is None:
+        return seq_len
+    if row_len < seq_len:
+        raise ValueError(f"{names[0]} {row_len} is below {names[1]} {seq_len}: a row must hold any sequence")
+    return row_len
+
+
 class Masked(Protocol):
     """What the packer needs of a masked sequence (streamproc.prepare.mask.MaskedSeq)."""
 
@@ -231,10 +241,7 @@ class Packer:
     _prefix: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.row_len is None:
-            self.row_len = self.seq_len
-        if self.row_len < self.seq_len:
-            raise ValueError(f"row_len {self.row_len} is below seq_len {self.seq_len}: a row must hold any sequence")
+        self.row_len = check_row_len(self.row_len, self.seq_len)
 
     def __len__(self) -> int:
         return len(self._ids)

@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from streamproc.prepare.mask import Masker, MaskOptions, MaskedSeq, load_tokenizer
+from streamproc.prepare.mask import MaskOptions, MaskedSeq, cached_masker
 from streamproc.records import PARTITIONS, BadRow, Row, RowError, Trace
 from streamproc.run.runner import Stage
 
@@ -37,6 +37,10 @@ class PartitionCounts:
     rows: int = 0
     sequence_tokens: int = 0  # tokens the sequences hold whole; more than `tokens` where rows share a prefix
     system_prompt_tokens: int = 0  # of those, in the system turns the sequences begin with
+    turns_trained: int = 0  # assistant turns with trained tokens
+    turns_shortened: int = 0  # of those, turns whose sequence lacks some earlier message (a long trace)
+    turns_untrained: int = 0  # turns the options train that could not fit with their context (dropped.jsonl)
+    context_repeated: int = 0  # tokens before the first trained turn of each sequence after a trace's first
 
     def add(self, o: "PartitionCounts") -> None:
         for f in self.__slots__:
@@ -62,24 +66,13 @@ class PartitionCounts:
 
 # ----------------------------------------------------------------------------- workers
 
-_MASKERS: dict[tuple, Masker] = {}
-"""Maskers by (tokenizer, options): one per process, built on first use (a worker builds its own)."""
-
-
-def _masker(tokenizer: str, options: MaskOptions) -> Masker:
-    key = (tokenizer, repr(options))
-    if key not in _MASKERS:
-        _MASKERS[key] = Masker(load_tokenizer(tokenizer), options)
-    return _MASKERS[key]
-
-
 @dataclass(slots=True)
 class MaskedSplit:
     """A split's masked sequences and trace counts, per partition (train, eval)."""
 
     seqs: dict[str, list[MaskedSeq]]
     counts: dict[str, PartitionCounts]
-    dropped: list[dict] = field(default_factory=list)  # traces nothing was written of: id, split, reason, file, row
+    dropped: list[dict] = field(default_factory=list)  # traces nothing was written of, and turns not trained (with "turn"): id, split, reason, file, row
     min_system: int = 0  # tokens of the shortest system turn seen (0: none)
 
 
@@ -103,7 +96,7 @@ class MaskStage(Stage):
 
     def fold_batch(self, acc: MaskedSplit, rows: list[tuple[Row, Trace | None]]) -> list[tuple[int, BadRow]]:
         bad = []
-        masker = _masker(self.tokenizer, self.options)
+        masker = cached_masker(self.tokenizer, self.options)
         traces = [trace for _, trace in rows]
         for i, (_, res) in enumerate(masker.mask_many(traces, batch=len(rows) or 1)):
             row = rows[i][0]
@@ -115,9 +108,16 @@ class MaskStage(Stage):
             c.traces += not res.dropped
             c.dropped += res.dropped
             acc.min_system = min_system(acc.min_system, res.system_tokens)
+            loc = row.loc
+            where = {"file": loc.file if loc else None, "row": loc.row if loc else None}
             if res.dropped:
-                loc = row.loc
-                acc.dropped.append({"id": row.id, "split": part, "reason": res.reason, "file": loc.file if loc else None, "row": loc.row if loc else None})
+                acc.dropped.append({"id": row.id, "split": part, "reason": res.reason, **where})
+            else:
+                acc.dropped += [{"id": row.id, "split": part, "turn": t, "reason": why, **where} for t, why in res.untrained]
+                c.turns_untrained += len(res.untrained)
+            c.turns_trained += res.turns_trained
+            c.turns_shortened += res.turns_shortened
+            c.context_repeated += res.context_repeated
             c.tokens_cut += res.tokens_cut
             c.system_prompt_tokens += sum(s.prefix_len for s in res.seqs)
             acc.seqs[part].extend(res.seqs)

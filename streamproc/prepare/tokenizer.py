@@ -148,6 +148,33 @@ class Tokenizer:
 
 # ----------------------------------------------------------------------------- loading
 
+DEFAULT_TOKENIZER = Path(__file__).parents[1] / "data" / "tokenizers" / "qwen2.5-0.5b-instruct"
+DEFAULT_TOKENIZER_NAME = "Qwen/Qwen2.5-0.5B-Instruct"
+
+
+def load_tokenizer(name_or_dir: str | os.PathLike | None = None) -> Tokenizer:
+    """A fast tokenizer of its own (the caller may extend it): the shipped Qwen2.5-0.5B-Instruct
+    one (offline) for None, `default` or its Hub id; otherwise any local directory or Hub id.
+    TokenizerError names a path or id that cannot be loaded."""
+    if name_or_dir in (None, "", "default", DEFAULT_TOKENIZER_NAME):
+        name_or_dir = DEFAULT_TOKENIZER
+    return load(name_or_dir)
+
+
+def cached_tokenizer(name_or_dir: str | os.PathLike | None = None) -> Tokenizer:
+    """load_tokenizer's tokenizer, loaded once per process (loading takes a second or more) and
+    shared by every user in it: never mutate it. A directory whose tokenizer.json changed since
+    (a pack run that extended a tokenizer into the same place) is loaded again."""
+    path = Path(name_or_dir or DEFAULT_TOKENIZER) / TOKENIZER_FILE
+    stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
+    return _cached(str(name_or_dir or "default"), stamp)
+
+
+@lru_cache(maxsize=8)
+def _cached(name: str, stamp) -> Tokenizer:
+    return load_tokenizer(name)
+
+
 
 def load(name_or_dir: str | os.PathLike) -> Tokenizer:
     """A tokenizer from a local directory, or a Hub id through huggingface_hub's file downloads
