@@ -49,7 +49,7 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     parsed = out / "parsed.jsonl"
     with ParseJob(parsed) as parse, PackJob(out / "packed", options, [s.key() for s in shards], on_error=args.on_error, restart=args.restart) as pack:
-        stats = StatsJob(browser=True)
+        stats = StatsJob(browser=True, spill_dir=str(out))  # trace bodies wait on disk beside the outputs
         run_jobs(shards, [parse, stats, pack], workers=engine_from(args), on_error=args.on_error, progress="run")
         packed = pack.finish()
     finish(args, parse.tally, str(out / "rejects.jsonl"))
