@@ -7,6 +7,9 @@ share out of order. A change that alters an output on purpose updates the digest
 
 Re-pinned once since: shard format 2 (shared-prefix packing) adds a `prefix_len` column and new
 manifest counts; the shards' other columns were checked equal to format 1's, column by column.
+And once more: packing spills and packs every sequence at once by default (`buffer_size`
+null in the manifest's options, was 100000): `run`'s manifest moved, its shards did not, and
+`pack --buffer-size 200` is byte-identical to the buffered packer.
 """
 
 from __future__ import annotations
