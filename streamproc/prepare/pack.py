@@ -321,7 +321,7 @@ def assemble(rows: Sequence[RowPlan], ids: Sequence[np.ndarray], trained: Sequen
     all_trained = np.concatenate(trained_parts) if trained_parts else np.zeros(0, np.bool_)
     return Packed(
         all_ids,
-        np.where(all_trained, all_ids, np.int32(IGNORE)).astype(np.int32),
+        np.where(all_trained, all_ids, np.int32(IGNORE)).astype(np.int32, copy=False),
         row_bounds,
         np.asarray(seq_lens, np.int32),
         seq_bounds,
