@@ -628,3 +628,16 @@ def test_chunks_stay_on_disk_and_read_back_in_order(tmp_path):
     assert list(chunks) == [b"a", b"", b"ccc", b"dd"] and chunks[2] == b"ccc" and len(chunks) == 4
     assert chunks == [b"a", b"", b"ccc", b"dd"] != [b"a"]
     assert not list(tmp_path.iterdir())  # unnamed: nothing is left behind by a killed run
+
+
+def test_stats_report_of_many_traces_is_a_folder(page, tmp_path, monkeypatch):
+    """`stats --report DIR` writes the folder form from FOLDER_FROM traces on (here 100): the page
+    opens from DIR/index.html with every trace."""
+    monkeypatch.setattr(webview, "FOLDER_FROM", 100)
+    monkeypatch.setattr(webview, "INDEX_PAGE", 128)
+    assert main(["stats", str(SAMPLE), "--report", str(tmp_path / "rep"), "--workers", "1"]) == 0
+    assert (tmp_path / "rep" / "index" / "2.js").exists() and (tmp_path / "rep" / "bodies" / "1.js").exists()
+    page.goto((tmp_path / "rep" / "index.html").as_uri())
+    page.wait_for_selector("#traces tbody tr")
+    _wait_whole(page)
+    assert _count(page) == (300, 300)
