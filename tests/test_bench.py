@@ -94,3 +94,16 @@ def test_pack_job_copies_change_every_message_but_the_system_prompt(real_rows, t
                 assert len(unwrap_tool(turn["value"])) == len(unwrap_tool(value))
         calls = lambda t: [t.call(i).name for i in range(len(t.calls))]  # noqa: E731
         assert calls(parse_trace(d)) == calls(parse_trace({"id": orig.id, "conversations": [{"from": f, "value": v} for f, v in orig.conversations]}))
+
+
+def test_scale_measures_the_peak_of_the_command_and_of_its_largest_child():
+    """`measure` reads VmHWM of the command and its descendants: a child that holds 300 MB for a
+    second shows as the largest worker, the parent stays small."""
+    import sys
+
+    from streamproc.benchmarks.scale import measure
+
+    child = "import time; b = bytearray(300 << 20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1.5)"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}], check=True)"
+    m = measure([sys.executable, "-c", parent], {})
+    assert m["worker_mb"] >= 300 and m["parent_mb"] < 100 and m["cpu"] > 0

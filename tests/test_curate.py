@@ -401,3 +401,59 @@ def test_every_preset_has_its_help_and_its_conditions():
     from streamproc.curate.options import PRESET_HELP
 
     assert list(PRESET_HELP) == list(PRESETS)
+
+
+def planted_near_copies(n: int, seed: int = 7) -> list[dict]:
+    """n rows: originals of 40 to 80 words from a 3,000-word vocabulary, and copies of earlier
+    rows with 0 to 8 words changed (Jaccard of their shingles from 1 down to under 0.5, across
+    the threshold), some copies of copies."""
+    import random
+
+    rnd = random.Random(seed)
+    vocab = [f"w{i}" for i in range(3000)]
+    texts: list[list[str]] = []
+    for _ in range(n):
+        if texts and rnd.random() < 0.4:
+            words = list(rnd.choice(texts[-500:]))
+            for _ in range(rnd.choice((0, 1, 1, 2, 2, 3, 4, 8))):
+                words[rnd.randrange(len(words))] = rnd.choice(vocab)
+        else:
+            words = rnd.choices(vocab, k=rnd.randint(40, 80))
+        texts.append(words)
+    return [{"conversations": [{"from": "human", "value": " ".join(w[:10])}, {"from": "gpt", "value": " ".join(w[10:])}]} for w in texts]
+
+
+def test_near_index_removes_the_same_rows_as_datasketch_lsh():
+    """10,000 rows with planted near-copies: the compact index removes exactly the rows
+    datasketch's MinHashLSH removes, naming the same earlier row, and holds at most 0.4 GiB per
+    million rows."""
+    from datasketch import MinHash, MinHashLSH
+
+    from streamproc.curate.dedup import MINHASH_SCHEME, NUM_PERM, NearIndex, _permutations
+
+    signatures = [near_key(parse_trace(r)) for r in planted_near_copies(10_000)]
+    for threshold in (0.8, 0.5):
+        lsh, index = MinHashLSH(threshold=threshold, num_perm=NUM_PERM), NearIndex(threshold)
+        want, got = [], []
+        for position, sig in enumerate(signatures):
+            m = MinHash(num_perm=NUM_PERM, seed=1, hashvalues=sig, permutations=_permutations(NUM_PERM), scheme=MINHASH_SCHEME)
+            found = lsh.query(m)
+            want.append(min(found) if found else None)
+            if not found:
+                lsh.insert(position, m, check_duplication=False)
+            got.append(index.first_similar(sig, position))
+        assert got == want
+        removed = sum(g is not None for g in got)
+        assert 1_000 < removed < 3_800, removed  # many of the ~4,000 copies, not all: the copies cross the threshold
+        kept = len(signatures) - removed
+        assert index.nbytes() / kept * 1e6 <= 0.4 * 2**30
+
+
+def test_curator_near_dedup_reports_the_earlier_row():
+    rows = [{"conversations": r["conversations"], "id": str(i)} for i, r in enumerate(planted_near_copies(300, seed=3))]
+    c = Curator((), "near")
+    keys = [near_key(parse_trace(r)) for r in rows]
+    reasons = c.decide(pa.table({"id": [r["id"] for r in rows]}), keys)
+    index = __import__("streamproc.curate.dedup", fromlist=["NearIndex"]).NearIndex(0.8)
+    assert reasons == [None if (p := index.first_similar(k, i)) is None else f"dedup_near (similar to good row {p} of the input, counted from 0)" for i, k in enumerate(keys)]
+    assert c.summary()["dedup"]["index_bytes"] > 0

@@ -12,6 +12,9 @@ The three stats.json digests moved once more for one rename: the key `guide_heur
 Re-pinned for issue #26: `--overflow split` makes samples that keep the system prompt, the task
 and the most recent turns that fit (no more windows that start with a tool result), and the
 manifest counts turns trained, shortened and not trained; only the pack outputs moved.
+And once more: packing spills and packs every sequence at once by default (`buffer_size`
+null in the manifest's options, was 100000): `run`'s manifest moved, its shards did not, and
+`pack --buffer-size 200` is byte-identical to the buffered packer.
 """
 
 from __future__ import annotations

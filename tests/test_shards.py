@@ -139,24 +139,84 @@ def test_read_shards_memory_maps(packed):
         read_shards(packed / "missing")
 
 
-def test_resume_after_kill_ends_with_the_same_bytes(tmp_path):
-    inputs = _write_inputs(tmp_path / "in", 16, 3)
-    whole = tmp_path / "whole"
-    pack_to_dir(plan(inputs), whole, _opts(buffer_size=1), workers=1)
-    out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "streamproc", "pack", *map(str, inputs), "-o", str(out), "--seq-len", str(SEQ_LEN),
-           "--buffer-size", "1", "--shard-rows", "8", "--eval-fraction", "0.25"]
-    proc = subprocess.Popen([*cmd, "--workers", "1"], stderr=subprocess.PIPE)
+def _progress(out: Path) -> dict:
+    try:
+        return orjson.loads((out / PROGRESS).read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return {"consumed": 0, "shards": []}
+
+
+def _kill_when(cmd: list[str], out: Path, ready) -> None:
+    """Run `cmd` and SIGKILL it once ready(progress) holds."""
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while _consumed(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    while not ready(_progress(out)) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / MANIFEST).exists(), "the run finished before it could be killed: make the input bigger"
-    done = _consumed(out)
-    assert 2 <= done < len(inputs) and (out / "train-00000.arrow").exists()
+
+
+@pytest.mark.parametrize("phase", ["spill", "plan", "gather"])
+def test_resume_after_kill_at_each_phase_ends_with_the_same_bytes(tmp_path, phase):
+    """SIGKILL while spilling (some input splits spilled, no shard), after the spill (every split
+    spilled, nothing planned or written) and while gathering (some shards written): a rerun, with
+    2 workers, resumes there and ends with the bytes of an uninterrupted run, spill removed."""
+    from streamproc.prepare.job import PackJob
+    from streamproc.run.runner import run_jobs
+
+    inputs = _write_inputs(tmp_path / "in", 16, 3)
+    whole = tmp_path / "whole"
+    pack_to_dir(plan(inputs), whole, _opts(buffer_size=None, shard_rows=1), workers=1)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "streamproc", "pack", *map(str, inputs), "-o", str(out), "--seq-len", str(SEQ_LEN),
+           "--shard-rows", "1", "--eval-fraction", "0.25"]
+    if phase == "spill":
+        _kill_when([*cmd, "--workers", "1"], out, lambda p: p["consumed"] >= 2)
+        done = _progress(out)
+        assert 2 <= done["consumed"] < len(inputs) and not done["shards"] and not list(out.glob("*.arrow"))
+    elif phase == "plan":
+        # What a kill between the last spill checkpoint and the first shard leaves, made in this
+        # process (that moment is too short to hit from outside): every split spilled, no shard.
+        splits = plan(inputs)
+        with PackJob(out, _opts(buffer_size=None, shard_rows=1), [s.key() for s in splits]) as job:
+            run_jobs(splits, [job], workers=1)
+        done = _progress(out)
+        assert done["consumed"] == len(inputs) and not done["shards"]
+    else:
+        _kill_when([*cmd, "--workers", "1"], out, lambda p: len(p["shards"]) >= 2)
+        done = _progress(out)
+        assert done["consumed"] == len(inputs) and len(done["shards"]) >= 2
+    assert list((out / "spill").iterdir())
     again = subprocess.run([*cmd, "--workers", "2"], stderr=subprocess.PIPE, text=True, check=True)
-    assert f"resuming: {done} input split(s)" in again.stderr
+    assert f"resuming: {done['consumed']} input split(s) and {len(done['shards'])} output shard(s) already done" in again.stderr
+    assert _files(out) == _files(whole) and not (out / "spill").exists()
+
+
+def test_a_full_disk_while_spilling_is_one_error_and_leaves_no_shard(tmp_path):
+    """A file size limit (RLIMIT_FSIZE: writes past it fail with EFBIG, as on a full disk) stops
+    the spill: one line naming the spill file and the space needed, exit 2, no shard, no
+    manifest, no partial spill file; with the space back, the rerun resumes to the same bytes."""
+    import resource
+
+    inputs = _write_inputs(tmp_path / "in", 4, 3)
+    whole = tmp_path / "whole"
+    pack_to_dir(plan(inputs), whole, _opts(), workers=1)
+    out = tmp_path / "full"
+    cmd = [sys.executable, "-m", "streamproc", "pack", *map(str, inputs), "-o", str(out), "--seq-len", str(SEQ_LEN),
+           "--buffer-size", "12", "--shard-rows", "8", "--eval-fraction", "0.25", "--workers", "2"]
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (48_000, 48_000))
+
+    got = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, preexec_fn=limit)
+    lines = [line for line in got.stderr.splitlines() if "error" in line]
+    assert got.returncode == 2 and len(lines) == 1, got.stderr
+    assert "cannot write the spill file (" in lines[0] and "File too large" in lines[0] and "/spill/" in lines[0] and "twice the shards' size" in lines[0]
+    assert "Traceback" not in got.stderr
+    assert not list(out.glob("*.arrow")) and not (out / MANIFEST).exists()
+    assert not [p for p in (out / "spill").iterdir() if p.name.endswith(".tmp")]
+    subprocess.run(cmd, stderr=subprocess.PIPE, check=True)
     assert _files(out) == _files(whole)
 
 

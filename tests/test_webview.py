@@ -575,3 +575,95 @@ def test_filter_links_and_failure_cells_follow_column_keys_not_labels(real_rows)
         links = re.findall(r'data-filter="(\w+)" data-value="([^"]*)"', html)
         assert links == ([(filters[table.key], r.cells[0]) for r in table.rows] if table.key in filters else []), table.key
         assert html.count('data-err="yes"') == (len(table.rows) if table.key == TOOLS_TABLE else 0)
+
+
+# ----------------------------------------------------------------------------- a report folder (any size)
+
+
+def replicated_browser(real_rows, n: int, chunks: int = 5) -> tuple[webview.Browser, list]:
+    """n index entries made of the real traces with new ids, their bodies in `chunks` chunks
+    (entries share them: what grows with n is the index)."""
+    traces = [parse_trace(r) for r in real_rows]
+    entries = [webview.entry(t) for t in traces]
+    chunk = zlib.compress(orjson.dumps([webview.body(traces[i % len(traces)]) for i in range(webview.CHUNK)]), 6)
+    browser = webview.Browser(
+        [dataclasses.replace(e, summary=dataclasses.replace(e.summary, id=f"replica-{i:06d}"),
+                             chunk=i // webview.CHUNK % chunks, pos=i % webview.CHUNK)
+         for i, e in ((i, entries[i % webview.CHUNK % len(traces)]) for i in range(n))],
+        [chunk] * chunks,
+    )
+    return browser, traces
+
+
+def _wait_whole(page) -> None:
+    page.wait_for_function("!document.body.dataset.loading", timeout=120_000)
+
+
+def test_report_folder_loads_its_index_in_parts_and_bodies_on_demand(page, tmp_path, monkeypatch):
+    """`report -o DIR` on the sample, with index files of 64 rows: the page lists all 300 traces,
+    filters them like the one-file page, and a link to a trace in the last index file opens it."""
+    monkeypatch.setattr(webview, "INDEX_PAGE", 64)
+    out = tmp_path / "rep"
+    assert main(["report", str(SAMPLE), "-o", str(out), "--workers", "1"]) == 0
+    assert sorted(p.name for p in (out / "index").iterdir()) == ["1.js", "2.js", "3.js", "4.js"]
+    assert sorted(p.name for p in (out / "bodies").iterdir()) == ["0.js", "1.js"]
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert 'id="chunk-' not in html and len(_index(html)["rows"]) == 64
+    single = tmp_path / "one.html"
+    assert main(["report", str(SAMPLE), "-o", str(single), "--workers", "1"]) == 0
+    rows = _rows(single)
+    last = rows[-1][0]
+    page.goto((out / "index.html").as_uri() + f"#trace={last}")
+    page.wait_for_selector("#trace h2")
+    _wait_whole(page)
+    assert _count(page) == (300, 300)
+    assert page.text_content("#trace h2") == (rows[-1][4] or "(no task)")
+    page.select_option("#filter-source", index=1)
+    source = page.eval_on_selector("#filter-source", "s => s.value")
+    n = sum(1 for r in rows if _index(single.read_text(encoding="utf-8"))["names"]["source"][r[1]] == source)
+    assert _count(page) == (n, 300)
+    # a smaller report into the same folder leaves no index or body file of the larger one
+    assert main(["report", str(SAMPLE), "-o", str(out), "--workers", "1", "--limit", "100"]) == 0
+    assert sorted(p.name for p in (out / "index").iterdir()) == ["1.js"]
+    assert sorted(p.name for p in (out / "bodies").iterdir()) == ["0.js"]
+
+
+def test_report_folder_of_150000_traces_opens_like_a_small_one(page, real_rows, tmp_path):
+    """The folder's index.html does not grow with the traces (the first index page only), the list
+    appears before the rest of the index has come, and then every trace can be found and opened."""
+    sizes = {}
+    for n in (4_000, 150_000):
+        browser, traces = replicated_browser(real_rows, n)
+        sizes[n] = webview.write_page(tmp_path / str(n), browser, folder=True).stat().st_size
+    assert abs(sizes[150_000] - sizes[4_000]) < 0.02 * sizes[4_000], sizes
+    page.goto((tmp_path / "150000" / "index.html").as_uri())
+    page.wait_for_selector("#traces tbody tr")
+    assert page.locator("#traces tbody tr").count() == 100
+    _wait_whole(page)
+    assert _count(page) == (150_000, 150_000)
+    page.fill("#search", "replica-149999")
+    page.wait_for_function("document.querySelectorAll('#traces tbody tr').length === 1")
+    page.locator("#traces tbody tr").first.click()
+    page.wait_for_selector("#trace h2")
+    assert page.text_content("#trace h2") == (traces[(149_999 % webview.CHUNK) % len(traces)].task or "(no task)")
+
+
+def test_chunks_stay_on_disk_and_read_back_in_order(tmp_path):
+    chunks = webview.Chunks([b"a", b"", b"ccc"], spill_dir=tmp_path)
+    chunks.append(b"dd")
+    assert list(chunks) == [b"a", b"", b"ccc", b"dd"] and chunks[2] == b"ccc" and len(chunks) == 4
+    assert chunks == [b"a", b"", b"ccc", b"dd"] != [b"a"]
+    assert not list(tmp_path.iterdir())  # unnamed: nothing is left behind by a killed run
+
+
+def test_stats_report_of_many_traces_is_a_folder(page, tmp_path, monkeypatch):
+    """`stats --report DIR` writes the folder form from FOLDER_FROM traces on (here 100): the page
+    opens from DIR/index.html with every trace."""
+    monkeypatch.setattr(webview, "FOLDER_FROM", 100)
+    monkeypatch.setattr(webview, "INDEX_PAGE", 128)
+    assert main(["stats", str(SAMPLE), "--report", str(tmp_path / "rep"), "--workers", "1"]) == 0
+    assert (tmp_path / "rep" / "index" / "2.js").exists() and (tmp_path / "rep" / "bodies" / "1.js").exists()
+    page.goto((tmp_path / "rep" / "index.html").as_uri())
+    page.wait_for_selector("#traces tbody tr")
+    _wait_whole(page)
+    assert _count(page) == (300, 300)

@@ -8,31 +8,31 @@ from streamproc.analyze.metrics import Stats, StatsStage
 from streamproc.records import Tally
 from streamproc.run.runner import Engine, Job, run_jobs, union
 from streamproc.io.sources import Split
-from streamproc.views.page import Browser, ViewPart, ViewStage, merge as merge_views
+from streamproc.views.page import Browser, Chunks, ViewStage
 
 
 class StatsJob(Job):
     """Stats of every row, and with `browser` the trace browser of the same traces."""
 
-    def __init__(self, tokenizer: str | None = None, browser: bool = False):
+    def __init__(self, tokenizer: str | None = None, browser: bool = False, spill_dir: str | None = None):
         if tokenizer:  # a bad name fails before any work; the stage counts with this one where it runs in this process
             from streamproc.prepare.tokenizer import cached_tokenizer
 
             cached_tokenizer(tokenizer)
         self.stages = [StatsStage(tokenizer), ViewStage()] if browser else [StatsStage(tokenizer)]
         self.stats = Stats(tokenizer=tokenizer)
-        self.views: list[ViewPart] = []
+        # Each split's index entries are kept; its body chunks go to a temporary file in spill_dir.
+        self.browser = Browser(chunks=Chunks(spill_dir=spill_dir)) if browser else None
         self.tally = Tally()
-        self.browser = browser
 
     def add(self, partials: list[Any], tallies: list[Tally]) -> None:
         self.stats.merge(partials[0])
         self.tally.add(union(tallies))
-        if self.browser:
-            self.views.append(partials[1])
+        if self.browser is not None:
+            self.browser.add(partials[1])
 
     def result(self) -> tuple[Stats, Browser | None, Tally]:
-        return self.stats, merge_views(self.views) if self.browser else None, self.tally
+        return self.stats, self.browser, self.tally
 
 
 def collect_with_browser(

@@ -28,6 +28,7 @@ SECTIONS = [
     "pack",
     "pack-job",
     "train",
+    "scale",
 ]
 """Section names in the order `streamproc bench` runs them."""
 

@@ -130,11 +130,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from streamproc.run.ray_engine import RayUnavailable
     from streamproc.io.files import OutputError
     from streamproc.prepare.job import PackError
+    from streamproc.prepare.spill import SpillError
     from streamproc.records import RowError
     from streamproc.io.sources import SourceError
     from streamproc.prepare.tokenizer import TokenizerError
 
-    return (SourceError, RowError, RayUnavailable, PackError, TemplateError, TokenizerError, ConditionError, OutputError)
+    return (SourceError, RowError, RayUnavailable, PackError, SpillError, TemplateError, TokenizerError, ConditionError, OutputError)
 
 
 if __name__ == "__main__":

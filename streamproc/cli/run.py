@@ -51,7 +51,7 @@ def run(args) -> int:
     with ParseJob(parsed) as parse, PackJob(out / "packed", options, plan_key(source.splits, source.view), on_error=args.on_error, restart=args.restart) as pack:
         if pack.resuming():  # the packed splits are not masked again; parse and stats read them all
             print(pack.resuming(), file=sys.stderr)
-        stats = StatsJob(browser=True)
+        stats = StatsJob(browser=True, spill_dir=str(out))  # trace bodies wait on disk beside the outputs
         source.run([parse, stats, pack], progress="run")
         packed = pack.finish()
     finish(args, source, parse.tally, str(out / "rejects.jsonl"))

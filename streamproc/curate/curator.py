@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from streamproc.analyze.features import feature_schema
 from streamproc.curate.conditions import Condition, ConditionEngine, ConditionError
-from streamproc.curate.dedup import MINHASH_SCHEME, NUM_PERM, SHINGLE_WORDS, _permutations
+from streamproc.curate.dedup import NUM_PERM, SHINGLE_WORDS, NearIndex
 from streamproc.curate.options import DEDUP_MODES
 from streamproc.records import Tally
 
@@ -74,12 +74,8 @@ class Curator:
         if dedup:
             self.acct.removed_by[f"dedup_{dedup}"] = 0
         self._seen: dict[bytes, int] = {}  # exact: digest -> input position of the kept row
-        self._lsh = None
+        self._near = NearIndex(threshold) if dedup == "near" else None
         self._position = 0  # rows decided so far (input order)
-        if dedup == "near":
-            from datasketch import MinHashLSH
-
-            self._lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
 
     @property
     def conditions(self) -> tuple[Condition, ...]:
@@ -104,22 +100,16 @@ class Curator:
         return self.decide(part.features, part.keys)
 
     def _duplicate(self, key: Any, position: int) -> str | None:
-        if self._lsh is None:
+        if self._near is None:
             first = self._seen.setdefault(key, position)
             return None if first == position else f"dedup_exact (same text as good row {first} of the input, counted from 0)"
-        from datasketch import MinHash
-
-        m = MinHash(num_perm=NUM_PERM, seed=1, hashvalues=key, permutations=_permutations(NUM_PERM), scheme=MINHASH_SCHEME)
-        found = self._lsh.query(m)
-        if found:
-            return f"dedup_near (similar to good row {min(found)} of the input, counted from 0)"
-        self._lsh.insert(position, m, check_duplication=False)
-        return None
+        similar = self._near.first_similar(key, position)
+        return None if similar is None else f"dedup_near (similar to good row {similar} of the input, counted from 0)"
 
     def index_bytes(self) -> int:
         """Memory the dedup index holds, measured by walking its containers."""
-        if self._lsh is not None:
-            return _deep_size(self._lsh.hashtables) + _deep_size(self._lsh.keys)
+        if self._near is not None:
+            return self._near.nbytes()
         return _deep_size(self._seen)
 
     def summary(self) -> dict[str, Any]:

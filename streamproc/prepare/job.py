@@ -1,11 +1,16 @@
-"""The pack job: source -> mask (worker processes) -> pack -> Arrow shards + manifest.json.
+"""The pack job: source -> mask (worker processes) -> spill -> pack -> Arrow shards + manifest.json.
 
-Deterministic: workers return masked sequences per input split in plan order, and the packers
-are flushed only at input-split boundaries once they hold `buffer_size` sequences (and at the
-end), so flush points depend on the data alone, never on `workers`. Each flush is a checkpoint:
-its shards are written atomically, then `progress.json` (also atomic) records the input splits
-consumed, the shards written and the running counts. A rerun with the same inputs and options
-skips what was consumed and ends with the same bytes as an uninterrupted run.
+In three phases (prepare/spill.py): workers write each input split's masked sequences to a spill
+file and send back its name; once every split is spilled, the parent packs all sequences at once
+from their lengths (global best-fit-decreasing; with `buffer_size`, within groups of consecutive
+input splits holding that many sequences, as a streaming packer would); then it gathers each
+output shard's rows from the memory-mapped spill files. Memory holds one split's sequences in a
+worker and one shard's rows in the parent, whatever the data's size.
+
+Deterministic: the spill files are read in plan order, so the output depends on the data alone,
+never on `workers`. `progress.json` (atomic) records the input splits spilled (with their files)
+after each one, then each shard written: a rerun with the same inputs and options resumes at
+whichever phase the last run stopped in and ends with the same bytes as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -18,15 +23,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import orjson
 
 from streamproc.io.files import atomic_path, dir_lock, write_json
 from streamproc.prepare.mask import DEFAULT_TOKENIZER_NAME, MaskOptions, cached_masker, cached_tokenizer, load_tokenizer, tokenizer_hash
 from streamproc.prepare.stage import MaskStage, PartitionCounts, is_eval, min_system  # noqa: F401  (is_eval: part of this module's API)
-from streamproc.prepare.pack import Packer, check_row_len
+from streamproc.prepare.pack import RowPlan, assemble, check_row_len, plan_rows
+from streamproc.prepare.spill import SPILL_DIR, SpilledSplit, SpillIndex, SpillingMaskStage
 from streamproc.records import BadRow, Location, RowError, Tally
 from streamproc.run.runner import Engine, Job, Stage, View, plan_key, run_jobs
-from streamproc.prepare.shards import FORMAT, MANIFEST, PARTITIONS, ShardInfo, write_shards
+from streamproc.prepare.shards import FORMAT, MANIFEST, PARTITIONS, ShardInfo, shard_name, write_shard
 from streamproc.io.sources import Split
 
 PROGRESS = "progress.json"
@@ -36,6 +43,7 @@ DROPPED = "dropped.jsonl"
 REJECTS = "rejects.jsonl"
 _SHARD_FILE = re.compile(r"(%s)-\d{5}\.arrow" % "|".join(PARTITIONS))
 _OURS = (MANIFEST, PROGRESS, DROPPED, REJECTS, LOCK)
+SPILL_VERSION = 1  # in the fingerprint: a progress file of the buffered packer (before spilling) is not resumed
 
 
 class PackError(RuntimeError):
@@ -48,7 +56,7 @@ class PackOptions:
     seq_len: int = 8192
     tokenizer: str = DEFAULT_TOKENIZER_NAME  # Hub id or local directory
     mask: MaskOptions = field(default_factory=MaskOptions)  # max_len is always seq_len
-    buffer_size: int = 100_000  # sequences packed together; larger packs tighter
+    buffer_size: int | None = None  # sequences packed together (at input-split boundaries); None: all of them
     shard_rows: int = 2048  # packed rows per output shard
     eval_fraction: float = 0.0  # share of traces (by id hash) held out in eval shards
     add_tokens: tuple[str, ...] = ()  # added to the tokenizer as single special tokens if missing
@@ -56,7 +64,7 @@ class PackOptions:
     share_prefix: bool = False  # rows hold a shared system-turn prefix once (docs/shared-prefix.md)
 
     def __post_init__(self) -> None:
-        if self.seq_len < 1 or self.buffer_size < 1 or self.shard_rows < 1:
+        if self.seq_len < 1 or (self.buffer_size is not None and self.buffer_size < 1) or self.shard_rows < 1:
             raise ValueError("seq_len, buffer_size and shard_rows must be at least 1")
         self.row_len = check_row_len(self.row_len, self.seq_len)
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -72,7 +80,8 @@ class _State:
     """What a checkpoint records; progress.json holds it between runs."""
 
     fingerprint: str
-    consumed: int = 0  # input splits fully packed and written
+    consumed: int = 0  # input splits spilled
+    spills: list[str | None] = field(default_factory=list)  # each consumed split's spill file (None: no sequence)
     tally: Tally = field(default_factory=Tally)
     counts: dict[str, PartitionCounts] = field(default_factory=lambda: {s: PartitionCounts() for s in PARTITIONS})
     shards: list[ShardInfo] = field(default_factory=list)
@@ -85,6 +94,7 @@ class _State:
             "min_system": self.min_system,
             "fingerprint": self.fingerprint,
             "consumed": self.consumed,
+            "spills": self.spills,
             "read": self.tally.read,
             "parsed": self.tally.parsed,
             "rejected": [{"file": b.loc.file, "row": b.loc.row, "field": b.field, "error": b.message} for b in self.tally.rejected],
@@ -98,6 +108,7 @@ class _State:
         return cls(
             d["fingerprint"],
             d["consumed"],
+            d["spills"],
             Tally(d["read"], d["parsed"], rejected),
             {s: PartitionCounts(**c) for s, c in d["counts"].items()},
             [ShardInfo(**s) for s in d["shards"]],
@@ -115,7 +126,7 @@ class PackResult:
 
 
 class PackJob(Job):
-    """Masked sequences packed into shards in DIR, checkpointed at split boundaries.
+    """Masked sequences spilled, packed and gathered into shards in DIR, resumable at each phase.
 
     Used as a context manager: entering loads the tokenizer, locks DIR (a second run into it is
     refused) and finds where an unfinished run with the same inputs and options stopped
@@ -152,7 +163,8 @@ class PackJob(Job):
             }
             self.options_json = _options_json(opts)
             fingerprint = _digest(
-                {"options": self.options_json, "tokenizer": self.tok_info, "template": self.masker.chat_template_hash, "plan": self.plan}
+                {"options": self.options_json, "tokenizer": self.tok_info, "template": self.masker.chat_template_hash, "plan": self.plan,
+                 "spill": SPILL_VERSION}
             )
             self.state, self.resumed = _start(out, fingerprint, self.restart)
         except BaseException:
@@ -161,8 +173,7 @@ class PackJob(Job):
                 out.rmdir()
             raise
         self.resumed_after = self.state.consumed
-        self.stages: list[Stage] = [MaskStage(tok_ref, opts.mask, opts.eval_fraction)]
-        self.packers = {s: Packer(opts.seq_len, opts.buffer_size, opts.row_len, opts.share_prefix) for s in PARTITIONS}
+        self.stages: list[Stage] = [SpillingMaskStage(tok_ref, opts.mask, opts.eval_fraction, str((out / SPILL_DIR).resolve()))]
         return self
 
     def resuming(self) -> str:
@@ -172,26 +183,35 @@ class PackJob(Job):
         return f"resuming: {self.resumed_after} input split(s) and {len(self.state.shards)} output shard(s) already done"
 
     def holds(self, index: int) -> bool:
-        """The first `resumed_after` splits were packed by an earlier run: not masked again."""
+        """The first `resumed_after` splits were spilled by an earlier run: not masked again."""
         return index < self.resumed_after
 
     def add(self, partials: list, tallies: list[Tally]) -> None:
-        """One split's MaskedSplit, in plan order, from the first split it does not hold."""
-        (r,) = partials
-        state = self.state
+        """One split's SpilledSplit, in plan order, from the first split it does not hold. A
+        checkpoint follows each."""
+        spilled: SpilledSplit = partials[0]
+        r, state = spilled.split, self.state
         state.tally.add(tallies[0])
         state.dropped += r.dropped
         state.min_system = min_system(state.min_system, r.min_system)
         for s in PARTITIONS:
             state.counts[s].add(r.counts[s])
-            self.packers[s].add(r.seqs[s])
+        state.spills.append(spilled.file)
         state.consumed += 1
-        if sum(len(p) for p in self.packers.values()) >= self.opts.buffer_size:
-            _checkpoint(self.out, state, self.packers, self.opts.shard_rows)
+        write_json(self.out / PROGRESS, state.to_json())
 
     def finish(self) -> PackResult:
         opts, state, out = self.opts, self.state, self.out
-        _checkpoint(out, state, self.packers, opts.shard_rows)
+        index = SpillIndex.read(out / SPILL_DIR, state.spills, opts.share_prefix)
+        for k, (split, rows) in enumerate(shard_plan(index, opts)):
+            if k < len(state.shards):  # written before a resume
+                continue
+            with index.gather(rows) as g:
+                packed = assemble(rows, g.ids, g.trained, g.trace_ids)
+            info = write_shard(out / shard_name(split, sum(i.split == split for i in state.shards)), split, packed)
+            state.shards.append(info)
+            state.counts[split].add_shard(info)
+            write_json(out / PROGRESS, state.to_json())
         manifest = {
             "format": FORMAT,
             "tokenizer": self.tok_info,
@@ -214,6 +234,7 @@ class PackJob(Job):
                 for d in state.dropped:
                     f.write(orjson.dumps(d, option=orjson.OPT_APPEND_NEWLINE))
         write_json(out / MANIFEST, manifest)
+        shutil.rmtree(out / SPILL_DIR, ignore_errors=True)
         (out / PROGRESS).unlink()
         empty = "" if state.counts["train"].sequences else _nothing_written(out, state, opts)
         return PackResult(manifest, state.tally, self.resumed_after, empty)
@@ -238,7 +259,7 @@ def pack_to_dir(
 ) -> PackResult:
     """Mask, pack and write every row of `splits` (those `view` keeps, given one) into
     `out_dir`; resume an unfinished run there with the same inputs, view and options unless
-    `restart` (the splits it packed are not read again)."""
+    `restart` (the splits it spilled are not read again)."""
     with PackJob(out_dir, options, plan_key(splits, view), on_error=on_error, restart=restart) as job:
         run_jobs(splits, [job], view=view, workers=workers, on_error=on_error, progress="pack")
         return job.finish()
@@ -298,7 +319,7 @@ def _start(out: Path, fingerprint: str, restart: bool) -> tuple[_State, bool]:
                 f"rerun it with the same ones to resume, or pass --restart to start over"
             )
     keep = {s.file for s in state.shards} if state else set()
-    _clear(out, keep)
+    _clear(out, keep, set(state.spills) if state else set())
     resumed = state is not None
     state = state or _State(fingerprint)
     write_json(progress, state.to_json())
@@ -309,7 +330,7 @@ def _ours(name: str) -> bool:
     """A file a pack run writes (or atomic_path's temporary file of one, `.NAME.PID.XXXX.tmp`)."""
     if name.startswith(".") and name.endswith(".tmp"):
         name = name[1:].rsplit(".", 3)[0]
-    return name in _OURS or name == TOKENIZER_DIR or bool(_SHARD_FILE.fullmatch(name))
+    return name in _OURS or name in (TOKENIZER_DIR, SPILL_DIR) or bool(_SHARD_FILE.fullmatch(name))
 
 
 def _check_dir(out: Path) -> None:
@@ -325,12 +346,17 @@ def _check_dir(out: Path) -> None:
         raise PackError(f"{out} holds {', '.join(names[:5])} but no {MANIFEST} or {PROGRESS} of a pack run; use an empty or new directory")
 
 
-def _clear(out: Path, keep: set[str]) -> None:
+def _clear(out: Path, keep: set[str], spills: set[str | None]) -> None:
     """Remove what an earlier, different or finished run left (all of it checked as ours by
-    _check_dir): temporary files, an old manifest, unrecorded shards, an old dropped list."""
+    _check_dir): temporary files, an old manifest, unrecorded shards, an old dropped list, and
+    spill files no checkpoint recorded (a killed worker's, or a split after the last checkpoint)."""
     for p in out.iterdir():
-        if p.name not in keep and p.name not in (PROGRESS, TOKENIZER_DIR, LOCK):
+        if p.name not in keep and p.name not in (PROGRESS, TOKENIZER_DIR, LOCK, SPILL_DIR):
             p.unlink()
+    if (out / SPILL_DIR).is_dir():
+        for p in (out / SPILL_DIR).iterdir():
+            if p.name not in spills:
+                p.unlink()
 
 
 def _discard(out: Path, state: _State) -> None:
@@ -339,15 +365,34 @@ def _discard(out: Path, state: _State) -> None:
         (out / info.file).unlink(missing_ok=True)
     for name in (PROGRESS, MANIFEST, DROPPED):
         (out / name).unlink(missing_ok=True)
-    if (out / TOKENIZER_DIR).is_dir():
-        shutil.rmtree(out / TOKENIZER_DIR)
+    for name in (TOKENIZER_DIR, SPILL_DIR):
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
 
 
-def _checkpoint(out: Path, state: _State, packers: dict[str, Packer], shard_rows: int) -> None:
-    for s in PARTITIONS:
-        packed = packers[s].flush()
-        first = sum(i.split == s for i in state.shards)
-        for info in write_shards(out, s, packed, first, shard_rows):
-            state.shards.append(info)
-            state.counts[s].add_shard(info)
-    write_json(out / PROGRESS, state.to_json())
+def shard_plan(index: SpillIndex, opts: PackOptions) -> list[tuple[str, list[RowPlan]]]:
+    """The output shards in writing order, each (split, its rows of global sequence indices).
+
+    Sequences are packed together in groups of consecutive input splits that reach
+    `buffer_size` sequences (None: one group of all); within a group, train rows then eval rows,
+    cut into shards of `shard_rows` (the last of each may be shorter)."""
+    per_file = np.bincount(index.file_of, minlength=len(index.files))
+    groups, start, held = [], 0, 0
+    for k, n in enumerate(per_file):
+        held += int(n)
+        if opts.buffer_size is not None and held >= opts.buffer_size:
+            groups.append((start, k + 1))
+            start, held = k + 1, 0
+    if start < len(per_file) or not groups:
+        groups.append((start, len(per_file)))
+    bounds = np.concatenate([[0], np.cumsum(per_file)])
+    shards = []
+    for a, b in groups:
+        lo, hi = int(bounds[a]), int(bounds[b])
+        for k, s in enumerate(PARTITIONS):
+            idx = lo + np.flatnonzero(index.split[lo:hi] == k)
+            keys = [index.prefix_keys[i] for i in idx] if index.prefix_keys is not None else [None] * len(idx)
+            local = plan_rows(index.lengths[idx], index.prefix_lens[idx], keys, opts.row_len)
+            rows = [RowPlan(int(idx[r.prefix_of]) if r.prefix_of >= 0 else -1, r.prefix_len, [int(idx[i]) for i in r.seqs]) for r in local]
+            shards += [(s, rows[i : i + opts.shard_rows]) for i in range(0, len(rows), opts.shard_rows)]
+    return shards

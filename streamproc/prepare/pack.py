@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -213,7 +213,7 @@ class Packed:
 
 
 @dataclass(slots=True)
-class _Row:
+class RowPlan:
     prefix_of: int  # the sequence whose first prefix_len ids are this row's prefix; -1: none
     prefix_len: int
     seqs: list[int]
@@ -259,67 +259,79 @@ class Packer:
             self._trace_ids.append(s.trace_id)
             self._prefix.append(int(getattr(s, "prefix_len", 0)) if self.share_prefix else 0)
 
-    def _rows(self) -> list[_Row]:
-        """Rows of sequence indices: the plain sequences' rows, then each prefix group's, groups in
-        order of first appearance (the order depends on the data alone)."""
-        groups: dict[bytes, list[int]] = {}
-        plain: list[int] = []
-        for i, p in enumerate(self._prefix):
-            if p:
-                groups.setdefault(self._ids[i][:p].tobytes(), []).append(i)
-            else:
-                plain.append(i)
-        rows: list[_Row] = []
-        shared: list[_Row] = []
-        for members in groups.values():
-            if len(members) == 1:
-                plain.extend(members)
-                continue
-            p = self._prefix[members[0]]
-            rest = np.fromiter((len(self._ids[i]) - p for i in members), np.int64, len(members))
-            order, bounds = pack_order(rest, self.row_len - p)
-            for a, b in zip(bounds[:-1], bounds[1:]):
-                seqs = [members[k] for k in order[a:b]]
-                if len(seqs) == 1:
-                    plain.extend(seqs)  # a prefix with one remainder is just that sequence
-                else:
-                    shared.append(_Row(seqs[0], p, seqs))
-        plain.sort()  # input order, so ties in BFD keep it
-        lengths = np.fromiter((len(self._ids[i]) for i in plain), np.int64, len(plain))
-        order, bounds = pack_order(lengths, self.row_len)
-        rows = [_Row(-1, 0, [plain[k] for k in order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])]
-        return rows + shared
+    def _rows(self) -> list[RowPlan]:
+        keys = [self._ids[i][:p].tobytes() if p else None for i, p in enumerate(self._prefix)]
+        return plan_rows([len(x) for x in self._ids], self._prefix, keys, self.row_len)
 
     def flush(self) -> Packed:
-        rows = self._rows()
-        ids_parts: list[np.ndarray] = []
-        trained_parts: list[np.ndarray] = []
-        seq_lens: list[int] = []
-        trace_ids: list[str] = []
-        row_bounds = np.zeros(len(rows) + 1, np.int64)
-        seq_bounds = np.zeros(len(rows) + 1, np.int64)
-        for r, row in enumerate(rows):
-            p = row.prefix_len
-            if p:
-                ids_parts.append(self._ids[row.prefix_of][:p])
-                trained_parts.append(np.zeros(p, np.bool_))
-            for i in row.seqs:
-                ids_parts.append(self._ids[i][p:])
-                trained_parts.append(self._trained[i][p:])
-                seq_lens.append(len(self._ids[i]) - p)
-                trace_ids.append(self._trace_ids[i])
-            row_bounds[r + 1] = row_bounds[r] + p + sum(len(self._ids[i]) - p for i in row.seqs)
-            seq_bounds[r + 1] = seq_bounds[r] + len(row.seqs)
-        ids = np.concatenate(ids_parts).astype(np.int32, copy=False) if ids_parts else np.zeros(0, np.int32)
-        trained = np.concatenate(trained_parts) if trained_parts else np.zeros(0, np.bool_)
-        packed = Packed(
-            ids,
-            np.where(trained, ids, np.int32(IGNORE)).astype(np.int32),
-            row_bounds,
-            np.asarray(seq_lens, np.int32),
-            seq_bounds,
-            trace_ids,
-            np.fromiter((row.prefix_len for row in rows), np.int32, len(rows)),
-        )
+        packed = assemble(self._rows(), self._ids, self._trained, self._trace_ids)
         self._ids, self._trained, self._trace_ids, self._prefix = [], [], [], []
         return packed
+
+
+def plan_rows(lengths: Sequence[int], prefix_lens: Sequence[int], prefix_keys: Sequence[bytes | None], row_len: int) -> list[RowPlan]:
+    """Rows of sequence indices (BFD): the plain sequences' rows, then each prefix group's,
+    groups in order of first appearance (the order depends on the data alone). Sequence i
+    shares its first prefix_lens[i] tokens with every sequence of the same prefix_keys[i]
+    (prefix_len 0: none); a group of one, or a row that ends up with one remainder, is plain."""
+    groups: dict[bytes, list[int]] = {}
+    plain: list[int] = []
+    for i, p in enumerate(prefix_lens):
+        if p:
+            groups.setdefault(prefix_keys[i], []).append(i)
+        else:
+            plain.append(i)
+    shared: list[RowPlan] = []
+    for members in groups.values():
+        if len(members) == 1:
+            plain.extend(members)
+            continue
+        p = prefix_lens[members[0]]
+        rest = np.fromiter((lengths[i] - p for i in members), np.int64, len(members))
+        order, bounds = pack_order(rest, row_len - p)
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            seqs = [members[k] for k in order[a:b]]
+            if len(seqs) == 1:
+                plain.extend(seqs)  # a prefix with one remainder is just that sequence
+            else:
+                shared.append(RowPlan(seqs[0], p, seqs))
+    plain.sort()  # input order, so ties in BFD keep it
+    order, bounds = pack_order(np.fromiter((lengths[i] for i in plain), np.int64, len(plain)), row_len)
+    return [RowPlan(-1, 0, [plain[k] for k in order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])] + shared
+
+
+def assemble(rows: Sequence[RowPlan], ids: Sequence[np.ndarray], trained: Sequence[np.ndarray], trace_ids: Sequence[str]) -> Packed:
+    """The Packed rows of `rows`, sequence i being ids[i] (int32), trained[i] (bool: label not
+    IGNORE) and trace_ids[i]: lists in memory, or views of spill files (prepare.spill)."""
+    ids_parts: list[np.ndarray] = []
+    trained_parts: list[np.ndarray] = []
+    seq_lens: list[int] = []
+    row_trace_ids: list[str] = []
+    row_bounds = np.zeros(len(rows) + 1, np.int64)
+    seq_bounds = np.zeros(len(rows) + 1, np.int64)
+    for r, row in enumerate(rows):
+        p = row.prefix_len
+        tokens = p
+        if p:
+            ids_parts.append(ids[row.prefix_of][:p])
+            trained_parts.append(np.zeros(p, np.bool_))
+        for i in row.seqs:
+            seq = ids[i]
+            ids_parts.append(seq[p:])
+            trained_parts.append(trained[i][p:])
+            seq_lens.append(len(seq) - p)
+            row_trace_ids.append(trace_ids[i])
+            tokens += len(seq) - p
+        row_bounds[r + 1] = row_bounds[r] + tokens
+        seq_bounds[r + 1] = seq_bounds[r] + len(row.seqs)
+    all_ids = np.concatenate(ids_parts).astype(np.int32, copy=False) if ids_parts else np.zeros(0, np.int32)
+    all_trained = np.concatenate(trained_parts) if trained_parts else np.zeros(0, np.bool_)
+    return Packed(
+        all_ids,
+        np.where(all_trained, all_ids, np.int32(IGNORE)).astype(np.int32, copy=False),
+        row_bounds,
+        np.asarray(seq_lens, np.int32),
+        seq_bounds,
+        row_trace_ids,
+        np.fromiter((row.prefix_len for row in rows), np.int32, len(rows)),
+    )

@@ -84,15 +84,6 @@ def to_table(p: Packed) -> pa.Table:
     )
 
 
-def write_shards(out_dir: str | os.PathLike, split: str, packed: Packed, first: int, shard_rows: int) -> list[ShardInfo]:
-    """Write `packed` as shards of at most `shard_rows` rows, numbered from `first`."""
-    infos = []
-    for k, start in enumerate(range(0, packed.rows, shard_rows)):
-        part = packed.slice(start, min(start + shard_rows, packed.rows))
-        infos.append(write_shard(Path(out_dir) / shard_name(split, first + k), split, part))
-    return infos
-
-
 def write_shard(path: Path, split: str, packed: Packed) -> ShardInfo:
     with atomic_path(path) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:

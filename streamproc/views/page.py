@@ -6,6 +6,13 @@ left out, long values shortened with their length noted), in zlib chunks of CHUN
 base64 in inert <script> tags. The browser inflates a chunk with DecompressionStream only when a
 trace in it is opened, so the page opens fast, needs no network and stays a single file.
 
+Past that size (150,000 traces: ~900 MB of bodies) one file no longer opens quickly, so a report
+can be a folder (`write_page(DIR, ..., folder=True)`): DIR/index.html holds the first INDEX_PAGE
+rows of the index inline, DIR/index/K.js the rest and DIR/bodies/K.js one chunk each, loaded
+with <script src> (which file:// allows, where fetch is refused): the list appears at once and
+fills in; a chunk is read only when a trace in it is opened. While the pass runs, the parent
+keeps the compressed chunks in an unnamed temporary file (`Chunks`), not in memory.
+
 Index rows and compressed chunks are made per shard in worker processes (`collect`, or
 `stats_job.collect_with_browser` in the same pass as the statistics);
 `write_page` streams them into the template `data/viewer.html`.
@@ -17,7 +24,9 @@ import base64
 import html
 import os
 import re
+import tempfile
 import zlib
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -35,6 +44,8 @@ from streamproc.run.runner import Engine, Gather, Stage, run_jobs
 from streamproc.io.sources import Split
 
 CHUNK = 200  # traces per compressed chunk: one inflate is a few MB at most
+INDEX_PAGE = 2000  # index rows per file of a report folder (the first inline): ~1 MB each
+FOLDER_FROM = 20_000  # traces from which a report written into a directory is a folder, not one page
 LIMIT = 2000  # characters of any one value kept in the page (the full length is noted)
 TASK_CHARS = 300  # of a trace's task in the index, which every trace's row carries inline
 TEMPLATE = Path(__file__).parents[1] / "data" / "viewer.html"
@@ -50,12 +61,52 @@ class Entry:
     pos: int = 0
 
 
+class Chunks:
+    """Compressed body chunks in an unnamed temporary file (in `spill_dir`, else the system's
+    temporary directory), read back one at a time: a list of bytes that stays on disk."""
+
+    def __init__(self, chunks: Iterable[bytes] = (), spill_dir: str | os.PathLike | None = None):
+        self._file = tempfile.TemporaryFile(prefix="streamproc-bodies-", dir=spill_dir)
+        self._ends = array("q")
+        self.extend(chunks)
+
+    def append(self, chunk: bytes) -> None:
+        self._file.seek(0, os.SEEK_END)
+        self._file.write(chunk)
+        self._ends.append((self._ends[-1] if self._ends else 0) + len(chunk))
+
+    def extend(self, chunks: Iterable[bytes]) -> None:
+        for c in chunks:
+            self.append(c)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, k: int) -> bytes:
+        start = self._ends[k - 1] if k else 0
+        self._file.seek(start)
+        return self._file.read(self._ends[k] - start)
+
+    def __iter__(self):
+        return (self[k] for k in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, (Chunks, list)) and len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+
 @dataclass(slots=True)
 class Browser:
     """The page's trace list: index entries and the compressed chunks their bodies are in."""
 
     entries: list[Entry] = field(default_factory=list)
-    chunks: list[bytes] = field(default_factory=list)
+    chunks: Chunks | list[bytes] = field(default_factory=Chunks)
+
+    def add(self, part: "ViewPart") -> None:
+        """Append a split's part: its entries point at its chunks, now after those held."""
+        for e in part.entries:
+            e.chunk += len(self.chunks)
+        self.entries.extend(part.entries)
+        self.chunks.extend(part.chunks)
 
 
 # ----------------------------------------------------------------------------- per trace (pure)
@@ -161,10 +212,7 @@ def merge(parts: Iterable[ViewPart]) -> Browser:
     """One Browser of per-split parts, in the order given."""
     browser = Browser()
     for part in parts:
-        for e in part.entries:
-            e.chunk += len(browser.chunks)
-        browser.entries.extend(part.entries)
-        browser.chunks.extend(part.chunks)
+        browser.add(part)
     return browser
 
 
@@ -181,10 +229,24 @@ def write_page(
     title: str = "streamproc report",
     training: Sequence[Table] = (),
     training_plots: Mapping[str, bytes] | None = None,
-) -> None:
+    folder: bool = False,
+) -> Path:
     """Write the page atomically: the trace browser first, then summary `tables` (report.tables
     gives them), `plots` (PNG bytes by caption) and, when a pack run's figures are given,
-    `training` tables and `training_plots`, each a tab away; `note` goes under the title."""
+    `training` tables and `training_plots`, each a tab away; `note` goes under the title.
+
+    With `folder`, `path` is a directory: its index.html (written last, so a complete one means
+    a complete folder) loads index/K.js and bodies/K.js beside it. Returns the page's path."""
+    path = Path(path)
+    index = _index(browser)
+    page = path / "index.html" if folder else path
+    if folder:
+        rows = index["rows"]
+        index["rows"], index["parts"], index["total"] = rows[:INDEX_PAGE], -(-len(rows) // INDEX_PAGE), len(rows)
+        _write_scripts(path / "index", (f"streamprocRows({k},{_script_json(rows[k * INDEX_PAGE:(k + 1) * INDEX_PAGE])});\n"
+                                        for k in range(1, index["parts"])), first=1)
+        _write_scripts(path / "bodies", (f'streamprocChunk({k},"{base64.b64encode(c).decode("ascii")}");\n'
+                                         for k, c in enumerate(browser.chunks)))
     values = {
         "title": html.escape(title),
         "note": html.escape(note),
@@ -194,20 +256,34 @@ def write_page(
         "training": "".join(_table_html(t) for t in training if t.rows)
         + "".join(_img(caption, png) for caption, png in (training_plots or {}).items()),
         "has_training": "" if training else "hidden",
-        "index": _script_json(_index(browser)),
+        "index": _script_json(index),
     }
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(page) as tmp, open(tmp, "w", encoding="utf-8") as f:
         # The template alternates text and {{name}} markers; chunks are written one at a time.
         for i, piece in enumerate(re.split(r"\{\{(\w+)\}\}", TEMPLATE.read_text(encoding="utf-8"))):
             if i % 2 == 0:
                 f.write(piece)
             elif piece == "chunks":
-                for k, c in enumerate(browser.chunks):
+                for k, c in enumerate(() if folder else browser.chunks):
                     f.write(f'<script type="application/x-deflate-base64" id="chunk-{k}">')
                     f.write(base64.b64encode(c).decode("ascii"))
                     f.write("</script>\n")
             else:
                 f.write(values[piece])
+    return page
+
+
+def _write_scripts(folder: Path, scripts: Iterable[str], first: int = 0) -> None:
+    """folder/K.js for each script (K from `first`), each atomic; files of a larger earlier report removed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    end = first
+    for text in scripts:
+        with atomic_path(folder / f"{end}.js") as tmp:
+            Path(tmp).write_text(text, encoding="utf-8")
+        end += 1
+    for old in folder.glob("*.js"):
+        if old.stem.isdigit() and int(old.stem) >= end:
+            old.unlink()
 
 
 def _index(browser: Browser) -> dict[str, Any]:

@@ -648,11 +648,11 @@ def write_report(
     write_json(js, stats_document(stats, tally))
     written += [md, js]
     if browser is not None:
-        from streamproc.views.page import write_page
+        from streamproc.views.page import FOLDER_FROM, write_page
 
-        page = out_dir / "index.html"
-        write_page(page, browser, tables=tables(stats, top), plots=images, note=tally.summary() if tally else "",
-                   training=extra, training_plots=train_images)
+        folder = len(browser.entries) >= FOLDER_FROM  # index/ and bodies/ beside index.html
+        page = write_page(out_dir if folder else out_dir / "index.html", browser, tables=tables(stats, top), plots=images,
+                          note=tally.summary() if tally else "", training=extra, training_plots=train_images, folder=folder)
         written.append(page)
     return written
 
