@@ -180,7 +180,7 @@ def test_a_resumed_run_masks_only_the_splits_the_pack_job_does_not_hold(tmp_path
     only those it had not packed; the shards are those of a run never stopped."""
     from streamproc.parse.job import ParseJob
     from streamproc.prepare.job import PackJob, PackOptions, pack_to_dir
-    from streamproc.prepare.stage import MaskStage
+    from streamproc.prepare.spill import SpillingMaskStage
     from streamproc.run.runner import plan_key
 
     splits = plan(splits4)
@@ -191,7 +191,7 @@ def test_a_resumed_run_masks_only_the_splits_the_pack_job_does_not_hold(tmp_path
             run_jobs(splits, [pack, _StopsAt(2)])  # after the pack job took the second
     masked: list[str] = []
 
-    class Recorded(MaskStage):  # the real masker, noting the rows it is given
+    class Recorded(SpillingMaskStage):  # the real masker, noting the rows it is given
         def fold_batch(self, acc, rows):
             masked.extend(row.id for row, _ in rows)
             return super().fold_batch(acc, rows)
@@ -199,7 +199,7 @@ def test_a_resumed_run_masks_only_the_splits_the_pack_job_does_not_hold(tmp_path
     with ParseJob(tmp_path / "parsed.jsonl") as parse, PackJob(out, PackOptions(seq_len=4096, buffer_size=1), plan_key(splits)) as pack:
         assert pack.resumed_after == 2 and pack.resuming().startswith("resuming: 2 input split(s) and ")
         m = pack.stages[0]
-        pack.stages = [Recorded(m.tokenizer, m.options, m.eval_fraction)]
+        pack.stages = [Recorded(m.tokenizer, m.options, m.eval_fraction, m.spill_dir)]
         run_jobs(splits, [parse, pack])
         pack.finish()
     assert masked == [json.loads(line)["id"] for p in splits4[2:] for line in Path(p).read_text().splitlines()]

@@ -90,6 +90,9 @@ class Chunks:
     def __iter__(self):
         return (self[k] for k in range(len(self)))
 
+    def __del__(self) -> None:
+        self._file.close()  # unnamed: closing it frees the disk; left to the collector it warns
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, (Chunks, list)) and len(self) == len(other) and all(a == b for a, b in zip(self, other))
 
