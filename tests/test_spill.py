@@ -4,7 +4,6 @@ and shards gathered from spill files equal to those packed in memory."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest

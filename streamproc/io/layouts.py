@@ -76,7 +76,7 @@ def row_from_record(d: Any, loc: Location, source: str) -> Row:
     """Validate one decoded record in whichever layout its columns say. Raises RowError naming
     the row and the field; a record of neither layout names the columns it has."""
     if isinstance(d, dict) and "conversations" not in d:
-        key = "messages" if "messages" in d else "history" if "history" in d else None  # MESSAGE_KEYS
+        key = next((k for k in MESSAGE_KEYS if k in d), None)
         if key is None:
             _bad(loc, d, "conversations", f"missing: a row of unknown layout, with columns {', '.join(map(str, d)) or 'none'} "
                  "(expected `conversations` of from/value, or chat `messages` of role/content)")
@@ -129,7 +129,7 @@ def row_from_messages(d: dict, key: str, loc: Location, source: str) -> Row:
 
 
 def _row(d: dict, messages: list, key: str, loc: Location, source: str) -> Row:
-    tools_key = "tools" if d.get("tools") is not None else "available_tools" if d.get("available_tools") is not None else None  # TOOLS_KEYS
+    tools_key = next((k for k in TOOLS_KEYS if d.get(k) is not None), None)
     tools = "" if tools_key is None else d[tools_key]
     if type(tools) is not str:  # a nested list: kept as JSON text, like the dataset's column
         tools = _dumps(tools)
