@@ -303,3 +303,24 @@ def test_boundaries_end_whole_untrained_turns_as_transformers_renders_them(name,
                 assert tok(text, add_special_tokens=False)["input_ids"] == s.input_ids[:e].tolist()
             past_task += len(ends) > 2
     assert past_task > 0 or name != "qwen3-tokenizer"
+
+
+@pytest.mark.slow
+def test_longer_prefixes_give_the_same_shards_for_1_and_2_workers(tmp_path, real_row_files, models_dir):
+    # Qwen3's own template on the real traces: samples per user message share turns past the task.
+    from streamproc.cli import main
+    from streamproc.prepare.mask import load_tokenizer
+    from streamproc.prepare.shards import read_shards
+
+    qwen3 = models_dir / "qwen3-tokenizer"
+    for w in (1, 2):
+        args = ["pack", *map(str, real_row_files), "-o", str(tmp_path / f"w{w}"), "--tokenizer", str(qwen3), "--seq-len", "16384",
+                "--row-len", "32768", "--share-prefix", "--shard-rows", "4", "--workers", str(w)]
+        assert main(args) == 0
+    files = sorted(p.name for p in (tmp_path / "w1").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "w2").iterdir()) and any(f.endswith(".arrow") for f in files)
+    for f in files:
+        assert (tmp_path / "w1" / f).read_bytes() == (tmp_path / "w2" / f).read_bytes(), f
+    im_start = load_tokenizer(str(qwen3)).convert_tokens_to_ids("<|im_start|>")
+    rows = read_shards(tmp_path / "w1", "train").to_pylist()
+    assert any(row["input_ids"][: row["prefix_len"]].count(im_start) > 2 for row in rows)  # system, task and more
