@@ -409,3 +409,17 @@ def test_a_short_shared_task_keeps_the_rows_of_the_system_turn():
     p = packer.flush()
     assert p.prefix_lens.tolist() == [100, 100]  # 20 remainders of 42 after it, 11 in 500 tokens
     assert p.written_tokens == 2 * 100 + 20 * 42
+
+
+@settings(max_examples=200, deadline=None)
+@given(trace_samples())
+def test_longer_prefixes_never_write_more_tokens_than_the_system_turn_alone(inst):
+    seqs, seq_len, row_len = inst
+
+    def written(records) -> int:
+        packer = Packer(seq_len, row_len=row_len, share_prefix=True)
+        packer.add(records)
+        return packer.flush().written_tokens
+
+    system_only = [TSeq(s.trace_id, s.input_ids, s.labels, s.prefix_len, s.boundaries[:1]) for s in seqs]
+    assert written(seqs) <= written(system_only)

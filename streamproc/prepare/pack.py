@@ -303,34 +303,52 @@ def plan_rows(lengths: Sequence[int], boundaries: Sequence[Sequence[int]], keys:
     outweigh the prefix copies its free space costs (`_worth_it`), since a row of one trace's
     samples may hold far fewer sequences than a row of the group. What a subgroup leaves (a group
     of one, a row with a single remainder, a row not worth it) is packed with the group's shorter
-    prefix, and what is still alone at the top is plain. Groups go in order of first appearance
-    and members in input order: the rows depend on the data alone."""
-    shared: list[RowPlan] = []
+    prefix. A group whose deeper rows, all told, write more tokens than packing all its members
+    with its own prefix is packed that way instead, so no group writes more than sharing only the
+    system turn did. What is still alone at the top is plain. Groups go in order of first
+    appearance and members in input order: the rows depend on the data alone."""
 
-    def pack_group(members: list[int], depth: int, outer: int) -> list[int]:
-        """Shared rows of `members` (each has a key at `depth`; `outer`: the prefix they share
-        otherwise, 0 for none); the members left to the outer level."""
-        loose, deeper = _split(members, keys, depth + 1)
-        p = int(boundaries[members[0]][depth])
-        for sub in deeper:
-            loose.extend(pack_group(sub, depth + 1, p) if len(sub) > 1 else sub)
-        if len(loose) < 2:
-            return loose
-        loose.sort()  # input order, so ties in BFD keep it
-        rest = np.fromiter((lengths[i] - p for i in loose), np.int64, len(loose))
+    def pack_at(members: list[int], p: int, outer: int) -> tuple[list[RowPlan], list[int]]:
+        """BFD of `members` after their shared `p` tokens: the rows kept, the members left alone."""
+        members = sorted(members)  # input order, so ties in BFD keep it
+        rest = np.fromiter((lengths[i] - p for i in members), np.int64, len(members))
         order, bounds = pack_order(rest, row_len - p)
-        alone = []
+        rows, alone = [], []
         for a, b in zip(bounds[:-1], bounds[1:]):
-            seqs = [loose[k] for k in order[a:b]]
+            seqs = [members[k] for k in order[a:b]]
             if len(seqs) > 1 and _worth_it(p + int(rest[order[a:b]].sum()), len(seqs), p, outer, row_len):
-                shared.append(RowPlan(seqs[0], p, seqs))
+                rows.append(RowPlan(seqs[0], p, seqs))
             else:
                 alone.extend(seqs)  # a prefix with one remainder is just that sequence
-        return alone
+        return rows, alone
 
+    def written(plan: tuple[list[RowPlan], list[int]]) -> int:
+        rows, alone = plan
+        return sum(lengths[i] - r.prefix_len for r in rows for i in r.seqs) + sum(r.prefix_len for r in rows) + sum(lengths[i] for i in alone)
+
+    def pack_group(members: list[int], depth: int, outer: int) -> tuple[list[RowPlan], list[int]]:
+        """Shared rows of `members` (each has a key at `depth`; `outer`: the prefix they share
+        otherwise, 0 for none), and the members left to the outer level."""
+        p = int(boundaries[members[0]][depth])
+        loose, deeper = _split(members, keys, depth + 1)
+        rows: list[RowPlan] = []
+        for sub in deeper:
+            sub_rows, sub_alone = pack_group(sub, depth + 1, p) if len(sub) > 1 else ([], sub)
+            rows += sub_rows
+            loose += sub_alone
+        here = pack_at(loose, p, outer)
+        if not rows:
+            return here
+        flat = pack_at(members, p, outer)
+        deep = (rows + here[0], here[1])
+        return deep if written(deep) < written(flat) else flat
+
+    shared: list[RowPlan] = []
     plain, groups = _split(range(len(lengths)), keys, 0)
     for members in groups:
-        plain.extend(pack_group(members, 0, 0) if len(members) > 1 else members)
+        rows, alone = pack_group(members, 0, 0) if len(members) > 1 else ([], members)
+        shared += rows
+        plain += alone
     plain.sort()
     order, bounds = pack_order(np.fromiter((lengths[i] for i in plain), np.int64, len(plain)), row_len)
     return [RowPlan(-1, 0, [plain[k] for k in order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])] + shared
