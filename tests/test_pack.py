@@ -304,3 +304,122 @@ def test_shared_prefix_rows_write_fewer_tokens():
     plain = Packer(64, row_len=256)
     plain.add(seqs)
     assert len(plain.flush().input_ids) == 480
+
+
+# ----------------------------------------------------------------------------- longer shared prefixes
+
+
+@dataclass
+class TSeq:
+    """A masked sample with the offsets where its whole untrained head turns end (MaskedSeq's)."""
+
+    trace_id: str
+    input_ids: np.ndarray
+    labels: np.ndarray
+    prefix_len: int
+    boundaries: np.ndarray
+
+
+def trace_sample(tid: str, turns: list[np.ndarray], held: int, tail: np.ndarray, rng) -> TSeq:
+    """A sample that holds a trace's first `held` turns (system, task, early turns: untrained), then
+    `tail`, whose first token (the next turn's header) trains nothing and the rest about half."""
+    head = np.concatenate(turns[:held]) if held else np.zeros(0, np.int32)
+    ids = np.concatenate([head, tail]).astype(np.int32)
+    labels = np.where(rng.random(len(ids)) < 0.5, ids, IGNORE).astype(np.int32)
+    labels[: len(head) + 1] = IGNORE
+    ends = np.cumsum([len(t) for t in turns[:held]]).astype(np.int32)
+    return TSeq(tid, ids, labels, int(ends[0]) if held else 0, ends)
+
+
+@st.composite
+def trace_samples(draw):
+    """Samples of a few traces: each trace opens with one of a few system turns, then its task and
+    turns; each of its samples holds the first whole turns (at least the system turn) and a tail."""
+    seq_len = draw(st.integers(20, 120))
+    row_len = seq_len * draw(st.integers(1, 4)) + draw(st.integers(0, 5))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    systems = [rng.integers(0, 1000, draw(st.integers(1, 12))).astype(np.int32) + 1000 * k for k in range(draw(st.integers(1, 3)))]
+    seqs = []
+    for t in range(draw(st.integers(1, 8))):
+        turns = [systems[draw(st.integers(0, len(systems) - 1))]]
+        turns += [rng.integers(0, 1000, n).astype(np.int32) + 10_000 * (t + 1) for n in draw(st.lists(st.integers(1, 6), max_size=5))]
+        for _ in range(draw(st.integers(1, 5))):
+            held = draw(st.integers(1, len(turns)))
+            room = seq_len - sum(len(x) for x in turns[:held])
+            if room < 1:
+                continue
+            tail = rng.integers(0, 1000, draw(st.integers(1, room))).astype(np.int32)
+            seqs.append(trace_sample(f"t{t}-{len(seqs)}", turns, held, tail, rng))
+    return seqs, seq_len, row_len
+
+
+@settings(max_examples=200, deadline=None)
+@given(trace_samples())
+def test_every_row_prefix_is_whole_untrained_turns_of_each_of_its_sequences(inst):
+    seqs, seq_len, row_len = inst
+    packer = Packer(seq_len, row_len=row_len, share_prefix=True)
+    packer.add(seqs)
+    p = packer.flush()
+    by_id = {s.trace_id: s for s in seqs}
+    assert sorted(p.trace_ids) == sorted(by_id)  # every sequence placed once
+    for r in range(p.rows):
+        row = p.slice(r, r + 1)
+        pl = int(row.prefix_lens[0])
+        assert len(row.input_ids) == pl + row.seq_lens.sum() <= row_len
+        assert pl == 0 or len(row.seq_lens) >= 2
+        pos = pl
+        for n, tid in zip(row.seq_lens, row.trace_ids):
+            s = by_id[tid]
+            assert pl == 0 or pl in s.boundaries.tolist()  # a whole-turn boundary of this sequence
+            assert (s.labels[: pl + 1] == IGNORE).all() if pl else True  # nothing trained in the prefix, nor right after
+            whole = np.concatenate([row.input_ids[:pl], row.input_ids[pos : pos + n]])
+            assert np.array_equal(whole, s.input_ids) and pl + n <= seq_len
+            assert np.array_equal(np.concatenate([row.labels[:pl], row.labels[pos : pos + n]]), s.labels)
+            pos += n
+
+
+def test_samples_of_a_trace_share_their_task_and_early_turns():
+    # 3 traces of one 10-token system turn, each with a 200-token task and early turns held by
+    # all 4 of its samples: a row per trace holds system, task and turns once (240 tokens).
+    rng = np.random.default_rng(1)
+    system = np.arange(10, dtype=np.int32)
+    seqs = []
+    for t in range(3):
+        turns = [system, rng.integers(100, 200, 200).astype(np.int32) + 1000 * t, rng.integers(0, 99, 30).astype(np.int32)]
+        seqs += [trace_sample(f"t{t}-{k}", turns, 3, rng.integers(0, 99, 50).astype(np.int32), rng) for k in range(4)]
+    packer = Packer(300, row_len=440, share_prefix=True)
+    packer.add(seqs)
+    p = packer.flush()
+    assert p.rows == 3 and p.prefix_lens.tolist() == [240] * 3
+    assert [sorted({tid.split("-")[0] for tid in p.slice(r, r + 1).trace_ids}) for r in range(3)] == [["t0"], ["t1"], ["t2"]]
+    assert p.written_tokens == 3 * (240 + 4 * 50)
+
+
+def test_a_short_shared_task_keeps_the_rows_of_the_system_turn():
+    # A 2-token task shared by two samples saves 2 tokens; a row of their own would leave most of
+    # it empty, costing a copy of the 100-token system turn: they pack with the other traces.
+    rng = np.random.default_rng(2)
+    system = np.arange(100, dtype=np.int32)
+    seqs = []
+    for t in range(10):
+        turns = [system, np.full(2, 500 + t, np.int32)]
+        seqs += [trace_sample(f"t{t}-{k}", turns, 2, rng.integers(0, 99, 40).astype(np.int32), rng) for k in range(2)]
+    packer = Packer(200, row_len=600, share_prefix=True)
+    packer.add(seqs)
+    p = packer.flush()
+    assert p.prefix_lens.tolist() == [100, 100]  # 20 remainders of 42 after it, 11 in 500 tokens
+    assert p.written_tokens == 2 * 100 + 20 * 42
+
+
+@settings(max_examples=200, deadline=None)
+@given(trace_samples())
+def test_longer_prefixes_never_write_more_tokens_than_the_system_turn_alone(inst):
+    seqs, seq_len, row_len = inst
+
+    def written(records) -> int:
+        packer = Packer(seq_len, row_len=row_len, share_prefix=True)
+        packer.add(records)
+        return packer.flush().written_tokens
+
+    system_only = [TSeq(s.trace_id, s.input_ids, s.labels, s.prefix_len, s.boundaries[:1]) for s in seqs]
+    assert written(seqs) <= written(system_only)

@@ -159,6 +159,43 @@ def test_flash_attention_is_refused_for_prefix_rows():
         prefix_attention_mask(*s, "flash_attention_2")
 
 
+def planned_rows(vocab: int, seed: int = 0, pool=None):
+    """Rows as pack writes them (the Packer's plan, the shard table's columns) for the samples of
+    two traces that share a system turn, each trace's samples also sharing its task and first turn:
+    each row's prefix is system + task + turn (longer than the system turn). With every sequence
+    whole, as the masker writes it."""
+    from test_pack import trace_sample
+
+    from streamproc.prepare.pack import Packer
+    from streamproc.prepare.shards import to_table
+
+    g = np.random.default_rng(seed)
+
+    def draw(n):
+        return np.asarray(g.choice(pool, n) if pool is not None else g.integers(0, vocab, n), np.int32)
+
+    system = draw(12)
+    seqs = []
+    for t in range(2):
+        turns = [system, draw(9), draw(14)]
+        seqs += [trace_sample(f"t{t}-{k}", turns, 3, draw(n), g) for k, n in enumerate((11, 6, 17))]
+    packer = Packer(80, row_len=100, share_prefix=True)
+    packer.add(seqs)
+    table = to_table(packer.flush())
+    rows = [{**r, "seq_lengths": r.pop("seq_lens")} for r in table.to_pylist()]
+    by_id = {s.trace_id: s for s in seqs}
+    alone = [(by_id[t].input_ids.tolist(), by_id[t].labels.tolist()) for r in rows for t in r["trace_ids"]]
+    assert [r["prefix_len"] for r in rows] == [35, 35]  # system 12 + task 9 + turn 14, in each row
+    return rows, alone
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_tiny_qwen2_rows_sharing_task_and_turns_equal_sequences_alone(attn):
+    model = tiny_qwen2(attn)
+    rows, alone = planned_rows(VOCAB)
+    check_exact(model, rows, alone)
+
+
 @pytest.mark.slow
 def test_smollm2_real_weights_prefix_rows_equal_sequences_alone(models_dir):
     pytest.importorskip("gguf")
@@ -173,6 +210,8 @@ def test_smollm2_real_weights_prefix_rows_equal_sequences_alone(models_dir):
     tok = load_tokenizer(str(models_dir / SMOL))
     pool = np.array(tok.encode("You are a helpful agent. Call tools with JSON arguments; think before answering."))
     rows, alone = make_rows([(24, [9, 14, 6]), (0, [11])], model.config.vocab_size, seed=5, pool=pool)
+    check_exact(model, rows, alone, atol=2e-4, rtol=2e-4)
+    rows, alone = planned_rows(model.config.vocab_size, seed=5, pool=pool)  # prefixes past the system turn
     check_exact(model, rows, alone, atol=2e-4, rtol=2e-4)
 
 
@@ -235,3 +274,53 @@ def test_train_on_shared_prefix_shards(kimi_shared, models_dir, tmp_path):
     assert m["attn_implementation"] == "sdpa" and m["steps"] == 2
     assert all(np.isfinite(h["loss"]) for h in m["loss_history"])
     assert np.isfinite(m["eval_after"]["loss"])
+
+
+@pytest.mark.parametrize("name", ["qwen3-tokenizer", "qwen2.5-instruct-tokenizer"])
+def test_boundaries_end_whole_untrained_turns_as_transformers_renders_them(name, models_dir, real_rows):
+    # Each offset a row may end its prefix at is the tokenization of apply_chat_template of the
+    # conversation's first messages, with nothing trained up to the token after it. Qwen3's
+    # samples (one per user message) share turns past the task.
+    from transformers import AutoTokenizer
+
+    from streamproc.prepare.mask import Masker, MaskOptions
+    from streamproc.records import row_from_dict
+
+    tok = AutoTokenizer.from_pretrained(models_dir / name)
+    masker = Masker(tok, MaskOptions(max_len=16384))
+    past_task = 0
+    for d in real_rows:
+        row = row_from_dict(d)
+        msgs = [m.as_dict() for m in masker.messages(row)]
+        heads = {tok.apply_chat_template(msgs[:i], chat_template=masker.template, tokenize=False) for i in range(1, len(msgs))}
+        for s in masker.mask(row).seqs:
+            ends = s.boundaries.tolist()
+            assert ends == sorted(set(ends)) and (s.prefix_len == 0 or ends[0] == s.prefix_len)
+            for e in ends:
+                assert (s.labels[: e + 1] == IGNORE).all(), f"{row.id}: a trained token in the prefix ending at {e}"
+                text = tok.decode(s.input_ids[:e])
+                assert text in heads, f"{row.id}: the prefix ending at {e} is not a render of the first messages"
+                assert tok(text, add_special_tokens=False)["input_ids"] == s.input_ids[:e].tolist()
+            past_task += len(ends) > 2
+    assert past_task > 0 or name != "qwen3-tokenizer"
+
+
+@pytest.mark.slow
+def test_longer_prefixes_give_the_same_shards_for_1_and_2_workers(tmp_path, real_row_files, models_dir):
+    # Qwen3's own template on the real traces: samples per user message share turns past the task.
+    from streamproc.cli import main
+    from streamproc.prepare.mask import load_tokenizer
+    from streamproc.prepare.shards import read_shards
+
+    qwen3 = models_dir / "qwen3-tokenizer"
+    for w in (1, 2):
+        args = ["pack", *map(str, real_row_files), "-o", str(tmp_path / f"w{w}"), "--tokenizer", str(qwen3), "--seq-len", "16384",
+                "--row-len", "32768", "--share-prefix", "--shard-rows", "4", "--workers", str(w)]
+        assert main(args) == 0
+    files = sorted(p.name for p in (tmp_path / "w1").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "w2").iterdir()) and any(f.endswith(".arrow") for f in files)
+    for f in files:
+        assert (tmp_path / "w1" / f).read_bytes() == (tmp_path / "w2" / f).read_bytes(), f
+    im_start = load_tokenizer(str(qwen3)).convert_tokens_to_ids("<|im_start|>")
+    rows = read_shards(tmp_path / "w1", "train").to_pylist()
+    assert any(row["input_ids"][: row["prefix_len"]].count(im_start) > 2 for row in rows)  # system, task and more

@@ -43,8 +43,7 @@ def test_gathered_shards_equal_the_in_memory_packer(tmp_path_factory, splits, se
     want = to_table(packer.flush())
     index = SpillIndex.read(d, files, share)
     assert index.lengths.tolist() == [len(s.input_ids) for s in every]
-    keys = index.prefix_keys if share else [None] * len(every)
-    rows = plan_rows(index.lengths, index.prefix_lens, keys, 320)
+    rows = plan_rows(index.lengths, index.boundaries, index.prefix_keys, 320)
     with index.gather(rows) as g:
         got = to_table(assemble(rows, g.ids, g.trained, g.trace_ids))
     assert got.equals(want)

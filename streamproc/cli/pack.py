@@ -41,7 +41,7 @@ def add_pack_args(p) -> None:
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER_NAME, metavar="NAME_OR_DIR", help="Hub id or local directory (default: %(default)s, shipped, works offline)")
     p.add_argument("--seq-len", type=positive_int, default=8192, metavar="N", help="tokens per packed row (default %(default)s)")
     p.add_argument("--row-len", type=positive_int, metavar="N", help="tokens per packed row, at least --seq-len (default: --seq-len); with --share-prefix, longer rows share a prompt among more sequences")
-    p.add_argument("--share-prefix", action="store_true", help="each row holds its system prompt once, followed by the rest of every sequence that begins with it (docs/shared-prefix.md)")
+    p.add_argument("--share-prefix", action="store_true", help="each row holds once the whole untrained turns its sequences begin with (the system prompt, and the task and early turns that samples of a trace share), followed by the rest of each (docs/shared-prefix.md)")
     p.add_argument("--overflow", choices=OVERFLOWS, default="split", help="a conversation longer than --seq-len: split into samples that each keep the system prompt, the task and the most recent turns that fit (default), truncate, or drop")
     p.add_argument("--last-turn-only", action="store_true", help="train on the last assistant turn only")
     p.add_argument("--no-reasoning-loss", action="store_true", help="no loss on <think> blocks")
@@ -134,7 +134,7 @@ def print_counts(res: PackResult) -> None:
         if res.manifest.get("share_prefix"):
             saved = c.get("prefix_tokens_saved", 0)
             whole = c.get("sequence_tokens") or 1
-            line += f"; sharing system prompts saved {saved:,} tokens ({saved / whole:.0%} of {whole:,})"
+            line += f"; sharing prefixes saved {saved:,} tokens ({saved / whole:.0%} of {whole:,})"
         elif c.get("system_prompt_tokens") and c["tokens"]:
             share = c["system_prompt_tokens"] / c["tokens"]
             line += f"; {share:.0%} of the tokens are system prompts repeated per sequence (--share-prefix writes each once per row)"

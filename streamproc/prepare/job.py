@@ -391,8 +391,7 @@ def shard_plan(index: SpillIndex, opts: PackOptions) -> list[tuple[str, list[Row
         lo, hi = int(bounds[a]), int(bounds[b])
         for k, s in enumerate(PARTITIONS):
             idx = lo + np.flatnonzero(index.split[lo:hi] == k)
-            keys = [index.prefix_keys[i] for i in idx] if index.prefix_keys is not None else [None] * len(idx)
-            local = plan_rows(index.lengths[idx], index.prefix_lens[idx], keys, opts.row_len)
+            local = plan_rows(index.lengths[idx], [index.boundaries[i] for i in idx], [index.prefix_keys[i] for i in idx], opts.row_len)
             rows = [RowPlan(int(idx[r.prefix_of]) if r.prefix_of >= 0 else -1, r.prefix_len, [int(idx[i]) for i in r.seqs]) for r in local]
             shards += [(s, rows[i : i + opts.shard_rows]) for i in range(0, len(rows), opts.shard_rows)]
     return shards

@@ -95,6 +95,9 @@ class MaskedSeq:
     input_ids: np.ndarray  # int32
     labels: np.ndarray  # int32, -100 or the input id at the same position (unshifted)
     prefix_len: int = 0  # leading ids that are the rendered system turn (untrained), 0 if none
+    # Token offsets, increasing, where whole untrained turns at its head end (the system turn, the
+    # task, earlier turns other samples of its trace also hold): the prefixes a row may share.
+    boundaries: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
 
 
 @dataclass(slots=True)
@@ -522,6 +525,7 @@ class Masker:
         if cost is not None:  # messages after the head that no sample holds
             held = {i for s in plan.samples for i in s.messages}
             res.tokens_cut = sum(c for i, c in enumerate(cost) if i not in held and i >= _head(msgs, trained))
+        heads = self._shared_heads(msgs, plan.samples, _head(msgs, trained))
         for n, ((ids, starts, r), sample) in enumerate(zip(built, plan.samples)):
             turn_ids = {msgs[t].turn for t in sample.trained}
             labels = self._labels(r, ids, starts, turn_ids)
@@ -531,7 +535,8 @@ class Masker:
             if not (labels != IGNORE).any():
                 res.tokens_cut += len(ids)
                 continue
-            seq = MaskedSeq(tid, ids, labels, _prefix_len(system, ids, starts, labels))
+            ends = {_prefix_len(t, ids, starts, labels) for t in heads[n] if r.text.startswith(t)} - {0}
+            seq = MaskedSeq(tid, ids, labels, _prefix_len(system, ids, starts, labels), np.asarray(sorted(ends), np.int32))
             firsts = [int(np.searchsorted(starts, sp.start)) for sp in r.spans if sp.turn in turn_ids]
             res.turns_trained += sum(f < len(ids) for f in firsts)
             res.turns_shortened += sum(f < len(ids) for f in firsts) if sample.shortened else 0
@@ -543,6 +548,41 @@ class Masker:
             why = plan.untrained[0][1] if plan.untrained else "no trained token in what fits (no assistant turn, or none the options train)"
             return _dropped(res, total if built else sum(cost or ()), why)
         return res
+
+    def _shared_heads(self, msgs: list[Message], samples: list[Sample], head: int) -> list[list[str]]:
+        """For each sample, the texts of the conversation's first i messages rendered alone for
+        every i that may end a prefix it shares: the system turn, the head (system and task), and
+        the longest run of whole turns it holds from the start together with another sample, all
+        before its first trained turn. The caller keeps those its text begins with."""
+        starts = _turn_starts(msgs)
+        run = [next((k for k, i in enumerate(s.messages) if i != k), len(s.messages)) for s in samples]
+        first = [s.trained[0] if s.trained else len(msgs) for s in samples]
+        texts: dict[int, str | None] = {}
+
+        def text(i: int) -> str | None:
+            if i not in texts:
+                if i == 1 and msgs[0].role == "system":
+                    texts[i] = self._system_turn(msgs)
+                else:
+                    try:
+                        texts[i] = render_text(self.tokenizer, msgs[:i], self.template)
+                    except Exception:  # a template that refuses a conversation cut there (roles must alternate)
+                        texts[i] = None
+            return texts[i]
+
+        out = []
+        for n in range(len(samples)):
+            counts = {1, head} | {min(run[n], run[m], first[n], first[m]) for m in range(len(samples)) if m != n}
+            whole = set()
+            for c in counts:
+                c = min(c, run[n], first[n])
+                while c > 0 and c < len(msgs) and starts[c] != c:  # back to a whole turn's start
+                    c -= 1
+                if c > 0:
+                    whole.add(c)
+            out.append([t for c in sorted(whole) if (t := text(c)) is not None])
+        return out
+
 
 def _calls_tool(content: str) -> bool:
     return any(s.kind == TOOL_CALL for s in parse_turn("assistant", content).segments)

@@ -11,6 +11,7 @@ buffer, the closer streaming gets to packing everything globally.
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol, Sequence
 
@@ -167,6 +168,28 @@ class Masked(Protocol):
     input_ids: np.ndarray
     labels: np.ndarray
     prefix_len: int
+    boundaries: np.ndarray  # optional: shareable prefix ends (prefix_len alone where absent)
+
+
+def prefix_keys(ids: np.ndarray, boundaries: Sequence[int]) -> list[bytes]:
+    """A digest of ids[:b] for each boundary b (increasing): equal digests, equal prefixes."""
+    h = hashlib.blake2b(digest_size=16)
+    out, pos = [], 0
+    for b in boundaries:
+        h.update(np.ascontiguousarray(ids[pos:b], np.int32).tobytes())
+        out.append(h.copy().digest())
+        pos = int(b)
+    return out
+
+
+def shareable(s: Masked) -> list[int]:
+    """The token offsets at which a row may end a prefix that `s` shares: its `boundaries`, or its
+    `prefix_len` (the system turn) for a record that has none."""
+    b = getattr(s, "boundaries", None)
+    if b is not None:
+        return [int(x) for x in b]
+    p = int(getattr(s, "prefix_len", 0))
+    return [p] if p else []
 
 
 @dataclass(slots=True)
@@ -224,11 +247,11 @@ class Packer:
     """Buffers masked sequences; `flush` packs everything buffered into rows of <= row_len tokens
     (default seq_len), each sequence <= seq_len.
 
-    With `share_prefix`, sequences that begin with the same system turn (the same `prefix_len`
-    leading ids) are packed by BFD within their group into rows that hold that prefix once,
-    followed by the remainders. A group of one, and a group's row that ends up with a single
-    remainder, are written as plain sequences. Labels are kept as a boolean "trained" mask while
-    buffered (5 bytes a token instead of 8), since a label is always either IGNORE or the input id.
+    With `share_prefix`, sequences that begin with the same ids up to one of their boundaries
+    (whole untrained turns: the system turn, the task, earlier turns) are packed into rows that hold
+    that prefix once, followed by the remainders (`plan_rows`). Labels are kept as a boolean
+    "trained" mask while buffered (5 bytes a token instead of 8), since a label is always either
+    IGNORE or the input id.
     """
 
     seq_len: int
@@ -238,7 +261,7 @@ class Packer:
     _ids: list[np.ndarray] = field(default_factory=list)
     _trained: list[np.ndarray] = field(default_factory=list)
     _trace_ids: list[str] = field(default_factory=list)
-    _prefix: list[int] = field(default_factory=list)
+    _boundaries: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.row_len = check_row_len(self.row_len, self.seq_len)
@@ -257,47 +280,101 @@ class Packer:
             self._ids.append(np.asarray(s.input_ids, np.int32))
             self._trained.append(np.asarray(s.labels) != IGNORE)
             self._trace_ids.append(s.trace_id)
-            self._prefix.append(int(getattr(s, "prefix_len", 0)) if self.share_prefix else 0)
+            self._boundaries.append(shareable(s) if self.share_prefix else [])
 
     def _rows(self) -> list[RowPlan]:
-        keys = [self._ids[i][:p].tobytes() if p else None for i, p in enumerate(self._prefix)]
-        return plan_rows([len(x) for x in self._ids], self._prefix, keys, self.row_len)
+        keys = [prefix_keys(ids, b) for ids, b in zip(self._ids, self._boundaries)]
+        return plan_rows([len(x) for x in self._ids], self._boundaries, keys, self.row_len)
 
     def flush(self) -> Packed:
         packed = assemble(self._rows(), self._ids, self._trained, self._trace_ids)
-        self._ids, self._trained, self._trace_ids, self._prefix = [], [], [], []
+        self._ids, self._trained, self._trace_ids, self._boundaries = [], [], [], []
         return packed
 
 
-def plan_rows(lengths: Sequence[int], prefix_lens: Sequence[int], prefix_keys: Sequence[bytes | None], row_len: int) -> list[RowPlan]:
-    """Rows of sequence indices (BFD): the plain sequences' rows, then each prefix group's,
-    groups in order of first appearance (the order depends on the data alone). Sequence i
-    shares its first prefix_lens[i] tokens with every sequence of the same prefix_keys[i]
-    (prefix_len 0: none); a group of one, or a row that ends up with one remainder, is plain."""
-    groups: dict[bytes, list[int]] = {}
-    plain: list[int] = []
-    for i, p in enumerate(prefix_lens):
-        if p:
-            groups.setdefault(prefix_keys[i], []).append(i)
-        else:
-            plain.append(i)
-    shared: list[RowPlan] = []
-    for members in groups.values():
-        if len(members) == 1:
-            plain.extend(members)
-            continue
-        p = prefix_lens[members[0]]
+def plan_rows(lengths: Sequence[int], boundaries: Sequence[Sequence[int]], keys: Sequence[Sequence[bytes]], row_len: int) -> list[RowPlan]:
+    """Rows of sequence indices (BFD): the plain sequences' rows, then the shared rows. Sequence i
+    may share its first boundaries[i][d] tokens (increasing in d) with every sequence whose
+    keys[.][d] equals keys[i][d] (empty: it shares nothing).
+
+    The groups form a tree: sequences with the same key at depth d, split by their key at d + 1.
+    Each group packs its deeper subgroups first, by BFD on the remainders after the subgroup's
+    prefix; a deeper row is kept where the tokens it saves (its remainders share a longer prefix)
+    outweigh the prefix copies its free space costs (`_worth_it`), since a row of one trace's
+    samples may hold far fewer sequences than a row of the group. What a subgroup leaves (a group
+    of one, a row with a single remainder, a row not worth it) is packed with the group's shorter
+    prefix. A group whose deeper rows, all told, write more tokens than packing all its members
+    with its own prefix is packed that way instead, so no group writes more than sharing only the
+    system turn did. What is still alone at the top is plain. Groups go in order of first
+    appearance and members in input order: the rows depend on the data alone."""
+
+    def pack_at(members: list[int], p: int, outer: int) -> tuple[list[RowPlan], list[int]]:
+        """BFD of `members` after their shared `p` tokens: the rows kept, the members left alone."""
+        members = sorted(members)  # input order, so ties in BFD keep it
         rest = np.fromiter((lengths[i] - p for i in members), np.int64, len(members))
         order, bounds = pack_order(rest, row_len - p)
+        rows, alone = [], []
         for a, b in zip(bounds[:-1], bounds[1:]):
             seqs = [members[k] for k in order[a:b]]
-            if len(seqs) == 1:
-                plain.extend(seqs)  # a prefix with one remainder is just that sequence
+            if len(seqs) > 1 and _worth_it(p + int(rest[order[a:b]].sum()), len(seqs), p, outer, row_len):
+                rows.append(RowPlan(seqs[0], p, seqs))
             else:
-                shared.append(RowPlan(seqs[0], p, seqs))
-    plain.sort()  # input order, so ties in BFD keep it
+                alone.extend(seqs)  # a prefix with one remainder is just that sequence
+        return rows, alone
+
+    def written(plan: tuple[list[RowPlan], list[int]]) -> int:
+        rows, alone = plan
+        return sum(lengths[i] - r.prefix_len for r in rows for i in r.seqs) + sum(r.prefix_len for r in rows) + sum(lengths[i] for i in alone)
+
+    def pack_group(members: list[int], depth: int, outer: int) -> tuple[list[RowPlan], list[int]]:
+        """Shared rows of `members` (each has a key at `depth`; `outer`: the prefix they share
+        otherwise, 0 for none), and the members left to the outer level."""
+        p = int(boundaries[members[0]][depth])
+        loose, deeper = _split(members, keys, depth + 1)
+        rows: list[RowPlan] = []
+        for sub in deeper:
+            sub_rows, sub_alone = pack_group(sub, depth + 1, p) if len(sub) > 1 else ([], sub)
+            rows += sub_rows
+            loose += sub_alone
+        here = pack_at(loose, p, outer)
+        if not rows:
+            return here
+        flat = pack_at(members, p, outer)
+        deep = (rows + here[0], here[1])
+        return deep if written(deep) < written(flat) else flat
+
+    shared: list[RowPlan] = []
+    plain, groups = _split(range(len(lengths)), keys, 0)
+    for members in groups:
+        rows, alone = pack_group(members, 0, 0) if len(members) > 1 else ([], members)
+        shared += rows
+        plain += alone
+    plain.sort()
     order, bounds = pack_order(np.fromiter((lengths[i] for i in plain), np.int64, len(plain)), row_len)
     return [RowPlan(-1, 0, [plain[k] for k in order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])] + shared
+
+
+def _worth_it(tokens: int, seqs: int, prefix: int, outer: int, row_len: int) -> bool:
+    """Whether a row of `seqs` sequences sharing `prefix` tokens (`tokens` in all) writes fewer
+    tokens than its sequences would sharing only `outer` in the outer level's rows: it saves
+    (seqs - 1) * (prefix - outer), and its free space, filled there, would have held remainders
+    after `outer`: about free / (row_len - outer) of a row, each row an `outer` copy."""
+    if outer == 0:
+        return True
+    return (seqs - 1) * (prefix - outer) * (row_len - outer) > (row_len - tokens) * outer
+
+
+def _split(members: Iterable[int], keys: Sequence[Sequence[bytes]], depth: int) -> tuple[list[int], list[list[int]]]:
+    """The members without a key at `depth`, and the others grouped by it (first appearance)."""
+    none: list[int] = []
+    groups: dict[bytes, list[int]] = {}
+    for i in members:
+        k = keys[i]
+        if len(k) > depth:
+            groups.setdefault(k[depth], []).append(i)
+        else:
+            none.append(i)
+    return none, list(groups.values())
 
 
 def assemble(rows: Sequence[RowPlan], ids: Sequence[np.ndarray], trained: Sequence[np.ndarray], trace_ids: Sequence[str]) -> Packed:

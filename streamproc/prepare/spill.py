@@ -7,9 +7,9 @@ Three phases, each resumable (prepare/job.py drives them):
    name (`SpillingMaskStage`). A file holds the fields of the masker's record (`MaskedSeq`),
    whatever they are: an ndarray field is a list column (its numpy dtype noted in the schema), a
    str, int, float or bool field a plain column; plus `split` (index in PARTITIONS) and `prefix_key`
-   (a digest of the shared-prefix ids, for --share-prefix).
-2. **plan**: the parent reads what packing needs of every sequence (split, length, prefix length
-   and key; about 20 bytes a sequence, `SpillIndex`) and packs them all (`pack.plan_rows`).
+   (a digest of the ids up to each shareable boundary, for --share-prefix).
+2. **plan**: the parent reads what packing needs of every sequence (split, length, and with
+   --share-prefix its boundaries and their digests; about 20 bytes a sequence and 20 a boundary, `SpillIndex`) and packs them all (`pack.plan_rows`).
 3. **gather**: each output shard's rows are assembled from the spill files, memory-mapped for
    that shard only (`SpillIndex.gather`), so the parent holds one shard at a time.
 
@@ -20,7 +20,6 @@ removed once the manifest is written.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import mmap
 import os
 import uuid
@@ -35,8 +34,11 @@ from streamproc.io.files import atomic_path
 from streamproc.prepare.stage import MaskedSplit, MaskStage
 from streamproc.records import PARTITIONS
 
+from streamproc.prepare.pack import IGNORE, prefix_keys, shareable
+
 SPILL_DIR = "spill"
-from streamproc.prepare.pack import IGNORE
+KEY_BYTES = 16
+"""Bytes of one prefix digest in the `prefix_key` column."""
 
 
 class SpillError(RuntimeError):
@@ -104,8 +106,8 @@ def spill_table(records: Sequence[Any], split: np.ndarray) -> pa.Table:
 
 
 def _prefix_key(record: Any) -> bytes:
-    p = getattr(record, "prefix_len", 0)
-    return hashlib.blake2b(np.ascontiguousarray(record.input_ids[:p]).tobytes(), digest_size=16).digest() if p else b""
+    """The digests of the record's shareable prefixes (`pack.prefix_keys`), KEY_BYTES each."""
+    return b"".join(prefix_keys(record.input_ids, shareable(record)))
 
 
 def _column(name: str, values: list) -> tuple[pa.Array, str]:
@@ -208,14 +210,15 @@ class SpillIndex:
     row_of: np.ndarray  # int32: its row in that file
     split: np.ndarray  # int8: index in PARTITIONS
     lengths: np.ndarray  # int32: tokens
-    prefix_lens: np.ndarray  # int32
-    prefix_keys: list[bytes] | None  # with share_prefix only
+    boundaries: list[list[int]]  # shareable prefix ends of each sequence (empty without share_prefix)
+    prefix_keys: list[list[bytes]]  # the digest of the ids up to each of them
 
     @classmethod
     def read(cls, spill_dir: Path, files: Iterable[str | None], share_prefix: bool) -> "SpillIndex":
         names = [f for f in files if f]
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("file_of", "row_of", "split", "lengths", "prefix_lens")}
-        keys: list[bytes] = []
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("file_of", "row_of", "split", "lengths")}
+        keys: list[list[bytes]] = []
+        boundaries: list[list[int]] = []
         for k, name in enumerate(names):
             f = SpillFile(spill_dir / name)
             try:
@@ -224,20 +227,34 @@ class SpillIndex:
                 parts["row_of"].append(np.arange(n, dtype=np.int32))
                 parts["split"].append(f.values("split").astype(np.int8))  # astype: copies, no view outlives the map
                 parts["lengths"].append(np.diff(f.lists("input_ids")[0]).astype(np.int32))
-                has_prefix = "prefix_len" in f.table.column_names and share_prefix
-                parts["prefix_lens"].append(f.values("prefix_len").astype(np.int32) if has_prefix else np.zeros(n, np.int32))
                 if share_prefix:
-                    keys += f.table.column("prefix_key").to_pylist()
+                    digests = f.table.column("prefix_key").to_pylist()
+                    keys += [[d[j : j + KEY_BYTES] for j in range(0, len(d), KEY_BYTES)] for d in digests]
+                    boundaries += _boundaries(f, [len(d) // KEY_BYTES for d in digests])
+                else:
+                    keys += [[]] * n
+                    boundaries += [[]] * n
             finally:
                 f.close()
         arrays = {k: np.concatenate(v) if v else np.zeros(0, np.int32) for k, v in parts.items()}
         return cls(spill_dir, names, arrays["file_of"], arrays["row_of"], arrays["split"].astype(np.int8),
-                   arrays["lengths"], arrays["prefix_lens"], keys if share_prefix else None)
+                   arrays["lengths"], boundaries, keys)
 
     def gather(self, rows) -> "Gathered":
         """The spill files the rows need, memory-mapped; use as a context manager."""
         needed = sorted({int(self.file_of[i]) for row in rows for i in row.seqs})
         return Gathered(self, {k: SpillFile(self.spill_dir / self.files[k]) for k in needed})
+
+
+def _boundaries(f: SpillFile, counts: list[int]) -> list[list[int]]:
+    """Each row's shareable prefix ends: its `boundaries` column, else its `prefix_len` (a record
+    without boundaries), as `pack.shareable` reads them."""
+    if "boundaries" in f.table.column_names:
+        offsets, values = f.lists("boundaries")
+        return [values[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+    if "prefix_len" in f.table.column_names:
+        return [[p] if k else [] for p, k in zip(f.values("prefix_len").tolist(), counts)]
+    return [[] for _ in counts]
 
 
 class Gathered:
