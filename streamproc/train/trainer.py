@@ -435,6 +435,16 @@ def _packed_trainer(base):
 
 
 
+def _checkpointing_arg() -> str:
+    """The name this transformers' TrainingArguments gives gradient checkpointing."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train (every weight, or LoRA adapters), evaluate before and after, write checkpoints,
     OUTPUT/train_config.yaml and OUTPUT/metrics.json; return the metrics."""
@@ -469,9 +479,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         seed=cfg.seed,
         use_cpu=not on_gpu,  # also what makes accelerate set up gloo DDP under torchrun on CPU
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
-        # transformers 5.24 calls this activation_checkpointing and keeps the old name as an
-        # alias; older 5.x (the GPU image's 5.17) know only the old one.
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        # transformers 5.24 renamed it activation_checkpointing (the old name warns on every
+        # run); older 5.x (the GPU image's 5.17) know only the old one.
+        **{_checkpointing_arg(): cfg.gradient_checkpointing},
         # The rows are packed already: with preparation skipped TRL neither re-tokenizes nor
         # re-packs them; PackedCollator flattens each batch without padding.
         packing=False,
