@@ -245,26 +245,36 @@ def prefix_groups(draw):
 @given(prefix_groups())
 def test_prefix_packer_places_every_sequence_once_within_the_bounds(inst):
     seqs, seq_len, row_len = inst
+    p = check_prefix_rows(seqs, seq_len, row_len)
+    assert p.sequence_tokens() == sum(len(s.input_ids) for s in seqs)
+
+
+def check_prefix_rows(seqs, seq_len: int, row_len: int, whole_turns: bool = False):
+    """Pack with shared prefixes and check every row: each sequence placed once, within the
+    bounds, rebuilt exactly from the row's prefix and its remainder; a prefix is untrained, and
+    never written for one remainder; with whole_turns, it ends at one of each sequence's
+    boundaries and the token after it trains nothing either."""
     packer = Packer(seq_len, row_len=row_len, share_prefix=True)
     packer.add(seqs)
     p = packer.flush()
     by_id = {s.trace_id: s for s in seqs}
-    assert sorted(p.trace_ids) == sorted(by_id)  # every sequence placed once
-    assert p.sequence_tokens() == sum(len(s.input_ids) for s in seqs)
+    assert sorted(p.trace_ids) == sorted(by_id)
     for r in range(p.rows):
         row = p.slice(r, r + 1)
         pl = int(row.prefix_lens[0])
         assert len(row.input_ids) == pl + row.seq_lens.sum() <= row_len
         assert (row.labels[:pl] == IGNORE).all()
-        assert pl == 0 or len(row.seq_lens) >= 2  # a prefix with one remainder is written plain
+        assert pl == 0 or len(row.seq_lens) >= 2
         pos = pl
         for n, tid in zip(row.seq_lens, row.trace_ids):
             s = by_id[tid]
-            assert pl + n <= seq_len
+            if whole_turns and pl:
+                assert pl in s.boundaries.tolist() and s.labels[pl] == IGNORE
             whole = np.concatenate([row.input_ids[:pl], row.input_ids[pos : pos + n]])
-            assert np.array_equal(whole, s.input_ids)
+            assert np.array_equal(whole, s.input_ids) and pl + n <= seq_len
             assert np.array_equal(np.concatenate([row.labels[:pl], row.labels[pos : pos + n]]), s.labels)
             pos += n
+    return p
 
 
 @settings(max_examples=150, deadline=None)
@@ -356,26 +366,7 @@ def trace_samples(draw):
 @settings(max_examples=200, deadline=None)
 @given(trace_samples())
 def test_every_row_prefix_is_whole_untrained_turns_of_each_of_its_sequences(inst):
-    seqs, seq_len, row_len = inst
-    packer = Packer(seq_len, row_len=row_len, share_prefix=True)
-    packer.add(seqs)
-    p = packer.flush()
-    by_id = {s.trace_id: s for s in seqs}
-    assert sorted(p.trace_ids) == sorted(by_id)  # every sequence placed once
-    for r in range(p.rows):
-        row = p.slice(r, r + 1)
-        pl = int(row.prefix_lens[0])
-        assert len(row.input_ids) == pl + row.seq_lens.sum() <= row_len
-        assert pl == 0 or len(row.seq_lens) >= 2
-        pos = pl
-        for n, tid in zip(row.seq_lens, row.trace_ids):
-            s = by_id[tid]
-            assert pl == 0 or pl in s.boundaries.tolist()  # a whole-turn boundary of this sequence
-            assert (s.labels[: pl + 1] == IGNORE).all() if pl else True  # nothing trained in the prefix, nor right after
-            whole = np.concatenate([row.input_ids[:pl], row.input_ids[pos : pos + n]])
-            assert np.array_equal(whole, s.input_ids) and pl + n <= seq_len
-            assert np.array_equal(np.concatenate([row.labels[:pl], row.labels[pos : pos + n]]), s.labels)
-            pos += n
+    check_prefix_rows(*inst, whole_turns=True)
 
 
 def test_samples_of_a_trace_share_their_task_and_early_turns():
