@@ -290,6 +290,8 @@ def render_chat(template: str, messages: Sequence[dict], variables: dict[str, An
 
 
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+"""What `getattr` finds on a dict: any other name read as an attribute is a key."""
 
 
 def _alias_reasoning(m: dict) -> dict:
@@ -305,6 +307,7 @@ def compile_template(template: str):
     import jinja2
     import jinja2.ext
     import jinja2.nodes
+    import jinja2.runtime
     import jinja2.utils
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -355,7 +358,39 @@ def compile_template(template: str):
             if isinstance(name, str) and name.startswith("_"):
                 raise jinja2.exceptions.SecurityError(f"Chat templates cannot store underscore-prefixed attributes on a namespace, but got {name!r}.")
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, jinja2.ext.loopcontrols])
+    # Classes the sandbox judges by class and attribute name alone, whose attributes are the
+    # class's (a namespace's are not: its fields may hold anything).
+    fixed = {str, int, float, bool, list, tuple, dict, jinja2.runtime.LoopContext}
+
+    class Sandbox(ImmutableSandboxedEnvironment):
+        """transformers' sandbox, giving its answers sooner where they are known in advance (its
+        checks were most of a render's time): a dict's key read as an attribute (`message.role`:
+        the sandbox tries the attribute first and catches the AttributeError), and an attribute
+        of a `fixed` class found safe before (str methods, `loop.index0`), which the sandbox
+        would check again on every access. str.format is never taken as known: the sandbox wraps it."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._safe: set[tuple[type, str]] = set()
+
+        def getattr(self, obj, attribute):
+            if type(attribute) is str:
+                if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+                    return obj[attribute] if attribute in obj else self.undefined(obj=obj, name=attribute)
+                if (type(obj), attribute) in self._safe:
+                    try:
+                        return getattr(obj, attribute)
+                    except AttributeError:  # a property that raised it: the sandbox's own answer
+                        pass
+            return super().getattr(obj, attribute)
+
+        def is_safe_attribute(self, obj, attr, value):
+            safe = super().is_safe_attribute(obj, attr, value)
+            if safe and type(obj) in fixed and attr not in ("format", "format_map"):
+                self._safe.add((type(obj), attr))
+            return safe
+
+    env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
