@@ -101,9 +101,9 @@ def test_random_conversations_render_alike(pair, msgs, gen, chatml):
 
 
 # Templates that read attributes the sandbox allows and refuses, of dicts (keys, methods, a key
-# named like a method), strings (str.format, which it wraps), lists, the loop and a namespace,
-# each on every message: the environment remembers what it found safe, so later reads take the
-# quick way, and must still give the stock sandbox's text or error.
+# named like a method), strings (their methods called, str.format, which it wraps), lists, the loop
+# and a namespace, each on every message: the environment remembers what it found safe, so later
+# reads take the quick way, and must still give the stock sandbox's text or error.
 _SANDBOX_PROBES = [
     "{% for m in messages %}{{ m.role }}{{ m.missing is defined }}{{ m.content.upper() }}{{ m.content.split('x')|length }}{{ loop.index0 }}{{ loop.last }}{% endfor %}",
     "{% for m in messages %}{{ m.keys()|list|length }}{{ m.get('role') }}{{ m.items is callable }}{{ m['items'] is callable }}{% endfor %}",
@@ -115,6 +115,8 @@ _SANDBOX_PROBES = [
     "{% for m in messages %}{{ messages.append(1) }}{% endfor %}",
     "{% set ns = namespace(a=1) %}{% for m in messages %}{% set ns.a = m.content %}{{ ns.a.upper() }}{{ ns.b is defined }}{% endfor %}",
     "{% for m in messages %}{{ messages|attr(1) }}{% endfor %}",
+    "{% for m in messages %}{{ m.content.split('x', maxsplit=1)|length }}{{ m.content.replace('x', m.role) }}{{ m.content.strip().upper() }}{% endfor %}",
+    "{% for m in messages %}{% set r = m.role.upper %}{{ r() }}{{ m.content.index('o') }}{% endfor %}",
 ]
 
 
