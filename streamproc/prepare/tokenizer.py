@@ -293,6 +293,8 @@ def render_chat(template: str, messages: Sequence[dict], variables: dict[str, An
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 _DICT_ATTRIBUTES = frozenset(dir(dict))
 """What `getattr` finds on a dict: any other name read as an attribute is a key."""
+_FORMATS = ("format", "format_map")
+"""str methods the sandbox always wraps (they reach attributes of their arguments)."""
 
 
 def _alias_reasoning(m: dict) -> dict:
@@ -371,7 +373,7 @@ def compile_template(template: str):
         attribute of a `judged` class is safe (worked out once per class and name), an attribute
         of a `fixed` class found safe before (str methods, `loop.index0`) taken as is, and a call
         of a str method made directly (the sandbox finds it safe and passes it no context).
-        str.format is never taken as is: the sandbox wraps it."""
+        str.format and format_map always go through the sandbox, which wraps them."""
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
@@ -381,7 +383,7 @@ def compile_template(template: str):
             if type(attribute) is str:
                 if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
                     return obj[attribute] if attribute in obj else self.undefined(obj=obj, name=attribute)
-                if type(obj) in fixed and self._safe.get((type(obj), attribute)) and attribute not in ("format", "format_map"):
+                if type(obj) in fixed and self._safe.get((type(obj), attribute)) and attribute not in _FORMATS:
                     try:
                         return getattr(obj, attribute)
                     except AttributeError:  # a property that raised it: the sandbox's own answer
@@ -389,7 +391,7 @@ def compile_template(template: str):
             return super().getattr(obj, attribute)
 
         def call(self, context, obj, /, *args, **kwargs):
-            if type(obj) is types.BuiltinMethodType and type(obj.__self__) is str:
+            if type(obj) is types.BuiltinMethodType and type(obj.__self__) is str and obj.__name__ not in _FORMATS:
                 kwargs.pop("_loop_vars", None)
                 kwargs.pop("_block_vars", None)
                 return obj(*args, **kwargs)
