@@ -98,3 +98,32 @@ def test_random_conversations_render_alike(pair, msgs, gen, chatml):
     assert text == _render(hf, msgs, template, gen, False)
     if isinstance(text, str):
         assert _render(lean, msgs, template, gen, True) == _render(hf, msgs, template, gen, True)
+
+
+# Templates that read attributes the sandbox allows and refuses, of dicts (keys, methods, a key
+# named like a method), strings (their methods called, str.format, which it wraps), lists, the loop
+# and a namespace, each on every message: the environment remembers what it found safe, so later
+# reads take the quick way, and must still give the stock sandbox's text or error.
+_SANDBOX_PROBES = [
+    "{% for m in messages %}{{ m.role }}{{ m.missing is defined }}{{ m.content.upper() }}{{ m.content.split('x')|length }}{{ loop.index0 }}{{ loop.last }}{% endfor %}",
+    "{% for m in messages %}{{ m.keys()|list|length }}{{ m.get('role') }}{{ m.items is callable }}{{ m['items'] is callable }}{% endfor %}",
+    "{% for m in messages %}{{ m.content.format(1) }}{{ m.role.format_map({}) }}{% endfor %}",
+    "{% for m in messages %}{{ '{0.__class__}'.format(m.content) }}{% endfor %}",
+    "{% for m in messages %}{{ m.content.__class__ is defined }}{{ m.__class__ is defined }}{{ loop.__class__ is defined }}{{ m.content|attr('__len__') is defined }}{% endfor %}",
+    "{% for m in messages %}{{ m.pop('role') }}{% endfor %}",
+    "{% for m in messages %}{{ m.clear() }}{% endfor %}",
+    "{% for m in messages %}{{ messages.append(1) }}{% endfor %}",
+    "{% set ns = namespace(a=1) %}{% for m in messages %}{% set ns.a = m.content %}{{ ns.a.upper() }}{{ ns.b is defined }}{% endfor %}",
+    "{% for m in messages %}{{ messages|attr(1) }}{% endfor %}",
+    "{% for m in messages %}{{ m.content.split('x', maxsplit=1)|length }}{{ m.content.replace('x', m.role) }}{{ m.content.strip().upper() }}{% endfor %}",
+    "{% for m in messages %}{% set r = m.role.upper %}{{ r() }}{{ m.content.index('o') }}{% endfor %}",
+]
+
+
+@pytest.mark.parametrize("template", _SANDBOX_PROBES)
+def test_sandbox_answers_as_transformers_does(models_dir, template):
+    d = models_dir / "qwen2.5-instruct-tokenizer"
+    lean, hf = load(d), AutoTokenizer.from_pretrained(d)
+    msgs = [{"role": "user", "content": "hi {0} x"}, {"role": "assistant", "content": "ok", "items": "shadow"}, {"role": "user", "content": "x"}]
+    for _ in range(2):  # the second render finds the environment's memory filled
+        assert _render(lean, msgs, template, False, False) == _render(hf, msgs, template, False, False)

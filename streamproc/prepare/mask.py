@@ -492,11 +492,12 @@ class Masker:
             if s.messages not in memo:
                 if s.messages == tuple(range(len(s.messages))):  # all history: the renders above
                     parts = [(msgs[t], turns[t]) for t in s.trained]
+                    cuts = [len(turns[t].context) for t in s.trained if not whole[t]]
                 else:
                     sub = [msgs[i] for i in s.messages]
                     parts = [(msgs[t], render_turn(self.tokenizer, sub, s.messages.index(t), self.template)) for t in s.trained]
+                    cuts = [len(t.context) for _, t in parts if not self.token_boundary(t.through, len(t.context))]
                 r = render_sample(parts, self._end_token)
-                cuts = [len(t.context) for _, t in parts if not self.token_boundary(t.through, len(t.context))]
                 memo[s.messages] = (*self.encode_cut(r.text, cuts), r)
             return memo[s.messages]
 

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import types
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -290,6 +291,10 @@ def render_chat(template: str, messages: Sequence[dict], variables: dict[str, An
 
 
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+"""What `getattr` finds on a dict: any other name read as an attribute is a key."""
+_FORMATS = ("format", "format_map")
+"""str methods the sandbox always wraps (they reach attributes of their arguments)."""
 
 
 def _alias_reasoning(m: dict) -> dict:
@@ -305,6 +310,7 @@ def compile_template(template: str):
     import jinja2
     import jinja2.ext
     import jinja2.nodes
+    import jinja2.runtime
     import jinja2.utils
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -355,7 +361,51 @@ def compile_template(template: str):
             if isinstance(name, str) and name.startswith("_"):
                 raise jinja2.exceptions.SecurityError(f"Chat templates cannot store underscore-prefixed attributes on a namespace, but got {name!r}.")
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, jinja2.ext.loopcontrols])
+    # Classes the sandbox judges by class and attribute name alone (none fakes __class__), and
+    # those of them whose attributes are the class's (a namespace's fields may hold anything).
+    fixed = {str, int, float, bool, list, tuple, dict, jinja2.runtime.LoopContext}
+    judged = fixed | {TemplateNamespace}
+
+    class Sandbox(ImmutableSandboxedEnvironment):
+        """transformers' sandbox, giving its answers sooner where they are known in advance (its
+        checks were most of a render's time): a dict's key read as an attribute (`message.role`:
+        the sandbox tries the attribute first and catches the AttributeError), whether an
+        attribute of a `judged` class is safe (worked out once per class and name), an attribute
+        of a `fixed` class found safe before (str methods, `loop.index0`) taken as is, and a call
+        of a str method made directly (the sandbox finds it safe and passes it no context).
+        str.format and format_map always go through the sandbox, which wraps them."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._safe: dict[tuple[type, str], bool] = {}
+
+        def getattr(self, obj, attribute):
+            if type(attribute) is str:
+                if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+                    return obj[attribute] if attribute in obj else self.undefined(obj=obj, name=attribute)
+                if type(obj) in fixed and self._safe.get((type(obj), attribute)) and attribute not in _FORMATS:
+                    try:
+                        return getattr(obj, attribute)
+                    except AttributeError:  # a property that raised it: the sandbox's own answer
+                        pass
+            return super().getattr(obj, attribute)
+
+        def call(self, context, obj, /, *args, **kwargs):
+            if type(obj) is types.BuiltinMethodType and type(obj.__self__) is str and obj.__name__ not in _FORMATS:
+                kwargs.pop("_loop_vars", None)
+                kwargs.pop("_block_vars", None)
+                return obj(*args, **kwargs)
+            return super().call(context, obj, *args, **kwargs)
+
+        def is_safe_attribute(self, obj, attr, value):
+            key = (type(obj), attr)
+            if key[0] not in judged:
+                return super().is_safe_attribute(obj, attr, value)
+            if key not in self._safe:
+                self._safe[key] = super().is_safe_attribute(obj, attr, value)
+            return self._safe[key]
+
+    env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
