@@ -209,6 +209,26 @@ def test_page_with_15000_traces_stays_compact_and_usable(page, chromium, real_ro
     assert page.text_content("#trace h2") == (traces[(14_999 % webview.CHUNK) % len(traces)].task or "(no task)")
 
 
+def test_spilled_entries_read_back_and_write_the_same_folder(real_rows, tmp_path):
+    """The index a run keeps on disk (`Entries`) gives back every entry as it was and writes the
+    same report folder, byte for byte, as the entries held in a list."""
+    traces = [parse_trace(r) for r in real_rows]
+    entries = [webview.entry(t) for t in traces]
+    odd = dataclasses.replace(entries[0].summary, id="\u2028\x00 odd", task="é\ud7ff" * 3, tools=("a", "\"b\""), classes=())
+    n = webview.INDEX_PAGE * 2 + 7  # three index files
+    listed = [webview.Entry(dataclasses.replace(entries[i % len(entries)].summary, id=f"r{i}"), i // webview.CHUNK, i % webview.CHUNK)
+              for i in range(n)] + [webview.Entry(odd, 0, 0)]
+    spilled = webview.Entries(listed, spill_dir=tmp_path)
+    assert len(spilled) == len(listed) and list(spilled) == listed
+    chunks = [zlib.compress(orjson.dumps([webview.body(traces[0])]), 6)] * -(-n // webview.CHUNK)
+    for name, held in (("listed", listed), ("spilled", spilled)):
+        webview.write_page(tmp_path / name, webview.Browser(held, chunks), folder=True)
+    files = sorted(p.relative_to(tmp_path / "listed") for p in (tmp_path / "listed").rglob("*.js"))
+    assert len([f for f in files if f.parts[0] == "index"]) == 2
+    for f in [*files, Path("index.html")]:
+        assert (tmp_path / "listed" / f).read_bytes() == (tmp_path / "spilled" / f).read_bytes(), f
+
+
 def test_stats_and_browser_in_one_pass_equal_the_two_passes(real_row_files, tmp_path):
     """`collect_with_browser` parses each trace once; what it gives equals the two separate passes,
     a rejected row included, for 1 and 2 workers."""

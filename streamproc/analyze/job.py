@@ -8,7 +8,7 @@ from streamproc.analyze.metrics import Stats, StatsStage
 from streamproc.records import Tally
 from streamproc.run.runner import Engine, Job, run_jobs, union
 from streamproc.io.sources import Split
-from streamproc.views.page import Browser, Chunks, ViewStage
+from streamproc.views.page import Browser, Chunks, Entries, ViewStage
 
 
 class StatsJob(Job):
@@ -21,8 +21,8 @@ class StatsJob(Job):
             cached_tokenizer(tokenizer)
         self.stages = [StatsStage(tokenizer), ViewStage()] if browser else [StatsStage(tokenizer)]
         self.stats = Stats(tokenizer=tokenizer)
-        # Each split's index entries are kept; its body chunks go to a temporary file in spill_dir.
-        self.browser = Browser(chunks=Chunks(spill_dir=spill_dir)) if browser else None
+        # Each split's index entries and body chunks go to temporary files in spill_dir.
+        self.browser = Browser(Entries(spill_dir=spill_dir), Chunks(spill_dir=spill_dir)) if browser else None
         self.tally = Tally()
 
     def add(self, partials: list[Any], tallies: list[Tally]) -> None:

@@ -50,7 +50,7 @@ def add_pack_args(p) -> None:
     p.add_argument("--eval-fraction", type=fraction, default=0.0, metavar="F", help="hold out this share of traces (by id hash) as eval-*.arrow shards, 0 <= F < 1 (default %(default)s)")
     p.add_argument("--add-tokens", default="", metavar="T1,T2,...", help='add these as single special tokens if the tokenizer lacks them, e.g. "<think>,</think>" (the extended tokenizer is saved in DIR/tokenizer)')
     p.add_argument("--buffer-size", type=positive_int, metavar="N", help="pack sequences only with those of nearby input splits: groups of consecutive splits holding N sequences (default: all of them together, the tightest; memory does not depend on it)")
-    p.add_argument("--shard-rows", type=positive_int, default=2048, metavar="N", help="packed rows per shard (default %(default)s)")
+    p.add_argument("--shard-rows", type=positive_int, metavar="N", help="packed rows per shard (default: as many as hold 16,777,216 tokens, 2048 at --row-len 8192, so that a shard's memory does not grow with the row length)")
     p.add_argument("--restart", action="store_true", help="discard an unfinished pack run in the output directory instead of resuming it")
 
 

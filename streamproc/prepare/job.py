@@ -51,22 +51,29 @@ class PackError(RuntimeError):
     files pack did not write), or a run that wrote no training data."""
 
 
+SHARD_TOKENS = 2048 * 8192
+"""Row tokens of a shard by default: the parent holds one shard's rows while it writes them
+(about 24 bytes a token with the Arrow copy), so shards hold tokens, not rows, at any row length."""
+
+
 @dataclass(slots=True)
 class PackOptions:
     seq_len: int = 8192
     tokenizer: str = DEFAULT_TOKENIZER_NAME  # Hub id or local directory
     mask: MaskOptions = field(default_factory=MaskOptions)  # max_len is always seq_len
     buffer_size: int | None = None  # sequences packed together (at input-split boundaries); None: all of them
-    shard_rows: int = 2048  # packed rows per output shard
+    shard_rows: int | None = None  # packed rows per output shard; None: those SHARD_TOKENS fill at row_len
     eval_fraction: float = 0.0  # share of traces (by id hash) held out in eval shards
     add_tokens: tuple[str, ...] = ()  # added to the tokenizer as single special tokens if missing
     row_len: int | None = None  # tokens per packed row; None: seq_len
     share_prefix: bool = False  # rows hold a shared system-turn prefix once (docs/shared-prefix.md)
 
     def __post_init__(self) -> None:
-        if self.seq_len < 1 or (self.buffer_size is not None and self.buffer_size < 1) or self.shard_rows < 1:
+        if self.seq_len < 1 or (self.buffer_size is not None and self.buffer_size < 1) or (self.shard_rows is not None and self.shard_rows < 1):
             raise ValueError("seq_len, buffer_size and shard_rows must be at least 1")
         self.row_len = check_row_len(self.row_len, self.seq_len)
+        if self.shard_rows is None:
+            self.shard_rows = max(1, SHARD_TOKENS // self.row_len)
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction {self.eval_fraction}: must be in [0, 1)")
         self.mask.max_len = self.seq_len

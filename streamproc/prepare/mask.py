@@ -78,7 +78,7 @@ class MaskOptions:
     max_len: int | None = None  # None: no limit
     chat_template: str = "auto"  # auto (the tokenizer's, refused if unfaithful) | chatml | Jinja text
     tool_fallback: str = TOOL_FALLBACK  # prefix of tool turns sent as user messages
-    cache_chars: int = 32 << 20  # text held in the piece cache
+    cache_chars: int = 16 << 20  # text held in the piece cache (about 70 MB of ids, offsets and text when full)
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:

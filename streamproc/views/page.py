@@ -11,7 +11,8 @@ can be a folder (`write_page(DIR, ..., folder=True)`): DIR/index.html holds the 
 rows of the index inline, DIR/index/K.js the rest and DIR/bodies/K.js one chunk each, loaded
 with <script src> (which file:// allows, where fetch is refused): the list appears at once and
 fills in; a chunk is read only when a trace in it is opened. While the pass runs, the parent
-keeps the compressed chunks in an unnamed temporary file (`Chunks`), not in memory.
+keeps the compressed chunks and the index entries in unnamed temporary files (`Chunks`, `Entries`),
+not in memory.
 
 Index rows and compressed chunks are made per shard in worker processes (`collect`, or
 `stats_job.collect_with_browser` in the same pass as the statistics);
@@ -21,6 +22,7 @@ Index rows and compressed chunks are made per shard in worker processes (`collec
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import os
 import re
@@ -28,8 +30,9 @@ import tempfile
 import zlib
 from array import array
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import orjson
 
@@ -65,8 +68,8 @@ class Chunks:
     """Compressed body chunks in an unnamed temporary file (in `spill_dir`, else the system's
     temporary directory), read back one at a time: a list of bytes that stays on disk."""
 
-    def __init__(self, chunks: Iterable[bytes] = (), spill_dir: str | os.PathLike | None = None):
-        self._file = tempfile.TemporaryFile(prefix="streamproc-bodies-", dir=spill_dir)
+    def __init__(self, chunks: Iterable[bytes] = (), spill_dir: str | os.PathLike | None = None, prefix: str = "streamproc-bodies-"):
+        self._file = tempfile.TemporaryFile(prefix=prefix, dir=spill_dir)
         self._ends = array("q")
         self.extend(chunks)
 
@@ -97,11 +100,38 @@ class Chunks:
         return isinstance(other, (Chunks, list)) and len(self) == len(other) and all(a == b for a, b in zip(self, other))
 
 
+class Entries:
+    """Index entries in an unnamed temporary file, one JSON record each, read back in order: the
+    parent of a run holds none of them (as objects, about 2 KB a trace)."""
+
+    def __init__(self, entries: Iterable[Entry] = (), spill_dir: str | os.PathLike | None = None):
+        self._records = Chunks(spill_dir=spill_dir, prefix="streamproc-index-")
+        self.extend(entries)
+
+    def extend(self, entries: Iterable[Entry]) -> None:
+        for e in entries:
+            self._records.append(orjson.dumps([*(getattr(e.summary, f) for f in _SUMMARY_FIELDS), e.chunk, e.pos]))
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self):
+        for record in self._records:
+            *values, chunk, pos = orjson.loads(record)
+            yield Entry(Summary(*(tuple(v) if isinstance(v, list) else v for v in values)), chunk, pos)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, (Entries, list)) and len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+
+_SUMMARY_FIELDS = tuple(f.name for f in dataclasses.fields(Summary))
+
+
 @dataclass(slots=True)
 class Browser:
     """The page's trace list: index entries and the compressed chunks their bodies are in."""
 
-    entries: list[Entry] = field(default_factory=list)
+    entries: Entries | list[Entry] = field(default_factory=Entries)
     chunks: Chunks | list[bytes] = field(default_factory=Chunks)
 
     def add(self, part: "ViewPart") -> None:
@@ -241,13 +271,19 @@ def write_page(
     With `folder`, `path` is a directory: its index.html (written last, so a complete one means
     a complete folder) loads index/K.js and bodies/K.js beside it. Returns the page's path."""
     path = Path(path)
-    index = _index(browser)
+    names: dict[str, dict[str, int]] = {"source": {}, "category": {}, "subcategory": {}, "tool": {}, "class": {}}
+    rows = _index_rows(browser.entries, names)
     page = path / "index.html" if folder else path
+    if folder:  # the rows after the first page go to index/K.js as they are read
+        total = len(browser.entries)
+        first = list(islice(rows, INDEX_PAGE))
+        _write_scripts(path / "index", (f"streamprocRows({k},{_script_json(list(islice(rows, INDEX_PAGE)))});\n"
+                                        for k in range(1, -(-total // INDEX_PAGE))), first=1)
+        index = {"names": {k: list(v) for k, v in names.items()}, "rows": first, "parts": -(-total // INDEX_PAGE), "total": total}
+    else:
+        rows = list(rows)
+        index = {"names": {k: list(v) for k, v in names.items()}, "rows": rows}
     if folder:
-        rows = index["rows"]
-        index["rows"], index["parts"], index["total"] = rows[:INDEX_PAGE], -(-len(rows) // INDEX_PAGE), len(rows)
-        _write_scripts(path / "index", (f"streamprocRows({k},{_script_json(rows[k * INDEX_PAGE:(k + 1) * INDEX_PAGE])});\n"
-                                        for k in range(1, index["parts"])), first=1)
         _write_scripts(path / "bodies", (f'streamprocChunk({k},"{base64.b64encode(c).decode("ascii")}");\n'
                                          for k, c in enumerate(browser.chunks)))
     values = {
@@ -289,21 +325,18 @@ def _write_scripts(folder: Path, scripts: Iterable[str], first: int = 0) -> None
             old.unlink()
 
 
-def _index(browser: Browser) -> dict[str, Any]:
-    """Columnar and dictionary-coded: 15,000 rows of repeated names stay small."""
-    names: dict[str, dict[str, int]] = {"source": {}, "category": {}, "subcategory": {}, "tool": {}, "class": {}}
+def _index_rows(entries: Iterable[Entry], names: dict[str, dict[str, int]]) -> Iterator[list]:
+    """The index's rows, columnar and dictionary-coded (15,000 rows of repeated names stay
+    small): each name gets the next code of its kind in `names` where it first appears."""
 
     def code(kind: str, value: str) -> int:
         return names[kind].setdefault(value, len(names[kind]))
 
-    rows = [
-        [s.id, code("source", s.source), code("category", s.category), code("subcategory", s.subcategory), s.task,
-         [code("tool", t) for t in s.tools], s.errors, s.turns, s.calls, e.chunk, e.pos,
-         [code("tool", t) for t in s.failed_tools], [code("class", k) for k in s.classes]]
-        for e in browser.entries
-        for s in (e.summary,)
-    ]
-    return {"names": {k: list(v) for k, v in names.items()}, "rows": rows}
+    for e in entries:
+        s = e.summary
+        yield [s.id, code("source", s.source), code("category", s.category), code("subcategory", s.subcategory), s.task,
+               [code("tool", t) for t in s.tools], s.errors, s.turns, s.calls, e.chunk, e.pos,
+               [code("tool", t) for t in s.failed_tools], [code("class", k) for k in s.classes]]
 
 
 def _script_json(obj: Any) -> str:
