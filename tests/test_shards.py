@@ -131,6 +131,20 @@ def test_output_is_identical_for_any_number_of_workers(packed, inputs, tmp_path)
     assert _files(tmp_path) == _files(packed)
 
 
+def test_shards_hold_the_same_row_tokens_at_any_row_length():
+    """By default a shard holds SHARD_TOKENS row tokens (what the parent holds while writing it),
+    so longer rows make shards of fewer rows; --shard-rows still decides where given."""
+    from streamproc.prepare.job import SHARD_TOKENS
+
+    assert [PackOptions(seq_len=n).shard_rows for n in (8192, 32768)] == [2048, 512]
+    assert PackOptions(seq_len=4096, row_len=65536).shard_rows == SHARD_TOKENS // 65536
+    assert PackOptions(seq_len=32768, shard_rows=3).shard_rows == 3
+    huge = PackOptions(seq_len=SHARD_TOKENS * 2)
+    assert huge.shard_rows == 1  # never none
+    with pytest.raises(ValueError):
+        PackOptions(shard_rows=0)
+
+
 def test_read_shards_memory_maps(packed):
     before = pa.total_allocated_bytes()
     t = read_shards(packed)
