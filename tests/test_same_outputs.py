@@ -15,6 +15,8 @@ manifest counts turns trained, shortened and not trained; only the pack outputs 
 And once more: packing spills and packs every sequence at once by default (`buffer_size`
 null in the manifest's options, was 100000): `run`'s manifest moved, its shards did not, and
 `pack --buffer-size 200` is byte-identical to the buffered packer.
+And once more, `run`'s manifest only: a shard holds 16M row tokens by default, so its options
+say `shard_rows` 4096 at seq-len 4096 (was 2048); the sample's one shard did not move.
 """
 
 from __future__ import annotations
