@@ -227,7 +227,7 @@ def test_pack_stops_promptly_on_a_signal_and_resumes_to_the_same_bytes(tmp_path,
     wait_for(out / "train-00000.arrow", proc)  # a checkpoint was written: the run is mid-way
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == code
+    assert proc.returncode == code, err
     assert err.strip().splitlines()[-1] == f"streamproc pack: {word}"
     assert "Traceback" not in err and "BrokenPipeError" not in err
     assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
